@@ -1,0 +1,114 @@
+# Gantry build. `make` builds the release binaries into build/; `make test` builds
+# everything with AddressSanitizer + UndefinedBehaviorSanitizer into build/san and runs
+# every test tier; `make demo` installs what is needed and runs the examples.
+# Quiet unless V=1. Dependencies tracked with -MMD -MP, so only what changed rebuilds.
+
+CC       ?= cc
+BUILD    ?= build
+SANITIZE ?=
+O        ?= -O2
+PKGS     := libcjson sqlite3 openssl
+TESTPKGS := cmocka
+
+V ?= 0
+ifeq ($(V),0)
+Q = @
+say = @printf '  %-7s %s\n' $(1) $(2);
+else
+Q =
+say =
+endif
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(O) -g $(WARN) -MMD -MP -Icommon \
+           $(shell pkg-config --cflags $(PKGS))
+LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lpthread -lm
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+COMMON_SRC := $(wildcard common/*.c)
+COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
+LIB        := $(BUILD)/libgantry.a
+
+CLI_SRC := $(wildcard services/cli/*.c)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+BINS    := $(BUILD)/gantry
+
+UNIT_SRC  := $(wildcard tests/unit/*_test.c)
+UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
+UNIT_HELPERS := $(filter-out %_test.c,$(wildcard tests/unit/*.c))
+UNIT_HELPER_OBJ := $(UNIT_HELPERS:%.c=$(BUILD)/%.o)
+
+.PHONY: all test unit integration fuzz fuzz-run demo bench clean deps install
+all: $(BINS)
+
+$(BUILD)/%.o: %.c
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(COMMON_OBJ)
+	$(call say,AR,$@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/gantry: $(CLI_OBJ) $(LIB)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/tests/unit/%_test.o: CFLAGS += $(shell pkg-config --cflags $(TESTPKGS))
+$(BUILD)/tests/unit/%_test: $(BUILD)/tests/unit/%_test.o $(UNIT_HELPER_OBJ) $(LIB)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) $(shell pkg-config --libs $(TESTPKGS)) -o $@
+
+deps:
+	@scripts/install-deps
+
+# The whole suite, sanitized. Each tier prints its own summary lines.
+test: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build/san SANITIZE=address,undefined O=-O1 \
+		build/san/gantry $(UNIT_BINS:$(BUILD)/%=build/san/%)
+	$(Q)scripts/run-unit build/san
+	$(Q)GANTRY_BIN=$(CURDIR)/build/san/gantry scripts/run-integration
+	$(Q)$(MAKE) --no-print-directory fuzz-run
+
+unit: $(UNIT_BINS)
+	$(Q)scripts/run-unit $(BUILD)
+
+integration: $(BINS)
+	$(Q)GANTRY_BIN=$(CURDIR)/$(BUILD)/gantry scripts/run-integration
+
+# libFuzzer harnesses (clang): every parser of outside input has one.
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_SECONDS ?= 10
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -Icommon \
+               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+               $(shell pkg-config --cflags $(PKGS))
+FUZZ_COMMON := $(COMMON_SRC:%.c=build/fuzz/%.o)
+build/fuzz/common/%.o: common/%.c
+	$(call say,CLANG,$<)
+	@mkdir -p $(dir $@)
+	$(Q)clang $(filter-out -fsanitize=fuzzer%,$(FUZZ_CFLAGS)) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c $< -o $@
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_COMMON)
+	$(call say,CLANG,$<)
+	@mkdir -p $(dir $@)
+	$(Q)clang $(FUZZ_CFLAGS) $^ $(LDLIBS) -o $@
+fuzz: $(FUZZ_BINS)
+fuzz-run: fuzz
+	$(Q)scripts/run-fuzz $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+demo: deps all
+	$(Q)scripts/demo
+
+bench: all
+	$(Q)bench/run
+
+install: all
+	install -D -m 0755 $(BUILD)/gantry $(DESTDIR)/usr/local/bin/gantry
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,44 @@
+/* Secrets and tokens. Sealed format (text, safe to store):
+ *   "gt1:<iterations>:<base64(salt[16] | nonce[12] | ciphertext | tag[16])>"
+ * AES-256-GCM; the key is PBKDF2-HMAC-SHA256(key file contents, salt, iterations).
+ * Plaintext buffers are wiped before they are freed. */
+#ifndef GT_CRYPTO_H
+#define GT_CRYPTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef struct gt_key gt_key;
+
+/* Loads key material from a file (any bytes, trailing whitespace trimmed, at least 32
+ * bytes). GT_ENOTFOUND if missing, GT_EINVAL if too short or empty, naming the path. */
+gt_key *gt_key_load(const char *path, gt_error *err) __attribute__((warn_unused_result));
+/* Creates a new key file (mode 0600, 64 random bytes base64) that must not exist. */
+gt_err gt_key_generate(const char *path, gt_error *err);
+/* Wipes and frees *key; sets it to NULL. */
+void gt_key_free(gt_key **key);
+/* Short non-secret fingerprint of the key (hex of HMAC-SHA256(key,"gantry-key-id"), 16 chars), into buf[17]. */
+void gt_key_fingerprint(const gt_key *key, char buf[17]);
+
+/* Seals len bytes; *sealed is a new string the caller frees. */
+gt_err gt_secret_seal(const gt_key *key, const void *plain, size_t len, char **sealed,
+                      gt_error *err);
+/* Opens a sealed string; *plain is NUL-terminated, *len its length; free it with
+ * gt_secret_wipe_free. GT_ECRYPTO when the key is wrong or the data was altered,
+ * GT_EINVAL when sealed is not in the format. */
+gt_err gt_secret_open(const gt_key *key, const char *sealed, char **plain, size_t *len,
+                      gt_error *err);
+/* Zeroes n bytes of p (not optimized away) and frees p. */
+void gt_secret_wipe_free(void *p, size_t n);
+
+/* Hex of SHA-256 of data into out[65]. */
+void gt_sha256_hex(const void *data, size_t n, char out[65]);
+
+/* Base64 (standard alphabet, padded). Encode returns a new string; decode returns
+ * GT_EINVAL on malformed input. */
+char *gt_base64_encode(const void *data, size_t n);
+gt_err gt_base64_decode(const char *s, unsigned char **out, size_t *n, gt_error *err);
+
+#endif
