@@ -7,7 +7,7 @@ CC       ?= cc
 BUILD    ?= build
 SANITIZE ?=
 O        ?= -O2
-PKGS     := libcjson sqlite3 openssl
+PKGS     := libcjson sqlite3 openssl libpcre2-8
 TESTPKGS := cmocka
 
 V ?= 0
@@ -28,7 +28,7 @@ CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-COMMON_SRC := $(wildcard common/*.c)
+COMMON_SRC := $(wildcard common/*.c common/model/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
 LIB        := $(BUILD)/libgantry.a
 
