@@ -1,0 +1,1090 @@
+#include "api.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "crypto.h"
+#include "json.h"
+#include "log.h"
+#include "model/model.h"
+#include "schema.h"
+#include "util.h"
+
+#define MAX_PARAMS 4
+#define EXECUTIONS "executions"
+
+struct gt_api {
+    gt_api_deps d;
+    gt_key *key;    /* loaded on first use: most commands never touch secrets */
+};
+
+typedef struct req {
+    gt_api *api;
+    const char *method;
+    char *params[MAX_PARAMS];
+    const gt_model_kind *kind;
+    const char *query;
+    cJSON *body;
+    gt_api_response *resp;
+    gt_error err;
+} req;
+
+typedef gt_err (*handler_fn)(req *r);
+
+typedef struct route {
+    const char *method;
+    const char *pattern;   /* segments; "{kind}" matches a model kind, "{x}" any segment */
+    handler_fn handler;
+    bool needs_body;
+} route;
+
+/* ---------- helpers ---------- */
+
+int gt_api_status(gt_err code)
+{
+    switch (code) {
+    case GT_OK: return 200;
+    case GT_EINVAL: return 400;
+    case GT_EPERM: return 403;
+    case GT_ENOTFOUND: return 404;
+    case GT_ECONFLICT: return 409;
+    case GT_EUNAVAIL: return 503;
+    case GT_ETIMEDOUT: return 504;
+    case GT_EAGAIN: return 503;
+    default: return 500;
+    }
+}
+
+static const char *code_name(gt_err code)
+{
+    switch (code) {
+    case GT_EINVAL: return "invalid_argument";
+    case GT_EPERM: return "permission_denied";
+    case GT_ENOTFOUND: return "not_found";
+    case GT_ECONFLICT: return "conflict";
+    case GT_EUNAVAIL: return "unavailable";
+    case GT_ETIMEDOUT: return "timeout";
+    case GT_ECRYPTO: return "secret_key";
+    case GT_EAGAIN: return "try_again";
+    default: return "internal";
+    }
+}
+
+static void reply(req *r, int status, cJSON *body)
+{
+    cJSON_Delete(r->resp->body);
+    r->resp->status = status;
+    r->resp->body = body;
+}
+
+static void reply_error(gt_api_response *resp, int status, gt_err code, const char *message,
+                        const char *field)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(body, "error");
+    gt_json_set_str(e, "code", code_name(code));
+    gt_json_set_str(e, "message", message);
+    if (field && field[0])
+        gt_json_set_str(e, "field", field);
+    cJSON_Delete(resp->body);
+    resp->status = status;
+    resp->body = body;
+}
+
+static void now_str(char *buf, size_t n)
+{
+    gt_format_time(gt_now_ms(), buf, n);
+}
+
+/* A stored document as the API shows it: hidden members removed, revision added. */
+static cJSON *public_view(const gt_model_kind *k, const char *body, int64_t rev)
+{
+    cJSON *doc = cJSON_Parse(body);
+    if (doc == NULL)
+        doc = cJSON_CreateObject();
+    for (size_t i = 0; k && k->hidden[i]; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, k->hidden[i]);
+    gt_json_set_num(doc, "revision", (double)rev);
+    return doc;
+}
+
+static gt_err load(req *r, const char *coll, const char *id, cJSON **doc, int64_t *rev)
+{
+    char *body = NULL;
+    gt_err rc = gt_store_get(r->api->d.store, coll, id, &body, rev, &r->err);
+    if (rc == GT_OK) {
+        rc = gt_json_parse(body, strlen(body), coll, doc, &r->err);
+        free(body);
+    }
+    return rc;
+}
+
+static gt_err must_exist(req *r, const gt_model_kind *k, const char *name, const char *field)
+{
+    char *body = NULL;
+    gt_error e = {0};
+    gt_err rc = gt_store_get(r->api->d.store, k->plural, name, &body, NULL, &e);
+    free(body);
+    if (rc == GT_ENOTFOUND)
+        return gt_error_setf(&r->err, GT_EINVAL, field, "%s: %s \"%s\" does not exist", field,
+                             k->singular, name);
+    if (rc != GT_OK)
+        return gt_error_set(&r->err, rc, "%s", e.message);
+    return GT_OK;
+}
+
+/* ---------- query strings ---------- */
+
+static int hexval(int c)
+{
+    return isdigit(c) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                                : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decodes s[0..n) ('+' is a space); NULL when malformed or when it
+ * would decode to a NUL byte. */
+static char *pct_decode(const char *s, size_t n)
+{
+    gt_buf b = {0};
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i] == '+' ? ' ' : s[i];
+        if (s[i] == '%') {
+            int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || hi * 16 + lo == 0) {
+                gt_buf_free(&b);
+                return NULL;
+            }
+            ch = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        gt_buf_append(&b, &ch, 1);
+    }
+    return gt_buf_steal(&b);
+}
+
+/* The value of key in the query string (decoded, caller frees), or NULL. GT_EINVAL
+ * when the query is malformed or the key is not one the route knows. */
+static gt_err query_get(req *r, const char *const *known, const char *key, char **out)
+{
+    *out = NULL;
+    const char *q = r->query ? r->query : "";
+    while (*q) {
+        const char *amp = strchr(q, '&');
+        size_t n = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', n);
+        size_t kn = eq ? (size_t)(eq - q) : n;
+        char *k = pct_decode(q, kn);
+        char *v = eq ? pct_decode(eq + 1, n - kn - 1) : gt_xstrdup("");
+        gt_err rc = GT_OK;
+        if (k == NULL || v == NULL) {
+            rc = gt_error_setf(&r->err, GT_EINVAL, "query", "malformed query string");
+        } else if (kn > 0) {
+            bool ok = false;
+            for (size_t i = 0; known[i]; i++)
+                ok |= strcmp(k, known[i]) == 0;
+            if (!ok)
+                rc = gt_error_setf(&r->err, GT_EINVAL, k, "unknown query parameter \"%s\"", k);
+            else if (strcmp(k, key) == 0 && *out == NULL) {
+                *out = v;
+                v = NULL;
+            }
+        }
+        free(k);
+        free(v);
+        if (rc != GT_OK) {
+            free(*out);
+            *out = NULL;
+            return rc;
+        }
+        q += n + (amp ? 1 : 0);
+    }
+    return GT_OK;
+}
+
+static gt_err query_limit(req *r, const char *const *known, size_t *limit)
+{
+    char *s = NULL;
+    gt_err rc = query_get(r, known, "limit", &s);
+    if (rc == GT_OK && s) {
+        int64_t v;
+        if (gt_parse_int64(s, 1, 1000, &v, "limit", &r->err) != GT_OK)
+            rc = gt_error_setf(&r->err, GT_EINVAL, "limit", "limit must be 1-1000");
+        else
+            *limit = (size_t)v;
+    }
+    free(s);
+    return rc;
+}
+
+/* ---------- secrets ---------- */
+
+static gt_err key_get(req *r, bool create, gt_key **key)
+{
+    gt_api *a = r->api;
+    if (a->key == NULL) {
+        gt_error e = {0};
+        if (create && !a->d.key_file_explicit && !gt_file_exists(a->d.key_file)) {
+            if (gt_key_generate(a->d.key_file, &e) != GT_OK)
+                return gt_error_set(&r->err, e.code, "%s", e.message);
+            gt_warn("created secrets key file %s; back it up: secrets cannot be read without it",
+                    a->d.key_file);
+        }
+        a->key = gt_key_load(a->d.key_file, &e);
+        if (a->key == NULL)
+            return gt_error_set(&r->err, e.code == GT_ENOTFOUND ? GT_ECRYPTO : e.code, "%s",
+                                e.message);
+    }
+    *key = a->key;
+    return GT_OK;
+}
+
+/* Decrypts secret `name`; *plain is wiped and freed by the caller. */
+static gt_err secret_open(req *r, const char *name, const char *field, char **plain, size_t *len)
+{
+    cJSON *doc = NULL;
+    gt_key *key = NULL;
+    gt_error e = {0};
+    gt_err rc;
+    char *body = NULL;
+    rc = gt_store_get(r->api->d.store, "secrets", name, &body, NULL, &e);
+    if (rc == GT_ENOTFOUND) {
+        rc = gt_error_setf(&r->err, GT_EINVAL, field, "%s: secret \"%s\" does not exist", field, name);
+        goto done;
+    }
+    if (rc != GT_OK) {
+        gt_error_set(&r->err, rc, "%s", e.message);
+        goto done;
+    }
+    if ((rc = key_get(r, false, &key)) != GT_OK)
+        goto done;
+    doc = cJSON_Parse(body);
+    const char *sealed = NULL, *key_id = NULL;
+    gt_json_opt_str(doc, "$", "sealed", &sealed, NULL);
+    gt_json_opt_str(doc, "$", "key_id", &key_id, NULL);
+    char fp[17];
+    gt_key_fingerprint(key, fp);
+    if (key_id && strcmp(key_id, fp) != 0) {
+        rc = gt_error_set(&r->err, GT_ECRYPTO,
+                          "secret \"%s\" was encrypted with another key (key id %s); the key file "
+                          "%s has key id %s", name, key_id, r->api->d.key_file, fp);
+        goto done;
+    }
+    if ((rc = gt_secret_open(key, sealed ? sealed : "", plain, len, &e)) != GT_OK)
+        gt_error_set(&r->err, rc, "secret \"%s\": %s", name, e.message);
+done:
+    cJSON_Delete(doc);
+    free(body);
+    return rc;
+}
+
+/* Replaces "value" in a secret document with "sealed" and "key_id". */
+static gt_err seal_value(req *r, cJSON *doc)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "value");
+    if (!cJSON_IsString(v))
+        return GT_OK;
+    gt_key *key = NULL;
+    gt_err rc = key_get(r, true, &key);
+    char *sealed = NULL;
+    gt_error e = {0};
+    if (rc == GT_OK && (rc = gt_secret_seal(key, v->valuestring, strlen(v->valuestring), &sealed,
+                                            &e)) != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    memset(v->valuestring, 0, strlen(v->valuestring));
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "value");
+    if (rc == GT_OK) {
+        char fp[17];
+        gt_key_fingerprint(key, fp);
+        gt_json_set_str(doc, "sealed", sealed);
+        gt_json_set_str(doc, "key_id", fp);
+    }
+    free(sealed);
+    return rc;
+}
+
+/* ---------- references between resources ---------- */
+
+static gt_err check_refs(req *r, const gt_model_kind *k, const cJSON *doc)
+{
+    const char *s = NULL;
+    gt_err rc = GT_OK;
+    if (k == &gt_model_service) {
+        if (gt_json_opt_str(doc, "$", "repository", &s, NULL) == GT_OK && s &&
+            (rc = must_exist(r, &gt_model_repository, s, "$.repository")) != GT_OK)
+            return rc;
+        s = NULL;
+        if (gt_json_opt_str(doc, "$", "decorator", &s, NULL) == GT_OK && s &&
+            (rc = must_exist(r, &gt_model_decorator, s, "$.decorator")) != GT_OK)
+            return rc;
+        const cJSON *b;
+        int i = 0;
+        cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(doc, "secrets")) {
+            char field[64];
+            snprintf(field, sizeof field, "$.secrets[%d].name", i++);
+            const char *name = NULL;
+            gt_json_opt_str(b, "$", "name", &name, NULL);
+            if (name && (rc = must_exist(r, &gt_model_secret, name, field)) != GT_OK)
+                return rc;
+        }
+    } else if (k == &gt_model_repository) {
+        if (gt_json_opt_str(doc, "$", "private_key_name", &s, NULL) == GT_OK && s &&
+            (rc = must_exist(r, &gt_model_secret, s, "$.private_key_name")) != GT_OK)
+            return rc;
+    }
+    return GT_OK;
+}
+
+/* Appends to users the names of `coll` documents that refer to name. */
+static gt_err users_of(req *r, const char *coll, const char *field, const char *name,
+                       bool in_secrets, gt_buf *users)
+{
+    char *cursor = NULL;
+    gt_err rc = GT_OK;
+    do {
+        gt_store_page page = {0};
+        rc = gt_store_query(r->api->d.store, coll, in_secrets ? NULL : field,
+                            in_secrets ? NULL : name, cursor, 500, &page, &r->err);
+        free(cursor);
+        cursor = NULL;
+        if (rc != GT_OK)
+            break;
+        for (size_t i = 0; i < page.n; i++) {
+            bool uses = !in_secrets;
+            if (in_secrets) {
+                cJSON *doc = cJSON_Parse(page.items[i].body);
+                const cJSON *b;
+                cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(doc, "secrets")) {
+                    const cJSON *n = cJSON_GetObjectItemCaseSensitive(b, "name");
+                    uses |= cJSON_IsString(n) && strcmp(n->valuestring, name) == 0;
+                }
+                cJSON_Delete(doc);
+            }
+            if (uses)
+                gt_buf_printf(users, "%s%s %s", users->len ? ", " : "", coll, page.items[i].id);
+        }
+        cursor = gt_xstrdup(page.next_cursor);
+        gt_store_page_clear(&page);
+    } while (cursor);
+    free(cursor);
+    return rc;
+}
+
+static gt_err check_unused(req *r, const gt_model_kind *k, const char *name)
+{
+    gt_buf users = {0};
+    gt_err rc = GT_OK;
+    if (k == &gt_model_repository)
+        rc = users_of(r, "services", "repository", name, false, &users);
+    else if (k == &gt_model_decorator)
+        rc = users_of(r, "services", "decorator", name, false, &users);
+    else if (k == &gt_model_secret) {
+        rc = users_of(r, "repositories", "private_key_name", name, false, &users);
+        if (rc == GT_OK)
+            rc = users_of(r, "services", NULL, name, true, &users);
+    }
+    if (rc == GT_OK && users.len)
+        rc = gt_error_set(&r->err, GT_ECONFLICT, "%s \"%s\" is still used by %s; delete or change "
+                          "those first", k->singular, name, users.data);
+    gt_buf_free(&users);
+    return rc;
+}
+
+/* ---------- generic resource handlers ---------- */
+
+static const char *const server_fields[] = {"created_at", "updated_at", "revision", NULL};
+
+static gt_err create_resource(req *r)
+{
+    const gt_model_kind *k = r->kind;
+    cJSON *doc = cJSON_Duplicate(r->body, 1);
+    char *text = NULL;
+    gt_err rc;
+    if ((rc = k->validate(doc, &r->err)) != GT_OK)
+        goto done;
+    if (k == &gt_model_secret && !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(doc, "value"))) {
+        rc = gt_error_setf(&r->err, GT_EINVAL, "$.value", "$.value: is required");
+        goto done;
+    }
+    if ((rc = check_refs(r, k, doc)) != GT_OK || (rc = seal_value(r, doc)) != GT_OK)
+        goto done;
+    char ts[40];
+    now_str(ts, sizeof ts);
+    gt_json_set_str(doc, "created_at", ts);
+    gt_json_set_str(doc, "updated_at", ts);
+    const char *name = cJSON_GetObjectItemCaseSensitive(doc, "name")->valuestring;
+    text = gt_json_print(doc);
+    int64_t rev = 0;
+    gt_error e = {0};
+    rc = gt_store_put(r->api->d.store, k->plural, name, text, GT_REV_NONE, &rev, &e);
+    if (rc == GT_ECONFLICT)
+        gt_error_setf(&r->err, rc, "$.name", "%s \"%s\" already exists", k->singular, name);
+    else if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    else
+        reply(r, 201, public_view(k, text, rev));
+done:
+    free(text);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+static gt_err get_resource(req *r)
+{
+    char *body = NULL;
+    int64_t rev = 0;
+    gt_error e = {0};
+    gt_err rc = gt_store_get(r->api->d.store, r->kind->plural, r->params[1], &body, &rev, &e);
+    if (rc == GT_ENOTFOUND)
+        gt_error_set(&r->err, rc, "%s \"%s\" not found", r->kind->singular, r->params[1]);
+    else if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    else
+        reply(r, 200, public_view(r->kind, body, rev));
+    free(body);
+    return rc;
+}
+
+static void add_page(cJSON *out, gt_store_page *page, const gt_model_kind *k,
+                     const char *const *drop)
+{
+    cJSON *items = cJSON_AddArrayToObject(out, "items");
+    for (size_t i = 0; i < page->n; i++) {
+        cJSON *v = public_view(k, page->items[i].body, page->items[i].rev);
+        for (size_t j = 0; drop && drop[j]; j++)
+            cJSON_DeleteItemFromObjectCaseSensitive(v, drop[j]);
+        cJSON_AddItemToArray(items, v);
+    }
+    gt_json_set(out, "next_cursor", page->next_cursor ? cJSON_CreateString(page->next_cursor)
+                                                      : cJSON_CreateNull());
+}
+
+static gt_err list_resources(req *r)
+{
+    static const char *const known[] = {"limit", "cursor", NULL};
+    size_t limit = 100;
+    char *cursor = NULL;
+    gt_store_page page = {0};
+    gt_err rc;
+    if ((rc = query_limit(r, known, &limit)) != GT_OK ||
+        (rc = query_get(r, known, "cursor", &cursor)) != GT_OK)
+        goto done;
+    gt_error e = {0};
+    if ((rc = gt_store_query(r->api->d.store, r->kind->plural, NULL, NULL, cursor, limit, &page,
+                             &e)) != GT_OK) {
+        gt_error_set(&r->err, rc, "%s", e.message);
+        goto done;
+    }
+    cJSON *out = cJSON_CreateObject();
+    add_page(out, &page, r->kind, NULL);
+    reply(r, 200, out);
+done:
+    gt_store_page_clear(&page);
+    free(cursor);
+    return rc;
+}
+
+/* RFC 7386 merge patch of patch into target. */
+static void merge_patch(cJSON *target, const cJSON *patch)
+{
+    const cJSON *p;
+    cJSON_ArrayForEach(p, patch) {
+        if (cJSON_IsNull(p)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(target, p->string);
+        } else if (cJSON_IsObject(p) &&
+                   cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(target, p->string))) {
+            merge_patch(cJSON_GetObjectItemCaseSensitive(target, p->string), p);
+        } else {
+            gt_json_set(target, p->string, cJSON_Duplicate(p, 1));
+        }
+    }
+}
+
+static gt_err update_resource(req *r)
+{
+    const gt_model_kind *k = r->kind;
+    cJSON *stored = NULL, *doc = NULL;
+    char *text = NULL;
+    int64_t rev = 0;
+    gt_err rc;
+    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(r->body, "name");
+    if (nm && (!cJSON_IsString(nm) || strcmp(nm->valuestring, r->params[1]) != 0)) {
+        rc = gt_error_setf(&r->err, GT_EINVAL, "$.name", "$.name: a %s cannot be renamed",
+                           k->singular);
+        goto done;
+    }
+    if ((rc = load(r, k->plural, r->params[1], &stored, &rev)) != GT_OK) {
+        if (rc == GT_ENOTFOUND) {
+            gt_error_clear(&r->err);
+            gt_error_set(&r->err, rc, "%s \"%s\" not found", k->singular, r->params[1]);
+        }
+        goto done;
+    }
+    /* Validate the user's fields as they will be after the patch. */
+    doc = cJSON_Duplicate(stored, 1);
+    for (size_t i = 0; server_fields[i]; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, server_fields[i]);
+    for (size_t i = 0; k->hidden[i]; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, k->hidden[i]);
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "key_id");
+    merge_patch(doc, r->body);
+    if ((rc = k->validate(doc, &r->err)) != GT_OK || (rc = check_refs(r, k, doc)) != GT_OK ||
+        (rc = seal_value(r, doc)) != GT_OK)
+        goto done;
+    /* Keep what the server owns: the sealed value when no new one came, created_at. */
+    static const char *const keep[] = {"sealed", "key_id", "created_at", NULL};
+    for (size_t i = 0; keep[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(stored, keep[i]);
+        if (v && !cJSON_GetObjectItemCaseSensitive(doc, keep[i]))
+            gt_json_set(doc, keep[i], cJSON_Duplicate(v, 1));
+    }
+    char ts[40];
+    now_str(ts, sizeof ts);
+    gt_json_set_str(doc, "updated_at", ts);
+    text = gt_json_print(doc);
+    gt_error e = {0};
+    int64_t nrev = 0;
+    rc = gt_store_put(r->api->d.store, k->plural, r->params[1], text, rev, &nrev, &e);
+    if (rc == GT_ECONFLICT)
+        gt_error_set(&r->err, rc, "%s \"%s\" was changed by someone else meanwhile; try again",
+                     k->singular, r->params[1]);
+    else if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    else
+        reply(r, 200, public_view(k, text, nrev));
+done:
+    free(text);
+    cJSON_Delete(doc);
+    cJSON_Delete(stored);
+    return rc;
+}
+
+static gt_err delete_resource(req *r)
+{
+    const gt_model_kind *k = r->kind;
+    gt_err rc = check_unused(r, k, r->params[1]);
+    if (rc != GT_OK)
+        return rc;
+    gt_error e = {0};
+    rc = gt_store_delete(r->api->d.store, k->plural, r->params[1], GT_REV_ANY, &e);
+    if (rc == GT_ENOTFOUND)
+        gt_error_set(&r->err, rc, "%s \"%s\" not found", k->singular, r->params[1]);
+    else if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    else {
+        cJSON *out = cJSON_CreateObject();
+        gt_json_set_str(out, "deleted", r->params[1]);
+        gt_json_set_str(out, "kind", k->singular);
+        reply(r, 200, out);
+    }
+    return rc;
+}
+
+/* ---------- executions ---------- */
+
+static gt_err save_execution(req *r, cJSON *ex, int64_t *rev)
+{
+    char *text = gt_json_print(ex);
+    const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
+    gt_error e = {0};
+    gt_err rc = gt_store_put(r->api->d.store, EXECUTIONS, id, text, *rev, rev, &e);
+    if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "recording execution %s: %s", id, e.message);
+    free(text);
+    return rc;
+}
+
+/* Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat),
+ * so a recycled pid is not mistaken for the gantry process that owned a run. */
+static long long proc_start(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return -1;
+    long long v = -1;
+    /* after ") " come fields 3..; starttime is field 22 */
+    int field = 2;
+    for (const char *s = p + 1; *s && field < 22; s++)
+        if (*s == ' ' && ++field == 22)
+            v = strtoll(s + 1, NULL, 10);
+    return v;
+}
+
+static bool owner_alive(const cJSON *ex)
+{
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "owner_pid");
+    const cJSON *start = cJSON_GetObjectItemCaseSensitive(ex, "owner_start");
+    if (!cJSON_IsNumber(pid) || !cJSON_IsNumber(start))
+        return false;
+    if (kill((pid_t)pid->valuedouble, 0) != 0 && errno == ESRCH)
+        return false;
+    return proc_start((pid_t)pid->valuedouble) == (long long)start->valuedouble;
+}
+
+/* Sets ex's terminal fields from a run result (or an error message). */
+static void finish_execution(cJSON *ex, cJSON *result, const char *state, const char *error)
+{
+    if (result) {
+        cJSON *it = result->child;
+        while (it) {
+            cJSON *next = it->next;
+            gt_json_set(ex, it->string, cJSON_DetachItemViaPointer(result, it));
+            it = next;
+        }
+    } else {
+        gt_json_set_str(ex, "state", state);
+        gt_json_set_str(ex, "error", error);
+        char ts[40];
+        now_str(ts, sizeof ts);
+        gt_json_set_str(ex, "finished_at", ts);
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_pid");
+    cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_start");
+}
+
+int gt_api_reap_local(gt_api *api)
+{
+    static const char *const states[] = {"accepted", "running", NULL};
+    int reaped = 0;
+    for (size_t s = 0; states[s]; s++) {
+        gt_store_page page = {0};
+        if (gt_store_query(api->d.store, EXECUTIONS, "state", states[s], NULL, 1000, &page,
+                           NULL) != GT_OK)
+            continue;
+        for (size_t i = 0; i < page.n; i++) {
+            cJSON *ex = cJSON_Parse(page.items[i].body);
+            const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
+            if (ex && cJSON_IsString(runner) && strcmp(runner->valuestring, "local") == 0 &&
+                !owner_alive(ex)) {
+                finish_execution(ex, NULL, "lost",
+                                 "the gantry process running it ended before it finished");
+                req r = {.api = api};
+                int64_t rev = page.items[i].rev;
+                if (save_execution(&r, ex, &rev) == GT_OK) {
+                    gt_warn("execution %s marked lost: its gantry process is gone",
+                            page.items[i].id);
+                    reaped++;
+                }
+            }
+            cJSON_Delete(ex);
+        }
+        gt_store_page_clear(&page);
+    }
+    return reaped;
+}
+
+static void wipe_strv(gt_strv *v)
+{
+    for (size_t i = 0; i < v->n; i++)
+        memset(v->v[i], 0, strlen(v->v[i]));
+    gt_strv_free(v);
+}
+
+/* Decrypts the service's and the request's secret bindings into "VAR=value". */
+static gt_err bind_secrets(req *r, const cJSON *lists[2], gt_strv *env)
+{
+    static const char *paths[2] = {"service.secrets", "$.secrets"};
+    for (int l = 0; l < 2; l++) {
+        const cJSON *b;
+        int i = 0;
+        cJSON_ArrayForEach(b, lists[l]) {
+            char field[64];
+            snprintf(field, sizeof field, "%s[%d].name", paths[l], i++);
+            const char *name = cJSON_GetObjectItemCaseSensitive(b, "name")->valuestring;
+            const char *target = cJSON_GetObjectItemCaseSensitive(b, "target")->valuestring;
+            char *plain = NULL;
+            size_t len = 0;
+            gt_err rc = secret_open(r, name, field, &plain, &len);
+            if (rc != GT_OK)
+                return rc;
+            gt_strv_push_owned(env, gt_xasprintf("%s=%s", target, plain));
+            gt_secret_wipe_free(plain, len);
+        }
+    }
+    return GT_OK;
+}
+
+/* Inputs from --set arrive as strings; where the decorator declares a property as
+ * a number, integer, boolean, array or object, a string that parses as JSON of
+ * another type is replaced by that value (the schema then checks it). */
+static void coerce_inputs(const cJSON *schema, cJSON *inputs)
+{
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(schema, "properties");
+    for (cJSON *in = inputs->child, *next; in; in = next) {
+        next = in->next;
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(props, in->string);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(p, "type");
+        if (!cJSON_IsString(in) || !cJSON_IsString(type) ||
+            strcmp(type->valuestring, "string") == 0 || strcmp(type->valuestring, "null") == 0)
+            continue;
+        cJSON *v = cJSON_Parse(in->valuestring);
+        if (v == NULL || cJSON_IsString(v)) {
+            cJSON_Delete(v);
+            continue;
+        }
+        cJSON_ReplaceItemInObjectCaseSensitive(inputs, in->string, v);
+    }
+}
+
+static gt_err run_service(req *r)
+{
+    static const char *const fields[] = {"inputs", "secrets", NULL};
+    gt_api *a = r->api;
+    cJSON *svc = NULL, *repo = NULL, *dec = NULL, *inputs = NULL, *ex = NULL, *result = NULL;
+    gt_schema *schema = NULL;
+    gt_strv env = {0};
+    char *ssh_key = NULL, *id = NULL;
+    size_t ssh_len = 0;
+    int64_t rev = GT_REV_NONE;
+    gt_err rc;
+
+    if ((rc = gt_json_only(r->body, "$", fields, &r->err)) != GT_OK)
+        goto done;
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(r->body, "inputs");
+    if (in && !cJSON_IsNull(in) && !cJSON_IsObject(in)) {
+        rc = gt_error_setf(&r->err, GT_EINVAL, "$.inputs", "$.inputs: expected an object");
+        goto done;
+    }
+    inputs = cJSON_IsObject(in) ? cJSON_Duplicate(in, 1) : cJSON_CreateObject();
+    const cJSON *req_secrets = cJSON_GetObjectItemCaseSensitive(r->body, "secrets");
+    if ((rc = gt_service_check_secrets(req_secrets, "$.secrets", &r->err)) != GT_OK)
+        goto done;
+    if ((rc = load(r, "services", r->params[0], &svc, NULL)) != GT_OK) {
+        if (rc == GT_ENOTFOUND) {
+            gt_error_clear(&r->err);
+            gt_error_set(&r->err, rc, "service \"%s\" not found", r->params[0]);
+        }
+        goto done;
+    }
+    const char *repo_name = cJSON_GetObjectItemCaseSensitive(svc, "repository")->valuestring;
+    if ((rc = load(r, "repositories", repo_name, &repo, NULL)) != GT_OK)
+        goto done;
+    const cJSON *dname = cJSON_GetObjectItemCaseSensitive(svc, "decorator");
+    if (cJSON_IsString(dname)) {
+        if ((rc = load(r, "decorators", dname->valuestring, &dec, NULL)) != GT_OK)
+            goto done;
+        const cJSON *sch = cJSON_GetObjectItemCaseSensitive(dec, "schema");
+        gt_error e = {0};
+        if ((schema = gt_schema_compile(sch, &e)) == NULL) {
+            rc = gt_error_set(&r->err, GT_EINTERNAL, "decorator \"%s\": %s", dname->valuestring,
+                              e.message);
+            goto done;
+        }
+        coerce_inputs(sch, inputs);
+        gt_schema_apply_defaults(schema, inputs);
+        e = (gt_error){0};
+        if ((rc = gt_schema_validate(schema, inputs, &e)) != GT_OK) {
+            /* instance paths are relative to $.inputs */
+            char field[sizeof e.field + 16];
+            snprintf(field, sizeof field, "$.inputs%.255s", e.field[0] == '$' ? e.field + 1 : "");
+            gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s",
+                          dname->valuestring, e.message);
+            goto done;
+        }
+    }
+    const cJSON *lists[2] = {cJSON_GetObjectItemCaseSensitive(svc, "secrets"), req_secrets};
+    if ((rc = bind_secrets(r, lists, &env)) != GT_OK)
+        goto done;
+    const cJSON *pk = cJSON_GetObjectItemCaseSensitive(repo, "private_key_name");
+    if (cJSON_IsString(pk) &&
+        (rc = secret_open(r, pk->valuestring, "repository.private_key_name", &ssh_key,
+                          &ssh_len)) != GT_OK)
+        goto done;
+
+    /* accepted: stored before anything runs, with its owner so a crash is reaped */
+    id = gt_id_new();
+    ex = cJSON_CreateObject();
+    gt_json_set_str(ex, "id", id);
+    gt_json_set_str(ex, "service", r->params[0]);
+    gt_json_set_str(ex, "service_type", cJSON_GetObjectItemCaseSensitive(svc, "type")->valuestring);
+    gt_json_set_str(ex, "repository", repo_name);
+    gt_json_set(ex, "inputs", cJSON_Duplicate(inputs, 1));
+    gt_json_set_str(ex, "state", "accepted");
+    gt_json_set_num(ex, "attempt", 1);
+    gt_json_set_str(ex, "runner", a->d.runner_name ? a->d.runner_name : "local");
+    gt_json_set_num(ex, "owner_pid", (double)getpid());
+    gt_json_set_num(ex, "owner_start", (double)proc_start(getpid()));
+    char ts[40];
+    now_str(ts, sizeof ts);
+    gt_json_set_str(ex, "created_at", ts);
+    if ((rc = save_execution(r, ex, &rev)) != GT_OK)
+        goto done;
+    gt_json_set_str(ex, "state", "running");
+    gt_json_set_str(ex, "started_at", ts);
+    if ((rc = save_execution(r, ex, &rev)) != GT_OK)
+        goto done;
+
+    gt_run_request rr = {
+        .service = svc,
+        .repository = repo,
+        .inputs = inputs,
+        .secret_env = env.v,
+        .ssh_key = ssh_key,
+        .execution_id = id,
+        .cancel = a->d.cancel,
+    };
+    gt_error e = {0};
+    if (gt_run_execute(a->d.run, &rr, &result, &e) != GT_OK)
+        finish_execution(ex, NULL, "failed", e.message);
+    else
+        finish_execution(ex, result, NULL, NULL);
+    if ((rc = save_execution(r, ex, &rev)) != GT_OK)
+        goto done;
+    gt_json_set_num(ex, "revision", (double)rev);
+    reply(r, 201, ex);
+    ex = NULL;
+done:
+    if (ssh_key)
+        gt_secret_wipe_free(ssh_key, ssh_len);
+    wipe_strv(&env);
+    gt_schema_free(&schema);
+    cJSON_Delete(result);
+    cJSON_Delete(ex);
+    cJSON_Delete(inputs);
+    cJSON_Delete(dec);
+    cJSON_Delete(repo);
+    cJSON_Delete(svc);
+    free(id);
+    return rc;
+}
+
+static gt_err list_executions(req *r)
+{
+    static const char *const known[] = {"limit", "cursor", "service", "state", "full", NULL};
+    static const char *const bulky[] = {"stdout", "stderr", "inputs", NULL};
+    size_t limit = 100;
+    char *cursor = NULL, *service = NULL, *state = NULL, *full = NULL;
+    gt_store_page page = {0};
+    gt_err rc;
+    if ((rc = query_limit(r, known, &limit)) != GT_OK ||
+        (rc = query_get(r, known, "cursor", &cursor)) != GT_OK ||
+        (rc = query_get(r, known, "service", &service)) != GT_OK ||
+        (rc = query_get(r, known, "state", &state)) != GT_OK ||
+        (rc = query_get(r, known, "full", &full)) != GT_OK)
+        goto done;
+    if (state && !gt_execution_state_valid(state)) {
+        rc = gt_error_setf(&r->err, GT_EINVAL, "state", "state: \"%s\" is not an execution state",
+                           state);
+        goto done;
+    }
+    gt_error e = {0};
+    if ((rc = gt_store_query(r->api->d.store, EXECUTIONS, service ? "service" : state ? "state" : NULL,
+                             service ? service : state, cursor, limit, &page, &e)) != GT_OK) {
+        gt_error_set(&r->err, rc, "%s", e.message);
+        goto done;
+    }
+    /* both filters: the index serves one, the other filters the page */
+    if (service && state) {
+        size_t k = 0;
+        for (size_t i = 0; i < page.n; i++) {
+            cJSON *d = cJSON_Parse(page.items[i].body);
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(d, "state");
+            bool keep = cJSON_IsString(st) && strcmp(st->valuestring, state) == 0;
+            cJSON_Delete(d);
+            if (keep) {
+                page.items[k++] = page.items[i];
+            } else {
+                free(page.items[i].id);
+                free(page.items[i].body);
+            }
+        }
+        page.n = k;
+    }
+    cJSON *out = cJSON_CreateObject();
+    add_page(out, &page, NULL, full && strcmp(full, "true") == 0 ? NULL : bulky);
+    reply(r, 200, out);
+done:
+    gt_store_page_clear(&page);
+    free(cursor);
+    free(service);
+    free(state);
+    free(full);
+    return rc;
+}
+
+static gt_err get_execution(req *r)
+{
+    char *body = NULL;
+    int64_t rev = 0;
+    gt_error e = {0};
+    gt_err rc = gt_store_get(r->api->d.store, EXECUTIONS, r->params[0], &body, &rev, &e);
+    if (rc == GT_ENOTFOUND)
+        gt_error_set(&r->err, rc, "execution \"%s\" not found", r->params[0]);
+    else if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    else
+        reply(r, 200, public_view(NULL, body, rev));
+    free(body);
+    return rc;
+}
+
+/* ---------- routing ---------- */
+
+static const route routes[] = {
+    {"GET", "/api/v1/executions", list_executions, false},
+    {"GET", "/api/v1/executions/{id}", get_execution, false},
+    {"POST", "/api/v1/services/{name}/run", run_service, true},
+    {"GET", "/api/v1/{kind}", list_resources, false},
+    {"POST", "/api/v1/{kind}", create_resource, true},
+    {"GET", "/api/v1/{kind}/{name}", get_resource, false},
+    {"PATCH", "/api/v1/{kind}/{name}", update_resource, true},
+    {"DELETE", "/api/v1/{kind}/{name}", delete_resource, false},
+};
+
+const gt_api_route_info *gt_api_routes(void)
+{
+    static gt_api_route_info info[sizeof routes / sizeof routes[0] + 1];
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        info[i] = (gt_api_route_info){routes[i].method, routes[i].pattern};
+    return info;
+}
+
+/* Splits a path into at most 8 decoded segments; false when malformed. */
+static bool split_path(const char *path, char *segs[8], size_t *n)
+{
+    *n = 0;
+    if (path == NULL || path[0] != '/')
+        return false;
+    const char *p = path + 1;
+    while (*p) {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (len == 0 || *n == 8)
+            return false;
+        segs[*n] = pct_decode(p, len);
+        if (segs[*n] == NULL)
+            return false;
+        (*n)++;
+        p += len + (slash ? 1 : 0);
+    }
+    return true;
+}
+
+/* Matches segs against pattern; fills r->params and r->kind. */
+static bool match(const route *rt, char **segs, size_t n, req *r)
+{
+    char *pat = gt_xstrdup(rt->pattern + 1);
+    char *save = NULL;
+    size_t i = 0, np = 0;
+    bool ok = true;
+    const gt_model_kind *kind = NULL;
+    for (char *t = strtok_r(pat, "/", &save); t && ok; t = strtok_r(NULL, "/", &save), i++) {
+        if (i >= n)
+            ok = false;
+        else if (t[0] != '{')
+            ok = strcmp(t, segs[i]) == 0;
+        else if (strcmp(t, "{kind}") == 0)
+            ok = (kind = gt_model_find(segs[i])) != NULL && strcmp(kind->plural, segs[i]) == 0;
+        if (ok && t[0] == '{' && np < MAX_PARAMS)
+            r->params[np++] = segs[i];
+    }
+    free(pat);
+    if (ok && i == n) {
+        r->kind = kind;
+        return true;
+    }
+    return false;
+}
+
+void gt_api_handle(gt_api *api, const char *method, const char *path, const char *query,
+                   const char *body, size_t body_len, gt_api_response *resp)
+{
+    req r = {.api = api, .method = method, .query = query, .resp = resp};
+    char *segs[8] = {0};
+    size_t n = 0;
+    const route *found = NULL;
+    bool path_known = false;
+    resp->status = 0;
+    resp->body = NULL;
+    if (!split_path(path, segs, &n)) {
+        reply_error(resp, 400, GT_EINVAL, "malformed path", NULL);
+        goto done;
+    }
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !found; i++) {
+        memset(r.params, 0, sizeof r.params);
+        if (match(&routes[i], segs, n, &r)) {
+            path_known = true;
+            if (strcmp(routes[i].method, method) == 0)
+                found = &routes[i];
+        }
+    }
+    if (found == NULL) {
+        if (path_known)
+            reply_error(resp, 405, GT_EINVAL, "method not allowed on this path", NULL);
+        else
+            reply_error(resp, 404, GT_ENOTFOUND, "no such route", NULL);
+        goto done;
+    }
+    if (found->needs_body) {
+        if (body == NULL || body_len == 0) {
+            if (found->handler == run_service) {
+                r.body = cJSON_CreateObject();
+            } else {
+                reply_error(resp, 400, GT_EINVAL, "a JSON object body is required", "$");
+                goto done;
+            }
+        } else if (gt_json_parse(body, body_len, "request body", &r.body, &r.err) != GT_OK) {
+            reply_error(resp, 400, r.err.code, r.err.message, r.err.field);
+            goto done;
+        } else if (!cJSON_IsObject(r.body)) {
+            reply_error(resp, 400, GT_EINVAL, "$: expected a JSON object", "$");
+            goto done;
+        }
+    }
+    gt_err rc = found->handler(&r);
+    if (rc != GT_OK) {
+        if (r.err.code == GT_OK)
+            gt_error_set(&r.err, rc, "%s", gt_strerror(rc));
+        reply_error(resp, gt_api_status(r.err.code), r.err.code, r.err.message, r.err.field);
+    } else if (resp->body == NULL) {
+        reply_error(resp, 500, GT_EINTERNAL, "handler produced no response", NULL);
+    }
+done:
+    cJSON_Delete(r.body);
+    for (size_t i = 0; i < n; i++)
+        free(segs[i]);
+}
+
+void gt_api_response_clear(gt_api_response *resp)
+{
+    cJSON_Delete(resp->body);
+    resp->body = NULL;
+    resp->status = 0;
+}
+
+gt_api *gt_api_new(const gt_api_deps *deps, gt_error *err)
+{
+    for (size_t i = 0; gt_model_kinds[i]; i++)
+        for (size_t j = 0; gt_model_kinds[i]->indexes[j]; j++)
+            if (gt_store_index(deps->store, gt_model_kinds[i]->plural, gt_model_kinds[i]->indexes[j],
+                               err) != GT_OK)
+                return NULL;
+    if (gt_store_index(deps->store, EXECUTIONS, "service", err) != GT_OK ||
+        gt_store_index(deps->store, EXECUTIONS, "state", err) != GT_OK)
+        return NULL;
+    gt_api *a = gt_xcalloc(1, sizeof *a);
+    a->d = *deps;
+    return a;
+}
+
+void gt_api_free(gt_api **api)
+{
+    if (api == NULL || *api == NULL)
+        return;
+    gt_key_free(&(*api)->key);
+    free(*api);
+    *api = NULL;
+}

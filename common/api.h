@@ -1,0 +1,58 @@
+/* The Gantry API: REST-shaped requests (method, path, query, JSON body) answered
+ * with a status and a JSON body. Local mode calls it in-process; the controller
+ * serves the same function over HTTP, so both behave identically. Errors are
+ * {"error": {"code", "message", "field"}}. */
+#ifndef GT_API_H
+#define GT_API_H
+
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "error.h"
+#include "run.h"
+#include "store.h"
+
+typedef struct gt_api gt_api;
+
+typedef struct gt_api_deps {
+    gt_store *store;               /* borrowed */
+    const char *key_file;          /* secrets key file */
+    bool key_file_explicit;        /* configured by the user: never generated */
+    const gt_run_options *run;     /* how runs execute inline */
+    volatile sig_atomic_t *cancel; /* set to cancel an inline run (local mode) */
+    const char *runner_name;       /* recorded on executions: "local" */
+} gt_api_deps;
+
+typedef struct gt_api_response {
+    int status;
+    cJSON *body;                   /* always set; owned by the response */
+} gt_api_response;
+
+/* deps is copied; the pointers in it are borrowed and must outlive the api. */
+gt_api *gt_api_new(const gt_api_deps *deps, gt_error *err) __attribute__((warn_unused_result));
+void gt_api_free(gt_api **api);
+
+/* Handles one request. query is the raw query string (no '?') or NULL; body is the
+ * raw request body or NULL. Always fills resp. */
+void gt_api_handle(gt_api *api, const char *method, const char *path, const char *query,
+                   const char *body, size_t body_len, gt_api_response *resp);
+void gt_api_response_clear(gt_api_response *resp);
+
+/* HTTP status for an error code. */
+int gt_api_status(gt_err code);
+
+/* Local mode: marks executions whose gantry process died (SIGKILL, power loss)
+ * as "lost", so none stays "running" forever. Returns how many were reaped. */
+int gt_api_reap_local(gt_api *api);
+
+/* The routes, for --help, OpenAPI checks and completion: method and pattern pairs,
+ * NULL-terminated. */
+typedef struct gt_api_route_info {
+    const char *method;
+    const char *pattern;
+} gt_api_route_info;
+const gt_api_route_info *gt_api_routes(void);
+
+#endif

@@ -1,0 +1,48 @@
+/* Resource kinds: what a stored document of each kind may hold and how it is
+ * checked. Cross-resource checks (does the named repository exist?) need the store
+ * and live in api.c. */
+#ifndef GT_MODEL_H
+#define GT_MODEL_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+
+#include "error.h"
+
+typedef struct gt_model_kind {
+    const char *plural;               /* "services": collection and URL segment */
+    const char *singular;             /* "service" */
+    const char *const *fields;        /* members a user may set, NULL-terminated */
+    const char *const *indexes;       /* top-level string fields queried, NULL-terminated */
+    const char *const *hidden;        /* stored members never returned, NULL-terminated */
+    /* Checks and normalizes doc (the user's fields, "name" included) in place;
+     * errors name the JSON path. */
+    gt_err (*validate)(cJSON *doc, gt_error *err);
+} gt_model_kind;
+
+extern const gt_model_kind gt_model_repository;
+extern const gt_model_kind gt_model_service;
+extern const gt_model_kind gt_model_decorator;
+extern const gt_model_kind gt_model_secret;
+
+/* The named kinds, NULL-terminated. */
+extern const gt_model_kind *const gt_model_kinds[];
+
+/* Finds a kind by plural or singular name; NULL if none. */
+const gt_model_kind *gt_model_find(const char *name);
+
+/* Shared checks. */
+gt_err gt_model_check_name(const cJSON *doc, gt_error *err);
+/* A relative path inside the repository: no leading '/', no ".." component. */
+gt_err gt_model_check_relpath(const char *path, const char *field, gt_error *err);
+/* An optional string member that, when present, is a valid resource name. */
+gt_err gt_model_check_ref(const cJSON *doc, const char *key, gt_error *err);
+
+/* Execution states (DESIGN.md §5). */
+bool gt_execution_state_terminal(const char *state);
+bool gt_execution_state_valid(const char *state);
+
+/* Checks a list of secret bindings [{name, type: "env", target}] at path. */
+gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *err);
+
+#endif

@@ -1,0 +1,200 @@
+#include "model/model.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "json.h"
+#include "util.h"
+
+static const char *const fields[] = {
+    "name", "description", "type", "repository", "filename", "working_dir", "decorator",
+    "env", "secrets", "timeout", "playbooks", "inventory", "extra_vars", "arg_format",
+    "interpreter", "retries", "pool", NULL};
+static const char *const indexes[] = {"repository", "decorator", NULL};
+static const char *const hidden[] = {NULL};
+
+static const char *const types[] = {"python-script", "ansible-playbook", "executable", NULL};
+
+static bool env_name_valid(const char *s)
+{
+    if (!s || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_')
+            return false;
+    return true;
+}
+
+static gt_err check_env(const cJSON *env, gt_error *err)
+{
+    if (env == NULL || cJSON_IsNull(env))
+        return GT_OK;
+    if (!cJSON_IsObject(env))
+        return gt_error_setf(err, GT_EINVAL, "$.env", "$.env: expected an object of strings");
+    const cJSON *kv;
+    cJSON_ArrayForEach(kv, env) {
+        char field[300];
+        snprintf(field, sizeof field, "$.env.%s", kv->string);
+        if (!env_name_valid(kv->string))
+            return gt_error_setf(err, GT_EINVAL, field, "%s: not a valid environment variable name",
+                                 field);
+        if (!cJSON_IsString(kv))
+            return gt_error_setf(err, GT_EINVAL, field, "%s: expected a string", field);
+    }
+    return GT_OK;
+}
+
+gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *err)
+{
+    static const char *const keys[] = {"name", "type", "target", NULL};
+    if (list == NULL || cJSON_IsNull(list))
+        return GT_OK;
+    if (!cJSON_IsArray(list))
+        return gt_error_setf(err, GT_EINVAL, path, "%s: expected a list of secrets", path);
+    int i = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, list) {
+        char p[128];
+        snprintf(p, sizeof p, "%s[%d]", path, i++);
+        const char *name = NULL, *type = "env", *target = NULL;
+        gt_err rc;
+        if (!cJSON_IsObject(s))
+            return gt_error_setf(err, GT_EINVAL, p, "%s: expected {name, type, target}", p);
+        if ((rc = gt_json_only(s, p, keys, err)) != GT_OK ||
+            (rc = gt_json_str(s, p, "name", &name, err)) != GT_OK ||
+            (rc = gt_json_opt_str(s, p, "type", &type, err)) != GT_OK ||
+            (rc = gt_json_str(s, p, "target", &target, err)) != GT_OK)
+            return rc;
+        char f[160];
+        if (!gt_name_valid(name)) {
+            snprintf(f, sizeof f, "%s.name", p);
+            return gt_error_setf(err, GT_EINVAL, f, "%s: \"%s\" is not a valid secret name", f, name);
+        }
+        if (strcmp(type, "env") != 0) {
+            snprintf(f, sizeof f, "%s.type", p);
+            return gt_error_setf(err, GT_EINVAL, f, "%s: \"%s\" is not supported (only \"env\")", f,
+                                 type);
+        }
+        if (!env_name_valid(target)) {
+            snprintf(f, sizeof f, "%s.target", p);
+            return gt_error_setf(err, GT_EINVAL, f,
+                                 "%s: \"%s\" is not a valid environment variable name", f, target);
+        }
+    }
+    return GT_OK;
+}
+
+/* Fields that only make sense for one type. */
+static gt_err only_for(const cJSON *doc, const char *type, const char *key, const char *owner,
+                       gt_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+    if (v && !cJSON_IsNull(v) && strcmp(type, owner) != 0) {
+        char field[64];
+        snprintf(field, sizeof field, "$.%s", key);
+        return gt_error_setf(err, GT_EINVAL, field, "%s: only for %s services", field, owner);
+    }
+    return GT_OK;
+}
+
+static gt_err validate(cJSON *doc, gt_error *err)
+{
+    const char *type = NULL, *s = NULL;
+    int64_t n = 0;
+    gt_err rc;
+    if ((rc = gt_json_only(doc, "$", fields, err)) != GT_OK ||
+        (rc = gt_model_check_name(doc, err)) != GT_OK ||
+        (rc = gt_json_str(doc, "$", "type", &type, err)) != GT_OK)
+        return rc;
+    if (strcmp(type, "opentofu-plan") == 0)
+        return gt_error_setf(err, GT_EINVAL, "$.type",
+                             "$.type: opentofu-plan services are not supported yet");
+    bool known = false;
+    for (size_t i = 0; types[i]; i++)
+        known |= strcmp(type, types[i]) == 0;
+    if (!known)
+        return gt_error_setf(err, GT_EINVAL, "$.type",
+                             "$.type: \"%s\" is not one of python-script, ansible-playbook, "
+                             "executable", type);
+    if ((rc = gt_json_opt_str(doc, "$", "description", &s, err)) != GT_OK ||
+        (rc = gt_json_str(doc, "$", "repository", &s, err)) != GT_OK ||
+        (rc = gt_model_check_ref(doc, "repository", err)) != GT_OK ||
+        (rc = gt_model_check_ref(doc, "decorator", err)) != GT_OK ||
+        (rc = gt_json_opt_str(doc, "$", "pool", &s, err)) != GT_OK ||
+        (rc = check_env(cJSON_GetObjectItemCaseSensitive(doc, "env"), err)) != GT_OK ||
+        (rc = gt_service_check_secrets(cJSON_GetObjectItemCaseSensitive(doc, "secrets"),
+                                       "$.secrets", err)) != GT_OK ||
+        (rc = only_for(doc, type, "playbooks", "ansible-playbook", err)) != GT_OK ||
+        (rc = only_for(doc, type, "inventory", "ansible-playbook", err)) != GT_OK ||
+        (rc = only_for(doc, type, "extra_vars", "ansible-playbook", err)) != GT_OK ||
+        (rc = only_for(doc, type, "arg_format", "executable", err)) != GT_OK ||
+        (rc = only_for(doc, type, "interpreter", "executable", err)) != GT_OK)
+        return rc;
+
+    const char *wd = NULL;
+    if ((rc = gt_json_opt_str(doc, "$", "working_dir", &wd, err)) != GT_OK ||
+        (wd && (rc = gt_model_check_relpath(wd, "$.working_dir", err)) != GT_OK))
+        return rc;
+    n = 0;
+    if ((rc = gt_json_opt_int(doc, "$", "timeout", &n, err)) != GT_OK)
+        return rc;
+    if (n < 0 || n > 7 * 86400)
+        return gt_error_setf(err, GT_EINVAL, "$.timeout",
+                             "$.timeout: %lld is out of range [0, 604800] seconds", (long long)n);
+    n = 0;
+    if ((rc = gt_json_opt_int(doc, "$", "retries", &n, err)) != GT_OK)
+        return rc;
+    if (n < 0 || n > 100)
+        return gt_error_setf(err, GT_EINVAL, "$.retries", "$.retries: %lld is out of range [0, 100]",
+                             (long long)n);
+
+    const char *file = NULL;
+    if ((rc = gt_json_opt_str(doc, "$", "filename", &file, err)) != GT_OK ||
+        (file && (rc = gt_model_check_relpath(file, "$.filename", err)) != GT_OK))
+        return rc;
+    if (strcmp(type, "ansible-playbook") == 0) {
+        cJSON *pbs = cJSON_GetObjectItemCaseSensitive(doc, "playbooks");
+        if ((pbs == NULL || cJSON_IsNull(pbs)) && file && file[0]) {
+            /* --filename names the one playbook */
+            pbs = cJSON_CreateArray();
+            cJSON_AddItemToArray(pbs, cJSON_CreateString(file));
+            gt_json_set(doc, "playbooks", pbs);
+        }
+        if (!cJSON_IsArray(pbs) || cJSON_GetArraySize(pbs) == 0)
+            return gt_error_setf(err, GT_EINVAL, "$.playbooks",
+                                 "$.playbooks: an ansible-playbook service needs at least one playbook");
+        int i = 0;
+        const cJSON *pb;
+        cJSON_ArrayForEach(pb, pbs) {
+            char field[64];
+            snprintf(field, sizeof field, "$.playbooks[%d]", i++);
+            if (!cJSON_IsString(pb) || pb->valuestring[0] == '\0')
+                return gt_error_setf(err, GT_EINVAL, field, "%s: expected a file name", field);
+            if ((rc = gt_model_check_relpath(pb->valuestring, field, err)) != GT_OK)
+                return rc;
+        }
+        const char *inv = NULL;
+        if ((rc = gt_json_opt_str(doc, "$", "inventory", &inv, err)) != GT_OK)
+            return rc;
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(doc, "extra_vars");
+        if (ev && !cJSON_IsNull(ev) && !cJSON_IsObject(ev))
+            return gt_error_setf(err, GT_EINVAL, "$.extra_vars", "$.extra_vars: expected an object");
+    } else if (file == NULL || file[0] == '\0') {
+        return gt_error_setf(err, GT_EINVAL, "$.filename", "$.filename: a %s service needs a file",
+                             type);
+    }
+    if ((rc = gt_json_opt_str(doc, "$", "arg_format", &s, err)) != GT_OK ||
+        (rc = gt_json_opt_str(doc, "$", "interpreter", &s, err)) != GT_OK)
+        return rc;
+    return GT_OK;
+}
+
+const gt_model_kind gt_model_service = {
+    .plural = "services",
+    .singular = "service",
+    .fields = fields,
+    .indexes = indexes,
+    .hidden = hidden,
+    .validate = validate,
+};

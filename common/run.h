@@ -1,0 +1,71 @@
+/* Running a service once: fetch its repository at the reference, prepare the
+ * interpreter (a venv for python-script), build argv/env from the inputs without a
+ * shell, execute with limits, and describe the result as JSON. Shared by local mode
+ * (the CLI), the controller's worker pool and runners. */
+#ifndef GT_RUN_H
+#define GT_RUN_H
+
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "util.h"
+
+typedef struct gt_run_options {
+    const char *working_dir;       /* caches live under it: repos/, venvs/, runs/ */
+    const char *git;               /* program names or paths */
+    const char *python;
+    const char *ansible_playbook;
+    size_t output_limit;           /* bytes kept per stream */
+    int64_t kill_grace_ms;
+    int64_t default_timeout_ms;    /* when the service sets none; 0 = no limit */
+    int64_t fetch_timeout_ms;      /* git and pip; 0 = 300 s */
+    const char *pip_index_url;     /* pip options; NULL or "" = pip's default */
+    const char *pip_extra_index_url;
+    const char *pip_find_links;
+    const char *pip_trusted_host;
+    bool pip_no_index;
+    char *const *environ;          /* the environment children start from (filtered) */
+} gt_run_options;
+
+/* What a run needs besides the service document. */
+typedef struct gt_run_request {
+    const cJSON *service;          /* the stored service document */
+    const cJSON *repository;       /* the stored repository document */
+    const cJSON *inputs;           /* validated inputs (object) or NULL */
+    char *const *secret_env;       /* "VAR=value" entries, NULL-terminated, or NULL */
+    const char *ssh_key;           /* private key text for the repository, or NULL */
+    const char *execution_id;      /* names the scratch directory */
+    volatile sig_atomic_t *cancel; /* set non-zero to cancel */
+} gt_run_request;
+
+/* Runs the request to completion. On GT_OK *result is a new object:
+ * {state, return_code, signal, stdout, stderr, stdout_truncated, stderr_truncated,
+ *  started_at, finished_at, duration_ms, commit, error?}. Failures to prepare (fetch,
+ * missing file, venv) are GT_OK too, with state "failed" and "error" saying why:
+ * they are the execution's outcome. Other codes mean the run could not be described. */
+gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON **result,
+                      gt_error *err);
+
+/* Builds the child's argv for a service and its inputs (exposed for tests). dir is
+ * the directory the file was checked out to; interpreter may be NULL (defaults). */
+gt_err gt_run_build_argv(const gt_run_options *o, const cJSON *service, const cJSON *inputs,
+                         const char *python, gt_strv *argv, gt_error *err);
+
+/* Renders a JSON input value as an argument string; caller frees. */
+char *gt_run_value_string(const cJSON *v);
+
+#endif
+
+/* Internal to run.c, repo.c and venv.c: appends to env the variables a child may
+ * inherit from o->environ (PATH, HOME, LANG, LC_*, TZ, USER, LOGNAME, TMPDIR). */
+void gt_run_env_base(const gt_run_options *o, gt_strv *env);
+
+/* Runs a helper tool (git, pip) to completion. GT_OK on exit 0; otherwise GT_EIO
+ * with "<what> failed (exit N): <last lines of its output>". *out (may be NULL)
+ * receives its stdout (caller frees). */
+gt_err gt_run_tool(const gt_run_options *o, char *const *argv, char *const *env,
+                   const char *cwd, const char *what, char **out, gt_error *err);
