@@ -19,8 +19,9 @@ Q =
 say =
 endif
 
+VERSION := 0.1.0
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
-CFLAGS  := -std=c11 -D_GNU_SOURCE $(O) -g $(WARN) -MMD -MP -Icommon \
+CFLAGS  := -std=c11 -D_GNU_SOURCE -DGANTRY_VERSION=\"$(VERSION)\" $(O) -g $(WARN) -MMD -MP -Icommon \
            $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lpthread -lm
 ifneq ($(SANITIZE),)

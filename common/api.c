@@ -296,7 +296,7 @@ static gt_err seal_value(req *r, cJSON *doc)
     if (rc == GT_OK && (rc = gt_secret_seal(key, v->valuestring, strlen(v->valuestring), &sealed,
                                             &e)) != GT_OK)
         gt_error_set(&r->err, rc, "%s", e.message);
-    memset(v->valuestring, 0, strlen(v->valuestring));
+    gt_wipe(v->valuestring, strlen(v->valuestring));
     cJSON_DeleteItemFromObjectCaseSensitive(doc, "value");
     if (rc == GT_OK) {
         char fp[17];
@@ -366,7 +366,8 @@ static gt_err users_of(req *r, const char *coll, const char *field, const char *
                 cJSON_Delete(doc);
             }
             if (uses)
-                gt_buf_printf(users, "%s%s %s", users->len ? ", " : "", coll, page.items[i].id);
+                gt_buf_printf(users, "%s%s %s", users->len ? ", " : "",
+                              gt_model_find(coll)->singular, page.items[i].id);
         }
         cursor = gt_xstrdup(page.next_cursor);
         gt_store_page_clear(&page);
@@ -641,7 +642,10 @@ static void finish_execution(cJSON *ex, cJSON *result, const char *state, const 
         cJSON *it = result->child;
         while (it) {
             cJSON *next = it->next;
-            gt_json_set(ex, it->string, cJSON_DetachItemViaPointer(result, it));
+            /* cJSON frees the item's own key when it is re-keyed: pass a copy */
+            char *key = gt_xstrdup(it->string);
+            gt_json_set(ex, key, cJSON_DetachItemViaPointer(result, it));
+            free(key);
             it = next;
         }
     } else {
@@ -689,7 +693,7 @@ int gt_api_reap_local(gt_api *api)
 static void wipe_strv(gt_strv *v)
 {
     for (size_t i = 0; i < v->n; i++)
-        memset(v->v[i], 0, strlen(v->v[i]));
+        gt_wipe(v->v[i], strlen(v->v[i]));
     gt_strv_free(v);
 }
 
@@ -790,8 +794,15 @@ static gt_err run_service(req *r)
             /* instance paths are relative to $.inputs */
             char field[sizeof e.field + 16];
             snprintf(field, sizeof field, "$.inputs%.255s", e.field[0] == '$' ? e.field + 1 : "");
-            gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s",
-                          dname->valuestring, e.message);
+            /* the message starts with the instance path: re-root it too */
+            size_t fl = strlen(e.field);
+            const char *rest = (fl && strncmp(e.message, e.field, fl) == 0) ? e.message + fl : NULL;
+            if (rest)
+                gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s%s",
+                              dname->valuestring, field, rest);
+            else
+                gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s",
+                              dname->valuestring, e.message);
             goto done;
         }
     }

@@ -354,7 +354,7 @@ done:
     gt_strv_free(&argv);
     /* secret values live in env: wipe them before the memory goes back */
     for (size_t i = 0; i < env.n; i++)
-        memset(env.v[i], 0, strlen(env.v[i]));
+        gt_wipe(env.v[i], strlen(env.v[i]));
     gt_strv_free(&env);
     free(python);
     free(venv);

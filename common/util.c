@@ -397,3 +397,9 @@ void gt_strv_free(gt_strv *s)
     s->v = NULL;
     s->n = s->cap = 0;
 }
+
+void gt_wipe(void *p, size_t n)
+{
+    if (p)
+        explicit_bzero(p, n);
+}

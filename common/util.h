@@ -63,6 +63,9 @@ gt_err gt_random_bytes(void *buf, size_t n, gt_error *err);
 /* A resource name: 1-128 chars of [A-Za-z0-9_.-], not starting with '.' or '-'. */
 bool gt_name_valid(const char *name);
 
+/* Zeroes n bytes of p in a way the compiler may not remove (secrets). */
+void gt_wipe(void *p, size_t n);
+
 /* NULL-terminated string vector. */
 typedef struct gt_strv {
     char **v;

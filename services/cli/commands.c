@@ -1,0 +1,794 @@
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "json.h"
+#include "model/model.h"
+
+/* ---------- flags ---------- */
+
+const cli_flag cli_global_flags[] = {
+    {"config", FLAG_STR, "FILE", "configuration file (default: $GANTRY_CONFIG, ~/.gantry/gantry.conf, /etc/gantry/gantry.conf)"},
+    {"output", FLAG_STR, "FORMAT", "output format: table (default), json or yaml; also -o"},
+    {"help", FLAG_BOOL, NULL, "show help; also -h"},
+    {NULL, 0, NULL, NULL},
+};
+
+#define F_DESCRIPTION {"description", FLAG_STR, "TEXT", "a description"}
+#define F_END {NULL, 0, NULL, NULL}
+
+static const cli_flag repo_flags[] = {
+    {"url", FLAG_STR, "URL", "Git URL: an absolute path, file://, ssh://, user@host:path or https://"},
+    {"reference", FLAG_STR, "REF", "branch, tag or commit to run (default: the remote's HEAD)"},
+    {"private-key-name", FLAG_STR, "SECRET", "secret holding the SSH private key for the URL"},
+    F_DESCRIPTION, F_END,
+};
+
+#define SERVICE_FLAGS \
+    {"repository", FLAG_STR, "NAME", "repository holding the code"}, \
+    {"filename", FLAG_STR, "FILE", "file to run, relative to the working dir"}, \
+    {"working-dir", FLAG_STR, "DIR", "directory in the repository to run from"}, \
+    {"decorator", FLAG_STR, "NAME", "decorator (JSON Schema) that inputs must match"}, \
+    {"env", FLAG_LIST, "KEY=VALUE", "environment variable for the run"}, \
+    {"secret", FLAG_LIST, "name=S,type=env,target=VAR", "secret S exposed as environment variable VAR"}, \
+    {"timeout", FLAG_STR, "SECONDS", "kill the run after this long (0: [runner] default_timeout)"}, \
+    {"playbook", FLAG_LIST, "FILE", "ansible-playbook: a playbook to run"}, \
+    {"inventory", FLAG_STR, "FILE", "ansible-playbook: inventory file or host list"}, \
+    {"extra-vars", FLAG_STR, "JSON", "ansible-playbook: extra variables (inputs override them)"}, \
+    {"arg-format", FLAG_STR, "FORMAT", "executable: how each input becomes arguments (default \"--{key} {value}\")"}, \
+    {"interpreter", FLAG_STR, "PROGRAM", "executable: run the file through this program"}, \
+    {"retries", FLAG_STR, "N", "times a lost run is retried (default 0)"}, \
+    {"pool", FLAG_STR, "NAME", "runner pool that runs it"}, \
+    F_DESCRIPTION
+
+static const cli_flag service_flags[] = {SERVICE_FLAGS, F_END};
+static const cli_flag service_update_flags[] = {SERVICE_FLAGS, F_END};
+
+static const cli_flag decorator_flags[] = {
+    {"schema", FLAG_STR, "JSON|@FILE", "JSON Schema for the inputs, inline or from a file"},
+    F_DESCRIPTION, F_END,
+};
+
+static const cli_flag secret_flags[] = {
+    {"value", FLAG_STR, "VALUE", "the value (visible in the process list: prefer --value-file or stdin)"},
+    {"value-file", FLAG_STR, "FILE", "read the value from a file"},
+    F_DESCRIPTION, F_END,
+};
+
+static const cli_flag list_flags[] = {
+    {"limit", FLAG_STR, "N", "at most N items (default 100)"},
+    {"cursor", FLAG_STR, "CURSOR", "continue after this cursor"},
+    F_END,
+};
+
+static const cli_flag exec_list_flags[] = {
+    {"limit", FLAG_STR, "N", "at most N items (default 100)"},
+    {"cursor", FLAG_STR, "CURSOR", "continue after this cursor"},
+    {"service", FLAG_STR, "NAME", "only executions of this service"},
+    {"state", FLAG_STR, "STATE", "only executions in this state"},
+    F_END,
+};
+
+static const cli_flag run_flags[] = {
+    {"set", FLAG_LIST, "KEY=VALUE", "an input value"},
+    {"inputs", FLAG_STR, "JSON|@FILE", "all inputs as a JSON object (--set overrides)"},
+    {"set-secret", FLAG_LIST, "name=S,type=env,target=VAR", "a secret for this run only"},
+    F_END,
+};
+
+static const cli_flag version_flags[] = {
+    {"show-config", FLAG_BOOL, NULL, "print the configuration and where each value came from"},
+    F_END,
+};
+
+static const cli_flag no_flags[] = {F_END};
+
+/* ---------- helpers ---------- */
+
+static int call(cli *c, const char *method, const char *path, const char *query,
+                const cJSON *body, cJSON **out)
+{
+    gt_api_response resp = {0};
+    c->call(c, method, path, query, body, &resp);
+    int rc = cli_status_exit(resp.status);
+    if (rc != CLI_OK) {
+        cli_print_error(c, &resp);
+        gt_api_response_clear(&resp);
+        return rc;
+    }
+    *out = resp.body;
+    return CLI_OK;
+}
+
+static int usage_error(cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(cli *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(c->err, "gantry: ");
+    vfprintf(c->err, fmt, ap);
+    fputc('\n', c->err);
+    va_end(ap);
+    return CLI_USAGE;
+}
+
+/* JSON from "JSON" or "@FILE"; errors name the flag and line:column. */
+static int json_arg(cli *c, const char *flag, const char *value, cJSON **out)
+{
+    char *text = NULL;
+    size_t len = 0;
+    const char *what = flag;
+    gt_error e = {0};
+    if (value[0] == '@') {
+        if (gt_read_file(value + 1, 16 << 20, &text, &len, &e) != GT_OK)
+            return usage_error(c, "--%s: %s", flag, e.message);
+        what = value + 1;
+    } else {
+        text = gt_xstrdup(value);
+        len = strlen(text);
+    }
+    gt_err rc = gt_json_parse(text, len, what, out, &e);
+    free(text);
+    if (rc != GT_OK)
+        return usage_error(c, "--%s: %s", flag, e.message);
+    return CLI_OK;
+}
+
+static void set_str(cJSON *o, const char *key, const char *v)
+{
+    if (v)
+        gt_json_set_str(o, key, v);
+}
+
+/* "name=S,type=env,target=VAR" -> {"name":..., "type":..., "target":...} */
+static int binding_arg(cli *c, const char *flag, const char *value, cJSON *list)
+{
+    cJSON *b = cJSON_CreateObject();
+    char *copy = gt_xstrdup(value), *save = NULL;
+    int rc = CLI_OK;
+    for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (eq == NULL) {
+            rc = usage_error(c, "--%s: \"%s\" is not key=value (expected name=S,type=env,target=VAR)",
+                             flag, kv);
+            break;
+        }
+        *eq = '\0';
+        if (strcmp(kv, "name") != 0 && strcmp(kv, "type") != 0 && strcmp(kv, "target") != 0) {
+            rc = usage_error(c, "--%s: unknown key \"%s\" (expected name, type, target)", flag, kv);
+            break;
+        }
+        gt_json_set_str(b, kv, eq + 1);
+    }
+    free(copy);
+    if (rc == CLI_OK)
+        cJSON_AddItemToArray(list, b);
+    else
+        cJSON_Delete(b);
+    return rc;
+}
+
+/* KEY=VALUE pairs of a list flag into obj (values as strings). */
+static int pairs_arg(cli *c, const char *flag, const gt_strv *v, cJSON *obj)
+{
+    for (size_t i = 0; v && i < v->n; i++) {
+        const char *eq = strchr(v->v[i], '=');
+        if (eq == NULL || eq == v->v[i])
+            return usage_error(c, "--%s: \"%s\" is not KEY=VALUE", flag, v->v[i]);
+        char *k = gt_xstrndup(v->v[i], (size_t)(eq - v->v[i]));
+        gt_json_set_str(obj, k, eq + 1);
+        free(k);
+    }
+    return CLI_OK;
+}
+
+static int int_arg(cli *c, const char *flag, const char *value, int64_t max, cJSON *obj,
+                   const char *key)
+{
+    int64_t n;
+    gt_error e = {0};
+    char what[64];
+    snprintf(what, sizeof what, "--%s", flag);
+    if (gt_parse_int64(value, 0, max, &n, what, &e) != GT_OK)
+        return usage_error(c, "%s", e.message);
+    gt_json_set_num(obj, key, (double)n);
+    return CLI_OK;
+}
+
+static void print_doc(cli *c, const cJSON *doc)
+{
+    if (c->format == CLI_JSON)
+        cli_print_json(c->out, doc);
+    else
+        cli_print_yaml(c->out, doc);
+}
+
+static char *resource_path(const char *plural, const char *name)
+{
+    /* names are [A-Za-z0-9_.-]: nothing to escape; other input is rejected before */
+    return name ? gt_xasprintf("/api/v1/%s/%s", plural, name) : gt_xasprintf("/api/v1/%s", plural);
+}
+
+static int check_name(cli *c, const char *name)
+{
+    if (!gt_name_valid(name))
+        return usage_error(c, "\"%s\" is not a valid name (1-128 of A-Z a-z 0-9 _ . -, not starting "
+                              "with . or -)", name);
+    return CLI_OK;
+}
+
+/* ---------- create / update ---------- */
+
+static int repo_body(cli *c, const cli_args *a, cJSON *b)
+{
+    (void)c;
+    const char *url = cli_flag_str(a, "url");
+    if (url && url[0] != '/' && strstr(url, "://") == NULL && strchr(url, ':') == NULL) {
+        /* a relative local path: make it absolute, so later runs from any directory work */
+        char *cwd = getcwd(NULL, 0);
+        char *abs = gt_path_join(cwd ? cwd : "/", url);
+        char *real = realpath(abs, NULL);
+        gt_json_set_str(b, "url", real ? real : abs);
+        free(real);
+        free(abs);
+        free(cwd);
+    } else {
+        set_str(b, "url", url);
+    }
+    set_str(b, "reference", cli_flag_str(a, "reference"));
+    set_str(b, "private_key_name", cli_flag_str(a, "private-key-name"));
+    set_str(b, "description", cli_flag_str(a, "description"));
+    return CLI_OK;
+}
+
+static int service_body(cli *c, const cli_args *a, cJSON *b)
+{
+    int rc;
+    set_str(b, "repository", cli_flag_str(a, "repository"));
+    set_str(b, "filename", cli_flag_str(a, "filename"));
+    set_str(b, "working_dir", cli_flag_str(a, "working-dir"));
+    set_str(b, "decorator", cli_flag_str(a, "decorator"));
+    set_str(b, "inventory", cli_flag_str(a, "inventory"));
+    set_str(b, "arg_format", cli_flag_str(a, "arg-format"));
+    set_str(b, "interpreter", cli_flag_str(a, "interpreter"));
+    set_str(b, "pool", cli_flag_str(a, "pool"));
+    set_str(b, "description", cli_flag_str(a, "description"));
+    const gt_strv *env = cli_flag_list(a, "env");
+    if (env && env->n) {
+        cJSON *o = cJSON_AddObjectToObject(b, "env");
+        if ((rc = pairs_arg(c, "env", env, o)) != CLI_OK)
+            return rc;
+    }
+    const gt_strv *sec = cli_flag_list(a, "secret");
+    if (sec && sec->n) {
+        cJSON *l = cJSON_AddArrayToObject(b, "secrets");
+        for (size_t i = 0; i < sec->n; i++)
+            if ((rc = binding_arg(c, "secret", sec->v[i], l)) != CLI_OK)
+                return rc;
+    }
+    const gt_strv *pbs = cli_flag_list(a, "playbook");
+    if (pbs && pbs->n) {
+        cJSON *l = cJSON_AddArrayToObject(b, "playbooks");
+        for (size_t i = 0; i < pbs->n; i++)
+            cJSON_AddItemToArray(l, cJSON_CreateString(pbs->v[i]));
+    }
+    const char *s;
+    if ((s = cli_flag_str(a, "timeout")) && (rc = int_arg(c, "timeout", s, 604800, b, "timeout")))
+        return rc;
+    if ((s = cli_flag_str(a, "retries")) && (rc = int_arg(c, "retries", s, 100, b, "retries")))
+        return rc;
+    if ((s = cli_flag_str(a, "extra-vars"))) {
+        cJSON *ev = NULL;
+        if ((rc = json_arg(c, "extra-vars", s, &ev)) != CLI_OK)
+            return rc;
+        gt_json_set(b, "extra_vars", ev);
+    }
+    return CLI_OK;
+}
+
+static int decorator_body(cli *c, const cli_args *a, cJSON *b)
+{
+    const char *s = cli_flag_str(a, "schema");
+    set_str(b, "description", cli_flag_str(a, "description"));
+    if (s) {
+        cJSON *schema = NULL;
+        int rc = json_arg(c, "schema", s, &schema);
+        if (rc != CLI_OK)
+            return rc;
+        gt_json_set(b, "schema", schema);
+    }
+    return CLI_OK;
+}
+
+/* The value from --value, --value-file or standard input (one of them). */
+static int secret_body(cli *c, const cli_args *a, cJSON *b, bool required)
+{
+    const char *v = cli_flag_str(a, "value");
+    const char *file = cli_flag_str(a, "value-file");
+    set_str(b, "description", cli_flag_str(a, "description"));
+    if (v && file)
+        return usage_error(c, "--value and --value-file exclude each other");
+    char *text = NULL;
+    size_t len = 0;
+    gt_error e = {0};
+    if (file) {
+        if (gt_read_file(file, 1 << 20, &text, &len, &e) != GT_OK)
+            return usage_error(c, "--value-file: %s", e.message);
+    } else if (v) {
+        text = gt_xstrdup(v);
+        len = strlen(text);
+    } else if (required || !isatty(STDIN_FILENO)) {
+        if (isatty(STDIN_FILENO))
+            fprintf(c->err, "Enter the secret value, then Ctrl-D: ");
+        if (gt_read_file("/dev/stdin", 1 << 20, &text, &len, &e) != GT_OK)
+            return usage_error(c, "reading the value from standard input: %s", e.message);
+        if (len == 0 && required) {
+            free(text);
+            return usage_error(c, "no secret value: give --value, --value-file or standard input");
+        }
+    }
+    if (text) {
+        if (memchr(text, '\0', len)) {
+            gt_wipe(text, len);
+            return usage_error(c, "the secret value contains a NUL byte");
+        }
+        /* one trailing newline from a file or echo is not part of the value */
+        if (len && text[len - 1] == '\n' && (file || !v))
+            text[--len] = '\0';
+        if (len > 0 || required)
+            gt_json_set_str(b, "value", text);
+        gt_wipe(text, len);
+    }
+    return CLI_OK;
+}
+
+static int create_update(cli *c, const cli_args *a, const char *plural, bool create)
+{
+    size_t np = 0;
+    const char *type = NULL;
+    if (strcmp(plural, "services") == 0 && create)
+        type = a->pos.v[np++];
+    const char *name = a->pos.v[np];
+    int rc = check_name(c, name);
+    if (rc != CLI_OK)
+        return rc;
+    cJSON *b = cJSON_CreateObject(), *out = NULL;
+    if (create)
+        gt_json_set_str(b, "name", name);
+    if (type)
+        gt_json_set_str(b, "type", type);
+    if (strcmp(plural, "repositories") == 0)
+        rc = repo_body(c, a, b);
+    else if (strcmp(plural, "services") == 0)
+        rc = service_body(c, a, b);
+    else if (strcmp(plural, "decorators") == 0)
+        rc = decorator_body(c, a, b);
+    else
+        rc = secret_body(c, a, b, create);
+    if (rc == CLI_OK && !create && cJSON_GetArraySize(b) == 0)
+        rc = usage_error(c, "nothing to update: give at least one flag (see --help)");
+    if (rc == CLI_OK) {
+        char *path = resource_path(plural, create ? NULL : name);
+        rc = call(c, create ? "POST" : "PATCH", path, NULL, b, &out);
+        free(path);
+    }
+    /* the request may hold a secret value */
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(b, "value");
+    if (cJSON_IsString(v))
+        gt_wipe(v->valuestring, strlen(v->valuestring));
+    cJSON_Delete(b);
+    if (rc == CLI_OK) {
+        const gt_model_kind *k = gt_model_find(plural);
+        if (c->format == CLI_TABLE)
+            fprintf(c->out, "%s %s %s\n", k->singular, name, create ? "created" : "updated");
+        else
+            print_doc(c, out);
+    }
+    cJSON_Delete(out);
+    return rc;
+}
+
+static int cmd_create_repository(cli *c, const cli_args *a)
+{
+    if (cli_flag_str(a, "url") == NULL)
+        return usage_error(c, "create repository: --url is required");
+    return create_update(c, a, "repositories", true);
+}
+static int cmd_create_service(cli *c, const cli_args *a)
+{
+    if (cli_flag_str(a, "repository") == NULL)
+        return usage_error(c, "create service: --repository is required");
+    return create_update(c, a, "services", true);
+}
+static int cmd_create_decorator(cli *c, const cli_args *a)
+{
+    if (cli_flag_str(a, "schema") == NULL)
+        return usage_error(c, "create decorator: --schema is required");
+    return create_update(c, a, "decorators", true);
+}
+static int cmd_create_secret(cli *c, const cli_args *a) { return create_update(c, a, "secrets", true); }
+static int cmd_update_repository(cli *c, const cli_args *a) { return create_update(c, a, "repositories", false); }
+static int cmd_update_service(cli *c, const cli_args *a) { return create_update(c, a, "services", false); }
+static int cmd_update_decorator(cli *c, const cli_args *a) { return create_update(c, a, "decorators", false); }
+static int cmd_update_secret(cli *c, const cli_args *a) { return create_update(c, a, "secrets", false); }
+
+/* ---------- get / describe / delete ---------- */
+
+typedef struct table_spec {
+    const char *plural;
+    const char *const *cols;
+    const char *const *heads;
+} table_spec;
+
+static const char *const repo_cols[] = {"name", "url", "reference", "private_key_name", "description", NULL};
+static const char *const repo_heads[] = {"NAME", "URL", "REFERENCE", "KEY", "DESCRIPTION", NULL};
+static const char *const svc_cols[] = {"name", "type", "repository", "filename", "playbooks", "decorator", "description", NULL};
+static const char *const svc_heads[] = {"NAME", "TYPE", "REPOSITORY", "FILE", "PLAYBOOKS", "DECORATOR", "DESCRIPTION", NULL};
+static const char *const dec_cols[] = {"name", "description", "updated_at", NULL};
+static const char *const dec_heads[] = {"NAME", "DESCRIPTION", "UPDATED", NULL};
+static const char *const sec_cols[] = {"name", "description", "key_id", "updated_at", NULL};
+static const char *const sec_heads[] = {"NAME", "DESCRIPTION", "KEY ID", "UPDATED", NULL};
+static const char *const ex_cols[] = {"id", "service", "state", "return_code", "created_at", "duration_ms", NULL};
+static const char *const ex_heads[] = {"ID", "SERVICE", "STATE", "RC", "CREATED", "DURATION(ms)", NULL};
+
+static const table_spec tables[] = {
+    {"repositories", repo_cols, repo_heads}, {"services", svc_cols, svc_heads},
+    {"decorators", dec_cols, dec_heads},     {"secrets", sec_cols, sec_heads},
+    {"executions", ex_cols, ex_heads},
+};
+
+static void query_add(gt_buf *q, const char *key, const char *value)
+{
+    if (value == NULL)
+        return;
+    gt_buf_printf(q, "%s%s=", q->len ? "&" : "", key);
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+            strchr("-_.~", *p))
+            gt_buf_append(q, p, 1);
+        else
+            gt_buf_printf(q, "%%%02X", *p);
+    }
+}
+
+static int list(cli *c, const cli_args *a, const char *plural)
+{
+    gt_buf q = {0};
+    query_add(&q, "limit", cli_flag_str(a, "limit"));
+    query_add(&q, "cursor", cli_flag_str(a, "cursor"));
+    if (strcmp(plural, "executions") == 0) {
+        query_add(&q, "service", cli_flag_str(a, "service"));
+        query_add(&q, "state", cli_flag_str(a, "state"));
+    }
+    char *path = resource_path(plural, NULL);
+    cJSON *out = NULL;
+    int rc = call(c, "GET", path, q.len ? q.data : NULL, NULL, &out);
+    free(path);
+    gt_buf_free(&q);
+    if (rc != CLI_OK)
+        return rc;
+    if (c->format != CLI_TABLE) {
+        print_doc(c, out);
+    } else {
+        for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++)
+            if (strcmp(tables[i].plural, plural) == 0)
+                cli_print_table(c->out, cJSON_GetObjectItemCaseSensitive(out, "items"),
+                                tables[i].cols, tables[i].heads);
+        const cJSON *next = cJSON_GetObjectItemCaseSensitive(out, "next_cursor");
+        if (cJSON_IsString(next))
+            fprintf(c->out, "(more: --cursor %s)\n", next->valuestring);
+    }
+    cJSON_Delete(out);
+    return CLI_OK;
+}
+
+static int cmd_get_repositories(cli *c, const cli_args *a) { return list(c, a, "repositories"); }
+static int cmd_get_services(cli *c, const cli_args *a) { return list(c, a, "services"); }
+static int cmd_get_decorators(cli *c, const cli_args *a) { return list(c, a, "decorators"); }
+static int cmd_get_secrets(cli *c, const cli_args *a) { return list(c, a, "secrets"); }
+static int cmd_get_executions(cli *c, const cli_args *a) { return list(c, a, "executions"); }
+
+/* The human view of an execution: its output, then a summary. */
+static void print_execution(cli *c, const cJSON *ex)
+{
+    const char *keys[] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(ex, keys[i]);
+        char tk[32];
+        snprintf(tk, sizeof tk, "%s_truncated", keys[i]);
+        bool trunc = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ex, tk));
+        const char *text = cJSON_IsString(s) ? s->valuestring : "";
+        fprintf(c->out, "%s:%s\n%s", keys[i], trunc ? " (truncated)" : "", text);
+        if (text[0] && text[strlen(text) - 1] != '\n')
+            fputc('\n', c->out);
+    }
+    static const char *const fields[][2] = {
+        {"id", "execution"}, {"service", "service"}, {"state", "state"},
+        {"return_code", "return code"}, {"signal", "signal"}, {"error", "error"},
+        {"commit", "commit"}, {"started_at", "start time"}, {"finished_at", "end time"},
+    };
+    fputc('\n', c->out);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(ex, fields[i][0]);
+        if (cJSON_IsString(v))
+            fprintf(c->out, "%s: %s\n", fields[i][1], v->valuestring);
+        else if (cJSON_IsNumber(v))
+            fprintf(c->out, "%s: %d\n", fields[i][1], v->valueint);
+    }
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(ex, "duration_ms");
+    if (cJSON_IsNumber(d))
+        fprintf(c->out, "elapsed time: %.3f seconds\n", d->valuedouble / 1000.0);
+}
+
+static int describe(cli *c, const cli_args *a, const char *plural)
+{
+    const char *name = a->pos.v[0];
+    bool exec = strcmp(plural, "executions") == 0;
+    int rc = exec ? CLI_OK : check_name(c, name);
+    if (rc != CLI_OK)
+        return rc;
+    if (exec && !gt_name_valid(name))
+        return usage_error(c, "\"%s\" is not an execution id", name);
+    char *path = resource_path(plural, name);
+    cJSON *out = NULL;
+    rc = call(c, "GET", path, NULL, NULL, &out);
+    free(path);
+    if (rc != CLI_OK)
+        return rc;
+    if (exec && c->format == CLI_TABLE)
+        print_execution(c, out);
+    else
+        print_doc(c, out);
+    cJSON_Delete(out);
+    return CLI_OK;
+}
+
+static int cmd_describe_repository(cli *c, const cli_args *a) { return describe(c, a, "repositories"); }
+static int cmd_describe_service(cli *c, const cli_args *a) { return describe(c, a, "services"); }
+static int cmd_describe_decorator(cli *c, const cli_args *a) { return describe(c, a, "decorators"); }
+static int cmd_describe_secret(cli *c, const cli_args *a) { return describe(c, a, "secrets"); }
+static int cmd_describe_execution(cli *c, const cli_args *a) { return describe(c, a, "executions"); }
+
+static int delete(cli *c, const cli_args *a, const char *plural)
+{
+    const char *name = a->pos.v[0];
+    int rc = check_name(c, name);
+    if (rc != CLI_OK)
+        return rc;
+    char *path = resource_path(plural, name);
+    cJSON *out = NULL;
+    rc = call(c, "DELETE", path, NULL, NULL, &out);
+    free(path);
+    if (rc == CLI_OK) {
+        if (c->format == CLI_TABLE)
+            fprintf(c->out, "%s %s deleted\n", gt_model_find(plural)->singular, name);
+        else
+            print_doc(c, out);
+    }
+    cJSON_Delete(out);
+    return rc;
+}
+
+static int cmd_delete_repository(cli *c, const cli_args *a) { return delete(c, a, "repositories"); }
+static int cmd_delete_service(cli *c, const cli_args *a) { return delete(c, a, "services"); }
+static int cmd_delete_decorator(cli *c, const cli_args *a) { return delete(c, a, "decorators"); }
+static int cmd_delete_secret(cli *c, const cli_args *a) { return delete(c, a, "secrets"); }
+
+/* ---------- run ---------- */
+
+static int cmd_run_service(cli *c, const cli_args *a)
+{
+    const char *name = a->pos.v[0];
+    int rc = check_name(c, name);
+    if (rc != CLI_OK)
+        return rc;
+    cJSON *b = cJSON_CreateObject(), *inputs = NULL, *out = NULL;
+    const char *in = cli_flag_str(a, "inputs");
+    if (in) {
+        if ((rc = json_arg(c, "inputs", in, &inputs)) != CLI_OK)
+            goto done;
+        if (!cJSON_IsObject(inputs)) {
+            rc = usage_error(c, "--inputs: expected a JSON object");
+            goto done;
+        }
+    } else {
+        inputs = cJSON_CreateObject();
+    }
+    if ((rc = pairs_arg(c, "set", cli_flag_list(a, "set"), inputs)) != CLI_OK)
+        goto done;
+    gt_json_set(b, "inputs", inputs);
+    inputs = NULL;
+    const gt_strv *sec = cli_flag_list(a, "set-secret");
+    if (sec && sec->n) {
+        cJSON *l = cJSON_AddArrayToObject(b, "secrets");
+        for (size_t i = 0; i < sec->n; i++)
+            if ((rc = binding_arg(c, "set-secret", sec->v[i], l)) != CLI_OK)
+                goto done;
+    }
+    char *path = gt_xasprintf("/api/v1/services/%s/run", name);
+    rc = call(c, "POST", path, NULL, b, &out);
+    free(path);
+    if (rc != CLI_OK)
+        goto done;
+    if (c->format == CLI_TABLE)
+        print_execution(c, out);
+    else
+        print_doc(c, out);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(out, "state");
+    rc = (cJSON_IsString(st) && strcmp(st->valuestring, "succeeded") == 0) ? CLI_OK : CLI_FAILED;
+done:
+    cJSON_Delete(inputs);
+    cJSON_Delete(out);
+    cJSON_Delete(b);
+    return rc;
+}
+
+/* ---------- version, completion ---------- */
+
+static int cmd_version(cli *c, const cli_args *a)
+{
+    if (c->format == CLI_TABLE || cli_flag_bool(a, "show-config"))
+        fprintf(c->out, "gantry %s\n", GANTRY_VERSION);
+    else {
+        cJSON *v = cJSON_CreateObject();
+        gt_json_set_str(v, "version", GANTRY_VERSION);
+        print_doc(c, v);
+        cJSON_Delete(v);
+    }
+    if (cli_flag_bool(a, "show-config") && c->show_config)
+        c->show_config(c);
+    return CLI_OK;
+}
+
+static int cmd_completion(cli *c, const cli_args *a)
+{
+    return cli_completion(c, a->pos.v[0]);
+}
+
+static int cmd_help(cli *c, const cli_args *a);
+
+/* ---------- the table ---------- */
+
+const cli_cmd cli_commands[] = {
+    {"create", "repository", "NAME", 1, 1, repo_flags, cmd_create_repository, "Register a Git repository"},
+    {"create", "service", "TYPE NAME", 2, 2, service_flags, cmd_create_service, "Create a service (python-script, ansible-playbook or executable)"},
+    {"create", "decorator", "NAME", 1, 1, decorator_flags, cmd_create_decorator, "Create a decorator: a JSON Schema for a service's inputs"},
+    {"create", "secret", "NAME", 1, 1, secret_flags, cmd_create_secret, "Create an encrypted secret (value from --value, --value-file or stdin)"},
+    {"get", "repositories", NULL, 0, 0, list_flags, cmd_get_repositories, "List repositories"},
+    {"get", "services", NULL, 0, 0, list_flags, cmd_get_services, "List services"},
+    {"get", "decorators", NULL, 0, 0, list_flags, cmd_get_decorators, "List decorators"},
+    {"get", "secrets", NULL, 0, 0, list_flags, cmd_get_secrets, "List secrets (names and metadata, never values)"},
+    {"get", "executions", NULL, 0, 0, exec_list_flags, cmd_get_executions, "List executions, oldest first"},
+    {"describe", "repository", "NAME", 1, 1, no_flags, cmd_describe_repository, "Show a repository"},
+    {"describe", "service", "NAME", 1, 1, no_flags, cmd_describe_service, "Show a service"},
+    {"describe", "decorator", "NAME", 1, 1, no_flags, cmd_describe_decorator, "Show a decorator and its schema"},
+    {"describe", "secret", "NAME", 1, 1, no_flags, cmd_describe_secret, "Show a secret's metadata (never its value)"},
+    {"describe", "execution", "ID", 1, 1, no_flags, cmd_describe_execution, "Show an execution with its output"},
+    {"update", "repository", "NAME", 1, 1, repo_flags, cmd_update_repository, "Change a repository"},
+    {"update", "service", "NAME", 1, 1, service_update_flags, cmd_update_service, "Change a service"},
+    {"update", "decorator", "NAME", 1, 1, decorator_flags, cmd_update_decorator, "Change a decorator"},
+    {"update", "secret", "NAME", 1, 1, secret_flags, cmd_update_secret, "Change a secret's value or description"},
+    {"delete", "repository", "NAME", 1, 1, no_flags, cmd_delete_repository, "Delete a repository no service uses"},
+    {"delete", "service", "NAME", 1, 1, no_flags, cmd_delete_service, "Delete a service (its executions stay)"},
+    {"delete", "decorator", "NAME", 1, 1, no_flags, cmd_delete_decorator, "Delete a decorator no service uses"},
+    {"delete", "secret", "NAME", 1, 1, no_flags, cmd_delete_secret, "Delete a secret nothing uses"},
+    {"run", "service", "NAME", 1, 1, run_flags, cmd_run_service, "Run a service and print its output"},
+    {"version", NULL, NULL, 0, 0, version_flags, cmd_version, "Print the version (and the configuration)"},
+    {"completion", NULL, "bash|zsh|fish", 1, 1, no_flags, cmd_completion, "Print a shell completion script"},
+    {"help", NULL, "[COMMAND [KIND]]", 0, 2, no_flags, cmd_help, "Show help"},
+    {NULL, NULL, NULL, 0, 0, NULL, NULL, NULL},
+};
+
+/* Kind words users may type: singular or plural, for any verb. */
+static bool kind_matches(const char *cmd_kind, const char *word)
+{
+    if (strcmp(cmd_kind, word) == 0)
+        return true;
+    const gt_model_kind *k = gt_model_find(cmd_kind);
+    if (k)
+        return strcmp(k->singular, word) == 0 || strcmp(k->plural, word) == 0;
+    if (strcmp(cmd_kind, "execution") == 0 || strcmp(cmd_kind, "executions") == 0)
+        return strcmp(word, "execution") == 0 || strcmp(word, "executions") == 0;
+    return false;
+}
+
+static const cli_cmd *find_cmd(const char *verb, const char *kind, bool *verb_known)
+{
+    *verb_known = false;
+    for (const cli_cmd *cmd = cli_commands; cmd->verb; cmd++) {
+        if (strcmp(cmd->verb, verb) != 0)
+            continue;
+        *verb_known = true;
+        if (cmd->kind == NULL || (kind && kind_matches(cmd->kind, kind)))
+            return cmd;
+    }
+    return NULL;
+}
+
+static void list_kinds(cli *c, const char *verb)
+{
+    fprintf(c->err, "gantry %s: expected one of:", verb);
+    for (const cli_cmd *cmd = cli_commands; cmd->verb; cmd++)
+        if (strcmp(cmd->verb, verb) == 0 && cmd->kind)
+            fprintf(c->err, " %s", cmd->kind);
+    fputc('\n', c->err);
+}
+
+static int cmd_help(cli *c, const cli_args *a)
+{
+    if (a->pos.n == 0) {
+        cli_print_usage(c);
+        return CLI_OK;
+    }
+    bool known;
+    const cli_cmd *cmd = find_cmd(a->pos.v[0], a->pos.n > 1 ? a->pos.v[1] : NULL, &known);
+    if (cmd == NULL) {
+        if (!known)
+            return usage_error(c, "unknown command \"%s\"%s", a->pos.v[0], "");
+        list_kinds(c, a->pos.v[0]);
+        return CLI_USAGE;
+    }
+    cli_print_help(c, cmd);
+    return CLI_OK;
+}
+
+int cli_dispatch(cli *c, int argc, char **argv)
+{
+    if (argc == 0) {
+        cli_print_usage(c);
+        return CLI_USAGE;
+    }
+    bool known;
+    const char *kind = argc > 1 ? argv[1] : NULL;
+    const cli_cmd *cmd = find_cmd(argv[0], kind, &known);
+    if (cmd == NULL) {
+        if (!known) {
+            fprintf(c->err, "gantry: unknown command \"%s\" (see gantry --help)\n", argv[0]);
+            return CLI_USAGE;
+        }
+        if (kind && (strcmp(kind, "--help") == 0 || strcmp(kind, "-h") == 0)) {
+            for (const cli_cmd *x = cli_commands; x->verb; x++)
+                if (strcmp(x->verb, argv[0]) == 0)
+                    fprintf(c->out, "  gantry %s %s %s\n      %s\n", x->verb, x->kind,
+                            x->usage ? x->usage : "", x->summary);
+            return CLI_OK;
+        }
+        if (kind)
+            fprintf(c->err, "gantry %s: unknown kind \"%s\"\n", argv[0], kind);
+        list_kinds(c, argv[0]);
+        return CLI_USAGE;
+    }
+    int skip = cmd->kind ? 2 : 1;
+    for (int i = skip; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            cli_print_help(c, cmd);
+            return CLI_OK;
+        }
+    }
+    cli_args a = {0};
+    int rc;
+    if (!cli_parse(c, cmd, argc - skip, argv + skip, &a)) {
+        rc = CLI_USAGE;
+    } else if ((int)a.pos.n < cmd->min_args || (int)a.pos.n > cmd->max_args) {
+        fprintf(c->err, "gantry %s%s%s: expected %s%s (got %zu argument%s); see --help\n",
+                cmd->verb, cmd->kind ? " " : "", cmd->kind ? cmd->kind : "",
+                cmd->usage ? cmd->usage : "no arguments", "", a.pos.n, a.pos.n == 1 ? "" : "s");
+        rc = CLI_USAGE;
+    } else {
+        /* what each command needs before it runs: help and completion nothing, version
+         * the configuration only with --show-config, the rest the backend too */
+        bool is_version = strcmp(cmd->verb, "version") == 0;
+        bool plain = strcmp(cmd->verb, "help") == 0 || strcmp(cmd->verb, "completion") == 0 ||
+                     (is_version && !cli_flag_bool(&a, "show-config"));
+        rc = plain ? CLI_OK : c->prepare(c, !is_version);
+        if (rc == CLI_OK)
+            rc = cmd->fn(c, &a);
+    }
+    cli_args_free(&a);
+    return rc;
+}
