@@ -24,6 +24,8 @@ bool gt_repo_url_valid(const char *url)
     for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
         if (strncmp(url, schemes[i], strlen(schemes[i])) == 0)
             return url[strlen(schemes[i])] != '\0';
+    if (strstr(url, "://"))
+        return false; /* a scheme Gantry does not fetch from */
     /* scp-like: [user@]host:path, with no slash before the colon */
     const char *colon = strchr(url, ':');
     const char *slash = strchr(url, '/');

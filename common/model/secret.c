@@ -14,7 +14,7 @@ static gt_err validate(cJSON *doc, gt_error *err)
     if ((rc = gt_json_only(doc, "$", fields, err)) != GT_OK ||
         (rc = gt_model_check_name(doc, err)) != GT_OK ||
         (rc = gt_json_opt_str(doc, "$", "description", &s, err)) != GT_OK ||
-        (rc = gt_json_str(doc, "$", "value", &s, err)) != GT_OK)
+        (rc = gt_json_opt_str(doc, "$", "value", &s, err)) != GT_OK)
         return rc;
     return GT_OK;
 }

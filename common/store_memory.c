@@ -1,0 +1,315 @@
+/* The memory store: for tests and throwaway runs. Each collection keeps its documents
+ * in an array sorted by id (binary search; pagination is a walk from the cursor), so
+ * it behaves like the other drivers without their machinery. Revisions come from one
+ * store-wide counter, as in the local driver. One mutex guards everything, so a
+ * handle may be shared by threads. Field queries parse bodies as they go: fine for
+ * the sizes this driver is meant for. */
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_driver.h"
+#include "util.h"
+
+typedef struct mem_doc {
+    char *id;
+    char *body;
+    int64_t rev;
+} mem_doc;
+
+typedef struct mem_coll {
+    char *name;
+    mem_doc *docs;   /* sorted by id (strcmp: byte order, as SQLite and etcd) */
+    size_t n, cap;
+    gt_strv fields;  /* declared indexes */
+} mem_coll;
+
+typedef struct mem_lease {
+    char *name;
+    char *holder;    /* "" when free */
+    int64_t epoch;
+    int64_t expires_ms;
+} mem_lease;
+
+typedef struct mem_store {
+    gt_store base;
+    pthread_mutex_t mu;
+    int64_t seq;
+    mem_coll **colls;
+    size_t ncolls, colls_cap;
+    mem_lease *leases;
+    size_t nleases, leases_cap;
+} mem_store;
+
+static const gt_store_ops mem_ops;
+
+gt_store *gt_store_open_memory(gt_error *err)
+{
+    (void)err;   /* nothing can fail but memory, and that aborts */
+    mem_store *ms = gt_xcalloc(1, sizeof *ms);
+    ms->base.ops = &mem_ops;
+    pthread_mutex_init(&ms->mu, NULL);
+    return &ms->base;
+}
+
+static void mem_close(gt_store *s)
+{
+    mem_store *ms = (mem_store *)s;
+    for (size_t i = 0; i < ms->ncolls; i++) {
+        mem_coll *c = ms->colls[i];
+        for (size_t k = 0; k < c->n; k++) {
+            free(c->docs[k].id);
+            free(c->docs[k].body);
+        }
+        free(c->docs);
+        gt_strv_free(&c->fields);
+        free(c->name);
+        free(c);
+    }
+    free(ms->colls);
+    for (size_t i = 0; i < ms->nleases; i++) {
+        free(ms->leases[i].name);
+        free(ms->leases[i].holder);
+    }
+    free(ms->leases);
+    pthread_mutex_destroy(&ms->mu);
+    free(ms);
+}
+
+/* The collection named coll; created when create is set, else NULL when absent. */
+static mem_coll *coll_find(mem_store *ms, const char *coll, bool create)
+{
+    for (size_t i = 0; i < ms->ncolls; i++)
+        if (strcmp(ms->colls[i]->name, coll) == 0)
+            return ms->colls[i];
+    if (!create)
+        return NULL;
+    if (ms->ncolls == ms->colls_cap) {
+        ms->colls_cap = ms->colls_cap ? ms->colls_cap * 2 : 8;
+        ms->colls = gt_xrealloc(ms->colls, ms->colls_cap * sizeof *ms->colls);
+    }
+    mem_coll *c = gt_xcalloc(1, sizeof *c);
+    c->name = gt_xstrdup(coll);
+    ms->colls[ms->ncolls++] = c;
+    return c;
+}
+
+/* Index of the first document whose id is >= id (strictly > when after is set). */
+static size_t doc_lower(const mem_coll *c, const char *id, bool after)
+{
+    size_t lo = 0, hi = c->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int cmp = strcmp(c->docs[mid].id, id);
+        if (cmp < 0 || (after && cmp == 0))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The document coll/id, or NULL; *pos is where it is or would be inserted. */
+static mem_doc *doc_find(mem_coll *c, const char *id, size_t *pos)
+{
+    size_t i = c ? doc_lower(c, id, false) : 0;
+    if (pos)
+        *pos = i;
+    return (c && i < c->n && strcmp(c->docs[i].id, id) == 0) ? &c->docs[i] : NULL;
+}
+
+static bool coll_indexed(const mem_coll *c, const char *field)
+{
+    for (size_t i = 0; c && i < c->fields.n; i++)
+        if (strcmp(c->fields.v[i], field) == 0)
+            return true;
+    return false;
+}
+
+static gt_err mem_index(gt_store *s, const char *coll, const char *field, gt_error *err)
+{
+    (void)err;
+    mem_store *ms = (mem_store *)s;
+    pthread_mutex_lock(&ms->mu);
+    mem_coll *c = coll_find(ms, coll, true);
+    if (!coll_indexed(c, field))
+        gt_strv_push(&c->fields, field);
+    pthread_mutex_unlock(&ms->mu);
+    return GT_OK;
+}
+
+static gt_err mem_get(gt_store *s, const char *coll, const char *id, char **body, int64_t *rev,
+                      gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ms->mu);
+    mem_doc *d = doc_find(coll_find(ms, coll, false), id, NULL);
+    if (d == NULL) {
+        rc = gt_error_set(err, GT_ENOTFOUND, "%s/%s: not found", coll, id);
+    } else {
+        *body = gt_xstrdup(d->body);
+        *rev = d->rev;
+    }
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static gt_err mem_put(gt_store *s, const char *coll, const char *id, const char *body,
+                      int64_t expect_rev, int64_t *new_rev, gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    size_t pos;
+    pthread_mutex_lock(&ms->mu);
+    mem_coll *c = coll_find(ms, coll, true);
+    mem_doc *d = doc_find(c, id, &pos);
+    gt_err rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, false, err);
+    if (rc != GT_OK)
+        goto done;
+    if (d == NULL) {
+        if (c->n == c->cap) {
+            c->cap = c->cap ? c->cap * 2 : 16;
+            c->docs = gt_xrealloc(c->docs, c->cap * sizeof *c->docs);
+        }
+        memmove(&c->docs[pos + 1], &c->docs[pos], (c->n - pos) * sizeof *c->docs);
+        c->n++;
+        d = &c->docs[pos];
+        d->id = gt_xstrdup(id);
+        d->body = NULL;
+    }
+    free(d->body);
+    d->body = gt_xstrdup(body);
+    d->rev = ++ms->seq;
+    *new_rev = d->rev;
+done:
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static gt_err mem_del(gt_store *s, const char *coll, const char *id, int64_t expect_rev,
+                      gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    size_t pos;
+    pthread_mutex_lock(&ms->mu);
+    mem_coll *c = coll_find(ms, coll, false);
+    mem_doc *d = doc_find(c, id, &pos);
+    gt_err rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, true, err);
+    if (rc != GT_OK)
+        goto done;
+    free(d->id);
+    free(d->body);
+    memmove(&c->docs[pos], &c->docs[pos + 1], (c->n - pos - 1) * sizeof *c->docs);
+    c->n--;
+done:
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+/* Whether body's top-level string member field equals value. */
+static bool doc_matches(const char *body, const char *field, const char *value)
+{
+    cJSON *root = cJSON_Parse(body);
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, field);
+    bool yes = cJSON_IsString(it) && strcmp(it->valuestring, value) == 0;
+    cJSON_Delete(root);
+    return yes;
+}
+
+static gt_err mem_query(gt_store *s, const char *coll, const char *field, const char *value,
+                        const char *cursor, size_t limit, gt_store_page *page, gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ms->mu);
+    mem_coll *c = coll_find(ms, coll, false);
+    if (field && !coll_indexed(c, field)) {
+        rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll, field);
+        goto done;
+    }
+    for (size_t i = c ? (cursor ? doc_lower(c, cursor, true) : 0) : 0; c && i < c->n; i++) {
+        const mem_doc *d = &c->docs[i];
+        if (field && !doc_matches(d->body, field, value))
+            continue;
+        if (page->n == limit) {
+            gt_store__page_more(page);
+            break;
+        }
+        gt_store__page_add(page, d->id, strlen(d->id), d->body, strlen(d->body), d->rev);
+    }
+done:
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static mem_lease *lease_find(mem_store *ms, const char *name, bool create)
+{
+    for (size_t i = 0; i < ms->nleases; i++)
+        if (strcmp(ms->leases[i].name, name) == 0)
+            return &ms->leases[i];
+    if (!create)
+        return NULL;
+    if (ms->nleases == ms->leases_cap) {
+        ms->leases_cap = ms->leases_cap ? ms->leases_cap * 2 : 8;
+        ms->leases = gt_xrealloc(ms->leases, ms->leases_cap * sizeof *ms->leases);
+    }
+    mem_lease *l = &ms->leases[ms->nleases++];
+    *l = (mem_lease){gt_xstrdup(name), gt_xstrdup(""), 0, 0};
+    return l;
+}
+
+static gt_err mem_lease_acquire(gt_store *s, const char *name, const char *holder, int64_t ttl_ms,
+                                int64_t *epoch, gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_store_lease next;
+    pthread_mutex_lock(&ms->mu);
+    mem_lease *l = lease_find(ms, name, true);
+    gt_store_lease cur = {l->holder, l->epoch, l->expires_ms};
+    gt_err rc = gt_store__lease_take(name, &cur, holder, gt_now_ms(), ttl_ms, &next, err);
+    if (rc == GT_OK) {
+        if (strcmp(l->holder, holder) != 0) {
+            free(l->holder);
+            l->holder = gt_xstrdup(holder);
+        }
+        l->epoch = next.epoch;
+        l->expires_ms = next.expires_ms;
+        *epoch = next.epoch;
+    }
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static gt_err mem_lease_release(gt_store *s, const char *name, const char *holder,
+                                gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_err rc = GT_OK;
+    bool store_free = false;
+    pthread_mutex_lock(&ms->mu);
+    mem_lease *l = lease_find(ms, name, false);
+    if (l == NULL)
+        goto done;
+    gt_store_lease cur = {l->holder, l->epoch, l->expires_ms};
+    rc = gt_store__lease_give(name, &cur, holder, gt_now_ms(), &store_free, err);
+    if (rc == GT_OK && store_free) {
+        l->holder[0] = '\0';   /* the epoch stays, so the next term's is higher */
+        l->expires_ms = 0;
+    }
+done:
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+static const gt_store_ops mem_ops = {
+    .name = "memory",
+    .close = mem_close,
+    .index = mem_index,
+    .get = mem_get,
+    .put = mem_put,
+    .del = mem_del,
+    .query = mem_query,
+    .lease_acquire = mem_lease_acquire,
+    .lease_release = mem_lease_release,
+};

@@ -1,0 +1,106 @@
+"""Fixtures for end-to-end tests: each test gets its own working directory, config
+file and Git repository, and drives the real gantry binary ($GANTRY_BIN)."""
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GANTRY = os.environ.get("GANTRY_BIN", str(ROOT / "build" / "gantry"))
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+class Gantry:
+    """Runs gantry with a private config; returns CompletedProcess."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.work = tmp / "work"
+        self.config = tmp / "gantry.conf"
+        self.extra = {}
+        self.write_config()
+
+    def write_config(self, extra=""):
+        self.config.write_text(textwrap.dedent(f"""\
+            [application]
+            mode = local
+            working_dir = {self.work}
+
+            [runner]
+            python = /usr/bin/python3
+            pip_no_index = true
+            kill_grace_period = 1s
+            """) + extra)
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
+        env.update({"GANTRY_CONFIG": str(self.config), "HOME": str(self.tmp)})
+        # leaks are checked by the unit tests; here sanitizers must not slow runs down
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        env.update(self.extra)
+        return env
+
+    def __call__(self, *args, input=None, check=None, timeout=120):
+        p = subprocess.run([GANTRY, *map(str, args)], input=input, capture_output=True,
+                           text=True, env=self.env(), timeout=timeout)
+        if check is not None:
+            assert p.returncode == check, (
+                f"gantry {' '.join(map(str, args))}: exit {p.returncode}, want {check}\n"
+                f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+        # a sanitizer report anywhere fails the test
+        assert "Sanitizer" not in p.stderr, p.stderr
+        return p
+
+    def json(self, *args, check=0):
+        p = self(*args, "-o", "json", check=check)
+        return json.loads(p.stdout)
+
+    def popen(self, *args):
+        return subprocess.Popen([GANTRY, *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self.env())
+
+
+@pytest.fixture
+def gantry(tmp_path):
+    return Gantry(tmp_path)
+
+
+@pytest.fixture
+def examples_repo(tmp_path):
+    """The project's examples/ as a fresh Git repository (branch main, tag v1)."""
+    repo = tmp_path / "examples-repo"
+    shutil.copytree(ROOT / "examples", repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "examples")
+    git(repo, "tag", "v1")
+    return repo
+
+
+@pytest.fixture
+def scripts_repo(tmp_path):
+    """A repository of small shell scripts for fault tests; returns a function
+    add(name, body) that commits an executable script."""
+    repo = tmp_path / "scripts-repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+
+    def add(name, body):
+        f = repo / name
+        f.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+        f.chmod(0o755)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"add {name}")
+        return repo
+
+    add("ok.sh", "echo ok\n")
+    return add

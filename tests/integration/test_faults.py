@@ -1,0 +1,131 @@
+"""Runs that go wrong: timeouts, floods, signals, missing files, killed CLIs."""
+import os
+import signal
+import time
+
+
+def service(g, add, name, body, *flags):
+    repo = add(f"{name}.sh", body)
+    if not g("describe", "repository", "scripts").returncode == 0:
+        g("create", "repository", "scripts", "--url", repo, check=0)
+    g("create", "service", "executable", name, "--repository", "scripts",
+      "--filename", f"{name}.sh", *flags, check=0)
+
+
+def test_timeout_kills_the_process_group(gantry, scripts_repo, tmp_path):
+    marker = tmp_path / "grandchild-alive"
+    # the script ignores SIGTERM and leaves a grandchild behind; both must die
+    service(gantry, scripts_repo, "hang", f"""\
+        trap '' TERM
+        (sleep 30; touch {marker}) &
+        echo started
+        sleep 60
+        """, "--timeout", "2")
+    t0 = time.monotonic()
+    ex = gantry.json("run", "service", "hang", check=1)
+    took = time.monotonic() - t0
+    assert ex["state"] == "timed_out" and ex["stdout"] == "started\n"
+    assert took < 30, took
+    assert not marker.exists()
+
+
+def test_output_flood_is_truncated(gantry, scripts_repo):
+    gantry.write_config("output_limit = 64KiB\n")
+    service(gantry, scripts_repo, "flood", "yes xxxxxxx | head -c 20000000\necho done >&2\n")
+    ex = gantry.json("run", "service", "flood")
+    assert ex["stdout_truncated"] is True and len(ex["stdout"]) == 65536
+    assert ex["stderr"] == "done\n" and ex["stderr_truncated"] is False
+
+
+def test_killed_by_signal(gantry, scripts_repo):
+    service(gantry, scripts_repo, "suicide", "echo bye\nkill -KILL $$\n")
+    ex = gantry.json("run", "service", "suicide", check=1)
+    assert ex["state"] == "failed" and ex["signal"] == 9 and ex["return_code"] == 137
+
+
+def test_nonzero_exit_fails_the_command(gantry, scripts_repo):
+    service(gantry, scripts_repo, "bad", "echo oops >&2\nexit 4\n")
+    p = gantry("run", "service", "bad", check=1)
+    assert "oops" in p.stdout and "return code: 4" in p.stdout and "state: failed" in p.stdout
+
+
+def test_missing_file_and_non_executable(gantry, scripts_repo):
+    repo = scripts_repo("plain.sh", "echo hi\n")
+    os.chmod(repo / "plain.sh", 0o644)
+    from conftest import git
+    git(repo, "update-index", "--chmod=-x", "plain.sh")
+    git(repo, "commit", "-qm", "not executable")
+    gantry("create", "repository", "scripts", "--url", repo, check=0)
+    gantry("create", "service", "executable", "gone", "--repository", "scripts",
+           "--filename", "nope.sh", check=0)
+    ex = gantry.json("run", "service", "gone", check=1)
+    assert ex["state"] == "failed" and 'file "nope.sh" not found' in ex["error"]
+    gantry("create", "service", "executable", "plain", "--repository", "scripts",
+           "--filename", "plain.sh", check=0)
+    ex = gantry.json("run", "service", "plain", check=1)
+    assert "not executable" in ex["error"]
+    gantry("update", "service", "plain", "--interpreter", "/bin/sh", check=0)
+    assert gantry.json("run", "service", "plain")["stdout"] == "hi\n"
+
+
+def test_path_escape_is_refused(gantry, scripts_repo):
+    repo = scripts_repo("ok2.sh", "echo ok\n")
+    os.symlink("/etc", repo / "etc-link")
+    from conftest import git
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link")
+    gantry("create", "repository", "scripts", "--url", repo, check=0)
+    p = gantry("create", "service", "executable", "up", "--repository", "scripts",
+               "--filename", "../x.sh", check=2)
+    assert '"..' in p.stderr
+    gantry("create", "service", "executable", "esc", "--repository", "scripts",
+           "--working-dir", "etc-link", "--filename", "hostname", check=0)
+    ex = gantry.json("run", "service", "esc", check=1)
+    assert "outside the repository" in ex["error"]
+
+
+def test_unreachable_repository(gantry, tmp_path):
+    gantry("create", "repository", "r", "--url", tmp_path / "does-not-exist", check=0)
+    gantry("create", "service", "executable", "s", "--repository", "r", "--filename", "x", check=0)
+    ex = gantry.json("run", "service", "s", check=1)
+    assert ex["state"] == "failed" and "fetching" in ex["error"]
+
+
+def test_sigint_cancels_the_run(gantry, scripts_repo):
+    service(gantry, scripts_repo, "slow", "echo begin\nsleep 60\n")
+    p = gantry.popen("run", "service", "slow", "-o", "json")
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 1, err
+    import json
+    assert json.loads(out)["state"] == "canceled"
+
+
+def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo):
+    service(gantry, scripts_repo, "long", "sleep 60\n")
+    p = gantry.popen("run", "service", "long")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        items = gantry.json("get", "executions")["items"]
+        if items and items[0]["state"] == "running":
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # the next command reaps it: lost, with the reason, exactly once
+    ex = gantry.json("get", "executions")["items"]
+    assert [e["state"] for e in ex] == ["lost"], ex
+    full = gantry.json("describe", "execution", ex[0]["id"])
+    assert "ended before it finished" in full["error"]
+    assert gantry.json("get", "executions")["items"][0]["revision"] == full["revision"]
+
+
+def test_parallel_runs_share_the_store(gantry, scripts_repo):
+    service(gantry, scripts_repo, "quick", "echo $1 $2\n")
+    procs = [gantry.popen("run", "service", "quick", "--set", f"n={i}") for i in range(6)]
+    for p in procs:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    items = gantry.json("get", "executions")["items"]
+    assert len(items) == 6 and all(e["state"] == "succeeded" for e in items)

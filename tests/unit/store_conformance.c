@@ -1,0 +1,960 @@
+/* The store conformance suite (see store_conformance.h). Each test gets a fresh store
+ * from the driver's open_fresh. Linked into every unit test binary: only static
+ * functions and one entry point, no global state. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store_conformance.h"
+#include "util.h"
+
+typedef struct fixture {
+    const char *driver;
+    gt_store *(*open_fresh)(void *ctx);
+    void *ctx;
+    gt_store *s;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = *state;
+    f->s = f->open_fresh(f->ctx);
+    return f->s ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    gt_store_free(&f->s);
+    return 0;
+}
+
+static gt_store *store_of(void **state)
+{
+    return ((fixture *)*state)->s;
+}
+
+/* ---- helpers: each call gets its own gt_error (errors are set once) ---- */
+
+static int64_t put_ok(gt_store *s, const char *coll, const char *id, const char *body,
+                      int64_t expect)
+{
+    gt_error err = {0};
+    int64_t rev = -7;
+    gt_err rc = gt_store_put(s, coll, id, body, expect, &rev, &err);
+    if (rc != GT_OK)
+        fail_msg("put %s/%s: %s: %s", coll, id, gt_strerror(rc), err.message);
+    assert_true(rev >= 1);
+    return rev;
+}
+
+static gt_err put_rc(gt_store *s, const char *coll, const char *id, const char *body,
+                     int64_t expect, gt_error *err)
+{
+    gt_error_clear(err);
+    return gt_store_put(s, coll, id, body, expect, NULL, err);
+}
+
+/* Asserts coll/id holds body at rev (rev 0: any revision). */
+static void expect_doc(gt_store *s, const char *coll, const char *id, const char *body,
+                       int64_t rev)
+{
+    gt_error err = {0};
+    char *got = NULL;
+    int64_t got_rev = 0;
+    gt_err rc = gt_store_get(s, coll, id, &got, &got_rev, &err);
+    if (rc != GT_OK)
+        fail_msg("get %s/%s: %s: %s", coll, id, gt_strerror(rc), err.message);
+    assert_string_equal(got, body);
+    if (rev)
+        assert_int_equal(got_rev, rev);
+    free(got);
+}
+
+static void expect_missing(gt_store *s, const char *coll, const char *id)
+{
+    gt_error err = {0};
+    char *got = (char *)"x";
+    int64_t rev = 5;
+    assert_int_equal(gt_store_get(s, coll, id, &got, &rev, &err), GT_ENOTFOUND);
+    assert_null(got);
+    assert_int_equal(err.code, GT_ENOTFOUND);
+}
+
+static void declare(gt_store *s, const char *coll, const char *field)
+{
+    gt_error err = {0};
+    gt_err rc = gt_store_index(s, coll, field, &err);
+    if (rc != GT_OK)
+        fail_msg("index %s.%s: %s", coll, field, err.message);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* Walks a whole query page by page; returns the ids in order (caller frees with
+ * gt_strv_free) and checks what every page must satisfy. */
+static gt_strv walk(gt_store *s, const char *coll, const char *field, const char *value,
+                    size_t limit, size_t *pages)
+{
+    gt_strv ids = {0};
+    char *cursor = NULL;
+    *pages = 0;
+    for (;;) {
+        gt_error err = {0};
+        gt_store_page page;
+        gt_err rc = gt_store_query(s, coll, field, value, cursor, limit, &page, &err);
+        if (rc != GT_OK)
+            fail_msg("query %s: %s", coll, err.message);
+        (*pages)++;
+        assert_true(page.n <= limit);
+        for (size_t i = 0; i < page.n; i++) {
+            assert_true(page.items[i].rev >= 1);
+            if (ids.n > 0 && strcmp(ids.v[ids.n - 1], page.items[i].id) >= 0)
+                fail_msg("%s: %s after %s: not in ascending order", coll, page.items[i].id,
+                         ids.v[ids.n - 1]);
+            gt_strv_push(&ids, page.items[i].id);
+        }
+        free(cursor);
+        cursor = NULL;
+        if (page.next_cursor) {
+            /* A cursor is the page's last id; an empty page is always the last. */
+            assert_true(page.n > 0);
+            assert_string_equal(page.next_cursor, page.items[page.n - 1].id);
+            cursor = gt_xstrdup(page.next_cursor);
+        }
+        gt_store_page_clear(&page);
+        assert_null(page.items);
+        if (cursor == NULL)
+            break;
+        assert_true(*pages < 100000);
+    }
+    return ids;
+}
+
+/* ---- tests ---- */
+
+static void test_driver_name(void **state)
+{
+    fixture *f = *state;
+    assert_string_equal(gt_store_driver(f->s), f->driver);
+}
+
+static void test_get_missing(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    char *body = NULL;
+    expect_missing(s, "things", "nope");
+    assert_int_equal(gt_store_get(s, "things", "nope", &body, NULL, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "things/nope"));
+    assert_null(body);
+}
+
+static void test_put_new_and_get(void **state)
+{
+    gt_store *s = store_of(state);
+    const char *body = "{\"name\":\"a\",\"n\":1,\"list\":[1,2,{\"x\":null}]}";
+    int64_t rev = put_ok(s, "things", "a", body, GT_REV_NONE);
+    expect_doc(s, "things", "a", body, rev);
+    /* rev may be NULL on get and new_rev on put. */
+    gt_error err = {0};
+    char *got = NULL;
+    assert_int_equal(gt_store_get(s, "things", "a", &got, NULL, &err), GT_OK);
+    assert_string_equal(got, body);
+    free(got);
+    assert_int_equal(gt_store_put(s, "things", "b", "{}", GT_REV_ANY, NULL, &err), GT_OK);
+    expect_doc(s, "things", "b", "{}", 0);
+}
+
+static void test_put_if_none_conflict(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t rev = put_ok(s, "things", "a", "{\"v\":1}", GT_REV_NONE);
+    int64_t new_rev = 99;
+    assert_int_equal(gt_store_put(s, "things", "a", "{\"v\":2}", GT_REV_NONE, &new_rev, &err),
+                     GT_ECONFLICT);
+    assert_int_equal(new_rev, 0);
+    assert_non_null(strstr(err.message, "things/a"));
+    expect_doc(s, "things", "a", "{\"v\":1}", rev);
+}
+
+static void test_cas(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t r1 = put_ok(s, "things", "a", "{\"v\":1}", GT_REV_NONE);
+    int64_t r2 = put_ok(s, "things", "a", "{\"v\":2}", r1);
+    assert_true(r2 > r1);
+    /* A stale revision fails and writes nothing. */
+    assert_int_equal(put_rc(s, "things", "a", "{\"v\":3}", r1, &err), GT_ECONFLICT);
+    assert_non_null(strstr(err.message, "things/a"));
+    expect_doc(s, "things", "a", "{\"v\":2}", r2);
+    /* A revision from the future too. */
+    assert_int_equal(put_rc(s, "things", "a", "{\"v\":3}", r2 + 1000, &err), GT_ECONFLICT);
+    /* CAS on an absent document is a conflict and creates nothing. */
+    assert_int_equal(put_rc(s, "things", "b", "{\"v\":1}", r2, &err), GT_ECONFLICT);
+    expect_missing(s, "things", "b");
+    /* Unconditional always writes. */
+    int64_t r3 = put_ok(s, "things", "a", "{\"v\":4}", GT_REV_ANY);
+    assert_true(r3 > r2);
+    expect_doc(s, "things", "a", "{\"v\":4}", r3);
+}
+
+static void test_revisions_increase(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t last_a = 0, last_b = 0;
+    char body[64];
+    for (int i = 0; i < 50; i++) {
+        snprintf(body, sizeof body, "{\"i\":%d}", i);
+        int64_t ra = put_ok(s, "things", "a", body, i % 2 ? last_a : GT_REV_ANY);
+        assert_true(ra > last_a);
+        last_a = ra;
+        if (i % 3 == 0) {
+            int64_t rb = put_ok(s, "things", "b", body, GT_REV_ANY);
+            assert_true(rb > last_b);
+            last_b = rb;
+        }
+    }
+    expect_doc(s, "things", "a", "{\"i\":49}", last_a);
+}
+
+static void test_delete(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    assert_int_equal(gt_store_delete(s, "things", "a", GT_REV_ANY, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "things/a"));
+    int64_t r1 = put_ok(s, "things", "a", "{\"v\":1}", GT_REV_NONE);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_delete(s, "things", "a", r1 + 1, &err), GT_ECONFLICT);
+    assert_non_null(strstr(err.message, "things/a"));
+    expect_doc(s, "things", "a", "{\"v\":1}", r1);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_delete(s, "things", "a", r1, &err), GT_OK);
+    expect_missing(s, "things", "a");
+    assert_int_equal(gt_store_delete(s, "things", "a", r1, &err), GT_ENOTFOUND);
+    put_ok(s, "things", "b", "{}", GT_REV_NONE);
+    assert_int_equal(gt_store_delete(s, "things", "b", GT_REV_ANY, &err), GT_OK);
+    expect_missing(s, "things", "b");
+}
+
+static void test_delete_recreate_no_reuse(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t r1 = put_ok(s, "things", "a", "{\"v\":1}", GT_REV_NONE);
+    int64_t r2 = put_ok(s, "things", "a", "{\"v\":2}", r1);
+    assert_int_equal(gt_store_delete(s, "things", "a", r2, &err), GT_OK);
+    int64_t r3 = put_ok(s, "things", "a", "{\"v\":3}", GT_REV_NONE);
+    assert_true(r3 > r2);
+    /* Holders of the old revisions cannot overwrite the new document. */
+    assert_int_equal(put_rc(s, "things", "a", "{\"stale\":1}", r1, &err), GT_ECONFLICT);
+    assert_int_equal(put_rc(s, "things", "a", "{\"stale\":2}", r2, &err), GT_ECONFLICT);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_delete(s, "things", "a", r1, &err), GT_ECONFLICT);
+    expect_doc(s, "things", "a", "{\"v\":3}", r3);
+    /* And again, several times over. */
+    int64_t last = r3;
+    for (int i = 0; i < 5; i++) {
+        gt_error_clear(&err);
+        assert_int_equal(gt_store_delete(s, "things", "a", GT_REV_ANY, &err), GT_OK);
+        int64_t r = put_ok(s, "things", "a", "{}", GT_REV_NONE);
+        assert_true(r > last);
+        last = r;
+    }
+}
+
+enum { NDOCS = 250 };
+
+static void put_numbered(gt_store *s, int64_t *revs)
+{
+    /* Insert in a scrambled order (97 is prime to 250), so order comes from the store. */
+    for (int k = 0; k < NDOCS; k++) {
+        int i = (k * 97) % NDOCS;
+        char id[32], body[128];
+        snprintf(id, sizeof id, "doc-%03d", i);
+        snprintf(body, sizeof body, "{\"n\":%d,\"parity\":\"%s\",\"third\":\"t%d\"}", i,
+                 i % 2 ? "odd" : "even", i % 3);
+        revs[i] = put_ok(s, "things", id, body, GT_REV_NONE);
+    }
+}
+
+static void test_query_all_paginated(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t revs[NDOCS];
+    put_numbered(s, revs);
+    put_ok(s, "other", "doc-000", "{\"n\":-1}", GT_REV_NONE);   /* must not show up */
+
+    size_t pages;
+    gt_strv ids = walk(s, "things", NULL, NULL, 7, &pages);
+    assert_int_equal(ids.n, NDOCS);
+    for (int i = 0; i < NDOCS; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "doc-%03d", i);
+        assert_string_equal(ids.v[i], id);
+    }
+    assert_true(pages <= NDOCS / 7 + 2);
+    gt_strv_free(&ids);
+
+    /* Bodies and revisions come back as written, page after page. */
+    gt_error err = {0};
+    gt_store_page page;
+    char *cursor = NULL;
+    int seen = 0;
+    do {
+        assert_int_equal(gt_store_query(s, "things", NULL, NULL, cursor, 7, &page, &err), GT_OK);
+        free(cursor);
+        cursor = gt_xstrdup(page.next_cursor);
+        for (size_t i = 0; i < page.n; i++, seen++) {
+            char body[128];
+            snprintf(body, sizeof body, "{\"n\":%d,\"parity\":\"%s\",\"third\":\"t%d\"}", seen,
+                     seen % 2 ? "odd" : "even", seen % 3);
+            assert_string_equal(page.items[i].body, body);
+            assert_int_equal(page.items[i].rev, revs[seen]);
+        }
+        gt_store_page_clear(&page);
+    } while (cursor);
+    assert_int_equal(seen, NDOCS);
+
+    /* One big page holds everything and says it is the last. */
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, NULL, 10000, &page, &err), GT_OK);
+    assert_int_equal(page.n, NDOCS);
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+}
+
+static void test_query_page_edges(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    gt_store_page page;
+    /* An empty or unknown collection is an empty last page. */
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, NULL, 5, &page, &err), GT_OK);
+    assert_int_equal(page.n, 0);
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+
+    const char *names[] = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < 5; i++)
+        put_ok(s, "things", names[i], "{}", GT_REV_NONE);
+    /* Exactly limit left: either no cursor, or a cursor to an empty last page. */
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, "b", 3, &page, &err), GT_OK);
+    assert_int_equal(page.n, 3);
+    assert_string_equal(page.items[0].id, "c");
+    if (page.next_cursor) {
+        gt_store_page next;
+        assert_int_equal(gt_store_query(s, "things", NULL, NULL, page.next_cursor, 3, &next, &err),
+                         GT_OK);
+        assert_int_equal(next.n, 0);
+        assert_null(next.next_cursor);
+        gt_store_page_clear(&next);
+    }
+    gt_store_page_clear(&page);
+
+    /* A cursor is an id to start after: it still works once that document is gone,
+     * and it need not name a document at all. */
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, NULL, 2, &page, &err), GT_OK);
+    assert_int_equal(page.n, 2);
+    assert_string_equal(page.next_cursor, "b");
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_delete(s, "things", "b", GT_REV_ANY, &err), GT_OK);
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, "b", 2, &page, &err), GT_OK);
+    assert_int_equal(page.n, 2);
+    assert_string_equal(page.items[0].id, "c");
+    assert_string_equal(page.items[1].id, "d");
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, "cc", 10, &page, &err), GT_OK);
+    assert_int_equal(page.n, 2);
+    assert_string_equal(page.items[0].id, "d");
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, "zzz", 10, &page, &err), GT_OK);
+    assert_int_equal(page.n, 0);
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+}
+
+static void test_query_by_field(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t revs[NDOCS];
+    /* Declared after the documents exist: they are found too. */
+    put_numbered(s, revs);
+    declare(s, "things", "parity");
+    declare(s, "things", "parity");   /* idempotent */
+    declare(s, "things", "third");
+
+    size_t pages;
+    gt_strv ids = walk(s, "things", "parity", "even", 7, &pages);
+    assert_int_equal(ids.n, NDOCS / 2);
+    for (size_t i = 0; i < ids.n; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "doc-%03d", (int)(2 * i));
+        assert_string_equal(ids.v[i], id);
+    }
+    gt_strv_free(&ids);
+    ids = walk(s, "things", "third", "t1", 10, &pages);
+    assert_int_equal(ids.n, 83);   /* 1, 4, ..., 247 */
+    assert_string_equal(ids.v[0], "doc-001");
+    assert_string_equal(ids.v[82], "doc-247");
+    gt_strv_free(&ids);
+    ids = walk(s, "things", "parity", "neither", 7, &pages);
+    assert_int_equal(ids.n, 0);
+    gt_strv_free(&ids);
+
+    /* Only equal top-level strings match: not numbers, objects, nested fields, or
+     * documents without the field. */
+    put_ok(s, "things", "x-num", "{\"parity\":5}", GT_REV_NONE);
+    put_ok(s, "things", "x-obj", "{\"parity\":{\"a\":1}}", GT_REV_NONE);
+    put_ok(s, "things", "x-nested", "{\"inner\":{\"parity\":\"5\"}}", GT_REV_NONE);
+    put_ok(s, "things", "x-none", "{}", GT_REV_NONE);
+    put_ok(s, "things", "x-case", "{\"Parity\":\"5\"}", GT_REV_NONE);
+    ids = walk(s, "things", "parity", "5", 7, &pages);
+    assert_int_equal(ids.n, 0);
+    gt_strv_free(&ids);
+    ids = walk(s, "things", "parity", "{\"a\":1}", 7, &pages);
+    assert_int_equal(ids.n, 0);
+    gt_strv_free(&ids);
+    put_ok(s, "things", "x-str", "{\"parity\":\"5\"}", GT_REV_NONE);
+    ids = walk(s, "things", "parity", "5", 7, &pages);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.v[0], "x-str");
+    gt_strv_free(&ids);
+
+    /* Updates and deletes move documents in and out of results. */
+    put_ok(s, "things", "doc-000", "{\"parity\":\"odd\"}", GT_REV_ANY);
+    gt_error err = {0};
+    assert_int_equal(gt_store_delete(s, "things", "doc-002", GT_REV_ANY, &err), GT_OK);
+    ids = walk(s, "things", "parity", "even", 1000, &pages);
+    assert_int_equal(ids.n, NDOCS / 2 - 2);
+    assert_string_equal(ids.v[0], "doc-004");
+    gt_strv_free(&ids);
+
+    /* Another collection's documents never show up. */
+    declare(s, "other", "parity");
+    put_ok(s, "other", "o1", "{\"parity\":\"even\"}", GT_REV_NONE);
+    ids = walk(s, "other", "parity", "even", 7, &pages);
+    assert_int_equal(ids.n, 1);
+    gt_strv_free(&ids);
+}
+
+static void test_query_undeclared_field(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    gt_store_page page;
+    put_ok(s, "things", "a", "{\"kind\":\"x\"}", GT_REV_NONE);
+    assert_int_equal(gt_store_query(s, "things", "kind", "x", NULL, 10, &page, &err), GT_EINVAL);
+    assert_non_null(strstr(err.message, "things"));
+    assert_non_null(strstr(err.message, "kind"));
+    assert_int_equal(page.n, 0);
+    assert_null(page.items);
+    /* Declared on another collection does not count. */
+    declare(s, "other", "kind");
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_query(s, "things", "kind", "x", NULL, 10, &page, &err), GT_EINVAL);
+    /* Nor does a declaration on an unknown collection break anything. */
+    declare(s, "empty", "kind");
+    assert_int_equal(gt_store_query(s, "empty", "kind", "x", NULL, 10, &page, &err), GT_OK);
+    assert_int_equal(page.n, 0);
+    gt_store_page_clear(&page);
+}
+
+static void test_invalid_json_rejected(void **state)
+{
+    gt_store *s = store_of(state);
+    static const char *const bad[] = {
+        "", " ", "{", "}", "[]", "[1,2]", "\"str\"", "42", "null", "true",
+        "{\"a\":1,}", "{,}", "{\"a\":+1}", "{\"a\":01}", "{\"a\":.5}", "{\"a\":1.}",
+        "{\"a\":1e}", "{\"a\":-}", "{'a':1}", "{a:1}", "{\"a\" 1}", "{\"a\":1 \"b\":2}",
+        "{\"a\":1} {}", "{\"a\":1} x", "{\"a\":[1,]}", "{\"a\":NaN}", "{\"a\":Infinity}",
+        "{\"a\":tru}", "{\"a\":nul}", "{\"a\":\"unterminated}",
+        "{\"a\":\"\x01\"}", "{\"a\":\"tab\there\"}", "{\"a\":\"\\x41\"}", "{\"a\":\"\\u12\"}",
+        "{\"a\":\"\xff\"}", "{\"a\":\"\xc3\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}",
+        "{\"a\":\"\\ud800\"}", "{\"a\":\"\\udc00\"}", "{\"a\":\"\\ud800\\u0041\"}",
+        "{\"a\":\"\\u0000\"}", "{\"a\":1}\x01", "{\"a\":/*c*/1}",
+    };
+    gt_error err = {0};
+    declare(s, "things", "a");   /* so drivers that index bodies see every good one */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "bad-%zu", i);
+        gt_err rc = put_rc(s, "things", id, bad[i], GT_REV_ANY, &err);
+        if (rc != GT_EINVAL)
+            fail_msg("body #%zu <%s> accepted (%s)", i, bad[i], gt_strerror(rc));
+        assert_non_null(strstr(err.message, "things/"));
+        expect_missing(s, "things", id);
+    }
+    /* Over an existing document: it stays as it was. */
+    int64_t rev = put_ok(s, "things", "a", "{\"v\":1}", GT_REV_NONE);
+    assert_int_equal(put_rc(s, "things", "a", "{\"v\":", rev, &err), GT_EINVAL);
+    assert_int_equal(put_rc(s, "things", "a", "[]", GT_REV_ANY, &err), GT_EINVAL);
+    assert_int_equal(put_rc(s, "things", "a", NULL, GT_REV_ANY, &err), GT_EINVAL);
+    expect_doc(s, "things", "a", "{\"v\":1}", rev);
+    gt_store_page page;
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, NULL, 100, &page, &err), GT_OK);
+    assert_int_equal(page.n, 1);
+    gt_store_page_clear(&page);
+
+    /* Strict is not picky: all of JSON's grammar is accepted. */
+    static const char *const good[] = {
+        "{}", " \t\r\n{ }\n", "{\"a\":-0.5e+10,\"b\":[true,false,null,[],{}],\"c\":0}",
+        "{\"s\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}", "{\"a\":1E-3,\"b\":-0}",
+        "{\"\":\"empty key\",\"dup\":1,\"dup\":2}",
+        "{\"u\":\"caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80\"}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "good-%zu", i);
+        int64_t r = put_ok(s, "things", id, good[i], GT_REV_NONE);
+        expect_doc(s, "things", id, good[i], r);
+    }
+    /* Deep nesting is bounded. */
+    gt_buf deep = {0};
+    gt_buf_puts(&deep, "{\"a\":");
+    for (int i = 0; i < 100; i++)
+        gt_buf_puts(&deep, "[");
+    for (int i = 0; i < 100; i++)
+        gt_buf_puts(&deep, "]");
+    gt_buf_puts(&deep, "}");
+    put_ok(s, "things", "deep-100", deep.data, GT_REV_NONE);
+    gt_buf_free(&deep);
+    size_t pages;
+    gt_strv ids = walk(s, "things", "a", "x", 3, &pages);
+    assert_int_equal(ids.n, 0);
+    gt_strv_free(&ids);
+    put_ok(s, "things", "a-x", "{\"a\":\"x\"}", GT_REV_NONE);
+    ids = walk(s, "things", "a", "x", 3, &pages);
+    assert_int_equal(ids.n, 1);
+    gt_strv_free(&ids);
+    gt_buf_puts(&deep, "{\"a\":");
+    for (int i = 0; i < 100000; i++)
+        gt_buf_puts(&deep, "[");
+    for (int i = 0; i < 100000; i++)
+        gt_buf_puts(&deep, "]");
+    gt_buf_puts(&deep, "}");
+    assert_int_equal(put_rc(s, "things", "deep-100000", deep.data, GT_REV_ANY, &err), GT_EINVAL);
+    gt_buf_free(&deep);
+    expect_missing(s, "things", "deep-100000");
+}
+
+static void test_unicode(void **state)
+{
+    gt_store *s = store_of(state);
+    static const char *const ids[] = {
+        "z-ascii", "\xc3\xa9t\xc3\xa9",                 /* été */
+        "\xe6\x97\xa5\xe6\x9c\xac",                     /* 日本 */
+        "\xf0\x9f\x98\x80-emoji",                       /* 😀 */
+        "\xce\xa9mega", "A b/c?d#e%f&g=h+i", "\xe2\x98\x83", "Zebra", "zebra",
+    };
+    const size_t n = sizeof ids / sizeof ids[0];
+    declare(s, "things", "name");
+    for (size_t i = 0; i < n; i++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"name\":\"Gr\xc3\xbc\xc3\x9f" "e %s\",\"i\":%zu}", ids[i],
+                 i);
+        int64_t rev = put_ok(s, "things", ids[i], body, GT_REV_NONE);
+        expect_doc(s, "things", ids[i], body, rev);
+    }
+    /* Order is byte order of the UTF-8 ids (what strcmp gives). */
+    size_t pages;
+    gt_strv got = walk(s, "things", NULL, NULL, 2, &pages);
+    assert_int_equal(got.n, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t below = 0;
+        for (size_t k = 0; k < n; k++)
+            below += strcmp(ids[k], got.v[i]) < 0;
+        assert_int_equal(below, i);
+    }
+    gt_strv_free(&got);
+    /* A unicode value matches, including one the body spells with \u escapes. */
+    got = walk(s, "things", "name", "Gr\xc3\xbc\xc3\x9f" "e \xe6\x97\xa5\xe6\x9c\xac", 5, &pages);
+    assert_int_equal(got.n, 1);
+    assert_string_equal(got.v[0], "\xe6\x97\xa5\xe6\x9c\xac");
+    gt_strv_free(&got);
+    put_ok(s, "things", "escaped", "{\"name\":\"caf\\u00e9 \\ud83d\\ude00\"}", GT_REV_NONE);
+    got = walk(s, "things", "name", "caf\xc3\xa9 \xf0\x9f\x98\x80", 5, &pages);
+    assert_int_equal(got.n, 1);
+    assert_string_equal(got.v[0], "escaped");
+    gt_strv_free(&got);
+}
+
+static void test_large_body(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    const size_t max = (size_t)1 << 20;
+    char *body = gt_xmalloc(max + 1);
+    /* {"blob":"xxx...x"} of exactly 1 MiB, with some multi-byte characters in it. */
+    memcpy(body, "{\"blob\":\"", 9);
+    for (size_t i = 9; i < max - 2; i++)
+        body[i] = (char)('a' + i % 26);
+    memcpy(body + 1000, "\xe2\x98\x83", 3);
+    memcpy(body + max - 2, "\"}", 3);
+    assert_int_equal(strlen(body), max);
+    int64_t rev = put_ok(s, "things", "big", body, GT_REV_NONE);
+    expect_doc(s, "things", "big", body, rev);
+    gt_store_page page;
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, NULL, 10, &page, &err), GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].body, body);
+    gt_store_page_clear(&page);
+    /* One byte more is refused, and the stored one is untouched. */
+    char *over = gt_xasprintf("%.*sx\"}", (int)(max - 2), body);
+    assert_int_equal(strlen(over), max + 1);
+    assert_int_equal(put_rc(s, "things", "big", over, GT_REV_ANY, &err), GT_EINVAL);
+    assert_non_null(strstr(err.message, "things/big"));
+    free(over);
+    expect_doc(s, "things", "big", body, rev);
+    free(body);
+}
+
+static void test_collections_isolated(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    put_ok(s, "things", "x", "{\"in\":\"things\"}", GT_REV_NONE);
+    put_ok(s, "other", "x", "{\"in\":\"other\"}", GT_REV_NONE);
+    put_ok(s, "things2", "x", "{\"in\":\"things2\"}", GT_REV_NONE);
+    expect_doc(s, "things", "x", "{\"in\":\"things\"}", 0);
+    expect_doc(s, "other", "x", "{\"in\":\"other\"}", 0);
+    assert_int_equal(gt_store_delete(s, "other", "x", GT_REV_ANY, &err), GT_OK);
+    expect_missing(s, "other", "x");
+    expect_doc(s, "things", "x", "{\"in\":\"things\"}", 0);
+    size_t pages;
+    gt_strv ids = walk(s, "things", NULL, NULL, 10, &pages);
+    assert_int_equal(ids.n, 1);
+    gt_strv_free(&ids);
+}
+
+static void test_leases(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t e1 = 0, e = 0, e2 = 0;
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 60000, &e1, &err), GT_OK);
+    assert_true(e1 >= 1);
+    /* Renewal keeps the epoch. */
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 60000, &e, &err), GT_OK);
+    assert_int_equal(e, e1);
+    /* Another holder is refused, and told who holds it. */
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-b", 60000, &e, &err), GT_ECONFLICT);
+    assert_non_null(strstr(err.message, "leader"));
+    assert_non_null(strstr(err.message, "node-a"));
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_release(s, "leader", "node-b", &err), GT_ECONFLICT);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-b", 60000, &e, &err), GT_ECONFLICT);
+    /* Leases are independent of each other. */
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_acquire(s, "scheduler", "node-b", 60000, &e, &err), GT_OK);
+    /* Release frees it; releasing again or something never taken is harmless. */
+    assert_int_equal(gt_store_lease_release(s, "leader", "node-a", &err), GT_OK);
+    assert_int_equal(gt_store_lease_release(s, "leader", "node-a", &err), GT_OK);
+    assert_int_equal(gt_store_lease_release(s, "never", "node-a", &err), GT_OK);
+    /* The next term has a higher epoch, even right after a release. */
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-b", 60000, &e2, &err), GT_OK);
+    assert_true(e2 > e1);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 60000, &e, &err), GT_ECONFLICT);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_release(s, "leader", "node-b", &err), GT_OK);
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 60000, &e, &err), GT_OK);
+    assert_true(e > e2);
+    /* Leases and documents do not share a namespace. */
+    expect_missing(s, "leases", "leader");
+}
+
+static void test_lease_expiry(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t e1 = 0, e2 = 0, e3 = 0, e = 0;
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 30, &e1, &err), GT_OK);
+    sleep_ms(120);
+    /* Expired: another holder takes it with a higher epoch... */
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-b", 60000, &e2, &err), GT_OK);
+    assert_true(e2 > e1);
+    /* ...and the deposed holder can neither renew nor release it. */
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 30, &e, &err), GT_ECONFLICT);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_release(s, "leader", "node-a", &err), GT_ECONFLICT);
+    /* Re-acquiring one's own expired lease is a new term: new epoch. */
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_lease_acquire(s, "solo", "node-a", 30, &e1, &err), GT_OK);
+    sleep_ms(120);
+    assert_int_equal(gt_store_lease_acquire(s, "solo", "node-a", 60000, &e3, &err), GT_OK);
+    assert_true(e3 > e1);
+}
+
+static void test_argument_checks(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    char *body = NULL;
+    gt_store_page page;
+    int64_t e;
+#define EXPECT_EINVAL(call)                       \
+    do {                                          \
+        gt_error_clear(&err);                     \
+        assert_int_equal((call), GT_EINVAL);      \
+        assert_int_equal(err.code, GT_EINVAL);    \
+        assert_true(err.message[0] != '\0');      \
+    } while (0)
+    EXPECT_EINVAL(gt_store_get(NULL, "things", "a", &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, "", "a", &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, NULL, "a", &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, "a/b", "a", &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, "things", "", &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, "things", NULL, &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, "things", "\xff", &body, NULL, &err));
+    EXPECT_EINVAL(gt_store_get(s, "things", "a", NULL, NULL, &err));
+    EXPECT_EINVAL(gt_store_put(s, "things", "", "{}", GT_REV_ANY, NULL, &err));
+    EXPECT_EINVAL(gt_store_put(s, "things", "a", "{}", -2, NULL, &err));
+    EXPECT_EINVAL(gt_store_delete(s, "things", "a", GT_REV_NONE, &err));
+    EXPECT_EINVAL(gt_store_delete(s, "", "a", GT_REV_ANY, &err));
+    EXPECT_EINVAL(gt_store_index(s, "things", "a.b", &err));
+    EXPECT_EINVAL(gt_store_index(s, "things", "", &err));
+    EXPECT_EINVAL(gt_store_index(s, "things", "x'y", &err));
+    EXPECT_EINVAL(gt_store_index(s, "things", NULL, &err));
+    EXPECT_EINVAL(gt_store_query(s, "things", NULL, NULL, NULL, 0, &page, &err));
+    EXPECT_EINVAL(gt_store_query(s, "things", NULL, NULL, NULL, 10001, &page, &err));
+    EXPECT_EINVAL(gt_store_query(s, "things", "kind", NULL, NULL, 10, &page, &err));
+    EXPECT_EINVAL(gt_store_query(s, "things", NULL, NULL, NULL, 10, NULL, &err));
+    EXPECT_EINVAL(gt_store_query(s, "th'ngs", NULL, NULL, NULL, 10, &page, &err));
+    EXPECT_EINVAL(gt_store_lease_acquire(s, "leader", "", 1000, &e, &err));
+    EXPECT_EINVAL(gt_store_lease_acquire(s, "", "node-a", 1000, &e, &err));
+    EXPECT_EINVAL(gt_store_lease_acquire(s, "leader", "node-a", 0, &e, &err));
+    EXPECT_EINVAL(gt_store_lease_acquire(s, "leader", "node-a", -5, &e, &err));
+    EXPECT_EINVAL(gt_store_lease_release(s, "leader", NULL, &err));
+#undef EXPECT_EINVAL
+    /* Limits at their bounds work; err may be NULL everywhere. */
+    assert_int_equal(gt_store_query(s, "things", NULL, NULL, NULL, 10000, &page, NULL), GT_OK);
+    gt_store_page_clear(&page);
+    gt_store_page_clear(&page);   /* twice is harmless */
+    gt_store_page_clear(NULL);
+    assert_int_equal(gt_store_get(s, "things", "a", &body, NULL, NULL), GT_ENOTFOUND);
+    assert_int_equal(gt_store_put(s, "things", "a", "{}", GT_REV_NONE, NULL, NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "a", "{}", GT_REV_NONE, NULL, NULL), GT_ECONFLICT);
+    gt_store *none = NULL;
+    gt_store_free(&none);
+    gt_store_free(NULL);
+}
+
+static void test_error_messages(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    char *body = NULL;
+    assert_int_equal(gt_store_get(s, "services", "foo", &body, NULL, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "services/foo"));
+    assert_non_null(strstr(err.message, "not found"));
+    int64_t rev = put_ok(s, "services", "foo", "{}", GT_REV_NONE);
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_put(s, "services", "foo", "{}", rev + 5, NULL, &err), GT_ECONFLICT);
+    assert_int_equal(err.code, GT_ECONFLICT);
+    assert_non_null(strstr(err.message, "services/foo"));
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_delete(s, "services", "bar", GT_REV_ANY, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "services/bar"));
+    /* The first error stays: a later call on a set error changes nothing. */
+    assert_int_equal(gt_store_get(s, "services", "baz", &body, NULL, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "services/bar"));
+}
+
+/* ---- concurrency helpers (no cmocka assertions off the main thread) ---- */
+
+typedef struct racer {
+    gt_store *s;
+    pthread_barrier_t *bar;
+    int rounds;
+    char *won;        /* per round */
+    int errors;
+    char first_error[1100];
+} racer;
+
+static void racer_fail(racer *r, const char *what, gt_err rc, const gt_error *err)
+{
+    if (r->errors++ == 0)
+        snprintf(r->first_error, sizeof r->first_error, "%s: %s: %s", what, gt_strerror(rc),
+                 err->message);
+}
+
+static void *race_main(void *arg)
+{
+    racer *r = arg;
+    for (int i = 0; i < r->rounds; i++) {
+        gt_error err = {0};
+        char *body = NULL;
+        int64_t rev = 0;
+        pthread_barrier_wait(r->bar);   /* the previous round is over */
+        gt_err rc = gt_store_get(r->s, "race", "doc", &body, &rev, &err);
+        free(body);
+        if (rc != GT_OK)
+            racer_fail(r, "get", rc, &err);
+        pthread_barrier_wait(r->bar);   /* both have read the same revision */
+        char next[64];
+        snprintf(next, sizeof next, "{\"round\":%d}", i);
+        gt_error_clear(&err);
+        rc = gt_store_put(r->s, "race", "doc", next, rev, NULL, &err);
+        r->won[i] = rc == GT_OK;
+        if (rc != GT_OK && rc != GT_ECONFLICT)
+            racer_fail(r, "put", rc, &err);
+    }
+    return NULL;
+}
+
+void gt_store_conformance_cas_race(gt_store *a, gt_store *b, int rounds)
+{
+    pthread_barrier_t bar;
+    pthread_t t[2];
+    racer r[2] = {{.s = a}, {.s = b}};
+    put_ok(a, "race", "doc", "{\"round\":-1}", GT_REV_ANY);
+    pthread_barrier_init(&bar, NULL, 2);
+    for (int k = 0; k < 2; k++) {
+        r[k].bar = &bar;
+        r[k].rounds = rounds;
+        r[k].won = gt_xcalloc((size_t)rounds, 1);
+        assert_int_equal(pthread_create(&t[k], NULL, race_main, &r[k]), 0);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(t[k], NULL);
+    pthread_barrier_destroy(&bar);
+    int bad_round = -1, wins_a = 0;
+    for (int i = 0; i < rounds; i++) {
+        wins_a += r[0].won[i];
+        if (r[0].won[i] + r[1].won[i] != 1 && bad_round < 0)
+            bad_round = i;
+    }
+    int errors = r[0].errors + r[1].errors;
+    char msg[2300];
+    snprintf(msg, sizeof msg, "%s%s", r[0].first_error, r[1].first_error);
+    int shown = bad_round < 0 ? 0 : bad_round;
+    int won_a = r[0].won[shown], won_b = r[1].won[shown];
+    free(r[0].won);
+    free(r[1].won);
+    if (errors)
+        fail_msg("%d errors in the race, first: %s", errors, msg);
+    if (bad_round >= 0)
+        fail_msg("round %d: a %s, b %s", bad_round, won_a ? "won" : "lost", won_b ? "won" : "lost");
+    print_message("cas race: %d rounds, a won %d, b won %d\n", rounds, wins_a, rounds - wins_a);
+}
+
+typedef struct counter_worker {
+    gt_store *s;
+    int increments;
+    int conflicts;
+    int errors;
+    char first_error[1100];
+} counter_worker;
+
+static void *counter_main(void *arg)
+{
+    counter_worker *w = arg;
+    for (int done = 0; done < w->increments;) {
+        gt_error err = {0};
+        char *body = NULL;
+        int64_t rev = 0;
+        long long n = 0;
+        gt_err rc = gt_store_get(w->s, "counter", "c", &body, &rev, &err);
+        if (rc == GT_OK && sscanf(body, "{\"n\":%lld}", &n) != 1)
+            rc = GT_EINTERNAL;
+        free(body);
+        if (rc == GT_OK) {
+            char next[64];
+            snprintf(next, sizeof next, "{\"n\":%lld}", n + 1);
+            rc = gt_store_put(w->s, "counter", "c", next, rev, NULL, &err);
+        }
+        if (rc == GT_OK) {
+            done++;
+        } else if (rc == GT_ECONFLICT) {
+            w->conflicts++;
+        } else {
+            if (w->errors++ == 0)
+                snprintf(w->first_error, sizeof w->first_error, "%s: %s", gt_strerror(rc),
+                         err.message);
+            if (w->errors > 100)
+                break;
+        }
+    }
+    return NULL;
+}
+
+void gt_store_conformance_counter(gt_store **handles, int nthreads, int increments)
+{
+    counter_worker *w = gt_xcalloc((size_t)nthreads, sizeof *w);
+    pthread_t *t = gt_xcalloc((size_t)nthreads, sizeof *t);
+    put_ok(handles[0], "counter", "c", "{\"n\":0}", GT_REV_ANY);
+    for (int i = 0; i < nthreads; i++) {
+        w[i].s = handles[i];
+        w[i].increments = increments;
+        assert_int_equal(pthread_create(&t[i], NULL, counter_main, &w[i]), 0);
+    }
+    int errors = 0, conflicts = 0;
+    char first[1100] = "";
+    for (int i = 0; i < nthreads; i++) {
+        pthread_join(t[i], NULL);
+        conflicts += w[i].conflicts;
+        if (w[i].errors && errors == 0)
+            snprintf(first, sizeof first, "%s", w[i].first_error);
+        errors += w[i].errors;
+    }
+    free(w);
+    free(t);
+    if (errors)
+        fail_msg("%d errors, first: %s", errors, first);
+    char want[64];
+    snprintf(want, sizeof want, "{\"n\":%d}", nthreads * increments);
+    expect_doc(handles[0], "counter", "c", want, 0);
+    print_message("counter: %d threads x %d increments, %d conflicts retried\n", nthreads,
+                  increments, conflicts);
+}
+
+int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *ctx), void *ctx)
+{
+    fixture f = {driver, open_fresh, ctx, NULL};
+#define T(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup, teardown, &f)
+    const struct CMUnitTest tests[] = {
+        T(test_driver_name),
+        T(test_get_missing),
+        T(test_put_new_and_get),
+        T(test_put_if_none_conflict),
+        T(test_cas),
+        T(test_revisions_increase),
+        T(test_delete),
+        T(test_delete_recreate_no_reuse),
+        T(test_query_all_paginated),
+        T(test_query_page_edges),
+        T(test_query_by_field),
+        T(test_query_undeclared_field),
+        T(test_invalid_json_rejected),
+        T(test_unicode),
+        T(test_large_body),
+        T(test_collections_isolated),
+        T(test_leases),
+        T(test_lease_expiry),
+        T(test_argument_checks),
+        T(test_error_messages),
+    };
+#undef T
+    char name[128];
+    snprintf(name, sizeof name, "store/%s", driver);
+    return cmocka_run_group_tests_name(name, tests, NULL, NULL);
+}
