@@ -1,10 +1,12 @@
 /* Secrets and tokens. Sealed format (text, safe to store):
  *   "gt1:<iterations>:<base64(salt[16] | nonce[12] | ciphertext | tag[16])>"
- * AES-256-GCM; the key is PBKDF2-HMAC-SHA256(key file contents, salt, iterations).
+ * AES-256-GCM with the ASCII "gt1" as additional data; the key is
+ * PBKDF2-HMAC-SHA256(key file contents, salt, iterations), iterations in [10000, 10000000].
  * Plaintext buffers are wiped before they are freed. */
 #ifndef GT_CRYPTO_H
 #define GT_CRYPTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,6 +17,12 @@ typedef struct gt_key gt_key;
 /* Loads key material from a file (any bytes, trailing whitespace trimmed, at least 32
  * bytes). GT_ENOTFOUND if missing, GT_EINVAL if too short or empty, naming the path. */
 gt_key *gt_key_load(const char *path, gt_error *err) __attribute__((warn_unused_result));
+/* A key from len bytes of material (copied); NULL when shorter than 32 bytes or larger
+ * than 64 KiB. For tools and tests that already hold the material. */
+gt_key *gt_key_from_bytes(const void *material, size_t len) __attribute__((warn_unused_result));
+/* True when the file the key came from was accessible to group or others: worth a
+ * warning, not an error. */
+bool gt_key_file_exposed(const gt_key *key);
 /* Creates a new key file (mode 0600, 64 random bytes base64) that must not exist. */
 gt_err gt_key_generate(const char *path, gt_error *err);
 /* Wipes and frees *key; sets it to NULL. */

@@ -1,0 +1,621 @@
+/* Secrets, key files, base64 and SHA-256. A small reference sealer written here directly
+ * against OpenSSL checks the format from the outside, and makes cheap 10000-iteration
+ * blobs for the exhaustive tamper test. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+
+#include "crypto.h"
+#include "util.h"
+
+#define MATERIAL32 "0123456789abcdef0123456789abcdef"
+static const char material32[] = MATERIAL32;
+static const char decrypt_msg[] = "cannot decrypt: wrong key file or the data was altered";
+
+static gt_key *test_key(const char *m)
+{
+    gt_key *key = gt_key_from_bytes(m, strlen(m));
+    assert_non_null(key);
+    return key;
+}
+
+/* The format, written independently of crypto.c: salt | nonce | ciphertext | tag. */
+static unsigned char *ref_blob(const char *material, const unsigned char salt[16],
+                               const unsigned char nonce[12], int iterations,
+                               const void *plain, size_t len, size_t *blob_len)
+{
+    unsigned char dk[32];
+    assert_int_equal(PKCS5_PBKDF2_HMAC(material, (int)strlen(material), salt, 16, iterations,
+                                       EVP_sha256(), 32, dk), 1);
+    size_t total = 16 + 12 + len + 16;
+    unsigned char *blob = gt_xmalloc(total);
+    memcpy(blob, salt, 16);
+    memcpy(blob + 16, nonce, 12);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0;
+    assert_int_equal(EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, dk, nonce), 1);
+    assert_int_equal(EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *)"gt1", 3), 1);
+    if (len > 0)
+        assert_int_equal(EVP_EncryptUpdate(ctx, blob + 28, &n, plain, (int)len), 1);
+    assert_int_equal(EVP_EncryptFinal_ex(ctx, blob + 28 + len, &n), 1);
+    assert_int_equal(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, blob + 28 + len), 1);
+    EVP_CIPHER_CTX_free(ctx);
+    *blob_len = total;
+    return blob;
+}
+
+static char *ref_seal(const char *material, int iterations, const void *plain, size_t len)
+{
+    unsigned char salt[16], nonce[12];
+    assert_int_equal(gt_random_bytes(salt, sizeof salt, NULL), GT_OK);
+    assert_int_equal(gt_random_bytes(nonce, sizeof nonce, NULL), GT_OK);
+    size_t blob_len;
+    unsigned char *blob = ref_blob(material, salt, nonce, iterations, plain, len, &blob_len);
+    char *b64 = gt_base64_encode(blob, blob_len);
+    char *s = gt_xasprintf("gt1:%d:%s", iterations, b64);
+    free(b64);
+    free(blob);
+    return s;
+}
+
+static void assert_opens_to(const gt_key *key, const char *sealed, const void *want,
+                            size_t want_len)
+{
+    char *plain = NULL;
+    size_t len = 0;
+    gt_error err = {0};
+    gt_err rc = gt_secret_open(key, sealed, &plain, &len, &err);
+    if (rc != GT_OK)
+        fail_msg("open failed: %s", err.message);
+    assert_int_equal(len, want_len);
+    if (want_len)
+        assert_memory_equal(plain, want, want_len);
+    assert_int_equal(plain[len], '\0');
+    gt_secret_wipe_free(plain, len);
+}
+
+static void assert_open_fails(const gt_key *key, const char *sealed, gt_err want)
+{
+    char *plain = (char *)"untouched";
+    size_t len = 99;
+    gt_error err = {0};
+    gt_err rc = gt_secret_open(key, sealed, &plain, &len, &err);
+    if (rc != want)
+        fail_msg("open of \"%.80s\": got %d (%s), want %d", sealed ? sealed : "(null)", rc,
+                 err.message, want);
+    assert_int_equal(err.code, want);
+    assert_null(plain);
+    assert_int_equal(len, 0);
+    if (want == GT_ECRYPTO)
+        assert_string_equal(err.message, decrypt_msg);
+}
+
+static void test_round_trip(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    size_t big = 1024 * 1024;
+    unsigned char *mib = gt_xmalloc(big);
+    assert_int_equal(gt_random_bytes(mib, big, NULL), GT_OK);
+    static const char nuls[] = {'a', 0, 'b', 0, 0, (char)0xff, 0};
+    struct {
+        const void *p;
+        size_t n;
+    } cases[] = {{"", 0}, {"x", 1}, {nuls, sizeof nuls}, {"hunter2 password", 16}, {mib, big}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *sealed = NULL;
+        gt_error err = {0};
+        assert_int_equal(gt_secret_seal(key, cases[i].p, cases[i].n, &sealed, &err), GT_OK);
+        assert_int_equal(strncmp(sealed, "gt1:210000:", 11), 0);
+        assert_opens_to(key, sealed, cases[i].p, cases[i].n);
+        free(sealed);
+    }
+    /* NULL data with zero length is the empty secret. */
+    char *sealed = NULL;
+    assert_int_equal(gt_secret_seal(key, NULL, 0, &sealed, NULL), GT_OK);
+    assert_opens_to(key, sealed, "", 0);
+    free(sealed);
+    free(mib);
+    gt_key_free(&key);
+    assert_null(key);
+    gt_key_free(&key);
+    gt_key_free(NULL);
+}
+
+static void test_seals_differ(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    char *a = NULL, *b = NULL;
+    assert_int_equal(gt_secret_seal(key, "same", 4, &a, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, "same", 4, &b, NULL), GT_OK);
+    assert_string_not_equal(a, b);
+    /* Fresh salt and nonce each time. */
+    unsigned char *ba = NULL, *bb = NULL;
+    size_t na = 0, nb = 0;
+    assert_int_equal(gt_base64_decode(a + 11, &ba, &na, NULL), GT_OK);
+    assert_int_equal(gt_base64_decode(b + 11, &bb, &nb, NULL), GT_OK);
+    assert_int_equal(na, 16 + 12 + 4 + 16);
+    assert_int_equal(nb, na);
+    assert_memory_not_equal(ba, bb, 16);
+    assert_memory_not_equal(ba + 16, bb + 16, 12);
+    assert_opens_to(key, a, "same", 4);
+    assert_opens_to(key, b, "same", 4);
+    free(ba);
+    free(bb);
+    free(a);
+    free(b);
+    gt_key_free(&key);
+}
+
+static void test_format_matches_reference(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    /* Ours opens the reference... */
+    char *ref = ref_seal(material32, 10000, "interop", 7);
+    assert_opens_to(key, ref, "interop", 7);
+    free(ref);
+    /* ...and the reference layout decrypts ours: rebuild our blob with its salt/nonce. */
+    char *sealed = NULL;
+    assert_int_equal(gt_secret_seal(key, "interop", 7, &sealed, NULL), GT_OK);
+    unsigned char *blob = NULL;
+    size_t n = 0;
+    assert_int_equal(gt_base64_decode(sealed + 11, &blob, &n, NULL), GT_OK);
+    size_t n2 = 0;
+    unsigned char *again = ref_blob(material32, blob, blob + 16, 210000, "interop", 7, &n2);
+    assert_int_equal(n, n2);
+    assert_memory_equal(blob, again, n);
+    free(again);
+    free(blob);
+    free(sealed);
+    gt_key_free(&key);
+}
+
+static void test_wrong_key(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    gt_key *other = test_key("another key of at least thirty-two bytes");
+    char *sealed = NULL;
+    assert_int_equal(gt_secret_seal(key, "secret", 6, &sealed, NULL), GT_OK);
+    assert_open_fails(other, sealed, GT_ECRYPTO);
+    /* One byte of key material more (a trailing newline not trimmed) is another key. */
+    gt_key *longer = gt_key_from_bytes(MATERIAL32 "\n", sizeof material32);
+    assert_open_fails(longer, sealed, GT_ECRYPTO);
+    free(sealed);
+    gt_key_free(&key);
+    gt_key_free(&other);
+    gt_key_free(&longer);
+}
+
+static char *with_blob(int iterations, const unsigned char *blob, size_t n)
+{
+    char *b64 = gt_base64_encode(blob, n);
+    char *s = gt_xasprintf("gt1:%d:%s", iterations, b64);
+    free(b64);
+    return s;
+}
+
+/* Every bit position class of every byte: salt, nonce, ciphertext and tag all count. */
+static void test_tamper_every_byte(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    char *sealed = ref_seal(material32, 10000, "tamper me, please", 17);
+    unsigned char *blob = NULL;
+    size_t n = 0;
+    assert_int_equal(gt_base64_decode(strchr(sealed + 4, ':') + 1, &blob, &n, NULL), GT_OK);
+    assert_int_equal(n, 16 + 12 + 17 + 16);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char keep = blob[i];
+        blob[i] ^= (unsigned char)(1u << (i % 8));
+        char *bad = with_blob(10000, blob, n);
+        assert_open_fails(key, bad, GT_ECRYPTO);
+        free(bad);
+        blob[i] = keep;
+    }
+    /* Truncated and extended blobs. */
+    char *bad = with_blob(10000, blob, n - 1);
+    assert_open_fails(key, bad, GT_ECRYPTO);
+    free(bad);
+    unsigned char *longer = gt_xmalloc(n + 1);
+    memcpy(longer, blob, n);
+    longer[n] = 0;
+    bad = with_blob(10000, longer, n + 1);
+    assert_open_fails(key, bad, GT_ECRYPTO);
+    free(bad);
+    free(longer);
+    /* The iteration count is part of the key: changing it fails too. */
+    bad = with_blob(10001, blob, n);
+    assert_open_fails(key, bad, GT_ECRYPTO);
+    free(bad);
+    /* Untouched, it opens. */
+    bad = with_blob(10000, blob, n);
+    assert_opens_to(key, bad, "tamper me, please", 17);
+    free(bad);
+    free(blob);
+    free(sealed);
+
+    /* A few spots of a real seal, at full cost. */
+    assert_int_equal(gt_secret_seal(key, "x", 1, &sealed, NULL), GT_OK);
+    assert_int_equal(gt_base64_decode(sealed + 11, &blob, &n, NULL), GT_OK);
+    size_t spots[] = {0, 20, 28, n - 1};
+    for (size_t i = 0; i < 4; i++) {
+        blob[spots[i]] ^= 0x80;
+        bad = with_blob(210000, blob, n);
+        assert_open_fails(key, bad, GT_ECRYPTO);
+        free(bad);
+        blob[spots[i]] ^= 0x80;
+    }
+    free(blob);
+    free(sealed);
+    gt_key_free(&key);
+}
+
+static void test_malformed(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    char *good = ref_seal(material32, 10000, "ok", 2);
+    const char *b64 = good + strlen("gt1:10000:");
+    char *cases[] = {
+        gt_xstrdup(""),
+        gt_xstrdup("gt1"),
+        gt_xstrdup("gt1:"),
+        gt_xstrdup("gt1::"),
+        gt_xstrdup("gt1:10000"),
+        gt_xstrdup("gt1:10000:"),                       /* empty blob */
+        gt_xasprintf("gt2:10000:%s", b64),
+        gt_xasprintf("GT1:10000:%s", b64),
+        gt_xasprintf(" gt1:10000:%s", b64),
+        gt_xasprintf("gt1:abc:%s", b64),
+        gt_xasprintf("gt1:-10000:%s", b64),
+        gt_xasprintf("gt1:+10000:%s", b64),
+        gt_xasprintf("gt1: 10000:%s", b64),
+        gt_xasprintf("gt1:010000:%s", b64),             /* not canonical */
+        gt_xasprintf("gt1:9999:%s", b64),               /* below the floor */
+        gt_xasprintf("gt1:10000001:%s", b64),           /* above the ceiling */
+        gt_xasprintf("gt1:99999999999999999999:%s", b64),
+        gt_xasprintf("gt1:10000:%s\n", b64),            /* trailing newline */
+        gt_xasprintf("gt1:10000:%s=", b64),
+        gt_xasprintf("gt1:10000:%.*s", (int)strlen(b64) - 1, b64),
+        gt_xstrdup("gt1:10000:not base64 at all!"),
+        gt_xstrdup("gt1:10000:AAAA"),                   /* 3 bytes: shorter than the header */
+        NULL,
+    };
+    for (size_t i = 0; cases[i]; i++) {
+        assert_open_fails(key, cases[i], GT_EINVAL);
+        free(cases[i]);
+    }
+    assert_open_fails(key, NULL, GT_EINVAL);
+    /* 43 bytes: one short of salt + nonce + tag. */
+    unsigned char zeros[44] = {0};
+    char *s = with_blob(10000, zeros, 43);
+    assert_open_fails(key, s, GT_EINVAL);
+    free(s);
+    /* 44 bytes: the format holds, authentication fails. */
+    s = with_blob(10000, zeros, 44);
+    assert_open_fails(key, s, GT_ECRYPTO);
+    free(s);
+    free(good);
+
+    char *plain = NULL;
+    assert_int_equal(gt_secret_open(NULL, "gt1:10000:AAAA", &plain, NULL, NULL), GT_EINVAL);
+    assert_null(plain);
+    gt_key_free(&key);
+}
+
+static char *tmp_dir(void)
+{
+    char tmpl[] = "/tmp/gt-crypto-test-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    return gt_xstrdup(tmpl);
+}
+
+static void put_file(const char *path, const void *data, size_t n, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, n), (ssize_t)n);
+    close(fd);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+static void test_key_load(void **state)
+{
+    (void)state;
+    char *dir = tmp_dir();
+    char *path = gt_path_join(dir, "key");
+    gt_error err = {0};
+
+    /* Missing. */
+    assert_null(gt_key_load(path, &err));
+    assert_int_equal(err.code, GT_ENOTFOUND);
+    char *want = gt_xasprintf("secrets key file %s: not found (set [secrets] encrypt_key_file)",
+                              path);
+    assert_string_equal(err.message, want);
+    free(want);
+
+    /* Empty, whitespace only, short: GT_EINVAL naming the path. */
+    const char *bad[] = {"", " \n\t\r\n", "0123456789abcdef0123456789abcde\n"};
+    for (size_t i = 0; i < 3; i++) {
+        put_file(path, bad[i], strlen(bad[i]), 0600);
+        gt_error_clear(&err);
+        assert_null(gt_key_load(path, &err));
+        assert_int_equal(err.code, GT_EINVAL);
+        assert_non_null(strstr(err.message, path));
+    }
+
+    /* Too large. */
+    size_t huge = 64 * 1024 + 1;
+    char *big = gt_xmalloc(huge);
+    memset(big, 'k', huge);
+    put_file(path, big, huge, 0600);
+    gt_error_clear(&err);
+    assert_null(gt_key_load(path, &err));
+    assert_int_equal(err.code, GT_EINVAL);
+    assert_non_null(strstr(err.message, path));
+    free(big);
+
+    /* A directory. */
+    gt_error_clear(&err);
+    assert_null(gt_key_load(dir, &err));
+    assert_int_not_equal(err.code, GT_OK);
+    assert_non_null(strstr(err.message, dir));
+
+    /* Exactly 32 bytes with trailing whitespace: trimmed, same key as the bare bytes. */
+    put_file(path, MATERIAL32 " \t\r\n\n", sizeof material32 + 4, 0600);
+    gt_error_clear(&err);
+    gt_key *key = gt_key_load(path, &err);
+    assert_non_null(key);
+    assert_false(gt_key_file_exposed(key));
+    gt_key *bare = test_key(material32);
+    char fa[17], fb[17];
+    gt_key_fingerprint(key, fa);
+    gt_key_fingerprint(bare, fb);
+    assert_string_equal(fa, fb);
+    assert_string_equal(fa, "042a1524fcefad5b"); /* HMAC-SHA256(key, "gantry-key-id")[:8] */
+    char *sealed = NULL;
+    assert_int_equal(gt_secret_seal(key, "from file", 9, &sealed, NULL), GT_OK);
+    assert_opens_to(bare, sealed, "from file", 9);
+    free(sealed);
+    gt_key_free(&key);
+
+    /* Leading whitespace is material. */
+    put_file(path, " " MATERIAL32, sizeof material32, 0600);
+    key = gt_key_load(path, NULL);
+    assert_non_null(key);
+    gt_key_fingerprint(key, fa);
+    assert_string_not_equal(fa, fb);
+    gt_key_free(&key);
+
+    /* Readable by others: loads, flagged. */
+    put_file(path, material32, sizeof material32 - 1, 0644);
+    key = gt_key_load(path, NULL);
+    assert_non_null(key);
+    assert_true(gt_key_file_exposed(key));
+    gt_key_free(&key);
+    gt_key_free(&bare);
+
+    unlink(path);
+    rmdir(dir);
+    free(path);
+    free(dir);
+}
+
+static void test_key_generate(void **state)
+{
+    (void)state;
+    char *dir = tmp_dir();
+    char *path = gt_path_join(dir, "gantry.key");
+    char *path2 = gt_path_join(dir, "second.key");
+    gt_error err = {0};
+
+    mode_t old = umask(0); /* a permissive umask must not widen the mode */
+    gt_err rc = gt_key_generate(path, &err);
+    umask(077);
+    gt_err rc2 = gt_key_generate(path2, &err);
+    umask(old);
+    assert_int_equal(rc, GT_OK);
+    assert_int_equal(rc2, GT_OK);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(gt_read_file(path, 4096, &text, &len, NULL), GT_OK);
+    assert_int_equal(len, 89); /* base64 of 64 bytes, and a newline */
+    assert_int_equal(text[88], '\n');
+    text[88] = '\0';
+    unsigned char *raw = NULL;
+    size_t n = 0;
+    assert_int_equal(gt_base64_decode(text, &raw, &n, NULL), GT_OK);
+    assert_int_equal(n, 64);
+    free(raw);
+
+    gt_key *key = gt_key_load(path, &err);
+    assert_non_null(key);
+    assert_false(gt_key_file_exposed(key));
+    gt_key *key2 = gt_key_load(path2, &err);
+    assert_non_null(key2);
+    char fa[17], fb[17];
+    gt_key_fingerprint(key, fa);
+    gt_key_fingerprint(key2, fb);
+    assert_int_equal(strlen(fa), 16);
+    assert_string_not_equal(fa, fb);
+    gt_key_free(&key);
+    gt_key_free(&key2);
+
+    /* Refuses to overwrite; the file stays as it was. */
+    gt_error_clear(&err);
+    assert_int_equal(gt_key_generate(path, &err), GT_ECONFLICT);
+    assert_non_null(strstr(err.message, path));
+    char *after = NULL;
+    assert_int_equal(gt_read_file(path, 4096, &after, NULL, NULL), GT_OK);
+    text[88] = '\n';
+    assert_string_equal(after, text);
+    free(after);
+    gt_secret_wipe_free(text, len);
+
+    /* Nor through a dangling symlink. */
+    char *link = gt_path_join(dir, "link.key");
+    char *target = gt_path_join(dir, "elsewhere");
+    assert_int_equal(symlink(target, link), 0);
+    gt_error_clear(&err);
+    assert_int_not_equal(gt_key_generate(link, &err), GT_OK);
+    assert_false(gt_file_exists(target));
+
+    /* Missing directory. */
+    char *nodir = gt_path_join(dir, "no/such/dir/key");
+    gt_error_clear(&err);
+    assert_int_equal(gt_key_generate(nodir, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, nodir));
+
+    unlink(link);
+    unlink(path);
+    unlink(path2);
+    rmdir(dir);
+    free(nodir);
+    free(link);
+    free(target);
+    free(path);
+    free(path2);
+    free(dir);
+}
+
+static void test_from_bytes(void **state)
+{
+    (void)state;
+    assert_null(gt_key_from_bytes(material32, 31));
+    assert_null(gt_key_from_bytes(NULL, 32));
+    char *big = gt_xcalloc(1, 64 * 1024 + 1);
+    assert_null(gt_key_from_bytes(big, 64 * 1024 + 1));
+    gt_key *key = gt_key_from_bytes(big, 64 * 1024);
+    assert_non_null(key);
+    assert_false(gt_key_file_exposed(key));
+    gt_key_free(&key);
+    free(big);
+    char fp[17];
+    gt_key_fingerprint(NULL, fp);
+    assert_int_equal(strlen(fp), 16);
+    gt_secret_wipe_free(NULL, 10);
+}
+
+static void check_b64(const char *plain, const char *encoded)
+{
+    char *e = gt_base64_encode(plain, strlen(plain));
+    assert_string_equal(e, encoded);
+    free(e);
+    unsigned char *d = NULL;
+    size_t n = 99;
+    gt_error err = {0};
+    assert_int_equal(gt_base64_decode(encoded, &d, &n, &err), GT_OK);
+    assert_int_equal(n, strlen(plain));
+    assert_non_null(d);
+    assert_memory_equal(d, plain, n);
+    assert_int_equal(d[n], '\0');
+    free(d);
+}
+
+static void test_base64_vectors(void **state)
+{
+    (void)state;
+    /* RFC 4648 section 10. */
+    check_b64("", "");
+    check_b64("f", "Zg==");
+    check_b64("fo", "Zm8=");
+    check_b64("foo", "Zm9v");
+    check_b64("foob", "Zm9vYg==");
+    check_b64("fooba", "Zm9vYmE=");
+    check_b64("foobar", "Zm9vYmFy");
+    check_b64("\xff\xfe\xfd", "//79");
+    check_b64("\xfb\xef", "++8=");
+
+    /* Every byte value and every length round-trips. */
+    unsigned char all[256];
+    for (int i = 0; i < 256; i++)
+        all[i] = (unsigned char)i;
+    for (size_t len = 0; len <= 256; len++) {
+        char *e = gt_base64_encode(all, len);
+        assert_int_equal(strlen(e), (len + 2) / 3 * 4);
+        unsigned char *d = NULL;
+        size_t n = 0;
+        assert_int_equal(gt_base64_decode(e, &d, &n, NULL), GT_OK);
+        assert_int_equal(n, len);
+        if (len)
+            assert_memory_equal(d, all, len);
+        free(d);
+        free(e);
+    }
+}
+
+static void test_base64_rejects(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "Zg",       "Zg=",      "Z",        "Zm9vY",    /* length */
+        "Z===",     "====",     "=Zm9",     "Zm=v",     /* misplaced padding */
+        "Zm9v====", "Zg==Zg==", "Zm9v\n",   " Zm9v",    /* padding mid-stream, spaces */
+        "Zm9 ",     "Zm-v",     "Zm_v",     "Zm9v\t",   /* url alphabet, tabs */
+        "Zh==",     "Zm9=",     "Zm\x80v",  "Zm.v",     /* non-zero pad bits, bytes */
+        NULL,
+    };
+    for (size_t i = 0; bad[i]; i++) {
+        unsigned char *d = (unsigned char *)"untouched";
+        size_t n = 7;
+        gt_error err = {0};
+        gt_err rc = gt_base64_decode(bad[i], &d, &n, &err);
+        if (rc != GT_EINVAL)
+            fail_msg("accepted bad base64 \"%s\"", bad[i]);
+        assert_int_equal(err.code, GT_EINVAL);
+        assert_null(d);
+        assert_int_equal(n, 0);
+    }
+    unsigned char *d = NULL;
+    assert_int_equal(gt_base64_decode(NULL, &d, NULL, NULL), GT_EINVAL);
+}
+
+static void test_sha256(void **state)
+{
+    (void)state;
+    char hex[65];
+    gt_sha256_hex("", 0, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    gt_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    gt_sha256_hex(two, strlen(two), hex);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_seals_differ),
+        cmocka_unit_test(test_format_matches_reference),
+        cmocka_unit_test(test_wrong_key),
+        cmocka_unit_test(test_tamper_every_byte),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_key_load),
+        cmocka_unit_test(test_key_generate),
+        cmocka_unit_test(test_from_bytes),
+        cmocka_unit_test(test_base64_vectors),
+        cmocka_unit_test(test_base64_rejects),
+        cmocka_unit_test(test_sha256),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
