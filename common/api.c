@@ -635,6 +635,32 @@ static bool owner_alive(const cJSON *ex)
     return proc_start((pid_t)pid->valuedouble) == (long long)start->valuedouble;
 }
 
+/* Kills the process group a dead owner left behind, if it is still the same one. */
+static void kill_orphan(const cJSON *ex)
+{
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "child_pid");
+    const cJSON *start = cJSON_GetObjectItemCaseSensitive(ex, "child_start");
+    if (cJSON_IsNumber(pid) && cJSON_IsNumber(start) && pid->valuedouble > 1 &&
+        proc_start((pid_t)pid->valuedouble) == (long long)start->valuedouble)
+        kill(-(pid_t)pid->valuedouble, SIGKILL);
+}
+
+typedef struct started {
+    req *r;
+    cJSON *ex;
+    int64_t *rev;
+} started;
+
+/* Records the child's pid on the execution, for kill_orphan. */
+static void on_child_start(int64_t pid, void *arg)
+{
+    started *s = arg;
+    gt_json_set_num(s->ex, "child_pid", (double)pid);
+    gt_json_set_num(s->ex, "child_start", (double)proc_start((pid_t)pid));
+    if (save_execution(s->r, s->ex, s->rev) != GT_OK)
+        gt_warn("execution: could not record the child's pid; a crash would orphan it");
+}
+
 /* Sets ex's terminal fields from a run result (or an error message). */
 static void finish_execution(cJSON *ex, cJSON *result, const char *state, const char *error)
 {
@@ -655,8 +681,10 @@ static void finish_execution(cJSON *ex, cJSON *result, const char *state, const 
         now_str(ts, sizeof ts);
         gt_json_set_str(ex, "finished_at", ts);
     }
-    cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_pid");
-    cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_start");
+    static const char *const owner[] = {"owner_pid", "owner_start", "child_pid", "child_start",
+                                        NULL};
+    for (size_t i = 0; owner[i]; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(ex, owner[i]);
 }
 
 int gt_api_reap_local(gt_api *api)
@@ -673,6 +701,7 @@ int gt_api_reap_local(gt_api *api)
             const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
             if (ex && cJSON_IsString(runner) && strcmp(runner->valuestring, "local") == 0 &&
                 !owner_alive(ex)) {
+                kill_orphan(ex);
                 finish_execution(ex, NULL, "lost",
                                  "the gantry process running it ended before it finished");
                 req r = {.api = api};
@@ -838,7 +867,10 @@ static gt_err run_service(req *r)
     if ((rc = save_execution(r, ex, &rev)) != GT_OK)
         goto done;
 
+    started st = {.r = r, .ex = ex, .rev = &rev};
     gt_run_request rr = {
+        .on_start = on_child_start,
+        .on_start_arg = &st,
         .service = svc,
         .repository = repo,
         .inputs = inputs,

@@ -516,6 +516,8 @@ gt_err gt_exec_run(const gt_exec_spec *spec, gt_exec_result *res, gt_error *err)
     if (pi[1] >= 0)
         set_nonblock(pi[1]);
     pidfd = open_pidfd(pid);
+    if (spec->on_start)
+        spec->on_start((int64_t)pid, spec->on_start_arg);
 
     /* A write to a child that closed its stdin must fail with EPIPE, not kill the
      * daemon: block SIGPIPE in this thread only, and drop any we caused. */

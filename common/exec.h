@@ -21,6 +21,10 @@ typedef struct gt_exec_spec {
     size_t output_cap;           /* bytes kept per stream; 0 means 1 MiB */
     const char *stdin_data;      /* NULL: /dev/null */
     volatile sig_atomic_t *cancel; /* when it becomes non-zero the group is terminated */
+    /* Called once the child runs, with its pid (= its process group id), so the caller
+     * can record it (a crash of ours must not orphan the group for long). May be NULL. */
+    void (*on_start)(int64_t pid, void *arg);
+    void *on_start_arg;
 } gt_exec_spec;
 
 typedef struct gt_exec_result {

@@ -324,6 +324,8 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
         .kill_grace_ms = o->kill_grace_ms,
         .output_cap = o->output_limit,
         .cancel = req->cancel,
+        .on_start = req->on_start,
+        .on_start_arg = req->on_start_arg,
     };
     if (gt_exec_run(&spec, &res, &why) != GT_OK)
         goto failed;

@@ -40,6 +40,8 @@ typedef struct gt_run_request {
     const char *ssh_key;           /* private key text for the repository, or NULL */
     const char *execution_id;      /* names the scratch directory */
     volatile sig_atomic_t *cancel; /* set non-zero to cancel */
+    void (*on_start)(int64_t pid, void *arg); /* the service's process started */
+    void *on_start_arg;
 } gt_run_request;
 
 /* Runs the request to completion. On GT_OK *result is a new object:

@@ -102,8 +102,9 @@ def test_sigint_cancels_the_run(gantry, scripts_repo):
     assert json.loads(out)["state"] == "canceled"
 
 
-def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo):
-    service(gantry, scripts_repo, "long", "sleep 60\n")
+def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo, tmp_path):
+    marker = tmp_path / "orphan-finished"
+    service(gantry, scripts_repo, "long", f"sleep 4\ntouch {marker}\n")
     p = gantry.popen("run", "service", "long")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -119,6 +120,9 @@ def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo):
     full = gantry.json("describe", "execution", ex[0]["id"])
     assert "ended before it finished" in full["error"]
     assert gantry.json("get", "executions")["items"][0]["revision"] == full["revision"]
+    # the orphaned process group was killed by the reaper, not left to finish
+    time.sleep(5)
+    assert not marker.exists()
 
 
 def test_parallel_runs_share_the_store(gantry, scripts_repo):
