@@ -213,8 +213,9 @@ static gt_err query_limit(req *r, const char *const *known, size_t *limit)
     gt_err rc = query_get(r, known, "limit", &s);
     if (rc == GT_OK && s) {
         int64_t v;
-        if (gt_parse_int64(s, 1, 1000, &v, "limit", &r->err) != GT_OK)
-            rc = gt_error_setf(&r->err, GT_EINVAL, "limit", "limit must be 1-1000");
+        if (gt_parse_int64(s, 1, 1000, &v, "limit", NULL) != GT_OK)
+            rc = gt_error_setf(&r->err, GT_EINVAL, "limit",
+                               "limit: \"%s\" is not a number from 1 to 1000", s);
         else
             *limit = (size_t)v;
     }

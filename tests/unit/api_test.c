@@ -1,0 +1,349 @@
+/* api.c and model/: routing, validation, references, errors, on a memory store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "json.h"
+#include "log.h"
+#include "model/model.h"
+#include "store.h"
+#include "util.h"
+
+typedef struct fx {
+    gt_store *store;
+    gt_api *api;
+    gt_run_options run;
+    char dir[64];
+    char *key;
+} fx;
+
+static int setup(void **state)
+{
+    fx *f = gt_xcalloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/gt-api-XXXXXX");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    f->key = gt_path_join(f->dir, "secrets.key");
+    f->store = gt_store_open_memory(NULL);
+    f->run.working_dir = f->dir;
+    gt_api_deps d = {.store = f->store, .key_file = f->key, .run = &f->run};
+    f->api = gt_api_new(&d, NULL);
+    gt_log_setup(NULL, GT_LOG_ERROR, false, "test");
+    *state = f;
+    return f->api ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    gt_api_free(&f->api);
+    gt_store_free(&f->store);
+    gt_rm_rf(f->dir, NULL);
+    free(f->key);
+    free(f);
+    return 0;
+}
+
+/* Sends a request; returns the status; *body (may be NULL) receives the body. */
+static int req(fx *f, const char *method, const char *path, const char *query, const char *body,
+               cJSON **out)
+{
+    gt_api_response r = {0};
+    gt_api_handle(f->api, method, path, query, body, body ? strlen(body) : 0, &r);
+    assert_non_null(r.body);
+    int status = r.status;
+    if (out)
+        *out = r.body;
+    else
+        cJSON_Delete(r.body);
+    return status;
+}
+
+static const char *err_field(const cJSON *b)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "error"),
+                                                      "field");
+    return cJSON_IsString(f) ? f->valuestring : "";
+}
+
+static const char *err_msg(const cJSON *b)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "error"),
+                                                      "message");
+    return cJSON_IsString(m) ? m->valuestring : "";
+}
+
+static void test_routes_and_methods(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "GET", "/api/v1/widgets", NULL, NULL, NULL), 404);
+    assert_int_equal(req(f, "GET", "/nope", NULL, NULL, NULL), 404);
+    assert_int_equal(req(f, "PUT", "/api/v1/services", NULL, "{}", NULL), 405);
+    assert_int_equal(req(f, "GET", "relative", NULL, NULL, NULL), 400);
+    assert_int_equal(req(f, "GET", "/api//v1", NULL, NULL, NULL), 400);
+    assert_int_equal(req(f, "GET", "/api/v1/services/%zz", NULL, NULL, NULL), 400);
+    assert_int_equal(req(f, "GET", "/api/v1/services", "limit=0", NULL, &b), 400);
+    assert_string_equal(err_field(b), "limit");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", "/api/v1/services", "colour=red", NULL, &b), 400);
+    assert_non_null(strstr(err_msg(b), "colour"));
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", "/api/v1/services", "limit=5&cursor=a%20b", NULL, &b), 200);
+    assert_true(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(b, "items")));
+    cJSON_Delete(b);
+    const gt_api_route_info *r = gt_api_routes();
+    int n = 0;
+    while (r[n].method)
+        n++;
+    assert_true(n >= 8);
+}
+
+static void test_bodies(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL, NULL, &b), 400);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL, "{\"name\": ", &b), 400);
+    assert_non_null(strstr(err_msg(b), "request body:1:"));
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL, "[1]", &b), 400);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/x\",\"colour\":1}", &b), 400);
+    assert_string_equal(err_field(b), "$.colour");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL, "{\"name\":\"r\",\"url\":7}", &b),
+                     400);
+    assert_string_equal(err_field(b), "$.url");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL, "{\"name\":\"a/b\",\"url\":\"/x\"}",
+                         &b), 400);
+    assert_string_equal(err_field(b), "$.name");
+    cJSON_Delete(b);
+    /* nothing was stored by any of that */
+    assert_int_equal(req(f, "GET", "/api/v1/repositories", NULL, NULL, &b), 200);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "items")), 0);
+    cJSON_Delete(b);
+}
+
+static void test_crud_and_references(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"git@example.com:a/b.git\"}", &b), 201);
+    assert_true(cJSON_GetObjectItemCaseSensitive(b, "revision")->valuedouble >= 1);
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(b, "created_at"));
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/x\"}", NULL), 409);
+    const char *svc = "{\"name\":\"s\",\"type\":\"python-script\",\"repository\":\"r\","
+                      "\"filename\":\"m.py\",\"decorator\":\"d\"}";
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL, svc, &b), 400);
+    assert_string_equal(err_field(b), "$.decorator");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/decorators", NULL,
+                         "{\"name\":\"d\",\"schema\":{\"type\":\"object\"}}", NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL, svc, NULL), 201);
+    assert_int_equal(req(f, "DELETE", "/api/v1/repositories/r", NULL, NULL, &b), 409);
+    assert_non_null(strstr(err_msg(b), "service s"));
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "DELETE", "/api/v1/decorators/d", NULL, NULL, NULL), 409);
+    /* patch: merge, null removes, the name cannot change, validation runs on the result */
+    assert_int_equal(req(f, "PATCH", "/api/v1/services/s", NULL, "{\"decorator\":null,\"timeout\":9}",
+                         &b), 200);
+    assert_null(cJSON_GetObjectItemCaseSensitive(b, "decorator"));
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(b, "timeout")->valueint, 9);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "PATCH", "/api/v1/services/s", NULL, "{\"name\":\"t\"}", NULL), 400);
+    assert_int_equal(req(f, "PATCH", "/api/v1/services/s", NULL, "{\"type\":\"executable\","
+                         "\"playbooks\":[\"x\"]}", &b), 400);
+    assert_string_equal(err_field(b), "$.playbooks");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "PATCH", "/api/v1/services/nope", NULL, "{\"timeout\":1}", NULL), 404);
+    assert_int_equal(req(f, "DELETE", "/api/v1/decorators/d", NULL, NULL, NULL), 200);
+    assert_int_equal(req(f, "DELETE", "/api/v1/services/s", NULL, NULL, NULL), 200);
+    assert_int_equal(req(f, "DELETE", "/api/v1/services/s", NULL, NULL, NULL), 404);
+    assert_int_equal(req(f, "DELETE", "/api/v1/repositories/r", NULL, NULL, NULL), 200);
+}
+
+static void test_secrets_are_write_only(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"k\"}", &b), 400);
+    assert_string_equal(err_field(b), "$.value");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"k\",\"value\":\"p4ss\"}",
+                         &b), 201);
+    char *text = gt_json_print(b);
+    assert_null(strstr(text, "p4ss"));
+    assert_null(strstr(text, "sealed"));
+    free(text);
+    cJSON_Delete(b);
+    assert_true(gt_file_exists(f->key)); /* generated: not configured explicitly */
+    char *raw = NULL;
+    assert_int_equal(gt_store_get(f->store, "secrets", "k", &raw, NULL, NULL), GT_OK);
+    assert_null(strstr(raw, "p4ss"));
+    assert_non_null(strstr(raw, "\"sealed\":\"gt1:"));
+    free(raw);
+    assert_int_equal(req(f, "GET", "/api/v1/secrets", NULL, NULL, &b), 200);
+    text = gt_json_print(b);
+    assert_null(strstr(text, "sealed"));
+    free(text);
+    cJSON_Delete(b);
+    /* a repository's key must exist */
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/x\",\"private_key_name\":\"nope\"}", &b), 400);
+    assert_string_equal(err_field(b), "$.private_key_name");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/x\",\"private_key_name\":\"k\"}", NULL), 201);
+    assert_int_equal(req(f, "DELETE", "/api/v1/secrets/k", NULL, NULL, &b), 409);
+    assert_non_null(strstr(err_msg(b), "repository r"));
+    cJSON_Delete(b);
+}
+
+static void test_run_validation_before_anything_runs(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/services/none/run", NULL, NULL, &b), 404);
+    cJSON_Delete(b);
+    req(f, "POST", "/api/v1/repositories", NULL, "{\"name\":\"r\",\"url\":\"/nonexistent\"}", NULL);
+    req(f, "POST", "/api/v1/decorators", NULL,
+        "{\"name\":\"d\",\"schema\":{\"type\":\"object\",\"properties\":{\"n\":{\"type\":"
+        "\"integer\",\"minimum\":3}},\"required\":[\"n\"]}}", NULL);
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL,
+                         "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\","
+                         "\"filename\":\"x\",\"decorator\":\"d\"}", NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/services/s/run", NULL, "{\"inputs\":{\"n\":\"2\"}}", &b),
+                     400);
+    assert_string_equal(err_field(b), "$.inputs.n");
+    assert_non_null(strstr(err_msg(b), "$.inputs.n: "));
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/services/s/run", NULL, "{\"inputs\":[]}", &b), 400);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/services/s/run", NULL, "{\"bogus\":1}", &b), 400);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/services/s/run", NULL,
+                         "{\"inputs\":{\"n\":5},\"secrets\":[{\"name\":\"missing\",\"target\":\"X\"}]}",
+                         &b), 400);
+    assert_string_equal(err_field(b), "$.secrets[0].name");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", "/api/v1/executions", NULL, NULL, &b), 200);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "items")), 0);
+    cJSON_Delete(b);
+    /* a valid run of an unreachable repository is recorded as failed, with the reason */
+    assert_int_equal(req(f, "POST", "/api/v1/services/s/run", NULL, "{\"inputs\":{\"n\":\"5\"}}", &b),
+                     201);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "state")->valuestring, "failed");
+    assert_non_null(strstr(cJSON_GetObjectItemCaseSensitive(b, "error")->valuestring, "fetching"));
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "inputs"),
+                                                      "n")->valueint, 5);
+    const char *id = cJSON_GetObjectItemCaseSensitive(b, "id")->valuestring;
+    char *path = gt_xasprintf("/api/v1/executions/%s", id);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", path, NULL, NULL, &b), 200);
+    assert_null(cJSON_GetObjectItemCaseSensitive(b, "owner_pid"));
+    cJSON_Delete(b);
+    free(path);
+    assert_int_equal(req(f, "GET", "/api/v1/executions", "state=failed&service=s", NULL, &b), 200);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "items")), 1);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", "/api/v1/executions", "state=succeeded&service=s", NULL, &b), 200);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "items")), 0);
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", "/api/v1/executions", "state=sleeping", NULL, NULL), 400);
+    assert_int_equal(req(f, "GET", "/api/v1/executions/NOPE", NULL, NULL, NULL), 404);
+}
+
+static void test_reaper_marks_dead_owners_lost(void **state)
+{
+    fx *f = *state;
+    /* an execution owned by a process that no longer exists */
+    const char *doc = "{\"id\":\"01AAAAAAAAAAAAAAAAAAAAAAAA\",\"service\":\"s\",\"state\":\"running\","
+                      "\"runner\":\"local\",\"owner_pid\":999999999,\"owner_start\":1}";
+    assert_int_equal(gt_store_put(f->store, "executions", "01AAAAAAAAAAAAAAAAAAAAAAAA", doc,
+                                  GT_REV_NONE, NULL, NULL), GT_OK);
+    /* and one owned by us, alive */
+    char *mine = gt_xasprintf("{\"id\":\"01BBBBBBBBBBBBBBBBBBBBBBBB\",\"service\":\"s\","
+                              "\"state\":\"running\",\"runner\":\"local\",\"owner_pid\":%d,"
+                              "\"owner_start\":-5}", (int)getpid());
+    assert_int_equal(gt_store_put(f->store, "executions", "01BBBBBBBBBBBBBBBBBBBBBBBB", mine,
+                                  GT_REV_NONE, NULL, NULL), GT_OK);
+    free(mine);
+    /* ours has a wrong start time: it is a recycled pid, so lost too */
+    assert_int_equal(gt_api_reap_local(f->api), 2);
+    assert_int_equal(gt_api_reap_local(f->api), 0);
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "GET", "/api/v1/executions/01AAAAAAAAAAAAAAAAAAAAAAAA", NULL, NULL, &b),
+                     200);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "state")->valuestring, "lost");
+    cJSON_Delete(b);
+}
+
+static void test_model_validation(void **state)
+{
+    (void)state;
+    struct { const char *json; const char *field; } bad[] = {
+        {"{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\"}", "$.filename"},
+        {"{\"name\":\"s\",\"type\":\"ansible-playbook\",\"repository\":\"r\"}", "$.playbooks"},
+        {"{\"name\":\"s\",\"type\":\"ansible-playbook\",\"repository\":\"r\",\"playbooks\":[\"/etc/x\"]}",
+         "$.playbooks[0]"},
+        {"{\"name\":\"s\",\"type\":\"python-script\",\"repository\":\"r\",\"filename\":\"a/../../b\"}",
+         "$.filename"},
+        {"{\"name\":\"s\",\"type\":\"python-script\",\"repository\":\"r\",\"filename\":\"a\","
+         "\"timeout\":1.5}", "$.timeout"},
+        {"{\"name\":\"s\",\"type\":\"python-script\",\"repository\":\"r\",\"filename\":\"a\","
+         "\"inventory\":\"x\"}", "$.inventory"},
+        {"{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"a\","
+         "\"secrets\":[{\"name\":\"k\"}]}", "$.secrets[0].target"},
+        {"{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"a\","
+         "\"env\":{\"A\":1}}", "$.env.A"},
+        {"{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"a\","
+         "\"retries\":101}", "$.retries"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cJSON *doc = cJSON_Parse(bad[i].json);
+        gt_error e = {0};
+        assert_int_equal(gt_model_service.validate(doc, &e), GT_EINVAL);
+        if (strcmp(e.field, bad[i].field) != 0)
+            fail_msg("case %zu: field %s, want %s (%s)", i, e.field, bad[i].field, e.message);
+        cJSON_Delete(doc);
+    }
+    cJSON *doc = cJSON_Parse("{\"name\":\"s\",\"type\":\"ansible-playbook\",\"repository\":\"r\","
+                             "\"filename\":\"site.yml\"}");
+    assert_int_equal(gt_model_service.validate(doc, NULL), GT_OK);
+    assert_string_equal(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(doc, "playbooks"), 0)
+                            ->valuestring, "site.yml");
+    cJSON_Delete(doc);
+    assert_ptr_equal(gt_model_find("service"), &gt_model_service);
+    assert_ptr_equal(gt_model_find("secrets"), &gt_model_secret);
+    assert_null(gt_model_find("users"));
+    assert_true(gt_execution_state_terminal("lost"));
+    assert_false(gt_execution_state_terminal("running"));
+    assert_false(gt_execution_state_valid("paused"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_routes_and_methods, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bodies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crud_and_references, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secrets_are_write_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_validation_before_anything_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_marks_dead_owners_lost, setup, teardown),
+        cmocka_unit_test(test_model_validation),
+    };
+    return cmocka_run_group_tests_name("api", tests, NULL, NULL);
+}
