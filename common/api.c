@@ -101,26 +101,36 @@ static void now_str(char *buf, size_t n)
     gt_format_time(gt_now_ms(), buf, n);
 }
 
-/* A stored document as the API shows it: hidden members removed, revision added. */
-static cJSON *public_view(const gt_model_kind *k, const char *body, int64_t rev)
+/* A stored document as the API shows it: hidden members removed, revision added.
+ * Takes doc. */
+static cJSON *public_doc(const gt_model_kind *k, cJSON *doc, int64_t rev)
 {
-    cJSON *doc = cJSON_Parse(body);
-    if (doc == NULL)
-        doc = cJSON_CreateObject();
     for (size_t i = 0; k && k->hidden[i]; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(doc, k->hidden[i]);
     gt_json_set_num(doc, "revision", (double)rev);
     return doc;
 }
 
-static gt_err load(req *r, const char *coll, const char *id, cJSON **doc, int64_t *rev)
+static cJSON *public_view(const gt_model_kind *k, const char *body, int64_t rev)
+{
+    cJSON *doc = cJSON_Parse(body);
+    return public_doc(k, doc ? doc : cJSON_CreateObject(), rev);
+}
+
+/* Reads and parses coll/id; "<what> \"id\" not found" when absent. */
+static gt_err load(req *r, const char *coll, const char *what, const char *id, cJSON **doc,
+                   int64_t *rev)
 {
     char *body = NULL;
-    gt_err rc = gt_store_get(r->api->d.store, coll, id, &body, rev, &r->err);
-    if (rc == GT_OK) {
+    gt_error e = {0};
+    gt_err rc = gt_store_get(r->api->d.store, coll, id, &body, rev, &e);
+    if (rc == GT_ENOTFOUND)
+        gt_error_set(&r->err, rc, "%s \"%s\" not found", what, id);
+    else if (rc != GT_OK)
+        gt_error_set(&r->err, rc, "%s", e.message);
+    else
         rc = gt_json_parse(body, strlen(body), coll, doc, &r->err);
-        free(body);
-    }
+    free(body);
     return rc;
 }
 
@@ -436,20 +446,20 @@ done:
     return rc;
 }
 
+static gt_err get_one(req *r, const gt_model_kind *k, const char *coll, const char *what,
+                      const char *id)
+{
+    cJSON *doc = NULL;
+    int64_t rev = 0;
+    gt_err rc = load(r, coll, what, id, &doc, &rev);
+    if (rc == GT_OK)
+        reply(r, 200, public_doc(k, doc, rev));
+    return rc;
+}
+
 static gt_err get_resource(req *r)
 {
-    char *body = NULL;
-    int64_t rev = 0;
-    gt_error e = {0};
-    gt_err rc = gt_store_get(r->api->d.store, r->kind->plural, r->params[1], &body, &rev, &e);
-    if (rc == GT_ENOTFOUND)
-        gt_error_set(&r->err, rc, "%s \"%s\" not found", r->kind->singular, r->params[1]);
-    else if (rc != GT_OK)
-        gt_error_set(&r->err, rc, "%s", e.message);
-    else
-        reply(r, 200, public_view(r->kind, body, rev));
-    free(body);
-    return rc;
+    return get_one(r, r->kind, r->kind->plural, r->kind->singular, r->params[1]);
 }
 
 static void add_page(cJSON *out, gt_store_page *page, const gt_model_kind *k,
@@ -520,13 +530,8 @@ static gt_err update_resource(req *r)
                            k->singular);
         goto done;
     }
-    if ((rc = load(r, k->plural, r->params[1], &stored, &rev)) != GT_OK) {
-        if (rc == GT_ENOTFOUND) {
-            gt_error_clear(&r->err);
-            gt_error_set(&r->err, rc, "%s \"%s\" not found", k->singular, r->params[1]);
-        }
+    if ((rc = load(r, k->plural, k->singular, r->params[1], &stored, &rev)) != GT_OK)
         goto done;
-    }
     /* Validate the user's fields as they will be after the patch. */
     doc = cJSON_Duplicate(stored, 1);
     for (size_t i = 0; server_fields[i]; i++)
@@ -796,19 +801,14 @@ static gt_err run_service(req *r)
     const cJSON *req_secrets = cJSON_GetObjectItemCaseSensitive(r->body, "secrets");
     if ((rc = gt_service_check_secrets(req_secrets, "$.secrets", &r->err)) != GT_OK)
         goto done;
-    if ((rc = load(r, "services", r->params[0], &svc, NULL)) != GT_OK) {
-        if (rc == GT_ENOTFOUND) {
-            gt_error_clear(&r->err);
-            gt_error_set(&r->err, rc, "service \"%s\" not found", r->params[0]);
-        }
+    if ((rc = load(r, "services", "service", r->params[0], &svc, NULL)) != GT_OK)
         goto done;
-    }
     const char *repo_name = cJSON_GetObjectItemCaseSensitive(svc, "repository")->valuestring;
-    if ((rc = load(r, "repositories", repo_name, &repo, NULL)) != GT_OK)
+    if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK)
         goto done;
     const cJSON *dname = cJSON_GetObjectItemCaseSensitive(svc, "decorator");
     if (cJSON_IsString(dname)) {
-        if ((rc = load(r, "decorators", dname->valuestring, &dec, NULL)) != GT_OK)
+        if ((rc = load(r, "decorators", "decorator", dname->valuestring, &dec, NULL)) != GT_OK)
             goto done;
         const cJSON *sch = cJSON_GetObjectItemCaseSensitive(dec, "schema");
         gt_error e = {0};
@@ -961,18 +961,7 @@ done:
 
 static gt_err get_execution(req *r)
 {
-    char *body = NULL;
-    int64_t rev = 0;
-    gt_error e = {0};
-    gt_err rc = gt_store_get(r->api->d.store, EXECUTIONS, r->params[0], &body, &rev, &e);
-    if (rc == GT_ENOTFOUND)
-        gt_error_set(&r->err, rc, "execution \"%s\" not found", r->params[0]);
-    else if (rc != GT_OK)
-        gt_error_set(&r->err, rc, "%s", e.message);
-    else
-        reply(r, 200, public_view(NULL, body, rev));
-    free(body);
-    return rc;
+    return get_one(r, NULL, EXECUTIONS, "execution", r->params[0]);
 }
 
 /* ---------- routing ---------- */
