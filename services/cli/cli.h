@@ -18,6 +18,7 @@ typedef struct cli_flag {
     cli_flag_type type;
     const char *metavar;
     const char *help;
+    bool required;          /* checked before the command runs */
 } cli_flag;
 
 typedef struct cli_args {
@@ -27,17 +28,19 @@ typedef struct cli_args {
 } cli_args;
 
 typedef struct cli cli;
-typedef int (*cli_fn)(cli *c, const cli_args *a);
+typedef struct cli_cmd cli_cmd;
+typedef int (*cli_fn)(cli *c, const cli_cmd *cmd, const cli_args *a);
 
-typedef struct cli_cmd {
+struct cli_cmd {
     const char *verb;       /* "create" */
     const char *kind;       /* "service", or NULL for verbs without one */
     const char *usage;      /* positional part: "TYPE NAME" */
     int min_args, max_args;
     const cli_flag *flags;
     cli_fn fn;
+    const char *resource;   /* API collection the command acts on: "services" */
     const char *summary;
-} cli_cmd;
+};
 
 /* Sends one API request (in-process in local mode). Returns the response; on a
  * transport failure status is 503 with an error body. */

@@ -11,76 +11,88 @@
 /* ---------- flags ---------- */
 
 const cli_flag cli_global_flags[] = {
-    {"config", FLAG_STR, "FILE", "configuration file (default: $GANTRY_CONFIG, ~/.gantry/gantry.conf, /etc/gantry/gantry.conf)"},
-    {"output", FLAG_STR, "FORMAT", "output format: table (default), json or yaml; also -o"},
-    {"help", FLAG_BOOL, NULL, "show help; also -h"},
-    {NULL, 0, NULL, NULL},
+    {"config", FLAG_STR, "FILE", "configuration file (default: $GANTRY_CONFIG, ~/.gantry/gantry.conf, /etc/gantry/gantry.conf)", false},
+    {"output", FLAG_STR, "FORMAT", "output format: table (default), json or yaml; also -o", false},
+    {"help", FLAG_BOOL, NULL, "show help; also -h", false},
+    {NULL, 0, NULL, NULL, false},
 };
 
-#define F_DESCRIPTION {"description", FLAG_STR, "TEXT", "a description"}
-#define F_END {NULL, 0, NULL, NULL}
+#define F_DESCRIPTION {"description", FLAG_STR, "TEXT", "a description", false}
+#define F_END {NULL, 0, NULL, NULL, false}
 
-static const cli_flag repo_flags[] = {
-    {"url", FLAG_STR, "URL", "Git URL: an absolute path, file://, ssh://, user@host:path or https://"},
-    {"reference", FLAG_STR, "REF", "branch, tag or commit to run (default: the remote's HEAD)"},
-    {"private-key-name", FLAG_STR, "SECRET", "secret holding the SSH private key for the URL"},
+static const cli_flag repo_update_flags[] = {
+    {"url", FLAG_STR, "URL", "Git URL: an absolute path, file://, ssh://, user@host:path or https://", false},
+    {"reference", FLAG_STR, "REF", "branch, tag or commit to run (default: the remote's HEAD)", false},
+    {"private-key-name", FLAG_STR, "SECRET", "secret holding the SSH private key for the URL", false},
     F_DESCRIPTION, F_END,
 };
 
-#define SERVICE_FLAGS \
-    {"repository", FLAG_STR, "NAME", "repository holding the code"}, \
-    {"filename", FLAG_STR, "FILE", "file to run, relative to the working dir"}, \
-    {"working-dir", FLAG_STR, "DIR", "directory in the repository to run from"}, \
-    {"decorator", FLAG_STR, "NAME", "decorator (JSON Schema) that inputs must match"}, \
-    {"env", FLAG_LIST, "KEY=VALUE", "environment variable for the run"}, \
-    {"secret", FLAG_LIST, "name=S,type=env,target=VAR", "secret S exposed as environment variable VAR"}, \
-    {"timeout", FLAG_STR, "SECONDS", "kill the run after this long (0: [runner] default_timeout)"}, \
-    {"playbook", FLAG_LIST, "FILE", "ansible-playbook: a playbook to run"}, \
-    {"inventory", FLAG_STR, "FILE", "ansible-playbook: inventory file or host list"}, \
-    {"extra-vars", FLAG_STR, "JSON", "ansible-playbook: extra variables (inputs override them)"}, \
-    {"arg-format", FLAG_STR, "FORMAT", "executable: how each input becomes arguments (default \"--{key} {value}\")"}, \
-    {"interpreter", FLAG_STR, "PROGRAM", "executable: run the file through this program"}, \
-    {"retries", FLAG_STR, "N", "times a lost run is retried (default 0)"}, \
-    {"pool", FLAG_STR, "NAME", "runner pool that runs it"}, \
+static const cli_flag repo_flags[] = {
+    {"url", FLAG_STR, "URL", "Git URL: an absolute path, file://, ssh://, user@host:path or https://", true},
+    {"reference", FLAG_STR, "REF", "branch, tag or commit to run (default: the remote's HEAD)", false},
+    {"private-key-name", FLAG_STR, "SECRET", "secret holding the SSH private key for the URL", false},
+    F_DESCRIPTION, F_END,
+};
+
+#define SERVICE_FLAGS(req) \
+    {"repository", FLAG_STR, "NAME", "repository holding the code", req}, \
+    {"filename", FLAG_STR, "FILE", "file to run, relative to the working dir", false}, \
+    {"working-dir", FLAG_STR, "DIR", "directory in the repository to run from", false}, \
+    {"decorator", FLAG_STR, "NAME", "decorator (JSON Schema) that inputs must match", false}, \
+    {"env", FLAG_LIST, "KEY=VALUE", "environment variable for the run", false}, \
+    {"secret", FLAG_LIST, "name=S,type=env,target=VAR", "secret S exposed as environment variable VAR", false}, \
+    {"timeout", FLAG_STR, "SECONDS", "kill the run after this long (0: [runner] default_timeout)", false}, \
+    {"playbook", FLAG_LIST, "FILE", "ansible-playbook: a playbook to run", false}, \
+    {"inventory", FLAG_STR, "FILE", "ansible-playbook: inventory file or host list", false}, \
+    {"extra-vars", FLAG_STR, "JSON", "ansible-playbook: extra variables (inputs override them)", false}, \
+    {"arg-format", FLAG_STR, "FORMAT", "executable: how each input becomes arguments (default \"--{key} {value}\")", false}, \
+    {"interpreter", FLAG_STR, "PROGRAM", "executable: run the file through this program", false}, \
+    {"retries", FLAG_STR, "N", "times a lost run is retried (default 0)", false}, \
+    {"pool", FLAG_STR, "NAME", "runner pool that runs it", false}, \
     F_DESCRIPTION
 
-static const cli_flag service_flags[] = {SERVICE_FLAGS, F_END};
-static const cli_flag service_update_flags[] = {SERVICE_FLAGS, F_END};
+static const cli_flag service_flags[] = {SERVICE_FLAGS(true), F_END};
+static const cli_flag service_update_flags[] = {SERVICE_FLAGS(false), F_END};
 
 static const cli_flag decorator_flags[] = {
-    {"schema", FLAG_STR, "JSON|@FILE", "JSON Schema for the inputs, inline or from a file"},
+    {"schema", FLAG_STR, "JSON|@FILE", "JSON Schema for the inputs, inline or from a file", true},
+    F_DESCRIPTION, F_END,
+};
+
+static const cli_flag decorator_update_flags[] = {
+    {"schema", FLAG_STR, "JSON|@FILE", "JSON Schema for the inputs, inline or from a file", false},
     F_DESCRIPTION, F_END,
 };
 
 static const cli_flag secret_flags[] = {
-    {"value", FLAG_STR, "VALUE", "the value (visible in the process list: prefer --value-file or stdin)"},
-    {"value-file", FLAG_STR, "FILE", "read the value from a file"},
+    {"value", FLAG_STR, "VALUE", "the value (visible in the process list: prefer --value-file or stdin)", false},
+    {"value-file", FLAG_STR, "FILE", "read the value from a file", false},
     F_DESCRIPTION, F_END,
 };
 
 static const cli_flag list_flags[] = {
-    {"limit", FLAG_STR, "N", "at most N items (default 100)"},
-    {"cursor", FLAG_STR, "CURSOR", "continue after this cursor"},
+    {"limit", FLAG_STR, "N", "at most N items (default 100)", false},
+    {"cursor", FLAG_STR, "CURSOR", "continue after this cursor", false},
     F_END,
 };
 
 static const cli_flag exec_list_flags[] = {
-    {"limit", FLAG_STR, "N", "at most N items (default 100)"},
-    {"cursor", FLAG_STR, "CURSOR", "continue after this cursor"},
-    {"service", FLAG_STR, "NAME", "only executions of this service"},
-    {"state", FLAG_STR, "STATE", "only executions in this state"},
+    {"limit", FLAG_STR, "N", "at most N items (default 100)", false},
+    {"cursor", FLAG_STR, "CURSOR", "continue after this cursor", false},
+    {"service", FLAG_STR, "NAME", "only executions of this service", false},
+    {"state", FLAG_STR, "STATE", "only executions in this state", false},
     F_END,
 };
 
 static const cli_flag run_flags[] = {
-    {"set", FLAG_LIST, "KEY=VALUE", "an input value"},
-    {"inputs", FLAG_STR, "JSON|@FILE", "all inputs as a JSON object (--set overrides)"},
-    {"set-secret", FLAG_LIST, "name=S,type=env,target=VAR", "a secret for this run only"},
+    {"set", FLAG_LIST, "KEY=VALUE", "an input value", false},
+    {"inputs", FLAG_STR, "JSON|@FILE", "all inputs as a JSON object (--set overrides)", false},
+    {"set-secret", FLAG_LIST, "name=S,type=env,target=VAR", "a secret for this run only", false},
     F_END,
 };
 
 static const cli_flag version_flags[] = {
-    {"show-config", FLAG_BOOL, NULL, "print the configuration and where each value came from"},
+    {"show-config", FLAG_BOOL, NULL, "print the configuration and where each value came from", false},
     F_END,
 };
 
@@ -391,29 +403,15 @@ static int create_update(cli *c, const cli_args *a, const char *plural, bool cre
     return rc;
 }
 
-static int cmd_create_repository(cli *c, const cli_args *a)
+static int cmd_create(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
-    if (cli_flag_str(a, "url") == NULL)
-        return usage_error(c, "create repository: --url is required");
-    return create_update(c, a, "repositories", true);
+    return create_update(c, a, cmd->resource, true);
 }
-static int cmd_create_service(cli *c, const cli_args *a)
+
+static int cmd_update(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
-    if (cli_flag_str(a, "repository") == NULL)
-        return usage_error(c, "create service: --repository is required");
-    return create_update(c, a, "services", true);
+    return create_update(c, a, cmd->resource, false);
 }
-static int cmd_create_decorator(cli *c, const cli_args *a)
-{
-    if (cli_flag_str(a, "schema") == NULL)
-        return usage_error(c, "create decorator: --schema is required");
-    return create_update(c, a, "decorators", true);
-}
-static int cmd_create_secret(cli *c, const cli_args *a) { return create_update(c, a, "secrets", true); }
-static int cmd_update_repository(cli *c, const cli_args *a) { return create_update(c, a, "repositories", false); }
-static int cmd_update_service(cli *c, const cli_args *a) { return create_update(c, a, "services", false); }
-static int cmd_update_decorator(cli *c, const cli_args *a) { return create_update(c, a, "decorators", false); }
-static int cmd_update_secret(cli *c, const cli_args *a) { return create_update(c, a, "secrets", false); }
 
 /* ---------- get / describe / delete ---------- */
 
@@ -454,8 +452,9 @@ static void query_add(gt_buf *q, const char *key, const char *value)
     }
 }
 
-static int list(cli *c, const cli_args *a, const char *plural)
+static int cmd_list(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
+    const char *plural = cmd->resource;
     gt_buf q = {0};
     query_add(&q, "limit", cli_flag_str(a, "limit"));
     query_add(&q, "cursor", cli_flag_str(a, "cursor"));
@@ -485,11 +484,6 @@ static int list(cli *c, const cli_args *a, const char *plural)
     return CLI_OK;
 }
 
-static int cmd_get_repositories(cli *c, const cli_args *a) { return list(c, a, "repositories"); }
-static int cmd_get_services(cli *c, const cli_args *a) { return list(c, a, "services"); }
-static int cmd_get_decorators(cli *c, const cli_args *a) { return list(c, a, "decorators"); }
-static int cmd_get_secrets(cli *c, const cli_args *a) { return list(c, a, "secrets"); }
-static int cmd_get_executions(cli *c, const cli_args *a) { return list(c, a, "executions"); }
 
 /* The human view of an execution: its output, then a summary. */
 static void print_execution(cli *c, const cJSON *ex)
@@ -523,8 +517,9 @@ static void print_execution(cli *c, const cJSON *ex)
         fprintf(c->out, "elapsed time: %.3f seconds\n", d->valuedouble / 1000.0);
 }
 
-static int describe(cli *c, const cli_args *a, const char *plural)
+static int cmd_describe(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
+    const char *plural = cmd->resource;
     const char *name = a->pos.v[0];
     bool exec = strcmp(plural, "executions") == 0;
     int rc = exec ? CLI_OK : check_name(c, name);
@@ -546,14 +541,10 @@ static int describe(cli *c, const cli_args *a, const char *plural)
     return CLI_OK;
 }
 
-static int cmd_describe_repository(cli *c, const cli_args *a) { return describe(c, a, "repositories"); }
-static int cmd_describe_service(cli *c, const cli_args *a) { return describe(c, a, "services"); }
-static int cmd_describe_decorator(cli *c, const cli_args *a) { return describe(c, a, "decorators"); }
-static int cmd_describe_secret(cli *c, const cli_args *a) { return describe(c, a, "secrets"); }
-static int cmd_describe_execution(cli *c, const cli_args *a) { return describe(c, a, "executions"); }
 
-static int delete(cli *c, const cli_args *a, const char *plural)
+static int cmd_delete(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
+    const char *plural = cmd->resource;
     const char *name = a->pos.v[0];
     int rc = check_name(c, name);
     if (rc != CLI_OK)
@@ -572,15 +563,12 @@ static int delete(cli *c, const cli_args *a, const char *plural)
     return rc;
 }
 
-static int cmd_delete_repository(cli *c, const cli_args *a) { return delete(c, a, "repositories"); }
-static int cmd_delete_service(cli *c, const cli_args *a) { return delete(c, a, "services"); }
-static int cmd_delete_decorator(cli *c, const cli_args *a) { return delete(c, a, "decorators"); }
-static int cmd_delete_secret(cli *c, const cli_args *a) { return delete(c, a, "secrets"); }
 
 /* ---------- run ---------- */
 
-static int cmd_run_service(cli *c, const cli_args *a)
+static int cmd_run_service(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
+    (void)cmd;
     const char *name = a->pos.v[0];
     int rc = check_name(c, name);
     if (rc != CLI_OK)
@@ -628,8 +616,9 @@ done:
 
 /* ---------- version, completion ---------- */
 
-static int cmd_version(cli *c, const cli_args *a)
+static int cmd_version(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
+    (void)cmd;
     if (c->format == CLI_TABLE || cli_flag_bool(a, "show-config"))
         fprintf(c->out, "gantry %s\n", GANTRY_VERSION);
     else {
@@ -643,43 +632,44 @@ static int cmd_version(cli *c, const cli_args *a)
     return CLI_OK;
 }
 
-static int cmd_completion(cli *c, const cli_args *a)
+static int cmd_completion(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
+    (void)cmd;
     return cli_completion(c, a->pos.v[0]);
 }
 
-static int cmd_help(cli *c, const cli_args *a);
+static int cmd_help(cli *c, const cli_cmd *cmd, const cli_args *a);
 
 /* ---------- the table ---------- */
 
 const cli_cmd cli_commands[] = {
-    {"create", "repository", "NAME", 1, 1, repo_flags, cmd_create_repository, "Register a Git repository"},
-    {"create", "service", "TYPE NAME", 2, 2, service_flags, cmd_create_service, "Create a service (python-script, ansible-playbook or executable)"},
-    {"create", "decorator", "NAME", 1, 1, decorator_flags, cmd_create_decorator, "Create a decorator: a JSON Schema for a service's inputs"},
-    {"create", "secret", "NAME", 1, 1, secret_flags, cmd_create_secret, "Create an encrypted secret (value from --value, --value-file or stdin)"},
-    {"get", "repositories", NULL, 0, 0, list_flags, cmd_get_repositories, "List repositories"},
-    {"get", "services", NULL, 0, 0, list_flags, cmd_get_services, "List services"},
-    {"get", "decorators", NULL, 0, 0, list_flags, cmd_get_decorators, "List decorators"},
-    {"get", "secrets", NULL, 0, 0, list_flags, cmd_get_secrets, "List secrets (names and metadata, never values)"},
-    {"get", "executions", NULL, 0, 0, exec_list_flags, cmd_get_executions, "List executions, oldest first"},
-    {"describe", "repository", "NAME", 1, 1, no_flags, cmd_describe_repository, "Show a repository"},
-    {"describe", "service", "NAME", 1, 1, no_flags, cmd_describe_service, "Show a service"},
-    {"describe", "decorator", "NAME", 1, 1, no_flags, cmd_describe_decorator, "Show a decorator and its schema"},
-    {"describe", "secret", "NAME", 1, 1, no_flags, cmd_describe_secret, "Show a secret's metadata (never its value)"},
-    {"describe", "execution", "ID", 1, 1, no_flags, cmd_describe_execution, "Show an execution with its output"},
-    {"update", "repository", "NAME", 1, 1, repo_flags, cmd_update_repository, "Change a repository"},
-    {"update", "service", "NAME", 1, 1, service_update_flags, cmd_update_service, "Change a service"},
-    {"update", "decorator", "NAME", 1, 1, decorator_flags, cmd_update_decorator, "Change a decorator"},
-    {"update", "secret", "NAME", 1, 1, secret_flags, cmd_update_secret, "Change a secret's value or description"},
-    {"delete", "repository", "NAME", 1, 1, no_flags, cmd_delete_repository, "Delete a repository no service uses"},
-    {"delete", "service", "NAME", 1, 1, no_flags, cmd_delete_service, "Delete a service (its executions stay)"},
-    {"delete", "decorator", "NAME", 1, 1, no_flags, cmd_delete_decorator, "Delete a decorator no service uses"},
-    {"delete", "secret", "NAME", 1, 1, no_flags, cmd_delete_secret, "Delete a secret nothing uses"},
-    {"run", "service", "NAME", 1, 1, run_flags, cmd_run_service, "Run a service and print its output"},
-    {"version", NULL, NULL, 0, 0, version_flags, cmd_version, "Print the version (and the configuration)"},
-    {"completion", NULL, "bash|zsh|fish", 1, 1, no_flags, cmd_completion, "Print a shell completion script"},
-    {"help", NULL, "[COMMAND [KIND]]", 0, 2, no_flags, cmd_help, "Show help"},
-    {NULL, NULL, NULL, 0, 0, NULL, NULL, NULL},
+    {"create", "repository", "NAME", 1, 1, repo_flags, cmd_create, "repositories", "Register a Git repository"},
+    {"create", "service", "TYPE NAME", 2, 2, service_flags, cmd_create, "services", "Create a service (python-script, ansible-playbook or executable)"},
+    {"create", "decorator", "NAME", 1, 1, decorator_flags, cmd_create, "decorators", "Create a decorator: a JSON Schema for a service's inputs"},
+    {"create", "secret", "NAME", 1, 1, secret_flags, cmd_create, "secrets", "Create an encrypted secret (value from --value, --value-file or stdin)"},
+    {"get", "repositories", NULL, 0, 0, list_flags, cmd_list, "repositories", "List repositories"},
+    {"get", "services", NULL, 0, 0, list_flags, cmd_list, "services", "List services"},
+    {"get", "decorators", NULL, 0, 0, list_flags, cmd_list, "decorators", "List decorators"},
+    {"get", "secrets", NULL, 0, 0, list_flags, cmd_list, "secrets", "List secrets (names and metadata, never values)"},
+    {"get", "executions", NULL, 0, 0, exec_list_flags, cmd_list, "executions", "List executions, oldest first"},
+    {"describe", "repository", "NAME", 1, 1, no_flags, cmd_describe, "repositories", "Show a repository"},
+    {"describe", "service", "NAME", 1, 1, no_flags, cmd_describe, "services", "Show a service"},
+    {"describe", "decorator", "NAME", 1, 1, no_flags, cmd_describe, "decorators", "Show a decorator and its schema"},
+    {"describe", "secret", "NAME", 1, 1, no_flags, cmd_describe, "secrets", "Show a secret's metadata (never its value)"},
+    {"describe", "execution", "ID", 1, 1, no_flags, cmd_describe, "executions", "Show an execution with its output"},
+    {"update", "repository", "NAME", 1, 1, repo_update_flags, cmd_update, "repositories", "Change a repository"},
+    {"update", "service", "NAME", 1, 1, service_update_flags, cmd_update, "services", "Change a service"},
+    {"update", "decorator", "NAME", 1, 1, decorator_update_flags, cmd_update, "decorators", "Change a decorator"},
+    {"update", "secret", "NAME", 1, 1, secret_flags, cmd_update, "secrets", "Change a secret's value or description"},
+    {"delete", "repository", "NAME", 1, 1, no_flags, cmd_delete, "repositories", "Delete a repository no service uses"},
+    {"delete", "service", "NAME", 1, 1, no_flags, cmd_delete, "services", "Delete a service (its executions stay)"},
+    {"delete", "decorator", "NAME", 1, 1, no_flags, cmd_delete, "decorators", "Delete a decorator no service uses"},
+    {"delete", "secret", "NAME", 1, 1, no_flags, cmd_delete, "secrets", "Delete a secret nothing uses"},
+    {"run", "service", "NAME", 1, 1, run_flags, cmd_run_service, "services", "Run a service and print its output"},
+    {"version", NULL, NULL, 0, 0, version_flags, cmd_version, NULL, "Print the version (and the configuration)"},
+    {"completion", NULL, "bash|zsh|fish", 1, 1, no_flags, cmd_completion, NULL, "Print a shell completion script"},
+    {"help", NULL, "[COMMAND [KIND]]", 0, 2, no_flags, cmd_help, NULL, "Show help"},
+    {NULL, NULL, NULL, 0, 0, NULL, NULL, NULL, NULL},
 };
 
 /* Kind words users may type: singular or plural, for any verb. */
@@ -717,8 +707,9 @@ static void list_kinds(cli *c, const char *verb)
     fputc('\n', c->err);
 }
 
-static int cmd_help(cli *c, const cli_args *a)
+static int cmd_help(cli *c, const cli_cmd *self, const cli_args *a)
 {
+    (void)self;
     if (a->pos.n == 0) {
         cli_print_usage(c);
         return CLI_OK;
@@ -733,6 +724,18 @@ static int cmd_help(cli *c, const cli_args *a)
     }
     cli_print_help(c, cmd);
     return CLI_OK;
+}
+
+static bool required_given(cli *c, const cli_cmd *cmd, const cli_args *a)
+{
+    for (const cli_flag *f = cmd->flags; f && f->name; f++) {
+        if (f->required && cli_flag_str(a, f->name) == NULL) {
+            fprintf(c->err, "gantry %s %s: --%s is required (%s)\n", cmd->verb, cmd->kind, f->name,
+                    f->help);
+            return false;
+        }
+    }
+    return true;
 }
 
 int cli_dispatch(cli *c, int argc, char **argv)
@@ -779,6 +782,8 @@ int cli_dispatch(cli *c, int argc, char **argv)
                 cmd->verb, cmd->kind ? " " : "", cmd->kind ? cmd->kind : "",
                 cmd->usage ? cmd->usage : "no arguments", "", a.pos.n, a.pos.n == 1 ? "" : "s");
         rc = CLI_USAGE;
+    } else if (!required_given(c, cmd, &a)) {
+        rc = CLI_USAGE;
     } else {
         /* what each command needs before it runs: help and completion nothing, version
          * the configuration only with --show-config, the rest the backend too */
@@ -787,7 +792,7 @@ int cli_dispatch(cli *c, int argc, char **argv)
                      (is_version && !cli_flag_bool(&a, "show-config"));
         rc = plain ? CLI_OK : c->prepare(c, !is_version);
         if (rc == CLI_OK)
-            rc = cmd->fn(c, &a);
+            rc = cmd->fn(c, cmd, &a);
     }
     cli_args_free(&a);
     return rc;

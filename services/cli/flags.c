@@ -154,8 +154,9 @@ static void print_flags(FILE *f, const cli_flag *flags)
             snprintf(left, sizeof left, "--%s", flags[i].name);
         else
             snprintf(left, sizeof left, "--%s %s", flags[i].name, flags[i].metavar);
-        fprintf(f, "  %-34s %s%s\n", left, flags[i].help,
-                flags[i].type == FLAG_LIST ? " (repeatable)" : "");
+        fprintf(f, "  %-34s %s%s%s\n", left, flags[i].help,
+                flags[i].type == FLAG_LIST ? " (repeatable)" : "",
+                flags[i].required ? " (required)" : "");
     }
 }
 
