@@ -345,6 +345,7 @@ static int secret_body(cli *c, const cli_args *a, cJSON *b, bool required)
     if (text) {
         if (memchr(text, '\0', len)) {
             gt_wipe(text, len);
+            free(text);
             return usage_error(c, "the secret value contains a NUL byte");
         }
         /* one trailing newline from a file or echo is not part of the value */
@@ -353,6 +354,7 @@ static int secret_body(cli *c, const cli_args *a, cJSON *b, bool required)
         if (len > 0 || required)
             gt_json_set_str(b, "value", text);
         gt_wipe(text, len);
+        free(text);
     }
     return CLI_OK;
 }
