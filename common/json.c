@@ -7,6 +7,35 @@
 
 #include "util.h"
 
+/* Offset of a \u0000 escape inside a JSON string, or len. cJSON cuts strings at a
+ * NUL, so "ab\u0000cd" would be read as "ab": a value that differs from what was
+ * sent must not get past validation. */
+static size_t nul_escape(const char *text, size_t len)
+{
+    for (size_t i = 0; i + 6 <= len; i++) {
+        if (text[i] != '\\')
+            continue;
+        if (text[i + 1] == 'u' && memcmp(text + i + 2, "0000", 4) == 0)
+            return i;
+        i++; /* skip the escaped character, so "\\\\u0000" is not matched */
+    }
+    return len;
+}
+
+static void line_col(const char *text, size_t off, int *line, int *col)
+{
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < off; i++) {
+        if (text[i] == '\n') {
+            (*line)++;
+            *col = 1;
+        } else {
+            (*col)++;
+        }
+    }
+}
+
 gt_err gt_json_parse(const char *text, size_t len, const char *what, cJSON **out,
                      gt_error *err)
 {
@@ -17,15 +46,8 @@ gt_err gt_json_parse(const char *text, size_t len, const char *what, cJSON **out
         size_t off = (end && end >= text) ? (size_t)(end - text) : 0;
         if (off > len)
             off = len;
-        int line = 1, col = 1;
-        for (size_t i = 0; i < off; i++) {
-            if (text[i] == '\n') {
-                line++;
-                col = 1;
-            } else {
-                col++;
-            }
-        }
+        int line, col;
+        line_col(text, off, &line, &col);
         if (len == 0)
             return gt_error_set(err, GT_EINVAL, "%s: empty, expected JSON", what);
         return gt_error_setf(err, GT_EINVAL, "$", "%s:%d:%d: invalid JSON", what, line, col);
@@ -40,6 +62,14 @@ gt_err gt_json_parse(const char *text, size_t len, const char *what, cJSON **out
             return gt_error_setf(err, GT_EINVAL, "$", "%s: unexpected text after the JSON value",
                                  what);
         }
+    }
+    size_t nul = nul_escape(text, len);
+    if (nul < len) {
+        cJSON_Delete(root);
+        int line, col;
+        line_col(text, nul, &line, &col);
+        return gt_error_setf(err, GT_EINVAL, "$", "%s:%d:%d: \\u0000 is not allowed in strings",
+                             what, line, col);
     }
     *out = root;
     return GT_OK;

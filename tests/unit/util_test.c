@@ -147,6 +147,13 @@ static void test_json_parse_errors_have_positions(void **state)
     assert_int_equal(gt_json_parse("{} x", 4, "body", &j, &e), GT_EINVAL);
     assert_non_null(strstr(e.message, "after the JSON value"));
     gt_error_clear(&e);
+    const char *nul = "{\"a\": \"x\\u0000y\"}";
+    assert_int_equal(gt_json_parse(nul, strlen(nul), "body", &j, &e), GT_EINVAL);
+    assert_non_null(strstr(e.message, "body:1:9"));
+    const char *esc = "{\"a\": \"x\\\\u0000y\"}"; /* an escaped backslash, then text */
+    assert_int_equal(gt_json_parse(esc, strlen(esc), "body", &j, NULL), GT_OK);
+    cJSON_Delete(j);
+    gt_error_clear(&e);
     assert_int_equal(gt_json_parse("", 0, "body", &j, &e), GT_EINVAL);
     assert_int_equal(gt_json_parse("{\"a\":\"s\",\"n\":2.5,\"i\":3,\"b\":true}", 33, "b", &j, NULL),
                      GT_OK);
