@@ -561,8 +561,12 @@ static void run_suite_file(const char *dir, const char *name, tally *all)
     gt_error err = {0};
     cJSON *groups = NULL;
     tally t = {0};
+    /* The suite is trusted test data: cJSON directly, since gt_json_parse refuses
+     * \u0000, which a few cases contain (they are excluded below). */
     if (gt_read_file(path, 16 << 20, &text, &len, &err) != GT_OK ||
-        gt_json_parse(text, len, path, &groups, &err) != GT_OK || !cJSON_IsArray(groups)) {
+        (groups = cJSON_ParseWithLength(text, len)) == NULL || !cJSON_IsArray(groups)) {
+        if (err.code == GT_OK)
+            gt_error_set(&err, GT_EINVAL, "not a JSON array of test groups");
         print_error("%s: cannot load: %s\n", path, err.message);
         all->failed++;
         goto done;
