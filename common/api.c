@@ -778,15 +778,166 @@ static void coerce_inputs(const cJSON *schema, cJSON *inputs)
     }
 }
 
+/* Secrets and the repository key a run needs, decrypted. */
+typedef struct run_secrets {
+    gt_strv env;        /* "VAR=value" */
+    char *ssh_key;
+    size_t ssh_len;
+} run_secrets;
+
+static void run_secrets_clear(run_secrets *s)
+{
+    wipe_strv(&s->env);
+    if (s->ssh_key)
+        gt_secret_wipe_free(s->ssh_key, s->ssh_len);
+    s->ssh_key = NULL;
+}
+
+static gt_err open_run_secrets(req *r, const cJSON *svc, const cJSON *repo,
+                               const cJSON *bindings, run_secrets *out)
+{
+    const cJSON *lists[2] = {cJSON_GetObjectItemCaseSensitive(svc, "secrets"), bindings};
+    gt_err rc = bind_secrets(r, lists, &out->env);
+    const cJSON *pk = cJSON_GetObjectItemCaseSensitive(repo, "private_key_name");
+    if (rc == GT_OK && cJSON_IsString(pk))
+        rc = secret_open(r, pk->valuestring, "repository.private_key_name", &out->ssh_key,
+                         &out->ssh_len);
+    return rc;
+}
+
+/* Runs an accepted execution to its end and records every transition. ex and *rev
+ * are the stored execution; secrets may be NULL (they are opened here then). */
+static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const cJSON *repo,
+                      run_secrets *secrets)
+{
+    gt_api *a = r->api;
+    run_secrets own = {0};
+    cJSON *result = NULL;
+    gt_err rc;
+    const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
+    gt_json_set_num(ex, "owner_pid", (double)getpid());
+    gt_json_set_num(ex, "owner_start", (double)proc_start(getpid()));
+    if (secrets == NULL) {
+        secrets = &own;
+        gt_error_clear(&r->err);
+        if (open_run_secrets(r, svc, repo, cJSON_GetObjectItemCaseSensitive(ex, "secret_bindings"),
+                             secrets) != GT_OK) {
+            /* a secret that cannot be opened now is this execution's failure */
+            finish_execution(ex, NULL, "failed", r->err.message);
+            gt_error_clear(&r->err);
+            rc = save_execution(r, ex, rev);
+            goto done;
+        }
+    }
+    char ts[40];
+    now_str(ts, sizeof ts);
+    gt_json_set_str(ex, "state", "running");
+    gt_json_set_str(ex, "started_at", ts);
+    if ((rc = save_execution(r, ex, rev)) != GT_OK)
+        goto done;
+    started st = {.r = r, .ex = ex, .rev = rev};
+    gt_run_request rr = {
+        .on_start = on_child_start,
+        .on_start_arg = &st,
+        .service = svc,
+        .repository = repo,
+        .inputs = cJSON_GetObjectItemCaseSensitive(ex, "inputs"),
+        .secret_env = secrets->env.v,
+        .ssh_key = secrets->ssh_key,
+        .execution_id = id,
+        .cancel = a->d.cancel,
+    };
+    gt_error e = {0};
+    if (gt_run_execute(a->d.run, &rr, &result, &e) != GT_OK)
+        finish_execution(ex, NULL, "failed", e.message);
+    else
+        finish_execution(ex, result, NULL, NULL);
+    rc = save_execution(r, ex, rev);
+done:
+    run_secrets_clear(&own);
+    cJSON_Delete(result);
+    return rc;
+}
+
+gt_err gt_api_execute(gt_api *api, const char *execution_id, gt_error *err)
+{
+    req r = {.api = api};
+    cJSON *ex = NULL, *svc = NULL, *repo = NULL;
+    int64_t rev = 0;
+    gt_err rc = load(&r, EXECUTIONS, "execution", execution_id, &ex, &rev);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(ex, "state");
+    if (rc == GT_OK && !(cJSON_IsString(st) && strcmp(st->valuestring, "accepted") == 0)) {
+        rc = GT_OK; /* already taken or finished: the id is the idempotency key */
+        goto done;
+    }
+    const char *service = rc == GT_OK ? cJSON_GetObjectItemCaseSensitive(ex, "service")->valuestring : "";
+    const char *repository = rc == GT_OK ? cJSON_GetObjectItemCaseSensitive(ex, "repository")->valuestring : "";
+    if (rc == GT_OK && (load(&r, "services", "service", service, &svc, NULL) != GT_OK ||
+                        load(&r, "repositories", "repository", repository, &repo, NULL) != GT_OK)) {
+        /* deleted between acceptance and now */
+        finish_execution(ex, NULL, "failed", r.err.message);
+        gt_error_clear(&r.err);
+        rc = save_execution(&r, ex, &rev);
+        goto done;
+    }
+    if (rc == GT_OK)
+        rc = execute(&r, ex, &rev, svc, repo, NULL);
+done:
+    if (rc != GT_OK)
+        gt_error_set(err, r.err.code ? r.err.code : rc, "%s", r.err.message);
+    cJSON_Delete(repo);
+    cJSON_Delete(svc);
+    cJSON_Delete(ex);
+    return rc;
+}
+
+/* Inputs validated against the service's decorator (defaults applied). */
+static gt_err check_inputs(req *r, const cJSON *svc, cJSON *inputs)
+{
+    const cJSON *dname = cJSON_GetObjectItemCaseSensitive(svc, "decorator");
+    if (!cJSON_IsString(dname))
+        return GT_OK;
+    cJSON *dec = NULL;
+    gt_schema *schema = NULL;
+    gt_err rc = load(r, "decorators", "decorator", dname->valuestring, &dec, NULL);
+    if (rc != GT_OK)
+        return rc;
+    const cJSON *sch = cJSON_GetObjectItemCaseSensitive(dec, "schema");
+    gt_error e = {0};
+    if ((schema = gt_schema_compile(sch, &e)) == NULL) {
+        rc = gt_error_set(&r->err, GT_EINTERNAL, "decorator \"%s\": %s", dname->valuestring,
+                          e.message);
+        goto done;
+    }
+    coerce_inputs(sch, inputs);
+    gt_schema_apply_defaults(schema, inputs);
+    e = (gt_error){0};
+    if ((rc = gt_schema_validate(schema, inputs, &e)) != GT_OK) {
+        /* instance paths are relative to $.inputs: re-root the field and the message */
+        char field[sizeof e.field + 16];
+        snprintf(field, sizeof field, "$.inputs%.255s", e.field[0] == '$' ? e.field + 1 : "");
+        size_t fl = strlen(e.field);
+        const char *rest = (fl && strncmp(e.message, e.field, fl) == 0) ? e.message + fl : NULL;
+        if (rest)
+            gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s%s",
+                          dname->valuestring, field, rest);
+        else
+            gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s",
+                          dname->valuestring, e.message);
+    }
+done:
+    gt_schema_free(&schema);
+    cJSON_Delete(dec);
+    return rc;
+}
+
 static gt_err run_service(req *r)
 {
     static const char *const fields[] = {"inputs", "secrets", NULL};
     gt_api *a = r->api;
-    cJSON *svc = NULL, *repo = NULL, *dec = NULL, *inputs = NULL, *ex = NULL, *result = NULL;
-    gt_schema *schema = NULL;
-    gt_strv env = {0};
-    char *ssh_key = NULL, *id = NULL;
-    size_t ssh_len = 0;
+    cJSON *svc = NULL, *repo = NULL, *inputs = NULL, *ex = NULL;
+    run_secrets secrets = {0};
+    char *id = NULL;
     int64_t rev = GT_REV_NONE;
     gt_err rc;
 
@@ -799,51 +950,29 @@ static gt_err run_service(req *r)
     }
     inputs = cJSON_IsObject(in) ? cJSON_Duplicate(in, 1) : cJSON_CreateObject();
     const cJSON *req_secrets = cJSON_GetObjectItemCaseSensitive(r->body, "secrets");
-    if ((rc = gt_service_check_secrets(req_secrets, "$.secrets", &r->err)) != GT_OK)
-        goto done;
-    if ((rc = load(r, "services", "service", r->params[0], &svc, NULL)) != GT_OK)
+    if ((rc = gt_service_check_secrets(req_secrets, "$.secrets", &r->err)) != GT_OK ||
+        (rc = load(r, "services", "service", r->params[0], &svc, NULL)) != GT_OK)
         goto done;
     const char *repo_name = cJSON_GetObjectItemCaseSensitive(svc, "repository")->valuestring;
-    if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK)
+    if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK ||
+        (rc = check_inputs(r, svc, inputs)) != GT_OK)
         goto done;
-    const cJSON *dname = cJSON_GetObjectItemCaseSensitive(svc, "decorator");
-    if (cJSON_IsString(dname)) {
-        if ((rc = load(r, "decorators", "decorator", dname->valuestring, &dec, NULL)) != GT_OK)
+    /* Inline runs open their secrets before anything is recorded, so a wrong key is
+     * an error of the request; dispatched runs open them on the worker. */
+    if (a->d.dispatch == NULL) {
+        if ((rc = open_run_secrets(r, svc, repo, req_secrets, &secrets)) != GT_OK)
             goto done;
-        const cJSON *sch = cJSON_GetObjectItemCaseSensitive(dec, "schema");
-        gt_error e = {0};
-        if ((schema = gt_schema_compile(sch, &e)) == NULL) {
-            rc = gt_error_set(&r->err, GT_EINTERNAL, "decorator \"%s\": %s", dname->valuestring,
-                              e.message);
-            goto done;
-        }
-        coerce_inputs(sch, inputs);
-        gt_schema_apply_defaults(schema, inputs);
-        e = (gt_error){0};
-        if ((rc = gt_schema_validate(schema, inputs, &e)) != GT_OK) {
-            /* instance paths are relative to $.inputs */
-            char field[sizeof e.field + 16];
-            snprintf(field, sizeof field, "$.inputs%.255s", e.field[0] == '$' ? e.field + 1 : "");
-            /* the message starts with the instance path: re-root it too */
-            size_t fl = strlen(e.field);
-            const char *rest = (fl && strncmp(e.message, e.field, fl) == 0) ? e.message + fl : NULL;
-            if (rest)
-                gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s%s",
-                              dname->valuestring, field, rest);
-            else
-                gt_error_setf(&r->err, rc, field, "inputs do not match decorator \"%s\": %s",
-                              dname->valuestring, e.message);
-            goto done;
+    } else {
+        const cJSON *b;
+        int i = 0;
+        cJSON_ArrayForEach(b, req_secrets) {
+            char field[64];
+            snprintf(field, sizeof field, "$.secrets[%d].name", i++);
+            if ((rc = must_exist(r, &gt_model_secret,
+                                 cJSON_GetObjectItemCaseSensitive(b, "name")->valuestring, field)) != GT_OK)
+                goto done;
         }
     }
-    const cJSON *lists[2] = {cJSON_GetObjectItemCaseSensitive(svc, "secrets"), req_secrets};
-    if ((rc = bind_secrets(r, lists, &env)) != GT_OK)
-        goto done;
-    const cJSON *pk = cJSON_GetObjectItemCaseSensitive(repo, "private_key_name");
-    if (cJSON_IsString(pk) &&
-        (rc = secret_open(r, pk->valuestring, "repository.private_key_name", &ssh_key,
-                          &ssh_len)) != GT_OK)
-        goto done;
 
     /* accepted: stored before anything runs, with its owner so a crash is reaped */
     id = gt_id_new();
@@ -852,7 +981,10 @@ static gt_err run_service(req *r)
     gt_json_set_str(ex, "service", r->params[0]);
     gt_json_set_str(ex, "service_type", cJSON_GetObjectItemCaseSensitive(svc, "type")->valuestring);
     gt_json_set_str(ex, "repository", repo_name);
-    gt_json_set(ex, "inputs", cJSON_Duplicate(inputs, 1));
+    gt_json_set(ex, "inputs", inputs);
+    inputs = NULL;
+    if (cJSON_IsArray(req_secrets) && cJSON_GetArraySize(req_secrets) > 0)
+        gt_json_set(ex, "secret_bindings", cJSON_Duplicate(req_secrets, 1));
     gt_json_set_str(ex, "state", "accepted");
     gt_json_set_num(ex, "attempt", 1);
     gt_json_set_str(ex, "runner", a->d.runner_name ? a->d.runner_name : "local");
@@ -863,42 +995,28 @@ static gt_err run_service(req *r)
     gt_json_set_str(ex, "created_at", ts);
     if ((rc = save_execution(r, ex, &rev)) != GT_OK)
         goto done;
-    gt_json_set_str(ex, "state", "running");
-    gt_json_set_str(ex, "started_at", ts);
-    if ((rc = save_execution(r, ex, &rev)) != GT_OK)
+    if (a->d.dispatch) {
+        if ((rc = a->d.dispatch(a->d.dispatch_arg, id, &r->err)) != GT_OK) {
+            finish_execution(ex, NULL, "failed", r->err.message);
+            save_execution(r, ex, &rev);
+            goto done;
+        }
+        gt_json_set_num(ex, "revision", (double)rev);
+        cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_pid");
+        cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_start");
+        reply(r, 202, ex);
+        ex = NULL;
         goto done;
-
-    started st = {.r = r, .ex = ex, .rev = &rev};
-    gt_run_request rr = {
-        .on_start = on_child_start,
-        .on_start_arg = &st,
-        .service = svc,
-        .repository = repo,
-        .inputs = inputs,
-        .secret_env = env.v,
-        .ssh_key = ssh_key,
-        .execution_id = id,
-        .cancel = a->d.cancel,
-    };
-    gt_error e = {0};
-    if (gt_run_execute(a->d.run, &rr, &result, &e) != GT_OK)
-        finish_execution(ex, NULL, "failed", e.message);
-    else
-        finish_execution(ex, result, NULL, NULL);
-    if ((rc = save_execution(r, ex, &rev)) != GT_OK)
+    }
+    if ((rc = execute(r, ex, &rev, svc, repo, &secrets)) != GT_OK)
         goto done;
     gt_json_set_num(ex, "revision", (double)rev);
     reply(r, 201, ex);
     ex = NULL;
 done:
-    if (ssh_key)
-        gt_secret_wipe_free(ssh_key, ssh_len);
-    wipe_strv(&env);
-    gt_schema_free(&schema);
-    cJSON_Delete(result);
+    run_secrets_clear(&secrets);
     cJSON_Delete(ex);
     cJSON_Delete(inputs);
-    cJSON_Delete(dec);
     cJSON_Delete(repo);
     cJSON_Delete(svc);
     free(id);

@@ -23,6 +23,11 @@ typedef struct gt_api_deps {
     const gt_run_options *run;     /* how runs execute inline */
     volatile sig_atomic_t *cancel; /* set to cancel an inline run (local mode) */
     const char *runner_name;       /* recorded on executions: "local" */
+    /* When set, runs are not executed inline: an accepted execution's id is handed
+     * to dispatch (which must not block) and the request answers 202 at once; the
+     * worker that picks it up calls gt_api_execute. */
+    gt_err (*dispatch)(void *arg, const char *execution_id, gt_error *err);
+    void *dispatch_arg;
 } gt_api_deps;
 
 typedef struct gt_api_response {
@@ -39,6 +44,10 @@ void gt_api_free(gt_api **api);
 void gt_api_handle(gt_api *api, const char *method, const char *path, const char *query,
                    const char *body, size_t body_len, gt_api_response *resp);
 void gt_api_response_clear(gt_api_response *resp);
+
+/* Runs an accepted execution to its end (on a worker thread, with an api of its
+ * own). An execution no longer "accepted" is left alone: GT_OK. */
+gt_err gt_api_execute(gt_api *api, const char *execution_id, gt_error *err);
 
 /* HTTP status for an error code. */
 int gt_api_status(gt_err code);
