@@ -233,7 +233,7 @@ static const cfg_key keys[] = {
          "Redis host:port when there are no sentinels"),
     KSTR("sessions", sessions, password, "", NULL, F_SECRET, "Redis password"),
     KINT("sessions", sessions, db, "0", 0, 1023, 0, "Redis database number"),
-    KDUR("sessions", sessions, token_ttl, "60", MS_MIN, 365 * MS_DAY, MS_MIN,
+    KDUR("sessions", sessions, token_ttl, "60", MS_SEC, 365 * MS_DAY, MS_MIN,
          "login token lifetime; a plain number is minutes"),
     KBOOL("sessions", sessions, use_tls, "false", 0, "TLS to Redis"),
     KPATH("sessions", sessions, ca_certificate_file, "", 0, "CA of Redis"),

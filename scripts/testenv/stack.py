@@ -1,0 +1,145 @@
+"""Gantry's server stack on one machine: Redis with Sentinels and RabbitMQ (see
+redis.py, rabbitmq.py), gantry-tokend and one or more gantry-controllers sharing a
+local store, each configured by a file of its own under the stack's directory."""
+import os
+import re
+import textwrap
+import time
+
+from .common import Proc, free_port
+from .rabbitmq import RabbitMQ
+from .redis import RedisCluster
+
+
+class Daemon(Proc):
+    """A Gantry daemon; start() returns once its readiness line is logged."""
+
+    def __init__(self, name, argv, log, ready, env):
+        self.ready = ready
+        super().__init__(name, argv, log, env=env)
+
+    def start(self):
+        if os.path.exists(self.log_path):
+            self.offset = os.path.getsize(self.log_path)
+        else:
+            self.offset = 0
+        super().start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(self.log_path, errors="replace") as f:
+                f.seek(self.offset)
+                if self.ready in f.read():
+                    return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready within 30s:\n{self.tail()}")
+
+
+class GantryStack:
+    def __init__(self, tmpdir, bin_dir, redis=None, rabbit=None, extra_config="", env_extra=None):
+        self.dir = os.path.abspath(tmpdir)
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.bin_dir = bin_dir
+        self.own_servers = redis is None
+        self.redis = redis or RedisCluster(os.path.join(self.dir, "redis"))
+        self.rabbit = rabbit or RabbitMQ(os.path.join(self.dir, "rabbitmq"))
+        self.extra_config = extra_config
+        self.env_extra = env_extra or {}
+        self.tokend = None
+        self.controllers = []
+        self.admin_password = None
+        self.server_conf = os.path.join(self.dir, "server.conf")
+
+    def start_servers(self):
+        if self.own_servers:
+            self.redis.start()
+            self.rabbit.start()
+
+    def write_server_config(self):
+        sentinels = self.redis.env()["GANTRY_TEST_SENTINELS"].replace(",", " ")
+        with open(self.server_conf, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [application]
+                mode = server
+                cluster_id = stack
+                working_dir = {self.dir}/server
+
+                [server]
+                listen_address = 127.0.0.1
+                use_tls = false
+
+                [store]
+                backend = local
+
+                [sessions]
+                sentinels = {sentinels}
+                master_name = {self.redis.env()["GANTRY_TEST_REDIS_MASTER_NAME"]}
+
+                [broker]
+                hosts = {self.rabbit.env()["GANTRY_TEST_AMQP"]}
+
+                [runner]
+                python = /usr/bin/python3
+                pip_no_index = true
+                kill_grace_period = 1s
+                """) + self.extra_config)
+
+    def env(self, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
+        env["GANTRY_CONFIG"] = self.server_conf
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        env.update(self.env_extra)
+        env.update(extra)
+        return env
+
+    def start_tokend(self):
+        log = os.path.join(self.dir, "tokend.log")
+        self.tokend = Daemon("gantry-tokend", [os.path.join(self.bin_dir, "gantry-tokend")], log,
+                             "gantry-tokend ready", self.env())
+        with open(log, errors="replace") as f:
+            m = re.search(r"temporary password (\S+?)[;,. ]", f.read())
+        if m:
+            self.admin_password = m.group(1)
+        return self.tokend
+
+    def start_controller(self, port=None):
+        port = port or free_port()
+        name = f"controller-{port}"
+        log = os.path.join(self.dir, f"{name}.log")
+        d = Daemon(name, [os.path.join(self.bin_dir, "gantry-controller")], log,
+                   "gantry-controller ready", self.env(GANTRY_SERVER_PORT=str(port)))
+        d.port = port
+        self.controllers.append(d)
+        return d
+
+    def client_config(self, path, port, work=None):
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [application]
+                mode = client
+                working_dir = {work or os.path.join(os.path.dirname(path), "client-work")}
+
+                [client]
+                host = 127.0.0.1
+                port = {port}
+                use_tls = false
+                """))
+        return path
+
+    def start(self, controllers=1):
+        self.start_servers()
+        self.write_server_config()
+        self.start_tokend()
+        for _ in range(controllers):
+            self.start_controller()
+        return self
+
+    def stop(self):
+        for d in self.controllers + [self.tokend]:
+            if d is not None:
+                d.stop()
+        if self.own_servers:
+            self.rabbit.stop()
+            self.redis.stop()
