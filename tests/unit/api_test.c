@@ -291,6 +291,53 @@ static void test_reaper_marks_dead_owners_lost(void **state)
     cJSON_Delete(b);
 }
 
+static gt_err record_dispatch(void *arg, const char *id, gt_error *err)
+{
+    (void)err;
+    gt_strv *ids = arg;
+    gt_strv_push(ids, id);
+    return GT_OK;
+}
+
+static void test_dispatched_runs(void **state)
+{
+    fx *f = *state;
+    gt_strv ids = {0};
+    gt_api_deps d = {.store = f->store, .key_file = f->key, .run = &f->run,
+                     .dispatch = record_dispatch, .dispatch_arg = &ids};
+    gt_api *server = gt_api_new(&d, NULL);
+    req(f, "POST", "/api/v1/repositories", NULL, "{\"name\":\"r\",\"url\":\"/nonexistent\"}", NULL);
+    req(f, "POST", "/api/v1/services", NULL,
+        "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"x\"}", NULL);
+    gt_api_response r = {0};
+    const char *body = "{\"secrets\":[{\"name\":\"nope\",\"target\":\"X\"}]}";
+    gt_api_handle(server, "POST", "/api/v1/services/s/run", NULL, body, strlen(body), &r);
+    assert_int_equal(r.status, 400); /* a missing secret is refused before acceptance */
+    gt_api_response_clear(&r);
+    gt_api_handle(server, "POST", "/api/v1/services/s/run", NULL, NULL, 0, &r);
+    assert_int_equal(r.status, 202);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(r.body, "state")->valuestring, "accepted");
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(r.body, "id")->valuestring, ids.v[0]);
+    gt_api_response_clear(&r);
+    /* the worker runs it to its end; a second call (a redelivery) changes nothing */
+    assert_int_equal(gt_api_execute(f->api, ids.v[0], NULL), GT_OK);
+    char *path = gt_xasprintf("/api/v1/executions/%s", ids.v[0]);
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "GET", path, NULL, NULL, &b), 200);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "state")->valuestring, "failed");
+    int64_t rev = (int64_t)cJSON_GetObjectItemCaseSensitive(b, "revision")->valuedouble;
+    cJSON_Delete(b);
+    assert_int_equal(gt_api_execute(f->api, ids.v[0], NULL), GT_OK);
+    assert_int_equal(req(f, "GET", path, NULL, NULL, &b), 200);
+    assert_int_equal((int64_t)cJSON_GetObjectItemCaseSensitive(b, "revision")->valuedouble, rev);
+    cJSON_Delete(b);
+    assert_int_equal(gt_api_execute(f->api, "01ZZZZZZZZZZZZZZZZZZZZZZZZ", NULL), GT_ENOTFOUND);
+    free(path);
+    gt_strv_free(&ids);
+    gt_api_free(&server);
+}
+
 static void test_model_validation(void **state)
 {
     (void)state;
@@ -343,6 +390,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secrets_are_write_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_validation_before_anything_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_marks_dead_owners_lost, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dispatched_runs, setup, teardown),
         cmocka_unit_test(test_model_validation),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
