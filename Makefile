@@ -7,7 +7,8 @@ CC       ?= cc
 BUILD    ?= build
 SANITIZE ?=
 O        ?= -O2
-PKGS     := libcjson sqlite3 openssl libpcre2-8
+PKGS     := libcjson sqlite3 openssl libpcre2-8 libevent libevent_openssl libevent_pthreads \
+            hiredis librabbitmq libargon2
 TESTPKGS := cmocka
 
 V ?= 0
@@ -35,7 +36,9 @@ LIB        := $(BUILD)/libgantry.a
 
 CLI_SRC := $(wildcard services/cli/*.c)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
-BINS    := $(BUILD)/gantry
+# Daemons: services/<name>/*.c -> gantry-<name>
+DAEMONS := $(filter-out cli,$(notdir $(wildcard services/*)))
+BINS    := $(BUILD)/gantry $(DAEMONS:%=$(BUILD)/gantry-%)
 
 UNIT_SRC  := $(wildcard tests/unit/*_test.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
@@ -58,6 +61,13 @@ $(BUILD)/gantry: $(CLI_OBJ) $(LIB)
 	$(call say,LD,$@)
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+define daemon_rule
+$(BUILD)/gantry-$(1): $(patsubst %.c,$(BUILD)/%.o,$(wildcard services/$(1)/*.c)) $(LIB)
+	$$(call say,LD,$$@)
+	$$(Q)$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+$(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
+
 $(BUILD)/tests/unit/%_test.o: CFLAGS += $(shell pkg-config --cflags $(TESTPKGS))
 $(BUILD)/tests/unit/%_test: $(BUILD)/tests/unit/%_test.o $(UNIT_HELPER_OBJ) $(LIB)
 	$(call say,LD,$@)
@@ -69,9 +79,9 @@ deps:
 # The whole suite, sanitized. Each tier prints its own summary lines.
 test: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build/san SANITIZE=address,undefined O=-O1 \
-		build/san/gantry $(UNIT_BINS:$(BUILD)/%=build/san/%)
-	$(Q)scripts/run-unit build/san
-	$(Q)GANTRY_BIN=$(CURDIR)/build/san/gantry scripts/run-integration
+		$(BINS:$(BUILD)/%=build/san/%) $(UNIT_BINS:$(BUILD)/%=build/san/%)
+	$(Q)scripts/test-servers run -- scripts/run-unit build/san
+	$(Q)GANTRY_BIN=$(CURDIR)/build/san/gantry GANTRY_BIN_DIR=$(CURDIR)/build/san scripts/run-integration
 	$(Q)$(MAKE) --no-print-directory fuzz-run
 
 unit: $(UNIT_BINS)
@@ -103,11 +113,16 @@ fuzz-run: fuzz
 demo: deps all
 	$(Q)scripts/demo
 
-bench: all
-	$(Q)bench/run
+$(BUILD)/bench/bare_evhttp: bench/bare_evhttp.c
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
+bench: deps all $(BUILD)/bench/bare_evhttp
+	$(Q)bench/run --bin $(CURDIR)/$(BUILD)
 
 install: all
-	install -D -m 0755 $(BUILD)/gantry $(DESTDIR)/usr/local/bin/gantry
+	for b in $(BINS); do install -D -m 0755 $$b $(DESTDIR)/usr/local/bin/$$(basename $$b); done
 
 clean:
 	rm -rf build

@@ -3,6 +3,7 @@
 #define GT_CLI_H
 
 #include <cjson/cJSON.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -48,6 +49,11 @@ typedef void (*cli_call_fn)(cli *c, const char *method, const char *path, const 
                             const cJSON *body, gt_api_response *resp);
 
 struct cli {
+    bool client;                 /* client mode: requests go to a server */
+    char *token;                 /* client mode: the saved login token, or NULL */
+    /* client mode: saves (token != NULL) or removes the token file */
+    int (*store_token)(cli *c, const char *token);
+    volatile sig_atomic_t *interrupted; /* set by SIGINT/SIGTERM */
     cli_format format;
     FILE *out;
     FILE *err;
@@ -94,6 +100,20 @@ void cli_print_table(FILE *f, const cJSON *items, const char *const *cols,
 void cli_print_error(cli *c, const gt_api_response *resp);
 /* Exit status for an HTTP status. */
 int cli_status_exit(int status);
+
+/* session.c: login, logout, users, API keys (client mode) */
+int cli_cmd_login(cli *c, const cli_cmd *cmd, const cli_args *a);
+int cli_cmd_logout(cli *c, const cli_cmd *cmd, const cli_args *a);
+int cli_cmd_create_user(cli *c, const cli_cmd *cmd, const cli_args *a);
+int cli_cmd_create_apikey(cli *c, const cli_cmd *cmd, const cli_args *a);
+/* Reads a secret line: from the terminal without echo, else one line of stdin. */
+char *cli_read_secret(cli *c, const char *prompt, bool from_stdin);
+/* Sends a request and prints an error on failure; *out is the body on success. */
+int cli_request(cli *c, const char *method, const char *path, const char *query,
+                const cJSON *body, cJSON **out);
+
+/* commands.c */
+void cli_print_doc(cli *c, const cJSON *doc);
 
 /* completion.c */
 int cli_completion(cli *c, const char *shell);

@@ -98,9 +98,27 @@ static const cli_flag version_flags[] = {
 
 static const cli_flag no_flags[] = {F_END};
 
+static const cli_flag login_flags[] = {
+    {"change-password", FLAG_BOOL, NULL, "change the password (asks for the current and the new one)", false},
+    {"password-stdin", FLAG_BOOL, NULL, "read the password(s) from standard input, one per line", false},
+    {"raw", FLAG_BOOL, NULL, "print the token as JSON (for scripts); it is saved either way", false},
+    F_END,
+};
+
+static const cli_flag user_flags[] = {
+    {"role", FLAG_STR, "ROLE", "admin, operator or viewer", true},
+    {"password-stdin", FLAG_BOOL, NULL, "read the password from standard input (default: a temporary one is generated)", false},
+    F_END,
+};
+
+static const cli_flag apikey_flags[] = {
+    {"name", FLAG_STR, "NAME", "a label for the key", false},
+    F_END,
+};
+
 /* ---------- helpers ---------- */
 
-static int call(cli *c, const char *method, const char *path, const char *query,
+int cli_request(cli *c, const char *method, const char *path, const char *query,
                 const cJSON *body, cJSON **out)
 {
     gt_api_response resp = {0};
@@ -210,7 +228,7 @@ static int int_arg(cli *c, const char *flag, const char *value, int64_t max, cJS
     return CLI_OK;
 }
 
-static void print_doc(cli *c, const cJSON *doc)
+void cli_print_doc(cli *c, const cJSON *doc)
 {
     if (c->format == CLI_JSON)
         cli_print_json(c->out, doc);
@@ -359,8 +377,9 @@ static int secret_body(cli *c, const cli_args *a, cJSON *b, bool required)
     return CLI_OK;
 }
 
-static int create_update(cli *c, const cli_args *a, const char *plural, bool create)
+static int create_update(cli *c, const cli_cmd *cmd, const cli_args *a, bool create)
 {
+    const char *plural = cmd->resource;
     size_t np = 0;
     const char *type = NULL;
     if (strcmp(plural, "services") == 0 && create)
@@ -386,7 +405,7 @@ static int create_update(cli *c, const cli_args *a, const char *plural, bool cre
         rc = usage_error(c, "nothing to update: give at least one flag (see --help)");
     if (rc == CLI_OK) {
         char *path = resource_path(plural, create ? NULL : name);
-        rc = call(c, create ? "POST" : "PATCH", path, NULL, b, &out);
+        rc = cli_request(c, create ? "POST" : "PATCH", path, NULL, b, &out);
         free(path);
     }
     /* the request may hold a secret value */
@@ -395,11 +414,10 @@ static int create_update(cli *c, const cli_args *a, const char *plural, bool cre
         gt_wipe(v->valuestring, strlen(v->valuestring));
     cJSON_Delete(b);
     if (rc == CLI_OK) {
-        const gt_model_kind *k = gt_model_find(plural);
         if (c->format == CLI_TABLE)
-            fprintf(c->out, "%s %s %s\n", k->singular, name, create ? "created" : "updated");
+            fprintf(c->out, "%s %s %s\n", cmd->kind, name, create ? "created" : "updated");
         else
-            print_doc(c, out);
+            cli_print_doc(c, out);
     }
     cJSON_Delete(out);
     return rc;
@@ -407,12 +425,12 @@ static int create_update(cli *c, const cli_args *a, const char *plural, bool cre
 
 static int cmd_create(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
-    return create_update(c, a, cmd->resource, true);
+    return create_update(c, cmd, a, true);
 }
 
 static int cmd_update(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
-    return create_update(c, a, cmd->resource, false);
+    return create_update(c, cmd, a, false);
 }
 
 /* ---------- get / describe / delete ---------- */
@@ -434,7 +452,11 @@ static const char *const sec_heads[] = {"NAME", "DESCRIPTION", "KEY ID", "UPDATE
 static const char *const ex_cols[] = {"id", "service", "state", "return_code", "created_at", "duration_ms", NULL};
 static const char *const ex_heads[] = {"ID", "SERVICE", "STATE", "RC", "CREATED", "DURATION(ms)", NULL};
 
+static const char *const user_cols[] = {"name", "role", "must_change_password", "created_at", NULL};
+static const char *const user_heads[] = {"NAME", "ROLE", "MUST CHANGE PASSWORD", "CREATED", NULL};
+
 static const table_spec tables[] = {
+    {"users", user_cols, user_heads},
     {"repositories", repo_cols, repo_heads}, {"services", svc_cols, svc_heads},
     {"decorators", dec_cols, dec_heads},     {"secrets", sec_cols, sec_heads},
     {"executions", ex_cols, ex_heads},
@@ -466,13 +488,13 @@ static int cmd_list(cli *c, const cli_cmd *cmd, const cli_args *a)
     }
     char *path = resource_path(plural, NULL);
     cJSON *out = NULL;
-    int rc = call(c, "GET", path, q.len ? q.data : NULL, NULL, &out);
+    int rc = cli_request(c, "GET", path, q.len ? q.data : NULL, NULL, &out);
     free(path);
     gt_buf_free(&q);
     if (rc != CLI_OK)
         return rc;
     if (c->format != CLI_TABLE) {
-        print_doc(c, out);
+        cli_print_doc(c, out);
     } else {
         for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++)
             if (strcmp(tables[i].plural, plural) == 0)
@@ -531,14 +553,14 @@ static int cmd_describe(cli *c, const cli_cmd *cmd, const cli_args *a)
         return usage_error(c, "\"%s\" is not an execution id", name);
     char *path = resource_path(plural, name);
     cJSON *out = NULL;
-    rc = call(c, "GET", path, NULL, NULL, &out);
+    rc = cli_request(c, "GET", path, NULL, NULL, &out);
     free(path);
     if (rc != CLI_OK)
         return rc;
     if (exec && c->format == CLI_TABLE)
         print_execution(c, out);
     else
-        print_doc(c, out);
+        cli_print_doc(c, out);
     cJSON_Delete(out);
     return CLI_OK;
 }
@@ -553,13 +575,13 @@ static int cmd_delete(cli *c, const cli_cmd *cmd, const cli_args *a)
         return rc;
     char *path = resource_path(plural, name);
     cJSON *out = NULL;
-    rc = call(c, "DELETE", path, NULL, NULL, &out);
+    rc = cli_request(c, "DELETE", path, NULL, NULL, &out);
     free(path);
     if (rc == CLI_OK) {
         if (c->format == CLI_TABLE)
-            fprintf(c->out, "%s %s deleted\n", gt_model_find(plural)->singular, name);
+            fprintf(c->out, "%s %s deleted\n", cmd->kind, name);
         else
-            print_doc(c, out);
+            cli_print_doc(c, out);
     }
     cJSON_Delete(out);
     return rc;
@@ -567,6 +589,33 @@ static int cmd_delete(cli *c, const cli_cmd *cmd, const cli_args *a)
 
 
 /* ---------- run ---------- */
+
+/* A server answers a run at once (202, accepted): follow it to its end. */
+static int wait_execution(cli *c, cJSON **ex)
+{
+    int64_t delay = 50;
+    for (;;) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(*ex, "state");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(*ex, "id");
+        if (!cJSON_IsString(st) || !cJSON_IsString(id) || gt_execution_state_terminal(st->valuestring))
+            return CLI_OK;
+        if (c->interrupted && *c->interrupted) {
+            fprintf(c->err, "gantry: execution %s goes on on the server; follow it with: gantry "
+                            "describe execution %s\n", id->valuestring, id->valuestring);
+            return CLI_FAILED;
+        }
+        usleep((useconds_t)delay * 1000);
+        delay = delay < 1000 ? delay * 2 : 1000;
+        char *path = gt_xasprintf("/api/v1/executions/%s", id->valuestring);
+        cJSON *next = NULL;
+        int rc = cli_request(c, "GET", path, NULL, NULL, &next);
+        free(path);
+        if (rc != CLI_OK)
+            return rc;
+        cJSON_Delete(*ex);
+        *ex = next;
+    }
+}
 
 static int cmd_run_service(cli *c, const cli_cmd *cmd, const cli_args *a)
 {
@@ -599,14 +648,16 @@ static int cmd_run_service(cli *c, const cli_cmd *cmd, const cli_args *a)
                 goto done;
     }
     char *path = gt_xasprintf("/api/v1/services/%s/run", name);
-    rc = call(c, "POST", path, NULL, b, &out);
+    rc = cli_request(c, "POST", path, NULL, b, &out);
     free(path);
     if (rc != CLI_OK)
+        goto done;
+    if ((rc = wait_execution(c, &out)) != CLI_OK)
         goto done;
     if (c->format == CLI_TABLE)
         print_execution(c, out);
     else
-        print_doc(c, out);
+        cli_print_doc(c, out);
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(out, "state");
     rc = (cJSON_IsString(st) && strcmp(st->valuestring, "succeeded") == 0) ? CLI_OK : CLI_FAILED;
 done:
@@ -626,7 +677,7 @@ static int cmd_version(cli *c, const cli_cmd *cmd, const cli_args *a)
     else {
         cJSON *v = cJSON_CreateObject();
         gt_json_set_str(v, "version", GANTRY_VERSION);
-        print_doc(c, v);
+        cli_print_doc(c, v);
         cJSON_Delete(v);
     }
     if (cli_flag_bool(a, "show-config") && c->show_config)
@@ -668,6 +719,12 @@ const cli_cmd cli_commands[] = {
     {"delete", "decorator", "NAME", 1, 1, no_flags, cmd_delete, "decorators", "Delete a decorator no service uses"},
     {"delete", "secret", "NAME", 1, 1, no_flags, cmd_delete, "secrets", "Delete a secret nothing uses"},
     {"run", "service", "NAME", 1, 1, run_flags, cmd_run_service, "services", "Run a service and print its output"},
+    {"login", NULL, "[USER]", 0, 1, login_flags, cli_cmd_login, NULL, "Log in to the server (client mode); USER defaults to admin"},
+    {"logout", NULL, NULL, 0, 0, no_flags, cli_cmd_logout, NULL, "Log out: the token is revoked on every controller"},
+    {"get", "users", NULL, 0, 0, no_flags, cmd_list, "users", "List users (client mode, admin)"},
+    {"create", "user", "NAME", 1, 1, user_flags, cli_cmd_create_user, "users", "Create a user (client mode, admin)"},
+    {"delete", "user", "NAME", 1, 1, no_flags, cmd_delete, "users", "Delete a user (client mode, admin)"},
+    {"create", "apikey", NULL, 0, 0, apikey_flags, cli_cmd_create_apikey, "apikeys", "Create an API key for yourself (client mode)"},
     {"version", NULL, NULL, 0, 0, version_flags, cmd_version, NULL, "Print the version (and the configuration)"},
     {"completion", NULL, "bash|zsh|fish", 1, 1, no_flags, cmd_completion, NULL, "Print a shell completion script"},
     {"help", NULL, "[COMMAND [KIND]]", 0, 2, no_flags, cmd_help, NULL, "Show help"},
@@ -682,8 +739,11 @@ static bool kind_matches(const char *cmd_kind, const char *word)
     const gt_model_kind *k = gt_model_find(cmd_kind);
     if (k)
         return strcmp(k->singular, word) == 0 || strcmp(k->plural, word) == 0;
-    if (strcmp(cmd_kind, "execution") == 0 || strcmp(cmd_kind, "executions") == 0)
-        return strcmp(word, "execution") == 0 || strcmp(word, "executions") == 0;
+    static const char *const pairs[][2] = {{"execution", "executions"}, {"user", "users"},
+                                           {"apikey", "apikeys"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+        if (strcmp(cmd_kind, pairs[i][0]) == 0 || strcmp(cmd_kind, pairs[i][1]) == 0)
+            return strcmp(word, pairs[i][0]) == 0 || strcmp(word, pairs[i][1]) == 0;
     return false;
 }
 

@@ -9,6 +9,8 @@
 
 #include "api.h"
 #include "cli.h"
+#include "http.h"
+#include "json.h"
 #include "config.h"
 #include "log.h"
 #include "run.h"
@@ -21,6 +23,8 @@ typedef struct main_ctx {
     gt_store *store;
     gt_api *api;
     gt_run_options run;
+    gt_http_client_config http;
+    char *token_path;
 } main_ctx;
 
 /* Set by SIGINT/SIGTERM: a running service is stopped and recorded as canceled. */
@@ -41,6 +45,89 @@ static void local_call(cli *c, const char *method, const char *path, const char 
     if (text)
         gt_wipe(text, strlen(text)); /* may carry a secret value */
     free(text);
+}
+
+/* Client mode: the same requests, over HTTP(S) to gantry-controller. */
+static void remote_call(cli *c, const char *method, const char *path, const char *query,
+                        const cJSON *body, gt_api_response *resp)
+{
+    main_ctx *m = c->ctx;
+    char *target = query ? gt_xasprintf("%s?%s", path, query) : gt_xstrdup(path);
+    char *text = body ? cJSON_PrintUnformatted(body) : NULL, *reply = NULL;
+    int status = 0;
+    gt_error e = {0};
+    gt_err rc = gt_http_request_send(&m->http, method, target, c->token, text,
+                                     text ? strlen(text) : 0, &status, &reply, &e);
+    if (text)
+        gt_wipe(text, strlen(text));
+    free(text);
+    free(target);
+    resp->status = status;
+    resp->body = NULL;
+    if (rc == GT_OK && reply)
+        resp->body = cJSON_Parse(reply);
+    if (rc != GT_OK || resp->body == NULL) {
+        cJSON *b = cJSON_CreateObject();
+        cJSON *err = cJSON_AddObjectToObject(b, "error");
+        gt_json_set_str(err, "code", "unavailable");
+        char *msg = rc != GT_OK ? gt_xstrdup(e.message)
+                                : gt_xasprintf("the server answered %d without a JSON body", status);
+        gt_json_set_str(err, "message", msg);
+        free(msg);
+        resp->status = rc != GT_OK ? 503 : (status >= 400 ? status : 502);
+        resp->body = b;
+    }
+    if (resp->status == 401 && c->token) {
+        cJSON *err = cJSON_GetObjectItemCaseSensitive(resp->body, "error");
+        cJSON *msg = cJSON_GetObjectItemCaseSensitive(err, "message");
+        if (cJSON_IsString(msg)) {
+            char *more = gt_xasprintf("%s; log in again with: gantry login", msg->valuestring);
+            gt_json_set_str(err, "message", more);
+            free(more);
+        }
+    }
+    free(reply);
+}
+
+static int store_token(cli *c, const char *token)
+{
+    main_ctx *m = c->ctx;
+    gt_error e = {0};
+    if (token == NULL) {
+        if (unlink(m->token_path) != 0 && errno != ENOENT) {
+            fprintf(c->err, "gantry: %s: %s\n", m->token_path, strerror(errno));
+            return CLI_ERROR;
+        }
+        return CLI_OK;
+    }
+    if (gt_write_file_atomic(m->token_path, token, strlen(token), 0600, &e) != GT_OK) {
+        fprintf(c->err, "gantry: saving the token: %s\n", e.message);
+        return CLI_ERROR;
+    }
+    return CLI_OK;
+}
+
+static int open_client(cli *c, main_ctx *m)
+{
+    const gt_config *cfg = m->cfg;
+    m->http = (gt_http_client_config){
+        .host = cfg->client.host,
+        .port = cfg->client.port,
+        .use_tls = cfg->client.use_tls,
+        .ca_certificate_file = cfg->application.ca_certificate_file,
+        .certificate_file = cfg->client.certificate_file,
+        .private_key_file = cfg->client.private_key_file,
+    };
+    m->token_path = gt_path_join(cfg->application.working_dir, "token");
+    char *tok = NULL;
+    gt_error e = {0};
+    if (gt_read_file(m->token_path, 4096, &tok, NULL, &e) == GT_OK) {
+        tok[strcspn(tok, "\r\n")] = '\0';
+        c->token = tok;
+    }
+    c->client = true;
+    c->call = remote_call;
+    return CLI_OK;
 }
 
 static void show_config(cli *c)
@@ -91,16 +178,17 @@ static int open_backend(cli *c, main_ctx *m)
 {
     const gt_config *cfg = m->cfg;
     gt_error e = {0};
-    if (cfg->application.mode != GT_MODE_LOCAL) {
-        fprintf(c->err, "gantry: [application] mode = %s: the gantry CLI runs in local mode in this "
-                        "release; client mode arrives with gantry-controller\n",
-                gt_config_mode_name(cfg->application.mode));
+    if (cfg->application.mode != GT_MODE_LOCAL && cfg->application.mode != GT_MODE_CLIENT) {
+        fprintf(c->err, "gantry: [application] mode = %s is for the daemons; the gantry CLI runs in "
+                        "local or client mode\n", gt_config_mode_name(cfg->application.mode));
         return CLI_USAGE;
     }
     if (gt_mkdir_p(cfg->application.working_dir, 0700, &e) != GT_OK) {
         fprintf(c->err, "gantry: working directory: %s\n", e.message);
         return CLI_ERROR;
     }
+    if (cfg->application.mode == GT_MODE_CLIENT)
+        return open_client(c, m);
     switch (cfg->store.backend) {
     case GT_BACKEND_LOCAL:
         m->store = gt_store_open_local(cfg->store.path, &e);
@@ -140,7 +228,7 @@ static int prepare(cli *c, bool backend)
 {
     main_ctx *m = c->ctx;
     int rc = m->cfg ? CLI_OK : load_config(c, m);
-    if (rc == CLI_OK && backend && m->api == NULL)
+    if (rc == CLI_OK && backend && m->api == NULL && !c->client)
         rc = open_backend(c, m);
     return rc;
 }
@@ -155,6 +243,8 @@ int main(int argc, char **argv)
         .call = local_call,
         .prepare = prepare,
         .show_config = show_config,
+        .store_token = store_token,
+        .interrupted = &canceled,
         .ctx = &m,
     };
     umask(077);
@@ -207,5 +297,9 @@ int main(int argc, char **argv)
     gt_api_free(&m.api);
     gt_store_free(&m.store);
     gt_config_free(&m.cfg);
+    if (c.token)
+        gt_wipe(c.token, strlen(c.token));
+    free(c.token);
+    free(m.token_path);
     return rc;
 }

@@ -104,3 +104,87 @@ def scripts_repo(tmp_path):
 
     add("ok.sh", "echo ok\n")
     return add
+
+
+# ---------- server mode: real Redis + Sentinels, RabbitMQ, tokend, controllers ----------
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from testenv.rabbitmq import RabbitMQ  # noqa: E402
+from testenv.redis import RedisCluster  # noqa: E402
+from testenv.stack import GantryStack  # noqa: E402
+
+BIN_DIR = os.environ.get("GANTRY_BIN_DIR", str(Path(GANTRY).parent))
+
+
+@pytest.fixture(scope="session")
+def servers():
+    """One Redis cluster (master, replica, 3 sentinels) and one RabbitMQ for the session.
+    Not under pytest's temp dir: that is 0700, and rabbitmq runs as its own user."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="gantry-servers-"))
+    os.chmod(d, 0o755)
+    redis = RedisCluster(str(d / "redis"))
+    rabbit = RabbitMQ(str(d / "rabbitmq"))
+    redis.start()
+    try:
+        rabbit.start()
+    except Exception:
+        redis.stop()
+        raise
+    yield redis, rabbit
+    rabbit.stop()
+    redis.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class ClientGantry(Gantry):
+    """gantry in client mode against a stack's controller."""
+
+    def __init__(self, tmp, stack, controller):
+        self.tmp = tmp
+        self.work = tmp / "client-work"
+        self.config = tmp / "client.conf"
+        self.extra = {}
+        self.stack = stack
+        self.use(controller)
+
+    def use(self, controller):
+        self.controller = controller
+        self.stack.client_config(str(self.config), controller.port, str(self.work))
+
+    def write_config(self, extra=""):
+        raise NotImplementedError("client mode keeps the stack's client configuration")
+
+
+@pytest.fixture
+def stack(servers, tmp_path):
+    """tokend and two controllers on a fresh store; admin's password is set to
+    'admin-password-1'. Prints the daemons' logs when a test fails."""
+    redis, rabbit = servers
+    redis.wait_stable()
+    s = GantryStack(str(tmp_path / "stack"), BIN_DIR, redis=redis, rabbit=rabbit)
+    s.start(controllers=2)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(stack, tmp_path):
+    """A logged-in admin client on the first controller."""
+    c = ClientGantry(tmp_path, stack, stack.controllers[0])
+    c("login", "admin", "--change-password", "--password-stdin",
+      input=f"{stack.admin_password}\nadmin-password-1\n", check=0)
+    return c
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    st = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if rep.when == "call" and rep.failed and st is not None:
+        for d in st.controllers + [st.tokend]:
+            if d is not None:
+                rep.sections.append((f"{d.name} log", d.tail(60)))

@@ -1,0 +1,758 @@
+#include "controller.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "crypto.h"
+#include "json.h"
+#include "log.h"
+#include "util.h"
+
+typedef enum role { ROLE_NONE = 0, ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN } role;
+
+/* Per HTTP worker thread: connections opened on first use and reopened after a
+ * failure, so the controller starts (and reports 503) while a dependency is down. */
+typedef struct worker {
+    bool dispatch;          /* HTTP workers hand runs to the execution pool */
+    gt_store *store;
+    gt_api *api;
+    gt_sessions *sess;
+    gt_bus *bus;
+} worker;
+
+typedef struct session {
+    char user[160];
+    role role;
+    bool login;             /* a login token (sliding expiry), not an API key */
+    bool must_change;
+    char hash[65];
+} session;
+
+#define N_METHODS 8
+#define N_BUCKETS 12
+static const double buckets[N_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1,   0.25,   0.5,   1,    2.5,   10};
+static const char *const methods[N_METHODS] = {"GET",  "POST", "PUT",     "PATCH",
+                                               "DELETE", "HEAD", "OPTIONS", "OTHER"};
+
+typedef struct metrics {
+    pthread_mutex_t mu;
+    uint64_t requests[N_METHODS][500]; /* by method and status 100..599 */
+    uint64_t bucket[N_BUCKETS];
+    uint64_t count;
+    double sum;
+} metrics;
+
+struct gt_ctl {
+    gt_ctl_config c;
+    char *queue_name;          /* tokend's request queue */
+    worker *workers;
+    pthread_t *exec;
+    int nexec;
+    pthread_mutex_t mu;        /* guards the run queue */
+    pthread_cond_t cv;
+    gt_strv runq;
+    size_t runq_head;
+    bool stopping;
+    metrics m;
+};
+
+/* ---------- responses ---------- */
+
+static void respond(gt_http_response *resp, int status, cJSON *body)
+{
+    free(resp->body);
+    resp->status = status;
+    resp->body = gt_json_print(body);
+    resp->body_len = strlen(resp->body);
+    cJSON_Delete(body);
+}
+
+static void respond_error(gt_http_response *resp, int status, const char *code,
+                          const char *message, const char *field)
+{
+    cJSON *b = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(b, "error");
+    gt_json_set_str(e, "code", code);
+    gt_json_set_str(e, "message", message);
+    if (field && field[0])
+        gt_json_set_str(e, "field", field);
+    respond(resp, status, b);
+}
+
+static gt_err enqueue(void *arg, const char *id, gt_error *err);
+
+/* ---------- per-thread connections ---------- */
+
+static gt_err worker_store(gt_ctl *ctl, worker *w, gt_error *err)
+{
+    if (w->api)
+        return GT_OK;
+    gt_err rc = ctl->c.open_store(ctl->c.open_store_arg, &w->store, err);
+    if (rc != GT_OK)
+        return rc;
+    gt_api_deps d = {
+        .store = w->store,
+        .key_file = ctl->c.key_file,
+        .key_file_explicit = ctl->c.key_file_explicit,
+        .run = ctl->c.run,
+        .runner_name = ctl->c.node,
+        .dispatch = w->dispatch ? enqueue : NULL,
+        .dispatch_arg = ctl,
+    };
+    return (w->api = gt_api_new(&d, err)) ? GT_OK : GT_EUNAVAIL;
+}
+
+static gt_err worker_sessions(gt_ctl *ctl, worker *w, gt_error *err)
+{
+    if (w->sess == NULL)
+        w->sess = gt_sessions_new(&ctl->c.sessions, err);
+    return w->sess ? GT_OK : GT_EUNAVAIL;
+}
+
+static gt_err worker_bus(gt_ctl *ctl, worker *w, gt_error *err)
+{
+    if (w->bus && !gt_bus_connected(w->bus))
+        gt_bus_free(&w->bus);
+    if (w->bus == NULL)
+        w->bus = gt_bus_connect(&ctl->c.bus, err);
+    return w->bus ? GT_OK : GT_EUNAVAIL;
+}
+
+static void worker_close(worker *w)
+{
+    gt_api_free(&w->api);
+    gt_store_free(&w->store);
+    gt_sessions_free(&w->sess);
+    gt_bus_free(&w->bus);
+}
+
+/* ---------- authentication ---------- */
+
+static role role_parse(const char *s)
+{
+    return !s ? ROLE_NONE : strcmp(s, "admin") == 0 ? ROLE_ADMIN
+                          : strcmp(s, "operator") == 0 ? ROLE_OPERATOR
+                          : strcmp(s, "viewer") == 0 ? ROLE_VIEWER : ROLE_NONE;
+}
+
+/* Reads the session behind the request's bearer token. Fills resp and returns
+ * false when the request may not go on. */
+static bool authenticate(gt_ctl *ctl, worker *w, const gt_http_request *req, session *s,
+                         gt_http_response *resp)
+{
+    const char *h = req->authorization;
+    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0 || h[7] == '\0') {
+        respond_error(resp, 401, "unauthenticated",
+                      "login required: send \"Authorization: Bearer TOKEN\" (gantry login)", NULL);
+        return false;
+    }
+    const char *token = h + 7;
+    size_t n = strlen(token);
+    if (n > 512) {
+        respond_error(resp, 401, "unauthenticated", "token is invalid or expired", NULL);
+        return false;
+    }
+    gt_sha256_hex(token, n, s->hash);
+    char key[96];
+    snprintf(key, sizeof key, "session:%s", s->hash);
+    gt_error e = {0};
+    char *value = NULL;
+    gt_err rc = worker_sessions(ctl, w, &e);
+    if (rc == GT_OK)
+        rc = gt_sessions_get(w->sess, key, &value, &e);
+    if (rc == GT_ENOTFOUND) {
+        respond_error(resp, 401, "unauthenticated", "token is invalid or expired", NULL);
+        return false;
+    }
+    if (rc != GT_OK) {
+        gt_warn("sessions: %s", e.message);
+        if (w->sess && rc != GT_EINVAL)
+            gt_sessions_free(&w->sess);
+        respond_error(resp, 503, "unavailable", "the session store (Redis) does not answer", NULL);
+        return false;
+    }
+    cJSON *doc = cJSON_Parse(value);
+    free(value);
+    const char *user = NULL, *r = NULL, *kind = NULL;
+    bool must = false;
+    gt_json_opt_str(doc, "$", "user", &user, NULL);
+    gt_json_opt_str(doc, "$", "role", &r, NULL);
+    gt_json_opt_str(doc, "$", "kind", &kind, NULL);
+    gt_json_opt_bool(doc, "$", "must_change_password", &must, NULL);
+    snprintf(s->user, sizeof s->user, "%s", user ? user : "");
+    s->role = role_parse(r);
+    s->login = kind && strcmp(kind, "login") == 0;
+    s->must_change = must;
+    cJSON_Delete(doc);
+    if (s->role == ROLE_NONE || s->user[0] == '\0') {
+        respond_error(resp, 401, "unauthenticated", "token is invalid or expired", NULL);
+        return false;
+    }
+    if (s->login) { /* sliding expiry: a session in use stays alive */
+        value = NULL;
+        if (gt_sessions_get_touch(w->sess, key, ctl->c.token_ttl_ms, &value, NULL) == GT_OK)
+            free(value);
+    }
+    return true;
+}
+
+static bool authorize(const session *s, role need, gt_http_response *resp)
+{
+    if (s->must_change) {
+        respond_error(resp, 403, "password_change_required",
+                      "the password must be changed first (gantry login --change-password)", NULL);
+        return false;
+    }
+    if (s->role < need) {
+        static const char *names[] = {"", "viewer", "operator", "admin"};
+        char msg[128];
+        snprintf(msg, sizeof msg, "this needs the %s role", names[need]);
+        respond_error(resp, 403, "forbidden", msg, NULL);
+        return false;
+    }
+    return true;
+}
+
+/* ---------- gantry-tokend over AMQP ---------- */
+
+static int tokend_status(const char *code)
+{
+    static const struct { const char *code; int status; } map[] = {
+        {"invalid_argument", 400}, {"unauthenticated", 401}, {"forbidden", 403},
+        {"locked", 403},           {"not_found", 404},      {"conflict", 409},
+        {"throttled", 429},
+    };
+    for (size_t i = 0; code && i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(code, map[i].code) == 0)
+            return map[i].status;
+    return 500;
+}
+
+/* Sends req to tokend. On success *out is its reply; otherwise resp is filled. */
+static bool tokend_call(gt_ctl *ctl, worker *w, cJSON *req, cJSON **out, gt_http_response *resp)
+{
+    gt_error e = {0};
+    char *text = gt_json_print(req), *reply = NULL;
+    size_t len = 0;
+    gt_err rc = worker_bus(ctl, w, &e);
+    if (rc == GT_OK)
+        rc = gt_bus_rpc(w->bus, ctl->queue_name, text, strlen(text),
+                        ctl->c.rpc_timeout_ms ? ctl->c.rpc_timeout_ms : 5000, &reply, &len, &e);
+    gt_wipe(text, strlen(text)); /* may hold a password */
+    free(text);
+    if (rc == GT_ETIMEDOUT) {
+        respond_error(resp, 503, "unavailable", "the token service (gantry-tokend) did not answer",
+                      NULL);
+        return false;
+    }
+    if (rc != GT_OK) {
+        gt_warn("broker: %s", e.message);
+        gt_bus_free(&w->bus);
+        respond_error(resp, 503, "unavailable", "the message broker (RabbitMQ) does not answer", NULL);
+        return false;
+    }
+    cJSON *r = cJSON_Parse(reply);
+    gt_wipe(reply, len); /* may hold a token */
+    free(reply);
+    if (!cJSON_IsObject(r)) {
+        cJSON_Delete(r);
+        respond_error(resp, 502, "internal", "gantry-tokend sent a malformed reply", NULL);
+        return false;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok"))) {
+        cJSON_DeleteItemFromObjectCaseSensitive(r, "ok");
+        *out = r;
+        return true;
+    }
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(r, "error");
+    const char *code = NULL, *msg = NULL, *field = NULL;
+    gt_json_opt_str(err, "$", "code", &code, NULL);
+    gt_json_opt_str(err, "$", "message", &msg, NULL);
+    gt_json_opt_str(err, "$", "field", &field, NULL);
+    int status = tokend_status(code);
+    const cJSON *ra = cJSON_GetObjectItemCaseSensitive(r, "retry_after");
+    if (cJSON_IsNumber(ra))
+        resp->retry_after = gt_xasprintf("%d", ra->valueint > 0 ? ra->valueint : 1);
+    respond_error(resp, status, code ? code : "internal", msg ? msg : "token service error", field);
+    cJSON_Delete(r);
+    return false;
+}
+
+/* The request body as a JSON object with only the allowed members. */
+static cJSON *body_object(const gt_http_request *req, const char *const *allowed,
+                          gt_http_response *resp)
+{
+    cJSON *b = NULL;
+    gt_error e = {0};
+    if (req->body == NULL || req->body_len == 0) {
+        respond_error(resp, 400, "invalid_argument", "a JSON object body is required", "$");
+        return NULL;
+    }
+    if (gt_json_parse(req->body, req->body_len, "request body", &b, &e) != GT_OK ||
+        (!cJSON_IsObject(b) && gt_error_setf(&e, GT_EINVAL, "$", "$: expected a JSON object")) ||
+        gt_json_only(b, "$", allowed, &e) != GT_OK) {
+        respond_error(resp, 400, "invalid_argument", e.message, e.field);
+        cJSON_Delete(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Copies the string members named in keys from body into req (missing → error). */
+static bool copy_strings(const cJSON *body, cJSON *req, const char *const *keys,
+                         const char *const *as, bool required, gt_http_response *resp)
+{
+    for (size_t i = 0; keys[i]; i++) {
+        const char *v = NULL;
+        gt_error e = {0};
+        gt_err rc = required ? gt_json_str(body, "$", keys[i], &v, &e)
+                             : gt_json_opt_str(body, "$", keys[i], &v, &e);
+        if (rc != GT_OK) {
+            respond_error(resp, 400, "invalid_argument", e.message, e.field);
+            return false;
+        }
+        if (v)
+            gt_json_set_str(req, as[i], v);
+    }
+    return true;
+}
+
+typedef struct ctx {
+    gt_ctl *ctl;
+    worker *w;
+    const gt_http_request *req;
+    gt_http_response *resp;
+    session s;
+    char *param;       /* {name} */
+} ctx;
+
+static void rpc_reply(ctx *x, cJSON *rpc, int status)
+{
+    cJSON *out = NULL;
+    if (tokend_call(x->ctl, x->w, rpc, &out, x->resp))
+        respond(x->resp, status, out);
+    cJSON_Delete(rpc);
+}
+
+static void h_login(ctx *x)
+{
+    static const char *const allowed[] = {"username", "password", NULL};
+    static const char *const keys[] = {"username", "password", NULL};
+    cJSON *b = body_object(x->req, allowed, x->resp);
+    if (b == NULL)
+        return;
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "login");
+    gt_json_set_str(rpc, "source", x->req->peer ? x->req->peer : "");
+    if (copy_strings(b, rpc, keys, keys, true, x->resp))
+        rpc_reply(x, rpc, 200);
+    else
+        cJSON_Delete(rpc);
+    cJSON_Delete(b);
+}
+
+static void h_password(ctx *x)
+{
+    static const char *const keys[] = {"username", "password", "new_password", NULL};
+    cJSON *b = body_object(x->req, keys, x->resp);
+    if (b == NULL)
+        return;
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "change_password");
+    gt_json_set_str(rpc, "source", x->req->peer ? x->req->peer : "");
+    if (copy_strings(b, rpc, keys, keys, true, x->resp))
+        rpc_reply(x, rpc, 200);
+    else
+        cJSON_Delete(rpc);
+    cJSON_Delete(b);
+}
+
+static void h_logout(ctx *x)
+{
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "logout");
+    gt_json_set_str(rpc, "token_hash", x->s.hash);
+    rpc_reply(x, rpc, 200);
+}
+
+static void h_users_list(ctx *x)
+{
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "list_users");
+    rpc_reply(x, rpc, 200);
+}
+
+static void h_users_create(ctx *x)
+{
+    static const char *const allowed[] = {"name", "role", "password", NULL};
+    static const char *const req_keys[] = {"name", "role", NULL};
+    static const char *const req_as[] = {"username", "role", NULL};
+    static const char *const opt_keys[] = {"password", NULL};
+    cJSON *b = body_object(x->req, allowed, x->resp);
+    if (b == NULL)
+        return;
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "create_user");
+    if (copy_strings(b, rpc, req_keys, req_as, true, x->resp) &&
+        copy_strings(b, rpc, opt_keys, opt_keys, false, x->resp))
+        rpc_reply(x, rpc, 201);
+    else
+        cJSON_Delete(rpc);
+    cJSON_Delete(b);
+}
+
+static void h_users_delete(ctx *x)
+{
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "delete_user");
+    gt_json_set_str(rpc, "username", x->param);
+    rpc_reply(x, rpc, 200);
+}
+
+static void h_apikey(ctx *x)
+{
+    static const char *const allowed[] = {"name", NULL};
+    cJSON *b = (x->req->body && x->req->body_len) ? body_object(x->req, allowed, x->resp)
+                                                  : cJSON_CreateObject();
+    if (b == NULL)
+        return;
+    cJSON *rpc = cJSON_CreateObject();
+    gt_json_set_str(rpc, "op", "create_apikey");
+    gt_json_set_str(rpc, "username", x->s.user);
+    if (copy_strings(b, rpc, allowed, allowed, false, x->resp))
+        rpc_reply(x, rpc, 201);
+    else
+        cJSON_Delete(rpc);
+    cJSON_Delete(b);
+}
+
+static void h_whoami(ctx *x)
+{
+    static const char *names[] = {"", "viewer", "operator", "admin"};
+    cJSON *b = cJSON_CreateObject();
+    gt_json_set_str(b, "user", x->s.user);
+    gt_json_set_str(b, "role", names[x->s.role]);
+    gt_json_set_str(b, "kind", x->s.login ? "login" : "apikey");
+    respond(x->resp, 200, b);
+}
+
+/* ---------- health and metrics ---------- */
+
+static void dep(cJSON *deps, const char *name, gt_err rc, const gt_error *e, const char *detail,
+                bool *ok)
+{
+    cJSON *d = cJSON_AddObjectToObject(deps, name);
+    gt_json_set_str(d, "state", rc == GT_OK ? "up" : "down");
+    if (rc != GT_OK)
+        gt_json_set_str(d, "error", e->message[0] ? e->message : gt_strerror(rc));
+    if (detail)
+        gt_json_set_str(d, "address", detail);
+    *ok &= rc == GT_OK;
+}
+
+static void h_health(ctx *x)
+{
+    gt_ctl *ctl = x->ctl;
+    cJSON *b = cJSON_CreateObject();
+    gt_json_set_str(b, "node", ctl->c.node);
+    bool exclude = x->req->query && strstr(x->req->query, "exclude-services=true");
+    bool ok = true;
+    if (!exclude) {
+        cJSON *deps = cJSON_AddObjectToObject(b, "dependencies");
+        gt_error e = {0};
+        gt_err rc = worker_store(ctl, x->w, &e);
+        char *body = NULL;
+        if (rc == GT_OK) {
+            rc = gt_store_get(x->w->store, "health", "probe", &body, NULL, &e);
+            free(body);
+            if (rc == GT_ENOTFOUND)
+                rc = GT_OK;
+        }
+        dep(deps, "store", rc, &e, NULL, &ok);
+        e = (gt_error){0};
+        rc = worker_bus(ctl, x->w, &e);
+        dep(deps, "broker", rc, &e, NULL, &ok);
+        e = (gt_error){0};
+        rc = worker_sessions(ctl, x->w, &e);
+        if (rc == GT_OK && (rc = gt_sessions_ping(x->w->sess, &e)) != GT_OK)
+            gt_sessions_free(&x->w->sess);
+        dep(deps, "sessions", rc, &e, x->w->sess ? gt_sessions_master(x->w->sess) : NULL, &ok);
+    }
+    gt_json_set_str(b, "status", ok ? "ok" : "unavailable");
+    respond(x->resp, ok ? 200 : 503, b);
+}
+
+static int method_index(const char *m)
+{
+    for (int i = 0; i < N_METHODS - 1; i++)
+        if (strcmp(m, methods[i]) == 0)
+            return i;
+    return N_METHODS - 1;
+}
+
+static void observe(gt_ctl *ctl, const char *method, int status, double seconds)
+{
+    metrics *m = &ctl->m;
+    pthread_mutex_lock(&m->mu);
+    if (status >= 100 && status <= 599)
+        m->requests[method_index(method)][status - 100]++;
+    for (int i = 0; i < N_BUCKETS; i++)
+        if (seconds <= buckets[i])
+            m->bucket[i]++;
+    m->count++;
+    m->sum += seconds;
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void h_metrics(ctx *x)
+{
+    gt_ctl *ctl = x->ctl;
+    metrics *m = &ctl->m;
+    gt_buf b = {0};
+    gt_buf_puts(&b, "# HELP gantry_http_requests_total HTTP requests answered, by method and status.\n"
+                    "# TYPE gantry_http_requests_total counter\n");
+    pthread_mutex_lock(&m->mu);
+    for (int i = 0; i < N_METHODS; i++)
+        for (int s = 0; s < 500; s++)
+            if (m->requests[i][s])
+                gt_buf_printf(&b, "gantry_http_requests_total{method=\"%s\",code=\"%d\"} %llu\n",
+                              methods[i], s + 100, (unsigned long long)m->requests[i][s]);
+    gt_buf_puts(&b, "# HELP gantry_http_request_duration_seconds Time to answer a request.\n"
+                    "# TYPE gantry_http_request_duration_seconds histogram\n");
+    for (int i = 0; i < N_BUCKETS; i++)
+        gt_buf_printf(&b, "gantry_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n", buckets[i],
+                      (unsigned long long)m->bucket[i]);
+    gt_buf_printf(&b, "gantry_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+                      "gantry_http_request_duration_seconds_sum %.6f\n"
+                      "gantry_http_request_duration_seconds_count %llu\n",
+                  (unsigned long long)m->count, m->sum, (unsigned long long)m->count);
+    pthread_mutex_unlock(&m->mu);
+    static const char *const states[] = {"accepted", "queued", "running", "succeeded", "failed",
+                                         "timed_out", "canceled", "lost", NULL};
+    gt_buf_puts(&b, "# HELP gantry_executions Executions in the store, by state.\n"
+                    "# TYPE gantry_executions gauge\n");
+    if (worker_store(ctl, x->w, NULL) == GT_OK) {
+        for (size_t i = 0; states[i]; i++) {
+            uint64_t n = 0;
+            char *cursor = NULL;
+            do {
+                gt_store_page page = {0};
+                if (gt_store_query(x->w->store, "executions", "state", states[i], cursor, 10000,
+                                   &page, NULL) != GT_OK)
+                    break;
+                n += page.n;
+                free(cursor);
+                cursor = gt_xstrdup(page.next_cursor);
+                gt_store_page_clear(&page);
+            } while (cursor);
+            free(cursor);
+            gt_buf_printf(&b, "gantry_executions{state=\"%s\"} %llu\n", states[i],
+                          (unsigned long long)n);
+        }
+    }
+    gt_buf_printf(&b, "# TYPE gantry_build_info gauge\ngantry_build_info{version=\"%s\",node=\"%s\"} 1\n",
+                  GANTRY_VERSION, ctl->c.node);
+    free(x->resp->body);
+    x->resp->status = 200;
+    x->resp->content_type = "text/plain; version=0.0.4";
+    x->resp->body_len = b.len;
+    x->resp->body = gt_buf_steal(&b);
+}
+
+/* ---------- routing ---------- */
+
+typedef struct route {
+    const char *method;
+    const char *pattern;   /* "{name}" matches one segment */
+    void (*fn)(ctx *x);
+    role need;
+    bool auth;
+} route;
+
+static const route routes[] = {
+    {"POST", "/api/v1/login", h_login, ROLE_NONE, false},
+    {"POST", "/api/v1/password", h_password, ROLE_NONE, false},
+    {"POST", "/api/v1/logout", h_logout, ROLE_NONE, true},
+    {"GET", "/api/v1/whoami", h_whoami, ROLE_VIEWER, true},
+    {"GET", "/api/v1/users", h_users_list, ROLE_ADMIN, true},
+    {"POST", "/api/v1/users", h_users_create, ROLE_ADMIN, true},
+    {"DELETE", "/api/v1/users/{name}", h_users_delete, ROLE_ADMIN, true},
+    {"POST", "/api/v1/apikeys", h_apikey, ROLE_VIEWER, true},
+    {"GET", "/health/status", h_health, ROLE_NONE, false},
+    {"GET", "/metrics", h_metrics, ROLE_NONE, false},
+};
+
+/* Matches path against pattern; *param gets the {name} segment (malloc'd). */
+static bool match(const char *pattern, const char *path, char **param)
+{
+    const char *brace = strchr(pattern, '{');
+    if (brace == NULL)
+        return strcmp(pattern, path) == 0;
+    size_t pre = (size_t)(brace - pattern);
+    if (strncmp(pattern, path, pre) != 0)
+        return false;
+    const char *seg = path + pre;
+    size_t n = strcspn(seg, "/");
+    if (n == 0 || seg[n] != '\0' || n > 256)
+        return false;
+    *param = gt_xstrndup(seg, n);
+    return true;
+}
+
+/* Role an API route needs: reading is for viewers, running for operators, the rest
+ * for admins. */
+static role api_role(const char *method, const char *path)
+{
+    if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
+        return ROLE_VIEWER;
+    size_t n = strlen(path);
+    if (strcmp(method, "POST") == 0 && n > 4 && strcmp(path + n - 4, "/run") == 0)
+        return ROLE_OPERATOR;
+    return ROLE_ADMIN;
+}
+
+void gt_ctl_handle(void *arg, int worker_index, const gt_http_request *req, gt_http_response *resp)
+{
+    gt_ctl *ctl = arg;
+    int64_t t0 = gt_mono_ms();
+    ctx x = {.ctl = ctl, .w = &ctl->workers[worker_index], .req = req, .resp = resp};
+    const route *found = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !found; i++) {
+        char *param = NULL;
+        if (match(routes[i].pattern, req->path, &param)) {
+            path_known = true;
+            if (strcmp(routes[i].method, req->method) == 0) {
+                found = &routes[i];
+                x.param = param;
+                param = NULL;
+            }
+        }
+        free(param);
+    }
+    if (found) {
+        if (!found->auth || (authenticate(ctl, x.w, req, &x.s, resp) &&
+                             (found->fn == h_logout || authorize(&x.s, found->need, resp))))
+            found->fn(&x);
+    } else if (path_known) {
+        respond_error(resp, 405, "invalid_argument", "method not allowed on this path", NULL);
+    } else if (strncmp(req->path, "/api/v1/", 8) != 0) {
+        respond_error(resp, 404, "not_found", "no such route", NULL);
+    } else if (authenticate(ctl, x.w, req, &x.s, resp) &&
+               authorize(&x.s, api_role(req->method, req->path), resp)) {
+        gt_error e = {0};
+        if (worker_store(ctl, x.w, &e) != GT_OK) {
+            respond_error(resp, 503, "unavailable", e.message, NULL);
+        } else {
+            gt_api_response ar = {0};
+            gt_api_handle(x.w->api, req->method, req->path, req->query, req->body, req->body_len,
+                          &ar);
+            respond(resp, ar.status, ar.body);
+        }
+    }
+    free(x.param);
+    observe(ctl, req->method, resp->status, (double)(gt_mono_ms() - t0) / 1000.0);
+}
+
+void gt_ctl_print_routes(FILE *out)
+{
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        fprintf(out, "%s %s\n", routes[i].method, routes[i].pattern);
+    for (const gt_api_route_info *r = gt_api_routes(); r->method; r++)
+        fprintf(out, "%s %s\n", r->method, r->pattern);
+}
+
+/* ---------- execution workers ---------- */
+
+static gt_err enqueue(void *arg, const char *id, gt_error *err)
+{
+    gt_ctl *ctl = arg;
+    pthread_mutex_lock(&ctl->mu);
+    bool stopping = ctl->stopping;
+    if (!stopping) {
+        gt_strv_push(&ctl->runq, id);
+        pthread_cond_signal(&ctl->cv);
+    }
+    pthread_mutex_unlock(&ctl->mu);
+    return stopping ? gt_error_set(err, GT_EUNAVAIL, "the controller is shutting down") : GT_OK;
+}
+
+static void *exec_main(void *arg)
+{
+    gt_ctl *ctl = arg;
+    worker w = {0};
+    for (;;) {
+        pthread_mutex_lock(&ctl->mu);
+        while (!ctl->stopping && ctl->runq_head == ctl->runq.n)
+            pthread_cond_wait(&ctl->cv, &ctl->mu);
+        if (ctl->runq_head == ctl->runq.n) { /* stopping, and nothing left */
+            pthread_mutex_unlock(&ctl->mu);
+            break;
+        }
+        char *id = gt_xstrdup(ctl->runq.v[ctl->runq_head++]);
+        pthread_mutex_unlock(&ctl->mu);
+        gt_error e = {0};
+        if (worker_store(ctl, &w, &e) != GT_OK || gt_api_execute(w.api, id, &e) != GT_OK)
+            gt_errorlog("execution %s: %s", id, e.message);
+        free(id);
+    }
+    worker_close(&w);
+    return NULL;
+}
+
+gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
+{
+    gt_ctl *ctl = gt_xcalloc(1, sizeof *ctl);
+    ctl->c = *cfg;
+    ctl->queue_name = gt_xasprintf("gantry.%s.auth", cfg->cluster_id);
+    ctl->workers = gt_xcalloc((size_t)(cfg->http_workers > 0 ? cfg->http_workers : 1), sizeof *ctl->workers);
+    pthread_mutex_init(&ctl->mu, NULL);
+    pthread_cond_init(&ctl->cv, NULL);
+    pthread_mutex_init(&ctl->m.mu, NULL);
+    /* executions a previous controller process left behind end now, as lost */
+    worker w = {0};
+    if (worker_store(ctl, &w, err) != GT_OK) {
+        worker_close(&w);
+        gt_ctl_free(&ctl);
+        return NULL;
+    }
+    int reaped = gt_api_reap_local(w.api);
+    if (reaped)
+        gt_warn("%d execution(s) of a previous controller process marked lost", reaped);
+    worker_close(&w);
+    for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++)
+        ctl->workers[i].dispatch = true;
+    ctl->nexec = cfg->exec_workers > 0 ? cfg->exec_workers : 4;
+    ctl->exec = gt_xcalloc((size_t)ctl->nexec, sizeof *ctl->exec);
+    for (int i = 0; i < ctl->nexec; i++)
+        pthread_create(&ctl->exec[i], NULL, exec_main, ctl);
+    return ctl;
+}
+
+void gt_ctl_free(gt_ctl **pctl)
+{
+    if (pctl == NULL || *pctl == NULL)
+        return;
+    gt_ctl *ctl = *pctl;
+    pthread_mutex_lock(&ctl->mu);
+    ctl->stopping = true;
+    pthread_cond_broadcast(&ctl->cv);
+    pthread_mutex_unlock(&ctl->mu);
+    for (int i = 0; ctl->exec && i < ctl->nexec; i++)
+        pthread_join(ctl->exec[i], NULL);
+    for (int i = 0; i < (ctl->c.http_workers > 0 ? ctl->c.http_workers : 1); i++)
+        worker_close(&ctl->workers[i]);
+    gt_strv_free(&ctl->runq);
+    pthread_mutex_destroy(&ctl->m.mu);
+    pthread_cond_destroy(&ctl->cv);
+    pthread_mutex_destroy(&ctl->mu);
+    free(ctl->exec);
+    free(ctl->workers);
+    free(ctl->queue_name);
+    free(ctl);
+    *pctl = NULL;
+}

@@ -1,0 +1,200 @@
+/* gantry-controller: the REST API. main.c wires configuration, store, sessions,
+ * bus and the HTTP server together and owns the event loop. */
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "controller.h"
+#include "http.h"
+#include "log.h"
+#include "store.h"
+
+extern char **environ;
+
+static int open_store(void *arg, gt_store **store, gt_error *err)
+{
+    const gt_config *cfg = arg;
+    switch (cfg->store.backend) {
+    case GT_BACKEND_LOCAL:
+        *store = gt_store_open_local(cfg->store.path, err);
+        break;
+    case GT_BACKEND_MEMORY:
+        /* one memory store per thread would split the data: refuse */
+        return gt_error_set(err, GT_EINVAL, "[store] backend = memory cannot be shared by the "
+                                            "controller's threads; use local");
+    default:
+        return gt_error_set(err, GT_EINVAL, "[store] backend = %s is not available yet",
+                            gt_config_backend_name(cfg->store.backend));
+    }
+    return *store ? GT_OK : GT_EUNAVAIL;
+}
+
+static void on_signal(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gt_info("shutting down");
+    event_base_loopexit(arg, NULL);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: gantry-controller [--config FILE] [--routes] [--check-config]\n"
+               "Serves Gantry's REST API ([application] mode = server).\n"
+               "  --config FILE    configuration file (default: $GANTRY_CONFIG, ~/.gantry/gantry.conf,\n"
+               "                   /etc/gantry/gantry.conf)\n"
+               "  --check-config   load and check the configuration, then exit\n"
+               "  --routes         print every route served, then exit\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"routes", no_argument, NULL, 'r'},
+        {"check-config", no_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL;
+    bool check_only = false;
+    for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+        switch (o) {
+        case 'c': config_path = optarg; break;
+        case 'r': gt_ctl_print_routes(stdout); return 0;
+        case 'k': check_only = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "gantry-controller: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    gt_error e = {0};
+    gt_config *cfg = gt_config_new();
+    if (gt_config_load(cfg, config_path, environ, &e) != GT_OK || gt_config_finish(cfg, &e) != GT_OK) {
+        fprintf(stderr, "gantry-controller: configuration: %s\n", e.message);
+        gt_config_free(&cfg);
+        return 2;
+    }
+    if (cfg->application.mode != GT_MODE_SERVER) {
+        fprintf(stderr, "gantry-controller: [application] mode is %s; the controller needs server\n",
+                gt_config_mode_name(cfg->application.mode));
+        gt_config_free(&cfg);
+        return 2;
+    }
+    if (check_only) {
+        printf("configuration OK (%s)\n", gt_config_path(cfg) ? gt_config_path(cfg) : "defaults");
+        gt_config_free(&cfg);
+        return 0;
+    }
+    gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "controller");
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    if (gt_mkdir_p(cfg->application.working_dir, 0700, &e) != GT_OK) {
+        fprintf(stderr, "gantry-controller: %s\n", e.message);
+        gt_config_free(&cfg);
+        return 1;
+    }
+
+    gt_run_options run = {
+        .working_dir = cfg->application.working_dir,
+        .git = cfg->runner.git,
+        .python = cfg->runner.python,
+        .ansible_playbook = cfg->runner.ansible_playbook,
+        .output_limit = (size_t)cfg->runner.output_limit,
+        .kill_grace_ms = cfg->runner.kill_grace_period,
+        .default_timeout_ms = cfg->runner.default_timeout,
+        .fetch_timeout_ms = cfg->runner.fetch_timeout,
+        .pip_index_url = cfg->runner.pip_index_url,
+        .pip_extra_index_url = cfg->runner.pip_extra_index_url,
+        .pip_find_links = cfg->runner.pip_find_links,
+        .pip_trusted_host = cfg->runner.pip_trusted_host,
+        .pip_no_index = cfg->runner.pip_no_index,
+        .environ = environ,
+    };
+    char host[128] = "controller";
+    gethostname(host, sizeof host);
+    char *node = gt_xasprintf("%s:%lld", host, (long long)cfg->server.port);
+    char *prefix = gt_xasprintf("gantry:%s:", cfg->application.cluster_id);
+    const char *src = gt_config_source(cfg, "secrets", "encrypt_key_file");
+    int workers = cfg->server.worker_threads > 0 ? (int)cfg->server.worker_threads : 4;
+    gt_ctl_config cc = {
+        .node = node,
+        .cluster_id = cfg->application.cluster_id,
+        .open_store = open_store,
+        .open_store_arg = cfg,
+        .key_file = cfg->secrets.encrypt_key_file,
+        .key_file_explicit = src && strncmp(src, "derived", 7) != 0,
+        .run = &run,
+        .sessions = {
+            .sentinels = cfg->sessions.sentinels.v,
+            .master_name = cfg->sessions.master_name,
+            .host = cfg->sessions.host,
+            .password = cfg->sessions.password,
+            .db = cfg->sessions.db,
+            .prefix = prefix,
+        },
+        .token_ttl_ms = cfg->sessions.token_ttl,
+        .bus = {
+            .hosts = cfg->broker.hosts.v,
+            .vhost = cfg->broker.vhost,
+            .username = cfg->broker.username,
+            .password = cfg->broker.password,
+            .use_tls = cfg->broker.use_tls,
+            .ca_certificate_file = cfg->broker.ca_certificate_file,
+            .certificate_file = cfg->broker.certificate_file,
+            .private_key_file = cfg->broker.private_key_file,
+            .heartbeat_s = cfg->broker.heartbeat / 1000,
+        },
+        .http_workers = workers,
+        .exec_workers = (int)cfg->runner.capacity,
+    };
+    int rc = 1;
+    struct event_base *base = event_base_new();
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    event_add(sigint, NULL);
+    event_add(sigterm, NULL);
+    gt_http_server *http = NULL;
+    gt_ctl *ctl = gt_ctl_new(&cc, &e);
+    if (ctl == NULL) {
+        fprintf(stderr, "gantry-controller: %s\n", e.message);
+        goto done;
+    }
+    gt_http_server_config hc = {
+        .listen_address = cfg->server.listen_address,
+        .port = cfg->server.port,
+        .use_tls = cfg->server.use_tls,
+        .certificate_file = cfg->server.certificate_file,
+        .private_key_file = cfg->server.private_key_file,
+        .max_body_size = cfg->server.max_body_size,
+        .workers = workers,
+        .handler = gt_ctl_handle,
+        .arg = ctl,
+    };
+    if ((http = gt_http_server_new(base, &hc, &e)) == NULL) {
+        fprintf(stderr, "gantry-controller: %s\n", e.message);
+        goto done;
+    }
+    /* the readiness line tests and supervisors wait for */
+    gt_info("gantry-controller ready on %s://%s:%d", cfg->server.use_tls ? "https" : "http",
+            cfg->server.listen_address, gt_http_server_port(http));
+    event_base_dispatch(base);
+    rc = 0;
+done:
+    gt_http_server_free(&http);
+    gt_ctl_free(&ctl);
+    event_free(sigint);
+    event_free(sigterm);
+    event_base_free(base);
+    free(prefix);
+    free(node);
+    gt_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,282 @@
+"""Server and client modes: gantry-controller, gantry-tokend, Redis through
+Sentinel and RabbitMQ, all real, on loopback ports of their own."""
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+
+from conftest import ROOT, ClientGantry
+
+
+def request(port, method, path, body=None, token=None, raw=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if data is not None:
+        h.setdefault("Content-Type", "application/json")
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    text = r.read()
+    c.close()
+    try:
+        return r.status, json.loads(text) if text else None
+    except ValueError:
+        return r.status, text.decode(errors="replace")
+
+
+def login(port, user, password):
+    st, b = request(port, "POST", "/api/v1/login", {"username": user, "password": password})
+    assert st == 200, b
+    return b["token"]
+
+
+def test_first_login_must_change_password(stack, tmp_path):
+    port = stack.controllers[0].port
+    assert stack.admin_password, stack.tokend.tail()
+    st, b = request(port, "POST", "/api/v1/login", {"username": "admin", "password": "wrong"})
+    assert st == 401 and b["error"]["code"] == "unauthenticated"
+    token = login(port, "admin", stack.admin_password)
+    st, b = request(port, "GET", "/api/v1/services", token=token)
+    assert st == 403 and b["error"]["code"] == "password_change_required"
+    c = ClientGantry(tmp_path, stack, stack.controllers[0])
+    p = c("login", "admin", "--password-stdin", input=f"{stack.admin_password}\n", check=1)
+    assert "--change-password" in p.stderr
+    c("login", "admin", "--change-password", "--password-stdin",
+      input=f"{stack.admin_password}\nnew-secret-pw\n", check=0)
+    token_file = c.work / "token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert c.json("get", "services")["items"] == []
+    # the old temporary password no longer works
+    st, _ = request(port, "POST", "/api/v1/login", {"username": "admin", "password": stack.admin_password})
+    assert st == 401
+
+
+def test_examples_run_remotely(client, examples_repo):
+    client("create", "repository", "examples", "--url", examples_repo, check=0)
+    client("create", "decorator", "hello-inputs", "--schema", f"@{ROOT}/examples/python/decorator.json",
+           check=0)
+    client("create", "service", "python-script", "hello", "--repository", "examples",
+           "--working-dir", "python", "--filename", "hello.py", "--decorator", "hello-inputs", check=0)
+    p = client("run", "service", "hello", "--set", "name=Ada", "--set", "count=2", check=0)
+    assert p.stdout.count("Hello, Ada!") == 2 and "state: succeeded" in p.stdout
+    client("create", "service", "ansible-playbook", "site", "--repository", "examples",
+           "--working-dir", "ansible", "--playbook", "site.yml", "--inventory", "inventory.ini", check=0)
+    assert "Working on edge with checks" in client("run", "service", "site", "--set", "target=edge",
+                                                   check=0).stdout
+    client("create", "secret", "token", input="tok-value-1\n", check=0)
+    client("create", "service", "executable", "report", "--repository", "examples", "--working-dir",
+           "shell", "--filename", "report.sh", "--secret", "name=token,type=env,target=API_TOKEN", check=0)
+    ex = client.json("run", "service", "report", "--set", "x=1")
+    assert ex["state"] == "succeeded" and "API_TOKEN is set (11 characters)" in ex["stdout"]
+    assert "tok-value-1" not in json.dumps(client.json("describe", "secret", "token"))
+    # bad input is refused by the server with the same messages as locally
+    p = client("run", "service", "hello", "--set", "name=x", "--set", "count=9", check=2)
+    assert "$.inputs.count" in p.stderr
+    p = client("delete", "repository", "examples", check=2)
+    assert "service hello" in p.stderr
+    assert [e["state"] for e in client.json("get", "executions")["items"]] == ["succeeded"] * 3
+
+
+def test_tokens_roles_and_api_keys(client, stack):
+    port = stack.controllers[0].port
+    st, b = request(port, "GET", "/api/v1/services")
+    assert st == 401 and b["error"]["code"] == "unauthenticated"
+    st, b = request(port, "GET", "/api/v1/services", token="not-a-token")
+    assert st == 401
+    p = client("create", "user", "vera", "--role", "viewer", check=0)
+    temp = p.stdout.split("must be changed at the first login): ")[1].strip()
+    client("create", "user", "otto", "--role", "operator", "--password-stdin",
+           input="otto-password\n", check=0)
+    users = {u["name"]: u["role"] for u in client.json("get", "users")["items"]}
+    assert users == {"admin": "admin", "vera": "viewer", "otto": "operator"}
+    st, b = request(port, "POST", "/api/v1/password",
+                    {"username": "vera", "password": temp, "new_password": "vera-password"})
+    assert st == 200, b
+    vera = login(port, "vera", "vera-password")
+    otto = login(port, "otto", "otto-password")
+    assert request(port, "GET", "/api/v1/services", token=vera)[0] == 200
+    st, b = request(port, "POST", "/api/v1/repositories", {"name": "r", "url": "/x"}, token=vera)
+    assert st == 403 and "admin" in b["error"]["message"]
+    st, b = request(port, "POST", "/api/v1/services/none/run", {}, token=vera)
+    assert st == 403 and "operator" in b["error"]["message"]
+    assert request(port, "POST", "/api/v1/services/none/run", {}, token=otto)[0] == 404
+    assert request(port, "GET", "/api/v1/users", token=otto)[0] == 403
+    # an API key works like a token, until it is revoked by a password change
+    st, b = request(port, "POST", "/api/v1/apikeys", {"name": "ci"}, token=otto)
+    assert st == 201 and b["api_key"]
+    key = b["api_key"]
+    assert request(port, "GET", "/api/v1/whoami", token=key)[1]["user"] == "otto"
+    st, _ = request(port, "POST", "/api/v1/password",
+                    {"username": "otto", "password": "otto-password", "new_password": "otto-password-2"})
+    assert st == 200
+    assert request(port, "GET", "/api/v1/whoami", token=key)[0] == 401
+    assert request(port, "GET", "/api/v1/whoami", token=otto)[0] == 401
+    client("delete", "user", "vera", check=0)
+    assert request(port, "GET", "/api/v1/whoami", token=vera)[0] == 401
+
+
+def test_logout_revokes_on_every_controller(client, stack):
+    a, b = stack.controllers[0].port, stack.controllers[1].port
+    token = client.work.joinpath("token").read_text().strip()
+    assert request(b, "GET", "/api/v1/services", token=token)[0] == 200
+    client("logout", check=0)
+    assert not client.work.joinpath("token").exists()
+    assert request(a, "GET", "/api/v1/services", token=token)[0] == 401
+    assert request(b, "GET", "/api/v1/services", token=token)[0] == 401
+    p = client("get", "services", check=2)
+    assert "gantry login" in p.stderr
+
+
+def test_expired_token(servers, tmp_path):
+    from testenv.stack import GantryStack
+    from conftest import BIN_DIR
+    redis, rabbit = servers
+    s = GantryStack(str(tmp_path / "short"), BIN_DIR, redis=redis, rabbit=rabbit,
+                    env_extra={"GANTRY_SESSIONS_TOKEN_TTL": "2s"})
+    s.start(controllers=1)
+    try:
+        port = s.controllers[0].port
+        st, _ = request(port, "POST", "/api/v1/password", {"username": "admin",
+                        "password": s.admin_password, "new_password": "admin-password-1"})
+        assert st == 200
+        token = login(port, "admin", "admin-password-1")
+        assert request(port, "GET", "/api/v1/services", token=token)[0] == 200
+        time.sleep(1.2)  # use renews the sliding expiry
+        assert request(port, "GET", "/api/v1/services", token=token)[0] == 200
+        time.sleep(3)
+        st, b = request(port, "GET", "/api/v1/services", token=token)
+        assert st == 401 and "expired" in b["error"]["message"]
+    finally:
+        s.stop()
+
+
+def test_bad_requests_keep_the_server_serving(client, stack):
+    port = stack.controllers[0].port
+    token = client.work.joinpath("token").read_text().strip()
+    st, b = request(port, "POST", "/api/v1/repositories", raw=b"{not json", token=token)
+    assert st == 400 and b["error"]["code"] == "invalid_argument"
+    st, b = request(port, "POST", "/api/v1/repositories", {"name": "r", "url": 5}, token=token)
+    assert st == 400 and b["error"]["field"] == "$.url"
+    st, b = request(port, "POST", "/api/v1/repositories", {"name": "r", "url": "/x", "x": 1}, token=token)
+    assert st == 400 and b["error"]["field"] == "$.x"
+    # over [server] max_body_size (1 MiB): a JSON 413; far over it, evhttp refuses before
+    # reading (libevent 2.1 cannot see headers earlier) — still 413, and the server goes on
+    st, b = request(port, "POST", "/api/v1/repositories", raw=b"{" + b" " * (3 << 19) + b"}", token=token)
+    assert st == 413 and b["error"]["code"] == "too_large"
+    try:
+        st, _ = request(port, "POST", "/api/v1/repositories", raw=b"{" + b" " * (8 << 20) + b"}",
+                        token=token)
+        assert st == 413
+    except (ConnectionError, http.client.HTTPException):
+        pass  # the server may close while the client is still sending
+    assert request(port, "GET", "/api/v1/nothing", token=token)[0] == 404
+    assert request(port, "GET", "/elsewhere")[0] == 404
+    assert request(port, "PUT", "/api/v1/services", {}, token=token)[0] == 405
+    st, b = request(port, "POST", "/api/v1/login", raw=b"[]")
+    assert st == 400
+    # a slow client and a half-closed one do not stop others
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    half = socket.create_connection(("127.0.0.1", port))
+    half.sendall(b"GET /health/status HTTP/1.1\r\nHost: x\r\n")
+    half.shutdown(socket.SHUT_WR)
+    garbage = socket.create_connection(("127.0.0.1", port))
+    garbage.sendall(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+    for _ in range(20):
+        assert request(port, "GET", "/api/v1/services", token=token)[0] == 200
+    for s in (slow, half, garbage):
+        s.close()
+    assert request(port, "GET", "/health/status?exclude-services=true")[0] == 200
+
+
+def test_health_and_metrics(client, stack):
+    port = stack.controllers[0].port
+    st, b = request(port, "GET", "/health/status")
+    assert st == 200 and b["status"] == "ok", b
+    assert set(b["dependencies"]) == {"store", "broker", "sessions"}
+    assert all(d["state"] == "up" for d in b["dependencies"].values())
+    st, text = request(port, "GET", "/metrics")
+    assert st == 200
+    assert 'gantry_http_requests_total{method="GET",code="200"}' in text
+    assert "gantry_http_request_duration_seconds_bucket" in text
+    assert 'gantry_executions{state="succeeded"}' in text
+
+
+def test_tokend_away_gives_503(client, stack):
+    port = stack.controllers[0].port
+    stack.tokend.kill()
+    t0 = time.monotonic()
+    st, b = request(port, "POST", "/api/v1/login", {"username": "admin", "password": "x"})
+    assert st == 503 and "gantry-tokend" in b["error"]["message"]
+    assert time.monotonic() - t0 < 20
+    # reading still works: tokens are checked in Redis, not by tokend
+    token = client.work.joinpath("token").read_text().strip()
+    assert request(port, "GET", "/api/v1/services", token=token)[0] == 200
+    stack.tokend.start()
+    assert request(port, "POST", "/api/v1/login", {"username": "admin",
+                   "password": "admin-password-1"})[0] == 200
+
+
+def test_sentinel_failover_loses_no_session(client, stack, servers):
+    redis, _ = servers
+    token = client.work.joinpath("token").read_text().strip()
+    ports = [c.port for c in stack.controllers]
+    results = []
+    stop = threading.Event()
+
+    def hammer():
+        i = 0
+        while not stop.is_set():
+            st, _ = request(ports[i % 2], "GET", "/api/v1/services", token=token)
+            results.append(st)
+            i += 1
+            time.sleep(0.01)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    time.sleep(0.5)
+    old = redis.master_addr()
+    redis.kill_master()
+    redis.wait_for_failover(old, timeout=60)
+    time.sleep(1.0)
+    stop.set()
+    t.join()
+    assert 401 not in results, "a valid session was lost during the failover"
+    assert results.count(200) > 10
+    # after the failover every request succeeds again
+    for p in ports:
+        assert request(p, "GET", "/api/v1/services", token=token)[0] == 200
+    redis.restart(old)  # the old master comes back as a replica
+    redis.wait_stable()
+
+
+def test_openapi_matches_the_routes(stack, client):
+    import subprocess
+    import yaml
+    spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+    served = subprocess.run([os.path.join(stack.bin_dir, "gantry-controller"), "--routes"],
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    served = {tuple(l.split(" ", 1)) for l in served if l}
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops
+                  if m in ("get", "post", "put", "patch", "delete")}
+    # the API's {kind} routes are documented once per kind
+    kinds = ["repositories", "services", "decorators", "secrets"]
+    expanded = set()
+    for m, p in served:
+        if "{kind}" in p:
+            expanded |= {(m, p.replace("{kind}", k)) for k in kinds}
+        else:
+            expanded.add((m, p))
+    norm = lambda p: p.replace("{id}", "{name}")  # noqa: E731
+    assert {(m, norm(p)) for m, p in expanded} == {(m, norm(p)) for m, p in documented}
+    port = stack.controllers[0].port
+    token = client.work.joinpath("token").read_text().strip()
+    for m, p in sorted(documented):
+        st, b = request(port, m, p.replace("{name}", "x").replace("{id}", "x"),
+                        body={} if m in ("POST", "PATCH") else None, token=token)
+        assert not (st == 404 and isinstance(b, dict) and b["error"]["message"] == "no such route"), (m, p)
+        assert st != 405, (m, p)

@@ -1,0 +1,1148 @@
+/* http.c: evhttp server with a worker pool and TLS, and the blocking client.
+ * Each test starts a server on 127.0.0.1 port 0 with its loop in a thread. Nothing
+ * here depends on timing: handlers that must stay busy wait on a condition the test
+ * releases, and time bounds are only upper limits for failure cases. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "error.h"
+#include "http.h"
+#include "util.h"
+
+extern char **environ;
+
+/* ------------------------------------------------------------------------ */
+/* Fixture: a server, its loop thread and a handler with test hooks */
+
+typedef struct fixture {
+    struct event_base *base;
+    struct event *stop_ev;
+    gt_http_server *srv;
+    pthread_t loop;
+    int port;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int blocked;        /* handlers waiting in /block */
+    bool release;       /* lets them go */
+} fixture;
+
+static char tls_dir[64];   /* certificates made once for the TLS tests; "" when skipped */
+
+static void echo_handler(void *arg, int worker, const gt_http_request *req, gt_http_response *resp)
+{
+    fixture *f = arg;
+    if (strcmp(req->path, "/block") == 0) {
+        pthread_mutex_lock(&f->mu);
+        f->blocked++;
+        pthread_cond_broadcast(&f->cond);
+        /* bounded so a broken test cannot hang forever */
+        int64_t end = gt_mono_ms() + 30000;
+        while (!f->release && gt_mono_ms() < end) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&f->cond, &f->mu, &ts);
+        }
+        pthread_mutex_unlock(&f->mu);
+        if (req->query && strcmp(req->query, "big") == 0) {
+            /* larger than any socket buffer, so writing it to a departed client fails */
+            resp->status = 200;
+            resp->body_len = 16 * 1024 * 1024;
+            resp->body = gt_xmalloc(resp->body_len);
+            memset(resp->body, 'z', resp->body_len);
+            return;
+        }
+    } else if (strcmp(req->path, "/status/404") == 0) {
+        resp->status = 404;
+        resp->body = gt_xstrdup("{\"error\":{\"code\":\"not_found\",\"message\":\"nope\"}}");
+        resp->body_len = strlen(resp->body);
+        return;
+    } else if (strcmp(req->path, "/zero") == 0) {
+        return; /* status 0 */
+    } else if (strcmp(req->path, "/retry") == 0) {
+        resp->status = 503;
+        resp->retry_after = gt_xstrdup("7");
+        return;
+    } else if (strcmp(req->path, "/text") == 0) {
+        resp->status = 200;
+        resp->content_type = "text/plain";
+        resp->body = gt_xstrdup("hello");
+        resp->body_len = 5;
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", req->method);
+    cJSON_AddStringToObject(o, "path", req->path);
+#define ADD_OPT(name, v) ((v) ? (void)cJSON_AddStringToObject(o, name, v) : (void)cJSON_AddNullToObject(o, name))
+    ADD_OPT("query", req->query);
+    ADD_OPT("authorization", req->authorization);
+    ADD_OPT("content_type", req->content_type);
+    ADD_OPT("body", req->body);
+#undef ADD_OPT
+    cJSON_AddStringToObject(o, "peer", req->peer);
+    cJSON_AddNumberToObject(o, "worker", worker);
+    cJSON_AddNumberToObject(o, "body_len", (double)req->body_len);
+    resp->body = cJSON_PrintUnformatted(o);
+    resp->body_len = strlen(resp->body);
+    resp->status = 200;
+    cJSON_Delete(o);
+}
+
+static void *loop_main(void *arg)
+{
+    fixture *f = arg;
+    event_base_dispatch(f->base);
+    return NULL;
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
+static gt_http_server_config default_config(fixture *f)
+{
+    return (gt_http_server_config){
+        .listen_address = "127.0.0.1",
+        .port = 0,
+        .max_body_size = 1024,
+        .workers = 4,
+        .timeout_ms = 0,
+        .handler = echo_handler,
+        .arg = f,
+    };
+}
+
+static fixture *start_with(const gt_http_server_config *cfg_in)
+{
+    fixture *f = gt_xcalloc(1, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cond, NULL);
+    f->base = event_base_new();
+    assert_non_null(f->base);
+    gt_http_server_config cfg = *cfg_in;
+    cfg.arg = f;
+    gt_error e = {0};
+    f->srv = gt_http_server_new(f->base, &cfg, &e);
+    if (f->srv == NULL)
+        fail_msg("gt_http_server_new: %s", e.message);
+    f->port = gt_http_server_port(f->srv);
+    assert_true(f->port > 0);
+    /* stopping through an active event works even if the loop has not started yet */
+    f->stop_ev = event_new(f->base, -1, 0, on_stop, f->base);
+    assert_int_equal(pthread_create(&f->loop, NULL, loop_main, f), 0);
+    return f;
+}
+
+static fixture *start(void)
+{
+    gt_http_server_config cfg = default_config(NULL);
+    return start_with(&cfg);
+}
+
+static void release_blocked(fixture *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->release = true;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void wait_blocked(fixture *f, int n)
+{
+    int64_t end = gt_mono_ms() + 20000;
+    pthread_mutex_lock(&f->mu);
+    while (f->blocked < n && gt_mono_ms() < end) {
+        pthread_mutex_unlock(&f->mu);
+        usleep(2000);
+        pthread_mutex_lock(&f->mu);
+    }
+    int got = f->blocked;
+    pthread_mutex_unlock(&f->mu);
+    assert_true(got >= n);
+}
+
+static void stop(fixture **fp)
+{
+    fixture *f = *fp;
+    release_blocked(f);
+    event_active(f->stop_ev, 0, 0);
+    pthread_join(f->loop, NULL);
+    gt_http_server_free(&f->srv);
+    assert_null(f->srv);
+    gt_http_server_free(&f->srv); /* NULL is fine */
+    event_free(f->stop_ev);
+    event_base_free(f->base);
+    pthread_cond_destroy(&f->cond);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+    *fp = NULL;
+}
+
+static gt_http_client_config client_for(int port)
+{
+    return (gt_http_client_config){.host = "127.0.0.1", .port = port, .timeout_ms = 20000};
+}
+
+/* Sends one request; returns the parsed JSON answer (or NULL when not JSON). */
+static cJSON *call(const gt_http_client_config *cc, const char *method, const char *path,
+                   const char *token, const char *body, int *status)
+{
+    char *resp = NULL;
+    gt_error e = {0};
+    gt_err rc = gt_http_request_send(cc, method, path, token, body, body ? strlen(body) : 0, status,
+                                     &resp, &e);
+    if (rc != GT_OK)
+        fail_msg("%s %s: %s", method, path, e.message);
+    assert_non_null(resp);
+    cJSON *j = cJSON_Parse(resp);
+    free(resp);
+    return j;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Raw sockets, for what the client will not send */
+
+static int raw_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static void raw_send(int fd, const char *s, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+        assert_true(w > 0);
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Reads until the peer closes or timeout_ms passes; *closed says which. */
+static char *raw_read_all(int fd, int timeout_ms, bool *closed)
+{
+    gt_buf b = {0};
+    gt_buf_append(&b, "", 0);
+    int64_t end = gt_mono_ms() + timeout_ms;
+    *closed = false;
+    for (;;) {
+        int64_t left = end - gt_mono_ms();
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        char buf[4096];
+        ssize_t r = recv(fd, buf, sizeof buf, 0);
+        if (r <= 0) {
+            *closed = r == 0 || errno == ECONNRESET;
+            break;
+        }
+        gt_buf_append(&b, buf, (size_t)r);
+    }
+    return gt_buf_steal(&b);
+}
+
+static char *raw_exchange(int port, const char *req, bool *closed)
+{
+    int fd = raw_connect(port);
+    raw_send(fd, req, strlen(req));
+    char *out = raw_read_all(fd, 20000, closed);
+    close(fd);
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Server tests */
+
+static void test_round_trips(void **state)
+{
+    (void)state;
+    fixture *f = start();
+    gt_http_client_config cc = client_for(f->port);
+    int status = 0;
+
+    cJSON *j = call(&cc, "GET", "/things/a%20b?x=1&y=%2F", "tok123", NULL, &status);
+    assert_int_equal(status, 200);
+    assert_string_equal(jstr(j, "method"), "GET");
+    assert_string_equal(jstr(j, "path"), "/things/a%20b");
+    assert_string_equal(jstr(j, "query"), "x=1&y=%2F");
+    assert_string_equal(jstr(j, "authorization"), "Bearer tok123");
+    assert_string_equal(jstr(j, "peer"), "127.0.0.1");
+    assert_null(jstr(j, "body"));
+    int w = cJSON_GetObjectItem(j, "worker")->valueint;
+    assert_true(w >= 0 && w < 4);
+    cJSON_Delete(j);
+
+    const char *methods[] = {"POST", "PUT", "PATCH"};
+    for (size_t i = 0; i < 3; i++) {
+        j = call(&cc, methods[i], "/items", NULL, "{\"name\":\"x\"}", &status);
+        assert_int_equal(status, 200);
+        assert_string_equal(jstr(j, "method"), methods[i]);
+        assert_string_equal(jstr(j, "body"), "{\"name\":\"x\"}");
+        assert_string_equal(jstr(j, "content_type"), "application/json");
+        assert_null(jstr(j, "authorization"));
+        assert_null(jstr(j, "query"));
+        cJSON_Delete(j);
+    }
+    /* POST without a body: NULL body, still answered */
+    j = call(&cc, "POST", "/items", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    assert_null(jstr(j, "body"));
+    cJSON_Delete(j);
+
+    j = call(&cc, "DELETE", "/items/1", "t", NULL, &status);
+    assert_int_equal(status, 200);
+    assert_string_equal(jstr(j, "method"), "DELETE");
+    cJSON_Delete(j);
+    j = call(&cc, "OPTIONS", "/items", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    assert_string_equal(jstr(j, "method"), "OPTIONS");
+    cJSON_Delete(j);
+
+    /* HEAD: status, no body */
+    char *resp = NULL;
+    assert_int_equal(gt_http_request_send(&cc, "HEAD", "/x", NULL, NULL, 0, &status, &resp, NULL), GT_OK);
+    assert_int_equal(status, 200);
+    assert_string_equal(resp, "");
+    free(resp);
+
+    /* a body that is not text still arrives whole */
+    char bin[600];
+    for (size_t i = 0; i < sizeof bin; i++)
+        bin[i] = (char)('a' + i % 26);
+    bin[sizeof bin - 1] = '\0';
+    j = call(&cc, "PUT", "/bin", NULL, bin, &status);
+    assert_string_equal(jstr(j, "body"), bin);
+    cJSON_Delete(j);
+
+    /* the client refuses what it cannot send safely */
+    gt_error e = {0};
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/x", NULL, "{}", 2, &status, &resp, &e), GT_EINVAL);
+    assert_null(resp);
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/x\r\nX-Evil: 1", NULL, NULL, 0, &status, &resp, &e),
+                     GT_EINVAL);
+    assert_int_equal(gt_http_request_send(&cc, "BREW", "/x", NULL, NULL, 0, &status, &resp, NULL), GT_EINVAL);
+    assert_int_equal(gt_http_request_send(&cc, "GET", "x", NULL, NULL, 0, &status, &resp, NULL), GT_EINVAL);
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/x", "a\nb", NULL, 0, &status, &resp, NULL), GT_EINVAL);
+    stop(&f);
+}
+
+static void test_status_and_headers_pass_through(void **state)
+{
+    (void)state;
+    fixture *f = start();
+    gt_http_client_config cc = client_for(f->port);
+    int status = 0;
+    cJSON *j = call(&cc, "GET", "/status/404", NULL, NULL, &status);
+    assert_int_equal(status, 404);
+    assert_string_equal(jstr(cJSON_GetObjectItem(j, "error"), "code"), "not_found");
+    cJSON_Delete(j);
+
+    j = call(&cc, "GET", "/zero", NULL, NULL, &status);
+    assert_int_equal(status, 500);
+    assert_string_equal(jstr(cJSON_GetObjectItem(j, "error"), "code"), "internal");
+    cJSON_Delete(j);
+
+    bool closed;
+    char *r = raw_exchange(f->port, "GET /retry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &closed);
+    assert_true(closed);
+    assert_non_null(strstr(r, "HTTP/1.1 503"));
+    assert_non_null(strstr(r, "Retry-After: 7\r\n"));
+    assert_non_null(strstr(r, "Content-Type: application/json\r\n"));
+    free(r);
+    r = raw_exchange(f->port, "GET /text HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 200"));
+    assert_non_null(strstr(r, "Content-Type: text/plain\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\nhello"));
+    free(r);
+
+    /* keep-alive: two requests on one connection, both answered in order */
+    r = raw_exchange(f->port,
+                     "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     &closed);
+    char *second = strstr(r, "\"path\":\"/b\"");
+    assert_non_null(strstr(r, "\"path\":\"/a\""));
+    assert_non_null(second);
+    assert_true(strstr(r, "\"path\":\"/a\"") < second);
+    free(r);
+
+    /* malformed request line: evhttp answers 400, the server keeps serving */
+    r = raw_exchange(f->port, "BLAH\r\n\r\n", &closed);
+    assert_non_null(strstr(r, " 400 "));
+    free(r);
+    /* a method evhttp knows but we do not allow */
+    r = raw_exchange(f->port, "TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", &closed);
+    assert_null(strstr(r, " 200 "));
+    free(r);
+    /* a body on GET would be parsed as the next request by evhttp 2.1: refused and closed */
+    r = raw_exchange(f->port, "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 400"));
+    assert_non_null(strstr(r, "GET requests take no body"));
+    assert_true(closed);
+    free(r);
+    /* Content-Length and Transfer-Encoding together: refused */
+    r = raw_exchange(f->port,
+                     "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "3\r\nabc\r\n0\r\n\r\n",
+                     &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 400"));
+    free(r);
+
+    j = call(&cc, "GET", "/still-here", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    cJSON_Delete(j);
+    stop(&f);
+}
+
+static void test_body_limit(void **state)
+{
+    (void)state;
+    fixture *f = start(); /* max_body_size 1024 */
+    gt_http_client_config cc = client_for(f->port);
+    int status = 0;
+
+    char *big = gt_xmalloc(4097);
+    memset(big, 'x', 4096);
+    big[4096] = '\0';
+    cJSON *j = call(&cc, "POST", "/upload", NULL, big, &status);
+    assert_int_equal(status, 413);
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    assert_string_equal(jstr(e, "code"), "too_large");
+    assert_string_equal(jstr(e, "message"), "request body over 1024 bytes");
+    cJSON_Delete(j);
+
+    /* exactly at the limit is fine */
+    big[1024] = '\0';
+    j = call(&cc, "POST", "/upload", NULL, big, &status);
+    assert_int_equal(status, 200);
+    assert_int_equal(cJSON_GetObjectItem(j, "body_len")->valueint, 1024);
+    cJSON_Delete(j);
+    free(big);
+
+    /* chunked bodies that grow past the limit */
+    gt_buf req = {0};
+    gt_buf_puts(&req, "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    for (int i = 0; i < 20; i++) {
+        gt_buf_puts(&req, "64\r\n");
+        for (int k = 0; k < 100; k++)
+            gt_buf_puts(&req, "y");
+        gt_buf_puts(&req, "\r\n");
+    }
+    gt_buf_puts(&req, "0\r\n\r\n");
+    bool closed;
+    char *r = raw_exchange(f->port, req.data, &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 413"));
+    assert_non_null(strstr(r, "\"code\":\"too_large\""));
+    free(r);
+    gt_buf_free(&req);
+
+    /* a huge Content-Length is refused before any body is read (evhttp's own 413) */
+    r = raw_exchange(f->port, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n", &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 413"));
+    assert_true(closed);
+    free(r);
+
+    /* a body far past the limit: evhttp answers 413 and closes mid-upload; the client
+     * reads that answer after its write fails (or, if the kernel reset the connection
+     * first, reports the server unavailable) */
+    size_t huge_len = 4 * 1024 * 1024;
+    char *huge = gt_xmalloc(huge_len + 1);
+    memset(huge, 'h', huge_len);
+    huge[huge_len] = '\0';
+    char *resp = NULL;
+    gt_error e2 = {0};
+    gt_err rc = gt_http_request_send(&cc, "POST", "/up", NULL, huge, huge_len, &status, &resp, &e2);
+    assert_true((rc == GT_OK && status == 413) || rc == GT_EUNAVAIL);
+    free(resp);
+    free(huge);
+
+    j = call(&cc, "GET", "/still-here", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    cJSON_Delete(j);
+    stop(&f);
+}
+
+typedef struct bg_call {
+    pthread_t t;
+    int port;
+    const char *path;
+    int status;
+    gt_err rc;
+    atomic_bool done;
+} bg_call;
+
+static void *bg_call_main(void *arg)
+{
+    bg_call *b = arg;
+    gt_http_client_config cc = client_for(b->port);
+    char *resp = NULL;
+    b->rc = gt_http_request_send(&cc, "GET", b->path, NULL, NULL, 0, &b->status, &resp, NULL);
+    free(resp);
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+static void test_loop_not_blocked_by_handler(void **state)
+{
+    (void)state;
+    fixture *f = start();
+    bg_call b = {.port = f->port, .path = "/block"};
+    assert_int_equal(pthread_create(&b.t, NULL, bg_call_main, &b), 0);
+    wait_blocked(f, 1);
+    /* the first handler is stuck until released; this one must still complete */
+    gt_http_client_config cc = client_for(f->port);
+    int status = 0;
+    cJSON *j = call(&cc, "GET", "/quick", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    cJSON_Delete(j);
+    assert_false(atomic_load(&b.done));
+    release_blocked(f);
+    pthread_join(b.t, NULL);
+    assert_int_equal(b.rc, GT_OK);
+    assert_int_equal(b.status, 200);
+    stop(&f);
+}
+
+/* The client hangs up while its handler runs: nothing leaks, nothing crashes, and the
+ * server keeps serving. */
+static void test_client_gone_during_handler(void **state)
+{
+    (void)state;
+    const char *reqs[] = {
+        "POST /block HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        "GET /block?big HTTP/1.1\r\nHost: x\r\n\r\n", /* the reply write fails */
+    };
+    for (size_t k = 0; k < 2; k++) {
+        fixture *f = start();
+        int fd = raw_connect(f->port);
+        raw_send(fd, reqs[k], strlen(reqs[k]));
+        wait_blocked(f, 1);
+        close(fd);
+        usleep(100 * 1000); /* lets the loop see the close first (either order must work) */
+        release_blocked(f);
+        gt_http_client_config cc = client_for(f->port);
+        int status = 0;
+        for (int i = 0; i < 3; i++) {
+            cJSON *j = call(&cc, "GET", "/after", NULL, NULL, &status);
+            assert_int_equal(status, 200);
+            cJSON_Delete(j);
+        }
+        stop(&f);
+    }
+}
+
+static void test_slow_client_dropped(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.timeout_ms = 300;
+    fixture *f = start_with(&cfg);
+    int slow = raw_connect(f->port);
+    raw_send(slow, "GET /x HTTP/1.1\r\nHost:", 22);
+    int idle = raw_connect(f->port); /* connects and sends nothing at all */
+    gt_http_client_config cc = client_for(f->port);
+    for (int i = 0; i < 5; i++) {
+        int status = 0;
+        cJSON *j = call(&cc, "GET", "/meanwhile", NULL, NULL, &status);
+        assert_int_equal(status, 200);
+        cJSON_Delete(j);
+    }
+    bool closed = false;
+    free(raw_read_all(slow, 15000, &closed));
+    assert_true(closed);
+    free(raw_read_all(idle, 15000, &closed));
+    assert_true(closed);
+    close(slow);
+    close(idle);
+    stop(&f);
+}
+
+typedef struct load {
+    pthread_t t;
+    int port;
+    int id;
+    int n;
+    const char *ca;     /* TLS when set */
+    atomic_int *ok;
+} load;
+
+static void *load_main(void *arg)
+{
+    load *l = arg;
+    gt_http_client_config cc = client_for(l->port);
+    cc.use_tls = l->ca != NULL;
+    cc.ca_certificate_file = l->ca;
+    for (int i = 0; i < l->n; i++) {
+        char body[64], *resp = NULL;
+        snprintf(body, sizeof body, "{\"t\":%d,\"i\":%d}", l->id, i);
+        int status = 0;
+        if (gt_http_request_send(&cc, "POST", "/load", "tok", body, strlen(body), &status, &resp, NULL) ==
+                GT_OK &&
+            status == 200) {
+            cJSON *j = cJSON_Parse(resp);
+            if (j && jstr(j, "body") && strcmp(jstr(j, "body"), body) == 0)
+                atomic_fetch_add(l->ok, 1);
+            cJSON_Delete(j);
+        }
+        free(resp);
+    }
+    return NULL;
+}
+
+static void test_concurrent_requests(void **state)
+{
+    (void)state;
+    fixture *f = start();
+    atomic_int ok;
+    atomic_init(&ok, 0);
+    load l[8];
+    for (int i = 0; i < 8; i++) {
+        l[i] = (load){.port = f->port, .id = i, .n = 25, .ok = &ok};
+        assert_int_equal(pthread_create(&l[i].t, NULL, load_main, &l[i]), 0);
+    }
+    for (int i = 0; i < 8; i++)
+        pthread_join(l[i].t, NULL);
+    assert_int_equal(atomic_load(&ok), 200);
+    stop(&f);
+}
+
+typedef struct releaser {
+    pthread_t t;
+    fixture *f;
+} releaser;
+
+static void *releaser_main(void *arg)
+{
+    releaser *r = arg;
+    usleep(200 * 1000);
+    release_blocked(r->f);
+    return NULL;
+}
+
+static void test_free_with_requests_in_flight(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.workers = 2;
+    fixture *f = start_with(&cfg);
+    bg_call b[3];
+    for (int i = 0; i < 3; i++) {
+        b[i] = (bg_call){.port = f->port, .path = "/block"};
+        assert_int_equal(pthread_create(&b[i].t, NULL, bg_call_main, &b[i]), 0);
+    }
+    wait_blocked(f, 2); /* two running; the third is queued once the loop has read it */
+    usleep(200 * 1000);  /* makes "queued" likely; the assertions below hold either way */
+    /* a client that gives up while its request is being handled */
+    int gone = raw_connect(f->port);
+    raw_send(gone, "GET /block HTTP/1.1\r\nHost: x\r\n\r\n", 31);
+    close(gone);
+
+    /* stop the loop, release the handlers from another thread while free waits */
+    event_active(f->stop_ev, 0, 0);
+    pthread_join(f->loop, NULL);
+    releaser r = {.f = f};
+    assert_int_equal(pthread_create(&r.t, NULL, releaser_main, &r), 0);
+    gt_http_server_free(&f->srv);
+    pthread_join(r.t, NULL);
+    int answered = 0;
+    for (int i = 0; i < 3; i++) {
+        pthread_join(b[i].t, NULL);
+        /* requests the server had taken are answered during free; one it had not read
+         * yet when the loop stopped is closed unanswered */
+        assert_true(b[i].rc == GT_OK || b[i].rc == GT_EUNAVAIL);
+        if (b[i].rc == GT_OK) {
+            assert_int_equal(b[i].status, 200);
+            answered++;
+        }
+    }
+    assert_true(answered >= 2);
+    event_free(f->stop_ev);
+    event_base_free(f->base);
+    pthread_cond_destroy(&f->cond);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+/* A client that never reads its (large) reply: free still returns, bounded by the
+ * server's timeout, and leaks nothing. */
+static void test_free_with_stalled_reader(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.timeout_ms = 300;
+    fixture *f = start_with(&cfg);
+    int fd = raw_connect(f->port);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    const char *req = "GET /block?big HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_send(fd, req, strlen(req));
+    wait_blocked(f, 1);
+    event_active(f->stop_ev, 0, 0);
+    pthread_join(f->loop, NULL);
+    releaser r = {.f = f};
+    assert_int_equal(pthread_create(&r.t, NULL, releaser_main, &r), 0);
+    int64_t t0 = gt_mono_ms();
+    gt_http_server_free(&f->srv);
+    assert_true(gt_mono_ms() - t0 < 20000);
+    pthread_join(r.t, NULL);
+    close(fd);
+    event_free(f->stop_ev);
+    event_base_free(f->base);
+    pthread_cond_destroy(&f->cond);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+static void test_config_errors(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    fixture dummy = {0};
+    gt_http_server_config cfg = default_config(&dummy);
+    gt_error e = {0};
+    cfg.workers = 0;
+    assert_null(gt_http_server_new(base, &cfg, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+    cfg = default_config(&dummy);
+    cfg.port = 70000;
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &cfg, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+
+    /* a taken port names the address */
+    cfg = default_config(&dummy);
+    gt_http_server *a = gt_http_server_new(base, &cfg, &e);
+    assert_non_null(a);
+    cfg.port = gt_http_server_port(a);
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &cfg, &e));
+    assert_int_equal(e.code, GT_EUNAVAIL);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%lld", (long long)cfg.port);
+    assert_non_null(strstr(e.message, want));
+    gt_http_server_free(&a);
+
+    /* TLS files that are not there are named */
+    cfg = default_config(&dummy);
+    cfg.use_tls = true;
+    cfg.certificate_file = "/nonexistent/server.crt";
+    cfg.private_key_file = "/nonexistent/server.key";
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &cfg, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+    assert_non_null(strstr(e.message, "/nonexistent/server.crt"));
+    event_base_free(base);
+}
+
+/* ------------------------------------------------------------------------ */
+/* TLS */
+
+static int run(char *const argv[])
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        return -1;
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *tls_path(const char *name)
+{
+    return gt_path_join(tls_dir, name);
+}
+
+/* A CA, a server certificate for localhost and 127.0.0.1 signed by it, and a second,
+ * unrelated CA. */
+static int tls_setup(void **state)
+{
+    (void)state;
+    snprintf(tls_dir, sizeof tls_dir, "/tmp/gt_http_test.XXXXXX");
+    if (mkdtemp(tls_dir) == NULL) {
+        tls_dir[0] = '\0';
+        return 0;
+    }
+    char *ca_key = tls_path("ca.key"), *ca_crt = tls_path("ca.crt"), *srv_key = tls_path("srv.key"),
+         *srv_csr = tls_path("srv.csr"), *srv_crt = tls_path("srv.crt"), *ext = tls_path("ext.cnf"),
+         *other_key = tls_path("other.key"), *other_crt = tls_path("other.crt"),
+         *serial = tls_path("ca.srl");
+    const char *extv = "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                       "extendedKeyUsage=serverAuth\n";
+    int ok = gt_write_file_atomic(ext, extv, strlen(extv), 0600, NULL) == GT_OK;
+    char *ca[] = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                  "-nodes", "-keyout", ca_key, "-out", ca_crt, "-subj", "/CN=gantry test CA", "-days", "2",
+                  "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+                  "keyUsage=critical,keyCertSign,cRLSign", NULL};
+    char *other[] = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                     "-nodes", "-keyout", other_key, "-out", other_crt, "-subj", "/CN=other CA", "-days", "2",
+                     "-addext", "basicConstraints=critical,CA:TRUE", NULL};
+    char *csr[] = {"openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                   "-nodes", "-keyout", srv_key, "-out", srv_csr, "-subj", "/CN=localhost", NULL};
+    char *sign[] = {"openssl", "x509", "-req", "-in", srv_csr, "-CA", ca_crt, "-CAkey", ca_key,
+                    "-CAserial", serial, "-CAcreateserial", "-out", srv_crt, "-days", "2",
+                    "-extfile", ext, NULL};
+    ok = ok && run(ca) == 0 && run(other) == 0 && run(csr) == 0 && run(sign) == 0;
+    free(ca_key), free(ca_crt), free(srv_key), free(srv_csr), free(srv_crt), free(ext);
+    free(other_key), free(other_crt), free(serial);
+    if (!ok) {
+        fprintf(stderr, "SKIPPED TLS tests: cannot make test certificates with the openssl CLI\n");
+        gt_rm_rf(tls_dir, NULL);
+        tls_dir[0] = '\0';
+    }
+    return 0;
+}
+
+static int tls_teardown(void **state)
+{
+    (void)state;
+    if (tls_dir[0])
+        gt_rm_rf(tls_dir, NULL);
+    return 0;
+}
+
+static void test_tls(void **state)
+{
+    (void)state;
+    if (tls_dir[0] == '\0')
+        skip();
+    char *crt = tls_path("srv.crt"), *key = tls_path("srv.key"), *ca = tls_path("ca.crt"),
+         *other = tls_path("other.crt");
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.use_tls = true;
+    cfg.certificate_file = crt;
+    cfg.private_key_file = key;
+    cfg.timeout_ms = 2000;
+    fixture *f = start_with(&cfg);
+
+    gt_http_client_config cc = client_for(f->port);
+    cc.use_tls = true;
+    cc.ca_certificate_file = ca;
+    int status = 0;
+    cJSON *j = call(&cc, "POST", "/secure?q=1", "tok", "{\"a\":1}", &status);
+    assert_int_equal(status, 200);
+    assert_string_equal(jstr(j, "body"), "{\"a\":1}");
+    assert_string_equal(jstr(j, "query"), "q=1");
+    assert_string_equal(jstr(j, "authorization"), "Bearer tok");
+    cJSON_Delete(j);
+    /* by name: SNI and the DNS name in the certificate */
+    cc.host = "localhost";
+    j = call(&cc, "GET", "/by-name", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    cJSON_Delete(j);
+    cc.host = "127.0.0.1";
+
+    /* the wrong CA: refused, and the message says why */
+    gt_http_client_config bad = cc;
+    bad.ca_certificate_file = other;
+    char *resp = NULL;
+    gt_error e = {0};
+    assert_int_equal(gt_http_request_send(&bad, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    assert_null(resp);
+    assert_int_equal(status, 0);
+    char want[64];
+    snprintf(want, sizeof want, "cannot reach https://127.0.0.1:%d: ", f->port);
+    assert_non_null(strstr(e.message, want));
+    assert_non_null(strstr(e.message, "certificate verify failed"));
+
+    /* the system store does not know our CA either */
+    bad.ca_certificate_file = NULL;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&bad, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+
+    /* plain HTTP to the TLS port: fails cleanly, from our client and from a raw one */
+    gt_http_client_config plain = client_for(f->port);
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&plain, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    assert_null(resp);
+    bool closed = false;
+    char *r = raw_exchange(f->port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", &closed);
+    assert_true(closed);
+    assert_null(strstr(r, "HTTP/1.1 200"));
+    free(r);
+    /* a half-open TLS handshake is dropped after the timeout */
+    int half = raw_connect(f->port);
+    raw_send(half, "\x16\x03\x01", 3);
+
+    /* still serving */
+    j = call(&cc, "GET", "/after", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    cJSON_Delete(j);
+    free(raw_read_all(half, 15000, &closed));
+    assert_true(closed);
+    close(half);
+
+    /* a client certificate is loaded and offered (this server does not ask for one) */
+    char *other_key = tls_path("other.key");
+    gt_http_client_config with_cert = cc;
+    with_cert.certificate_file = crt;
+    with_cert.private_key_file = key;
+    j = call(&with_cert, "GET", "/with-cert", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    cJSON_Delete(j);
+    /* a key that does not match is named */
+    with_cert.private_key_file = other_key;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&with_cert, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EINVAL);
+    assert_non_null(strstr(e.message, other_key));
+    free(other_key);
+
+    /* a CA file that does not exist is named */
+    bad.ca_certificate_file = "/nonexistent/ca.pem";
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&bad, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EINVAL);
+    assert_non_null(strstr(e.message, "/nonexistent/ca.pem"));
+    stop(&f);
+
+    /* TLS client against a plain server */
+    f = start();
+    gt_http_client_config tls_to_plain = client_for(f->port);
+    tls_to_plain.use_tls = true;
+    tls_to_plain.ca_certificate_file = ca;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&tls_to_plain, "GET", "/", NULL, NULL, 0, &status, &resp, &e),
+                     GT_EUNAVAIL);
+    assert_non_null(strstr(e.message, "https://127.0.0.1:"));
+    stop(&f);
+    free(crt), free(key), free(ca), free(other);
+}
+
+static void test_tls_concurrent(void **state)
+{
+    (void)state;
+    if (tls_dir[0] == '\0')
+        skip();
+    char *crt = tls_path("srv.crt"), *key = tls_path("srv.key"), *ca = tls_path("ca.crt");
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.use_tls = true;
+    cfg.certificate_file = crt;
+    cfg.private_key_file = key;
+    fixture *f = start_with(&cfg);
+    atomic_int ok;
+    atomic_init(&ok, 0);
+    load l[4];
+    for (int i = 0; i < 4; i++) {
+        l[i] = (load){.port = f->port, .id = i, .n = 10, .ca = ca, .ok = &ok};
+        assert_int_equal(pthread_create(&l[i].t, NULL, load_main, &l[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(l[i].t, NULL);
+    assert_int_equal(atomic_load(&ok), 40);
+    stop(&f);
+    free(crt), free(key), free(ca);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Client against canned responses */
+
+typedef struct canned {
+    pthread_t t;
+    int lfd;
+    int port;
+    const char *resp;   /* NULL: say nothing, wait for the client to go */
+} canned;
+
+static void *canned_main(void *arg)
+{
+    canned *c = arg;
+    int fd = accept(c->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    gt_buf in = {0};
+    bool closed;
+    /* read the request head */
+    while (in.data == NULL || strstr(in.data, "\r\n\r\n") == NULL) {
+        char buf[1024];
+        ssize_t r = recv(fd, buf, sizeof buf, 0);
+        if (r <= 0)
+            break;
+        gt_buf_append(&in, buf, (size_t)r);
+    }
+    gt_buf_free(&in);
+    if (c->resp)
+        send(fd, c->resp, strlen(c->resp), MSG_NOSIGNAL);
+    else
+        free(raw_read_all(fd, 15000, &closed));
+    close(fd);
+    return NULL;
+}
+
+static void canned_start(canned *c, const char *resp)
+{
+    c->resp = resp;
+    c->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(c->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(c->lfd, 4), 0);
+    socklen_t sl = sizeof a;
+    getsockname(c->lfd, (struct sockaddr *)&a, &sl);
+    c->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&c->t, NULL, canned_main, c), 0);
+}
+
+static gt_err canned_call(const char *resp, int64_t timeout_ms, int *status, char **body, gt_error *e)
+{
+    canned c;
+    canned_start(&c, resp);
+    gt_http_client_config cc = client_for(c.port);
+    cc.timeout_ms = timeout_ms;
+    gt_err rc = gt_http_request_send(&cc, "GET", "/", NULL, NULL, 0, status, body, e);
+    pthread_join(c.t, NULL);
+    close(c.lfd);
+    return rc;
+}
+
+static void test_client_response_framing(void **state)
+{
+    (void)state;
+    int status = 0;
+    char *body = NULL;
+    gt_error e = {0};
+    struct {
+        const char *resp;
+        int status;
+        const char *body;
+    } good[] = {
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, "hello"},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n"
+         "Trailer: 1\r\n\r\n",
+         200, "hello world"},
+        {"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nuntil close", 200, "until close"},
+        {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", 201, "ok"},
+        {"HTTP/1.1 204 No Content\n\n", 204, ""},
+        {"HTTP/1.1 404 Not Found\r\ncontent-length:  3 \r\n\r\nabc", 404, "abc"},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        gt_error_clear(&e);
+        if (canned_call(good[i].resp, 10000, &status, &body, &e) != GT_OK)
+            fail_msg("case %zu: %s", i, e.message);
+        assert_int_equal(status, good[i].status);
+        assert_string_equal(body, good[i].body);
+        free(body);
+        body = NULL;
+    }
+    const char *bad[] = {
+        "SSH-2.0-OpenSSH_9.2\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        gt_error_clear(&e);
+        assert_int_equal(canned_call(bad[i], 10000, &status, &body, &e), GT_EUNAVAIL);
+        assert_null(body);
+        assert_int_equal(status, 0);
+        assert_non_null(strstr(e.message, "cannot reach http://127.0.0.1:"));
+    }
+    /* no answer at all: the timeout */
+    gt_error_clear(&e);
+    assert_int_equal(canned_call(NULL, 300, &status, &body, &e), GT_EUNAVAIL);
+    assert_non_null(strstr(e.message, "timed out"));
+}
+
+static void test_client_refused(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t sl = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &sl);
+    close(fd); /* bound, never listened: nothing there now */
+    gt_http_client_config cc = client_for(ntohs(a.sin_port));
+    int status = -1;
+    char *resp = NULL;
+    gt_error e = {0};
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    char want[96];
+    snprintf(want, sizeof want, "cannot reach http://127.0.0.1:%d: Connection refused", ntohs(a.sin_port));
+    assert_string_equal(e.message, want);
+    cc.use_tls = true;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    assert_non_null(strstr(e.message, "cannot reach https://"));
+    /* an unknown host */
+    cc.host = "no-such-host.invalid";
+    cc.use_tls = false;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    assert_non_null(strstr(e.message, "no-such-host.invalid"));
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trips),
+        cmocka_unit_test(test_status_and_headers_pass_through),
+        cmocka_unit_test(test_body_limit),
+        cmocka_unit_test(test_loop_not_blocked_by_handler),
+        cmocka_unit_test(test_client_gone_during_handler),
+        cmocka_unit_test(test_slow_client_dropped),
+        cmocka_unit_test(test_concurrent_requests),
+        cmocka_unit_test(test_free_with_requests_in_flight),
+        cmocka_unit_test(test_free_with_stalled_reader),
+        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_tls),
+        cmocka_unit_test(test_tls_concurrent),
+        cmocka_unit_test(test_client_response_framing),
+        cmocka_unit_test(test_client_refused),
+    };
+    int rc = cmocka_run_group_tests(tests, tls_setup, tls_teardown);
+    libevent_global_shutdown();
+    return rc;
+}
