@@ -105,8 +105,12 @@ static void now_str(char *buf, size_t n)
  * Takes doc. */
 static cJSON *public_doc(const gt_model_kind *k, cJSON *doc, int64_t rev)
 {
-    for (size_t i = 0; k && k->hidden[i]; i++)
-        cJSON_DeleteItemFromObjectCaseSensitive(doc, k->hidden[i]);
+    /* executions (k == NULL): where a run's processes are is not the caller's business */
+    static const char *const exec_private[] = {"owner_pid", "owner_start", "child_pid",
+                                               "child_start", NULL};
+    const char *const *hidden = k ? k->hidden : exec_private;
+    for (size_t i = 0; hidden[i]; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, hidden[i]);
     gt_json_set_num(doc, "revision", (double)rev);
     return doc;
 }
@@ -594,6 +598,8 @@ static gt_err delete_resource(req *r)
 
 /* ---------- executions ---------- */
 
+#define CANCELS "cancels"
+
 static gt_err save_execution(req *r, cJSON *ex, int64_t *rev)
 {
     char *text = gt_json_print(ex);
@@ -602,6 +608,9 @@ static gt_err save_execution(req *r, cJSON *ex, int64_t *rev)
     gt_err rc = gt_store_put(r->api->d.store, EXECUTIONS, id, text, *rev, rev, &e);
     if (rc != GT_OK)
         gt_error_set(&r->err, rc, "recording execution %s: %s", id, e.message);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(ex, "state");
+    if (rc == GT_OK && cJSON_IsString(st) && gt_execution_state_terminal(st->valuestring))
+        gt_store_delete(r->api->d.store, CANCELS, id, GT_REV_ANY, NULL); /* nothing to cancel now */
     free(text);
     return rc;
 }
@@ -705,18 +714,31 @@ int gt_api_reap_local(gt_api *api)
         for (size_t i = 0; i < page.n; i++) {
             cJSON *ex = cJSON_Parse(page.items[i].body);
             const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
-            if (ex && cJSON_IsString(runner) && strcmp(runner->valuestring, "local") == 0 &&
-                !owner_alive(ex)) {
+            const char *mine = api->d.runner_name ? api->d.runner_name : "local";
+            if (ex == NULL || !cJSON_IsString(runner) || strcmp(runner->valuestring, mine) != 0 ||
+                owner_alive(ex)) {
+                cJSON_Delete(ex);
+                continue;
+            }
+            req r = {.api = api};
+            int64_t rev = page.items[i].rev;
+            bool again = s == 0 && api->d.dispatch != NULL;
+            if (again) {
+                /* never started: safe to run, now owned by this process */
+                gt_json_set_num(ex, "owner_pid", (double)getpid());
+                gt_json_set_num(ex, "owner_start", (double)proc_start(getpid()));
+            } else {
                 kill_orphan(ex);
                 finish_execution(ex, NULL, "lost",
                                  "the gantry process running it ended before it finished");
-                req r = {.api = api};
-                int64_t rev = page.items[i].rev;
-                if (save_execution(&r, ex, &rev) == GT_OK) {
-                    gt_warn("execution %s marked lost: its gantry process is gone",
+            }
+            if (save_execution(&r, ex, &rev) == GT_OK) {
+                if (again && api->d.dispatch(api->d.dispatch_arg, page.items[i].id, NULL) == GT_OK)
+                    gt_warn("execution %s dispatched again: its controller process is gone",
                             page.items[i].id);
-                    reaped++;
-                }
+                else if (!again)
+                    gt_warn("execution %s marked lost: its gantry process is gone", page.items[i].id);
+                reaped++;
             }
             cJSON_Delete(ex);
         }
@@ -1001,17 +1023,13 @@ static gt_err run_service(req *r)
             save_execution(r, ex, &rev);
             goto done;
         }
-        gt_json_set_num(ex, "revision", (double)rev);
-        cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_pid");
-        cJSON_DeleteItemFromObjectCaseSensitive(ex, "owner_start");
-        reply(r, 202, ex);
+        reply(r, 202, public_doc(NULL, ex, rev));
         ex = NULL;
         goto done;
     }
     if ((rc = execute(r, ex, &rev, svc, repo, &secrets)) != GT_OK)
         goto done;
-    gt_json_set_num(ex, "revision", (double)rev);
-    reply(r, 201, ex);
+    reply(r, 201, public_doc(NULL, ex, rev));
     ex = NULL;
 done:
     run_secrets_clear(&secrets);
@@ -1020,6 +1038,72 @@ done:
     cJSON_Delete(repo);
     cJSON_Delete(svc);
     free(id);
+    return rc;
+}
+
+bool gt_api_cancel_requested(gt_api *api, const char *execution_id)
+{
+    char *body = NULL;
+    bool yes = gt_store_get(api->d.store, CANCELS, execution_id, &body, NULL, NULL) == GT_OK;
+    free(body);
+    return yes;
+}
+
+/* Cancels an execution: one not started yet ends at once; a running one is asked to
+ * stop (its runner kills the process group and records "canceled"). */
+static gt_err cancel_execution(req *r)
+{
+    cJSON *ex = NULL;
+    int64_t rev = 0;
+    gt_err rc;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        cJSON_Delete(ex);
+        ex = NULL;
+        if ((rc = load(r, EXECUTIONS, "execution", r->params[0], &ex, &rev)) != GT_OK)
+            goto done;
+        const char *state = cJSON_GetObjectItemCaseSensitive(ex, "state")->valuestring;
+        if (gt_execution_state_terminal(state)) {
+            rc = gt_error_set(&r->err, GT_ECONFLICT, "execution %s already ended (%s)", r->params[0],
+                              state);
+            goto done;
+        }
+        if (strcmp(state, "running") != 0) {
+            finish_execution(ex, NULL, "canceled", "canceled before it started");
+            gt_error e = {0};
+            char *text = gt_json_print(ex);
+            rc = gt_store_put(r->api->d.store, EXECUTIONS, r->params[0], text, rev, &rev, &e);
+            free(text);
+            if (rc == GT_ECONFLICT)
+                continue; /* it started meanwhile: cancel it running */
+            if (rc != GT_OK) {
+                gt_error_set(&r->err, rc, "%s", e.message);
+                goto done;
+            }
+            reply(r, 200, public_doc(NULL, ex, rev));
+            ex = NULL;
+            goto done;
+        }
+        gt_error e = {0};
+        if ((rc = gt_store_put(r->api->d.store, CANCELS, r->params[0], "{}", GT_REV_ANY, NULL,
+                               &e)) != GT_OK) {
+            gt_error_set(&r->err, rc, "%s", e.message);
+            goto done;
+        }
+        /* a local-mode run belongs to a gantry process on this machine: tell it */
+        const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
+        const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "owner_pid");
+        if (cJSON_IsString(runner) && strcmp(runner->valuestring, "local") == 0 &&
+            cJSON_IsNumber(pid) && owner_alive(ex) && (pid_t)pid->valuedouble != getpid())
+            kill((pid_t)pid->valuedouble, SIGTERM);
+        gt_json_set_bool(ex, "cancel_requested", true);
+        reply(r, 202, public_doc(NULL, ex, rev));
+        ex = NULL;
+        goto done;
+    }
+    rc = gt_error_set(&r->err, GT_ECONFLICT, "execution %s changed too often; try again",
+                      r->params[0]);
+done:
+    cJSON_Delete(ex);
     return rc;
 }
 
@@ -1088,6 +1172,7 @@ static const route routes[] = {
     {"GET", "/api/v1/executions", list_executions, false},
     {"GET", "/api/v1/executions/{id}", get_execution, false},
     {"POST", "/api/v1/services/{name}/run", run_service, true},
+    {"POST", "/api/v1/executions/{id}/cancel", cancel_execution, false},
     {"GET", "/api/v1/{kind}", list_resources, false},
     {"POST", "/api/v1/{kind}", create_resource, true},
     {"GET", "/api/v1/{kind}/{name}", get_resource, false},

@@ -49,6 +49,9 @@ void gt_api_response_clear(gt_api_response *resp);
  * own). An execution no longer "accepted" is left alone: GT_OK. */
 gt_err gt_api_execute(gt_api *api, const char *execution_id, gt_error *err);
 
+/* True when someone asked to cancel this (running) execution; runners poll it. */
+bool gt_api_cancel_requested(gt_api *api, const char *execution_id);
+
 /* HTTP status for an error code. */
 int gt_api_status(gt_err code);
 

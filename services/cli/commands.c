@@ -667,6 +667,29 @@ done:
     return rc;
 }
 
+static int cmd_cancel(cli *c, const cli_cmd *cmd, const cli_args *a)
+{
+    (void)cmd;
+    const char *id = a->pos.v[0];
+    if (!gt_name_valid(id))
+        return usage_error(c, "\"%s\" is not an execution id", id);
+    char *path = gt_xasprintf("/api/v1/executions/%s/cancel", id);
+    cJSON *out = NULL;
+    int rc = cli_request(c, "POST", path, NULL, NULL, &out);
+    free(path);
+    if (rc != CLI_OK)
+        return rc;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(out, "state");
+    if (c->format != CLI_TABLE)
+        cli_print_doc(c, out);
+    else if (cJSON_IsString(st) && strcmp(st->valuestring, "canceled") == 0)
+        fprintf(c->out, "execution %s canceled\n", id);
+    else
+        fprintf(c->out, "execution %s: cancel requested; its process group is being stopped\n", id);
+    cJSON_Delete(out);
+    return CLI_OK;
+}
+
 /* ---------- version, completion ---------- */
 
 static int cmd_version(cli *c, const cli_cmd *cmd, const cli_args *a)
@@ -719,6 +742,7 @@ const cli_cmd cli_commands[] = {
     {"delete", "decorator", "NAME", 1, 1, no_flags, cmd_delete, "decorators", "Delete a decorator no service uses"},
     {"delete", "secret", "NAME", 1, 1, no_flags, cmd_delete, "secrets", "Delete a secret nothing uses"},
     {"run", "service", "NAME", 1, 1, run_flags, cmd_run_service, "services", "Run a service and print its output"},
+    {"cancel", "execution", "ID", 1, 1, no_flags, cmd_cancel, "executions", "Cancel an execution (its process group is stopped)"},
     {"login", NULL, "[USER]", 0, 1, login_flags, cli_cmd_login, NULL, "Log in to the server (client mode); USER defaults to admin"},
     {"logout", NULL, NULL, 0, 0, no_flags, cli_cmd_logout, NULL, "Log out: the token is revoked on every controller"},
     {"get", "users", NULL, 0, 0, no_flags, cmd_list, "users", "List users (client mode, admin)"},

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "crypto.h"
 #include "json.h"
@@ -17,6 +18,7 @@ typedef enum role { ROLE_NONE = 0, ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN } role
  * failure, so the controller starts (and reports 503) while a dependency is down. */
 typedef struct worker {
     bool dispatch;          /* HTTP workers hand runs to the execution pool */
+    volatile sig_atomic_t *cancel; /* execution workers: stops the run in progress */
     gt_store *store;
     gt_api *api;
     gt_sessions *sess;
@@ -46,12 +48,23 @@ typedef struct metrics {
     double sum;
 } metrics;
 
+/* An execution worker: runs one execution at a time; the watcher sets cancel when
+ * someone asked to cancel the one in `current`. */
+typedef struct exec_slot {
+    gt_ctl *ctl;
+    pthread_t thread;
+    worker w;
+    volatile sig_atomic_t cancel;
+    char current[64];          /* guarded by gt_ctl.mu */
+} exec_slot;
+
 struct gt_ctl {
     gt_ctl_config c;
     char *queue_name;          /* tokend's request queue */
     worker *workers;
-    pthread_t *exec;
+    exec_slot *slots;
     int nexec;
+    pthread_t watcher;
     pthread_mutex_t mu;        /* guards the run queue */
     pthread_cond_t cv;
     gt_strv runq;
@@ -100,6 +113,7 @@ static gt_err worker_store(gt_ctl *ctl, worker *w, gt_error *err)
         .key_file_explicit = ctl->c.key_file_explicit,
         .run = ctl->c.run,
         .runner_name = ctl->c.node,
+        .cancel = w->cancel,
         .dispatch = w->dispatch ? enqueue : NULL,
         .dispatch_arg = ctl,
     };
@@ -610,7 +624,8 @@ static role api_role(const char *method, const char *path)
     if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
         return ROLE_VIEWER;
     size_t n = strlen(path);
-    if (strcmp(method, "POST") == 0 && n > 4 && strcmp(path + n - 4, "/run") == 0)
+    if (strcmp(method, "POST") == 0 && ((n > 4 && strcmp(path + n - 4, "/run") == 0) ||
+                                        (n > 7 && strcmp(path + n - 7, "/cancel") == 0)))
         return ROLE_OPERATOR;
     return ROLE_ADMIN;
 }
@@ -683,23 +698,67 @@ static gt_err enqueue(void *arg, const char *id, gt_error *err)
 
 static void *exec_main(void *arg)
 {
-    gt_ctl *ctl = arg;
-    worker w = {0};
+    exec_slot *slot = arg;
+    gt_ctl *ctl = slot->ctl;
+    worker *w = &slot->w;
+    w->cancel = &slot->cancel;
     for (;;) {
         pthread_mutex_lock(&ctl->mu);
         while (!ctl->stopping && ctl->runq_head == ctl->runq.n)
             pthread_cond_wait(&ctl->cv, &ctl->mu);
-        if (ctl->runq_head == ctl->runq.n) { /* stopping, and nothing left */
+        /* stopping: runs in progress finish; queued ones stay "accepted" and the next
+         * controller start dispatches them again */
+        if (ctl->stopping) {
             pthread_mutex_unlock(&ctl->mu);
             break;
         }
         char *id = gt_xstrdup(ctl->runq.v[ctl->runq_head++]);
+        snprintf(slot->current, sizeof slot->current, "%s", id);
+        slot->cancel = 0;
         pthread_mutex_unlock(&ctl->mu);
         gt_error e = {0};
-        if (worker_store(ctl, &w, &e) != GT_OK || gt_api_execute(w.api, id, &e) != GT_OK)
+        if (worker_store(ctl, w, &e) != GT_OK || gt_api_execute(w->api, id, &e) != GT_OK)
             gt_errorlog("execution %s: %s", id, e.message);
+        pthread_mutex_lock(&ctl->mu);
+        slot->current[0] = '\0';
+        pthread_mutex_unlock(&ctl->mu);
         free(id);
     }
+    worker_close(w);
+    return NULL;
+}
+
+/* Polls the store for cancel requests of the executions this node is running: a
+ * request may arrive at any controller, and the store is what they share. */
+static void *watch_main(void *arg)
+{
+    gt_ctl *ctl = arg;
+    worker w = {0};
+    pthread_mutex_lock(&ctl->mu);
+    while (!ctl->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 300 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&ctl->cv, &ctl->mu, &until);
+        for (int i = 0; i < ctl->nexec && !ctl->stopping; i++) {
+            char id[64];
+            snprintf(id, sizeof id, "%s", ctl->slots[i].current);
+            if (id[0] == '\0')
+                continue;
+            pthread_mutex_unlock(&ctl->mu);
+            bool cancel = worker_store(ctl, &w, NULL) == GT_OK && gt_api_cancel_requested(w.api, id);
+            pthread_mutex_lock(&ctl->mu);
+            if (cancel && strcmp(ctl->slots[i].current, id) == 0 && !ctl->slots[i].cancel) {
+                gt_info("execution %s: canceling on request", id);
+                ctl->slots[i].cancel = 1;
+            }
+        }
+    }
+    pthread_mutex_unlock(&ctl->mu);
     worker_close(&w);
     return NULL;
 }
@@ -713,8 +772,18 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
     pthread_mutex_init(&ctl->mu, NULL);
     pthread_cond_init(&ctl->cv, NULL);
     pthread_mutex_init(&ctl->m.mu, NULL);
-    /* executions a previous controller process left behind end now, as lost */
-    worker w = {0};
+    for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++)
+        ctl->workers[i].dispatch = true;
+    ctl->nexec = cfg->exec_workers > 0 ? cfg->exec_workers : 4;
+    ctl->slots = gt_xcalloc((size_t)ctl->nexec, sizeof *ctl->slots);
+    for (int i = 0; i < ctl->nexec; i++) {
+        ctl->slots[i].ctl = ctl;
+        pthread_create(&ctl->slots[i].thread, NULL, exec_main, &ctl->slots[i]);
+    }
+    pthread_create(&ctl->watcher, NULL, watch_main, ctl);
+    /* what a previous controller process left behind: runs it had started end as lost,
+     * runs it had only accepted are dispatched again */
+    worker w = {.dispatch = true};
     if (worker_store(ctl, &w, err) != GT_OK) {
         worker_close(&w);
         gt_ctl_free(&ctl);
@@ -722,14 +791,9 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
     }
     int reaped = gt_api_reap_local(w.api);
     if (reaped)
-        gt_warn("%d execution(s) of a previous controller process marked lost", reaped);
+        gt_warn("%d execution(s) of a previous controller process were lost or dispatched again",
+                reaped);
     worker_close(&w);
-    for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++)
-        ctl->workers[i].dispatch = true;
-    ctl->nexec = cfg->exec_workers > 0 ? cfg->exec_workers : 4;
-    ctl->exec = gt_xcalloc((size_t)ctl->nexec, sizeof *ctl->exec);
-    for (int i = 0; i < ctl->nexec; i++)
-        pthread_create(&ctl->exec[i], NULL, exec_main, ctl);
     return ctl;
 }
 
@@ -742,15 +806,17 @@ void gt_ctl_free(gt_ctl **pctl)
     ctl->stopping = true;
     pthread_cond_broadcast(&ctl->cv);
     pthread_mutex_unlock(&ctl->mu);
-    for (int i = 0; ctl->exec && i < ctl->nexec; i++)
-        pthread_join(ctl->exec[i], NULL);
+    for (int i = 0; ctl->slots && i < ctl->nexec; i++)
+        pthread_join(ctl->slots[i].thread, NULL);
+    if (ctl->slots)
+        pthread_join(ctl->watcher, NULL);
     for (int i = 0; i < (ctl->c.http_workers > 0 ? ctl->c.http_workers : 1); i++)
         worker_close(&ctl->workers[i]);
     gt_strv_free(&ctl->runq);
     pthread_mutex_destroy(&ctl->m.mu);
     pthread_cond_destroy(&ctl->cv);
     pthread_mutex_destroy(&ctl->mu);
-    free(ctl->exec);
+    free(ctl->slots);
     free(ctl->workers);
     free(ctl->queue_name);
     free(ctl);

@@ -26,6 +26,7 @@ class Gantry:
         self.tmp = tmp
         self.work = tmp / "work"
         self.config = tmp / "gantry.conf"
+        self.data = self.work  # where the store, caches and venvs are
         self.extra = {}
         self.write_config()
 
@@ -188,3 +189,14 @@ def pytest_runtest_makereport(item, call):
         for d in st.controllers + [st.tokend]:
             if d is not None:
                 rep.sections.append((f"{d.name} log", d.tail(60)))
+
+
+@pytest.fixture(params=["local", "client"])
+def any_gantry(request, tmp_path):
+    """The same scenario in local mode and in client mode against a running stack."""
+    if request.param == "local":
+        return Gantry(tmp_path)
+    stack = request.getfixturevalue("stack")
+    c = request.getfixturevalue("client")
+    c.data = Path(stack.dir) / "server"
+    return c

@@ -10,8 +10,9 @@ def register(g, repo):
       check=0)
 
 
-def test_python_script_with_venv_and_decorator(gantry, examples_repo):
-    register(gantry, examples_repo)
+def test_python_script_with_venv_and_decorator(any_gantry, examples_repo):
+    gantry = any_gantry
+    register(any_gantry, examples_repo)
     gantry("create", "service", "python-script", "hello", "--repository", "examples",
            "--working-dir", "python", "--filename", "hello.py", "--decorator", "hello-inputs",
            check=0)
@@ -21,9 +22,9 @@ def test_python_script_with_venv_and_decorator(gantry, examples_repo):
     assert '"tags": ["a", "b"]' in p.stdout
     assert "state: succeeded" in p.stdout and "return code: 0" in p.stdout
     # the venv is cached: a second run does not rebuild it
-    venvs = list((gantry.work / "venvs").iterdir())
+    venvs = list((gantry.data / "venvs").iterdir())
     gantry("run", "service", "hello", "--set", "name=Bob", check=0)
-    assert list((gantry.work / "venvs").iterdir()) == venvs
+    assert list((gantry.data / "venvs").iterdir()) == venvs
     # defaults from the decorator are applied and recorded
     ex = gantry.json("get", "executions", "--service", "hello")["items"]
     assert [e["state"] for e in ex] == ["succeeded", "succeeded"]
@@ -32,8 +33,9 @@ def test_python_script_with_venv_and_decorator(gantry, examples_repo):
     assert last["stdout"].startswith("Hello, Bob!")
 
 
-def test_ansible_playbook_against_localhost(gantry, examples_repo):
-    register(gantry, examples_repo)
+def test_ansible_playbook_against_localhost(any_gantry, examples_repo):
+    gantry = any_gantry
+    register(any_gantry, examples_repo)
     gantry("create", "service", "ansible-playbook", "site", "--repository", "examples",
            "--working-dir", "ansible", "--playbook", "site.yml", "--inventory", "inventory.ini",
            "--extra-vars", '{"checks": ["uname"], "target": "default"}', check=0)
@@ -43,8 +45,9 @@ def test_ansible_playbook_against_localhost(gantry, examples_repo):
     assert "failed=0" in p.stdout
 
 
-def test_executable_with_secret_and_arg_format(gantry, examples_repo):
-    register(gantry, examples_repo)
+def test_executable_with_secret_and_arg_format(any_gantry, examples_repo):
+    gantry = any_gantry
+    register(any_gantry, examples_repo)
     gantry("create", "secret", "token", input="tok-123456\n", check=0)
     gantry("create", "service", "executable", "report", "--repository", "examples",
            "--working-dir", "shell", "--filename", "report.sh",
@@ -57,7 +60,7 @@ def test_executable_with_secret_and_arg_format(gantry, examples_repo):
     assert "tok-123456" not in p.stdout + p.stderr
     d = gantry("describe", "secret", "token", "-o", "json", check=0).stdout
     assert "tok-123456" not in d and "sealed" not in d and json.loads(d)["name"] == "token"
-    assert b"tok-123456" not in (gantry.work / "gantry.db").read_bytes()
+    assert b"tok-123456" not in (gantry.data / "gantry.db").read_bytes()
     # a run-time secret binding overrides nothing else and reaches the child
     gantry("create", "secret", "other", "--value", "xyz", check=0)
     p = gantry("run", "service", "report", "--set-secret", "name=other,type=env,target=API_TOKEN",
@@ -65,7 +68,8 @@ def test_executable_with_secret_and_arg_format(gantry, examples_repo):
     assert "API_TOKEN is set (3 characters)" in p.stdout
 
 
-def test_reference_branch_tag_and_commit(gantry, examples_repo, tmp_path):
+def test_reference_branch_tag_and_commit(any_gantry, examples_repo, tmp_path):
+    gantry = any_gantry
     gantry("create", "repository", "r", "--url", f"file://{examples_repo}", "--reference", "v1",
            check=0)
     gantry("create", "service", "executable", "s", "--repository", "r", "--working-dir", "shell",
@@ -86,8 +90,9 @@ def test_reference_branch_tag_and_commit(gantry, examples_repo, tmp_path):
     assert 'reference "no-such-branch" not found' in ex["error"]
 
 
-def test_outputs_json_yaml_and_history(gantry, examples_repo):
-    register(gantry, examples_repo)
+def test_outputs_json_yaml_and_history(any_gantry, examples_repo):
+    gantry = any_gantry
+    register(any_gantry, examples_repo)
     gantry("create", "service", "executable", "report", "--repository", "examples",
            "--working-dir", "shell", "--filename", "report.sh", check=0)
     ex = gantry.json("run", "service", "report", "--set", "x=1")

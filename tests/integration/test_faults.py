@@ -12,7 +12,8 @@ def service(g, add, name, body, *flags):
       "--filename", f"{name}.sh", *flags, check=0)
 
 
-def test_timeout_kills_the_process_group(gantry, scripts_repo, tmp_path):
+def test_timeout_kills_the_process_group(any_gantry, scripts_repo, tmp_path):
+    gantry = any_gantry
     marker = tmp_path / "grandchild-alive"
     # the script ignores SIGTERM and leaves a grandchild behind; both must die
     service(gantry, scripts_repo, "hang", f"""\
@@ -37,19 +38,22 @@ def test_output_flood_is_truncated(gantry, scripts_repo):
     assert ex["stderr"] == "done\n" and ex["stderr_truncated"] is False
 
 
-def test_killed_by_signal(gantry, scripts_repo):
+def test_killed_by_signal(any_gantry, scripts_repo):
+    gantry = any_gantry
     service(gantry, scripts_repo, "suicide", "echo bye\nkill -KILL $$\n")
     ex = gantry.json("run", "service", "suicide", check=1)
     assert ex["state"] == "failed" and ex["signal"] == 9 and ex["return_code"] == 137
 
 
-def test_nonzero_exit_fails_the_command(gantry, scripts_repo):
+def test_nonzero_exit_fails_the_command(any_gantry, scripts_repo):
+    gantry = any_gantry
     service(gantry, scripts_repo, "bad", "echo oops >&2\nexit 4\n")
     p = gantry("run", "service", "bad", check=1)
     assert "oops" in p.stdout and "return code: 4" in p.stdout and "state: failed" in p.stdout
 
 
-def test_missing_file_and_non_executable(gantry, scripts_repo):
+def test_missing_file_and_non_executable(any_gantry, scripts_repo):
+    gantry = any_gantry
     repo = scripts_repo("plain.sh", "echo hi\n")
     os.chmod(repo / "plain.sh", 0o644)
     from conftest import git
@@ -68,7 +72,8 @@ def test_missing_file_and_non_executable(gantry, scripts_repo):
     assert gantry.json("run", "service", "plain")["stdout"] == "hi\n"
 
 
-def test_path_escape_is_refused(gantry, scripts_repo):
+def test_path_escape_is_refused(any_gantry, scripts_repo):
+    gantry = any_gantry
     repo = scripts_repo("ok2.sh", "echo ok\n")
     os.symlink("/etc", repo / "etc-link")
     from conftest import git
@@ -84,7 +89,8 @@ def test_path_escape_is_refused(gantry, scripts_repo):
     assert "outside the repository" in ex["error"]
 
 
-def test_unreachable_repository(gantry, tmp_path):
+def test_unreachable_repository(any_gantry, tmp_path):
+    gantry = any_gantry
     gantry("create", "repository", "r", "--url", tmp_path / "does-not-exist", check=0)
     gantry("create", "service", "executable", "s", "--repository", "r", "--filename", "x", check=0)
     ex = gantry.json("run", "service", "s", check=1)
@@ -133,3 +139,26 @@ def test_parallel_runs_share_the_store(gantry, scripts_repo):
         assert p.returncode == 0
     items = gantry.json("get", "executions")["items"]
     assert len(items) == 6 and all(e["state"] == "succeeded" for e in items)
+
+
+def test_cancel_from_another_terminal(gantry, scripts_repo, tmp_path):
+    marker = tmp_path / "not-canceled"
+    service(gantry, scripts_repo, "wait", f"echo started\nsleep 30\ntouch {marker}\n")
+    p = gantry.popen("run", "service", "wait", "-o", "json")
+    deadline = time.monotonic() + 30
+    ex = None
+    while time.monotonic() < deadline:
+        items = gantry.json("get", "executions")["items"]
+        if items and items[0]["state"] == "running":
+            ex = items[0]
+            break
+        time.sleep(0.2)
+    assert ex is not None
+    r = gantry.json("cancel", "execution", ex["id"])
+    assert r["cancel_requested"] is True and "owner_pid" not in r
+    out, err = p.communicate(timeout=30)
+    import json
+    assert p.returncode == 1 and json.loads(out)["state"] == "canceled", err
+    p = gantry("cancel", "execution", ex["id"], check=2)
+    assert "already ended (canceled)" in p.stderr
+    assert not marker.exists()

@@ -280,3 +280,101 @@ def test_openapi_matches_the_routes(stack, client):
                         body={} if m in ("POST", "PATCH") else None, token=token)
         assert not (st == 404 and isinstance(b, dict) and b["error"]["message"] == "no such route"), (m, p)
         assert st != 405, (m, p)
+
+
+def wait_state(port, token, ex_id, states, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st, b = request(port, "GET", f"/api/v1/executions/{ex_id}", token=token)
+        assert st == 200, b
+        if b["state"] in states:
+            return b
+        time.sleep(0.1)
+    raise AssertionError(f"execution {ex_id} still {b['state']}")
+
+
+def test_cancel_on_another_controller(client, stack, scripts_repo, tmp_path):
+    marker = tmp_path / "finished"
+    repo = scripts_repo("wait.sh", f"echo started\nsleep 30\ntouch {marker}\n")
+    client("create", "repository", "s", "--url", repo, check=0)
+    client("create", "service", "executable", "wait", "--repository", "s", "--filename", "wait.sh",
+           check=0)
+    token = client.work.joinpath("token").read_text().strip()
+    a, b = stack.controllers[0].port, stack.controllers[1].port
+    st, ex = request(a, "POST", "/api/v1/services/wait/run", {}, token=token)
+    assert st == 202 and ex["state"] == "accepted"
+    wait_state(a, token, ex["id"], {"running"})
+    st, r = request(b, "POST", f"/api/v1/executions/{ex['id']}/cancel", token=token)
+    assert st == 202 and r["cancel_requested"] is True
+    done = wait_state(b, token, ex["id"], {"canceled", "failed", "succeeded"}, timeout=20)
+    assert done["state"] == "canceled" and done["stdout"] == "started\n"
+    assert not marker.exists()
+    assert request(a, "POST", f"/api/v1/executions/{ex['id']}/cancel", token=token)[0] == 409
+
+
+def test_tls_end_to_end(servers, tmp_path):
+    import ssl
+    import subprocess
+    from testenv.stack import GantryStack
+    from conftest import BIN_DIR
+    d = tmp_path / "pki"
+    d.mkdir()
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "ext", "-out", "server.crt")
+    redis, rabbit = servers
+    s = GantryStack(str(tmp_path / "tls"), BIN_DIR, redis=redis, rabbit=rabbit,
+                    env_extra={"GANTRY_SERVER_USE_TLS": "true",
+                               "GANTRY_SERVER_CERTIFICATE_FILE": str(d / "server.crt"),
+                               "GANTRY_SERVER_PRIVATE_KEY_FILE": str(d / "server.key")})
+    s.start(controllers=1)
+    try:
+        port = s.controllers[0].port
+        assert "https://" in s.controllers[0].tail()
+        ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        conn.request("GET", "/health/status")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+        conn.close()
+        # TLS below 1.2 is refused
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(str(d / "ca.crt"))
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        try:
+            c2 = http.client.HTTPSConnection("127.0.0.1", port, context=old, timeout=10)
+            c2.request("GET", "/health/status")
+            c2.getresponse()
+            raise AssertionError("a TLS 1.1 handshake succeeded")
+        except (ssl.SSLError, ConnectionError):
+            pass
+        # the CLI in client mode, trusting the CA
+        conf = tmp_path / "client.conf"
+        conf.write_text(f"""[application]
+mode = client
+working_dir = {tmp_path}/client-work
+ca_certificate_file = {d}/ca.crt
+
+[client]
+host = 127.0.0.1
+port = {port}
+use_tls = true
+""")
+        g = ClientGantry.__new__(ClientGantry)
+        g.tmp, g.work, g.config, g.extra = tmp_path, tmp_path / "client-work", conf, {}
+        g("login", "admin", "--change-password", "--password-stdin",
+          input=f"{s.admin_password}\nadmin-password-1\n", check=0)
+        assert g.json("get", "services")["items"] == []
+        # without the CA the certificate is not trusted: a clear error, nothing sent
+        conf.write_text(conf.read_text().replace(f"ca_certificate_file = {d}/ca.crt\n", ""))
+        p = g("get", "services", check=3)
+        assert "certificate" in p.stderr and f"127.0.0.1:{port}" in p.stderr
+    finally:
+        s.stop()
