@@ -46,6 +46,8 @@ UNIT_HELPERS := $(filter-out %_test.c,$(wildcard tests/unit/*.c))
 UNIT_HELPER_OBJ := $(UNIT_HELPERS:%.c=$(BUILD)/%.o)
 
 .PHONY: all test unit integration fuzz fuzz-run demo bench clean deps install
+# keep every object: none is a throwaway intermediate, so only what changed rebuilds
+.SECONDARY:
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -118,7 +120,12 @@ $(BUILD)/bench/bare_evhttp: bench/bare_evhttp.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
-bench: deps all $(BUILD)/bench/bare_evhttp
+$(BUILD)/bench/spawn_rate: bench/spawn_rate.c
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $< -lpthread -o $@
+
+bench: deps all $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate
 	$(Q)bench/run --bin $(CURDIR)/$(BUILD)
 
 install: all

@@ -63,4 +63,128 @@ gt_err gt_bus_serve_rpc(gt_bus *bus, const char *queue, gt_bus_rpc_fn fn, void *
 /* True when the connection is open (a cheap check for health). */
 bool gt_bus_connected(const gt_bus *bus);
 
+/* --- Work queues and consumers ----------------------------------------------------------
+ *
+ * For workers that take messages one by one and settle each when its work is done, which
+ * may be minutes later: gantry-runner consumes exec.<cluster_id>.<pool> with prefetch =
+ * capacity, hands each body to a worker thread, and when the work comes back publishes
+ * the result (gt_bus_publish, confirmed) and only then acks.
+ *
+ * Everything here runs on the thread that owns the gt_bus, like every other call on it;
+ * only the data of a delivery (its body, ...) may travel to other threads. The bus only
+ * services its connection (heartbeats, confirms, closes) while that thread is inside a
+ * bus call, so a consumer's thread never blocks on work: it calls gt_bus_consume_next
+ * in a loop with a short timeout (well under the heartbeat) and settles deliveries as
+ * their work comes back. Publishing on the same bus while consumers are open is fine:
+ * deliveries that arrive while a publish waits for its confirm stay queued for their
+ * consumer.
+ *
+ * At least once: a delivery not acked when its channel or connection goes is requeued
+ * by the broker and delivered again (redelivered set), possibly to another consumer. A
+ * consumer must recognise work it did already (by an id in the message) and not run or
+ * record it twice. */
+
+/* A message returned to a work queue this many times (rejected with requeue, or unacked
+ * when its consumer's channel closed: a consumer that crashes on it, a drain) is
+ * dead-lettered instead of delivered again: a poison message cannot loop forever. It is
+ * fixed when the queue is first declared. */
+#define GT_BUS_DELIVERY_LIMIT 20
+
+/* Declares queue as a work queue, and its dead-letter queue "<queue>.dead"; idempotent.
+ * Both are durable quorum queues. A message of queue rejected without requeue, or
+ * returned more than GT_BUS_DELIVERY_LIMIT times, moves to <queue>.dead with its body and
+ * properties unchanged and the broker's x-death header added (reason "rejected" or
+ * "delivery_limit", the queue it came from). Dead-lettering is at-least-once: the broker
+ * keeps the message in queue until <queue>.dead confirmed it. The name is 1-250 bytes
+ * (GT_EINVAL). GT_ECONFLICT when either queue exists with other arguments (declared by
+ * gt_bus_declare_queue, another delivery limit): arguments cannot change once declared;
+ * delete the queue, or override them with a broker policy. */
+gt_err gt_bus_declare_work_queue(gt_bus *bus, const char *queue, gt_error *err);
+
+typedef struct gt_bus_consumer gt_bus_consumer;
+
+/* One message from gt_bus_consume_next, unacknowledged until gt_bus_ack or gt_bus_reject.
+ * Its strings are the caller's: gt_bus_delivery_clear frees them (a caller may take body
+ * and set it to NULL first). Settling needs only the delivery (tag and generation). */
+typedef struct gt_bus_delivery {
+    char *body;              /* a copy, NUL-terminated (it may hold NULs: use len) */
+    size_t len;
+    bool redelivered;        /* delivered before and not acked: it may have been worked on */
+    int64_t delivery_count;  /* quorum queues: times it was returned to the queue before
+                              * (header x-delivery-count); 0 when absent */
+    char *message_id;        /* properties; NULL when absent */
+    char *correlation_id;
+    char *reply_to;
+    char *content_type;
+    uint64_t delivery_tag;   /* the broker's tag on its channel, for logs */
+    uint64_t generation;     /* opaque: the subscription (channel of a connection) it came
+                              * on; unique in the process, never 0 */
+} gt_bus_delivery;
+
+/* Consumes queue, which must exist (gt_bus_declare_work_queue; GT_ENOTFOUND otherwise),
+ * on a channel of its own with manual acks and at most prefetch (1-65535) deliveries
+ * unacknowledged at a time. Connects first if needed (as gt_bus_publish does). A bus can
+ * hold several consumers. NULL on error. */
+gt_bus_consumer *gt_bus_consume_start(gt_bus *bus, const char *queue, int prefetch,
+                                      gt_error *err) __attribute__((warn_unused_result));
+
+/* The next delivery into *d (overwritten: clear the previous one first): GT_OK, or
+ * GT_ETIMEDOUT when none came within timeout_ms (0: only what already arrived). While it
+ * waits the connection is serviced: heartbeats go out, confirms and closes are handled.
+ *
+ * After the connection or the channel was lost (broker restart, network) it reconnects
+ * across the hosts and subscribes again by itself: a new generation, and the broker
+ * redelivers what the old one had not acked (acks for those answer GT_ECONFLICT). One
+ * attempt per call; between attempts a backoff of 1 s doubling to 10 s (+-20% jitter),
+ * during which calls return GT_ETIMEDOUT (gt_bus_consuming says false). After the
+ * configured reconnect_attempts failures in a row: GT_EUNAVAIL, naming every host and its
+ * reason, ending "gave up after N attempts"; a caller that goes on calling starts a new
+ * round. A refusal (GT_EPERM: access refused; GT_ENOTFOUND: the queue was deleted) is
+ * returned at once, each attempt.
+ *
+ * It never blocks longer than timeout_ms, plus one reconnect attempt when one is due
+ * (connect_timeout_ms per host that does not answer, and the broker's answers to the
+ * subscription), so the caller can check its stop flag between calls. After
+ * gt_bus_consume_cancel it hands out nothing more and only services the connection. */
+gt_err gt_bus_consume_next(gt_bus_consumer *c, int64_t timeout_ms, gt_bus_delivery *d,
+                           gt_error *err);
+
+/* Acknowledges d: the broker forgets the message. Ack only once the work's outcome is
+ * durable (its result published with a confirm). GT_OK once the ack is written; if the
+ * connection fails right then, the broker may still deliver it again. GT_ECONFLICT when
+ * d came on an earlier subscription (the connection or channel was lost since, or the
+ * broker cancelled the consumer): nothing is sent, because the broker has requeued it
+ * already and will deliver it again -- log and go on; the redelivery is recognised as
+ * done. GT_EUNAVAIL when the connection broke while sending (same outcome). GT_EINVAL
+ * when d was settled already. */
+gt_err gt_bus_ack(gt_bus_consumer *c, const gt_bus_delivery *d, gt_error *err);
+
+/* Rejects d. With requeue it goes back to the queue to be delivered again (redelivered
+ * set; it counts towards GT_BUS_DELIVERY_LIMIT). Without, it goes to the queue's
+ * dead-letter queue (a work queue's "<queue>.dead"), or is dropped when the queue has
+ * none: the broker records only "rejected", so log the reason first. Results as
+ * gt_bus_ack. */
+gt_err gt_bus_reject(gt_bus_consumer *c, const gt_bus_delivery *d, bool requeue,
+                     gt_error *err);
+
+/* For a drain (SIGTERM): stops new deliveries (basic.cancel). Deliveries received but not
+ * handed out yet go back to the queue at once, for other consumers; those handed out stay
+ * ackable until gt_bus_consume_stop, which requeues whatever is still unacked. Keep
+ * calling gt_bus_consume_next meanwhile (it returns GT_ETIMEDOUT and services the
+ * connection). Idempotent. An error means the channel or connection went: the broker
+ * requeued everything unacked. */
+gt_err gt_bus_consume_cancel(gt_bus_consumer *c, gt_error *err);
+
+/* True when c is subscribed on an open connection (for health checks). */
+bool gt_bus_consuming(const gt_bus_consumer *c);
+
+/* Ends c and frees it (NULL is fine): closing its channel cancels the subscription and
+ * requeues every delivery of it not acked yet (delivered again, redelivered set). Call it
+ * before gt_bus_free; a consumer left over is detached (its calls return GT_EINVAL) and
+ * must still be stopped. */
+void gt_bus_consume_stop(gt_bus_consumer **c);
+
+/* Frees a delivery's strings and zeroes it; NULL and a zeroed delivery are fine. */
+void gt_bus_delivery_clear(gt_bus_delivery *d);
+
 #endif

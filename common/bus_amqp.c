@@ -1,16 +1,17 @@
 /* The bus over AMQP 0-9-1 (RabbitMQ) with librabbitmq-c 0.11.
  *
- * One gt_bus is one connection, used by one thread at a time. It keeps three channels,
- * each with one job, so that the broker's asynchronous frames never mix:
+ * One gt_bus is one connection, used by one thread at a time. Its channels each have one
+ * job, so that the broker's asynchronous frames never mix:
  *   1 (CH_PUB)  publishes in confirm mode (and declares queues): every publish waits
  *               for the basic.ack/basic.nack of its own delivery tag;
  *   2 (CH_RPC)  RPC requests, and the direct reply-to consumer (no confirms: RabbitMQ
  *               does not support direct reply-to together with confirm mode everywhere,
  *               and the reply is the confirmation anyway);
- *   3 (CH_CONS) a consumer with manual acks (gt_bus_serve_rpc).
+ *   3, 4, ...   one per consumer (gt_bus_consume_start, gt_bus_serve_rpc), manual acks,
+ *               its own basic.qos prefetch.
  * All reading goes through bus_pump(), which dispatches whatever arrives to the state of
- * the channel it belongs to: a handler that publishes while serving (the runner will)
- * does not lose the deliveries that arrive while it waits for its confirm.
+ * the channel it belongs to: deliveries are queued on their consumer, so a caller that
+ * publishes (and waits for the confirm) while consuming loses none of them.
  *
  * Connecting: hosts in order, each within connect_timeout_ms (TCP connect done here so
  * the error keeps its reason; TLS through amqp_socket_open_noblock, peer and hostname
@@ -21,6 +22,13 @@
  * dropped; the next call reconnects (across the hosts, with backoff). Before each call an
  * idle connection is polled, so one the broker closed (restart, missed heartbeats while
  * the thread was idle) is noticed before a message is written to it, not after.
+ * Consumers subscribe again by themselves on their next gt_bus_consume_next.
+ *
+ * Delivery tags belong to a channel of a connection. Each subscription of a consumer
+ * gets a generation of its own (unique within the gt_bus), carried by its deliveries: an
+ * ack for a delivery of an earlier subscription is refused here (GT_ECONFLICT) instead
+ * of acking some other message on the new channel -- or closing it with "unknown
+ * delivery tag". The broker requeued those deliveries when the old channel went.
  *
  * Delivery guarantee of gt_bus_publish: at least once. If the connection is lost after
  * the message was written but before its confirm arrived, the publish is retried once on
@@ -34,6 +42,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,31 +58,45 @@
 #include "log.h"
 #include "util.h"
 
-enum { CH_PUB = 1, CH_RPC = 2, CH_CONS = 3, CH_COUNT = 4 };
+enum { CH_PUB = 1, CH_RPC = 2, CH_FIXED = 3 /* consumers' channels from here on */ };
 
 #define BUS_FRAME_MAX 131072
 #define BUS_OP_MS 15000          /* broker round trips: confirms, declares, channel opens */
 #define BUS_POLL_MS 200          /* how often a consumer looks at its stop flag */
 #define BUS_CALL_BACKOFF_MS 100  /* first reconnect pause inside a call (then doubles) */
 #define BUS_CALL_BACKOFF_MAX_MS 2000
-#define BUS_SERVE_BACKOFF_MS 1000 /* a server rides out a broker restart (~5-10 s) */
+#define BUS_SERVE_BACKOFF_MS 1000 /* a consumer rides out a broker restart (~5-10 s) */
 #define BUS_SERVE_BACKOFF_MAX_MS 10000
 #define BUS_REPLY_TO "amq.rabbitmq.reply-to"
+#define BUS_DEAD_SUFFIX ".dead"
 
-/* A delivery on the consumer channel, copied out of librabbitmq's buffers. */
-typedef struct bus_delivery {
-    struct bus_delivery *next;
-    uint64_t tag;
-    uint64_t epoch;        /* the consumer channel incarnation it belongs to */
-    bool redelivered;
-    char *body;            /* NUL-terminated */
-    size_t len;
-    char *reply_to;        /* NULL when absent */
-    char *correlation_id;  /* NULL when absent */
-} bus_delivery;
+/* A delivery received and not handed out yet. */
+typedef struct bus_pending {
+    struct bus_pending *next;
+    gt_bus_delivery d;
+} bus_pending;
 
-typedef enum bus_verdict { BUS_ACK, BUS_REJECT, BUS_REQUEUE } bus_verdict;
-typedef bus_verdict (*bus_handler)(gt_bus *bus, void *arg, const bus_delivery *d);
+struct gt_bus_consumer {
+    gt_bus *bus;                  /* NULL once the bus was freed under it */
+    gt_bus_consumer *next;        /* the bus's list */
+    char *queue;
+    uint16_t prefetch;
+    amqp_channel_t ch;            /* fixed for the consumer's life */
+    bool declare;                 /* gt_bus_serve_rpc: declare the queue on each subscribe */
+    bool open;                    /* its channel is open on the current connection */
+    bool active;                  /* subscribed (basic.consume-ok, no basic.cancel since) */
+    bool cancelled;               /* gt_bus_consume_cancel: never subscribe again */
+    char *tag;                    /* the broker's consumer tag */
+    uint64_t gen;                 /* the current (or last) subscription; 0: none yet */
+    bus_pending *pend_head, *pend_tail;
+    /* Tags of this subscription received and not acked or rejected yet, ascending (the
+     * broker numbers a channel's deliveries upwards). At most about prefetch of them. */
+    uint64_t *unacked;
+    size_t n_unacked, cap_unacked;
+    /* Reconnecting: failed subscribes in a row and when the next may be tried. */
+    int failures;
+    int64_t retry_at;
+};
 
 typedef enum bus_pub_state { PUB_PENDING, PUB_ACKED, PUB_NACKED } bus_pub_state;
 
@@ -88,7 +111,7 @@ struct gt_bus {
 
     amqp_connection_state_t conn; /* NULL while disconnected */
     char *host;                   /* host:port of the current (or last) connection */
-    bool ch_open[CH_COUNT];
+    bool ch_open[CH_FIXED];
     int close_code;               /* the broker's last channel/connection close */
     char close_text[256];
 
@@ -106,10 +129,9 @@ struct gt_bus {
     char *rpc_reply;
     size_t rpc_reply_len;
 
-    /* CH_CONS: the consumer and its deliveries not handled yet. */
-    bool cons_active;
-    uint64_t cons_epoch;          /* bumped each time the consumer is set up */
-    bus_delivery *pend_head, *pend_tail;
+    /* The consumers, each on a channel of its own. */
+    gt_bus_consumer *consumers;
+    int next_ch;                  /* the next consumer channel number on this connection */
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -224,33 +246,103 @@ static void bus_note_close(gt_bus *bus, int code, amqp_bytes_t text)
     bus->close_text[n] = '\0';
 }
 
-static void bus_free_pending(gt_bus *bus)
+void gt_bus_delivery_clear(gt_bus_delivery *d)
 {
-    while (bus->pend_head != NULL) {
-        bus_delivery *d = bus->pend_head;
-        bus->pend_head = d->next;
-        free(d->body);
-        free(d->reply_to);
-        free(d->correlation_id);
-        free(d);
-    }
-    bus->pend_tail = NULL;
+    if (d == NULL)
+        return;
+    free(d->body);
+    free(d->message_id);
+    free(d->correlation_id);
+    free(d->reply_to);
+    free(d->content_type);
+    memset(d, 0, sizeof *d);
 }
 
-static void bus_delivery_free(bus_delivery **d)
+static void bus_free_pending(gt_bus_consumer *c)
 {
-    if (*d == NULL)
+    while (c->pend_head != NULL) {
+        bus_pending *p = c->pend_head;
+        c->pend_head = p->next;
+        gt_bus_delivery_clear(&p->d);
+        free(p);
+    }
+    c->pend_tail = NULL;
+}
+
+static gt_bus_consumer *bus_consumer_on(gt_bus *bus, amqp_channel_t ch)
+{
+    for (gt_bus_consumer *c = bus->consumers; c != NULL; c = c->next)
+        if (c->ch == ch)
+            return c;
+    return NULL;
+}
+
+static void bus_consumer_unlink(gt_bus_consumer *c)
+{
+    if (c->bus == NULL)
         return;
-    free((*d)->body);
-    free((*d)->reply_to);
-    free((*d)->correlation_id);
-    free(*d);
-    *d = NULL;
+    for (gt_bus_consumer **pp = &c->bus->consumers; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    }
+    c->bus = NULL;
+    c->next = NULL;
+}
+
+/* The unacked set: append (tags come in ascending), find, remove. */
+static void bus_unacked_add(gt_bus_consumer *c, uint64_t tag)
+{
+    if (c->n_unacked == c->cap_unacked) {
+        c->cap_unacked = c->cap_unacked ? c->cap_unacked * 2 : 16;
+        c->unacked = gt_xrealloc(c->unacked, c->cap_unacked * sizeof *c->unacked);
+    }
+    size_t i = c->n_unacked;
+    while (i > 0 && c->unacked[i - 1] > tag) /* never, unless the broker misnumbers */
+        i--;
+    memmove(c->unacked + i + 1, c->unacked + i, (c->n_unacked - i) * sizeof *c->unacked);
+    c->unacked[i] = tag;
+    c->n_unacked++;
+}
+
+static bool bus_unacked_remove(gt_bus_consumer *c, uint64_t tag)
+{
+    size_t lo = 0, hi = c->n_unacked;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->unacked[mid] < tag)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == c->n_unacked || c->unacked[lo] != tag)
+        return false;
+    memmove(c->unacked + lo, c->unacked + lo + 1, (c->n_unacked - lo - 1) * sizeof *c->unacked);
+    c->n_unacked--;
+    return true;
+}
+
+/* Forgets a consumer's channel: the broker requeues whatever it had not acked. */
+static void bus_consumer_reset(gt_bus_consumer *c)
+{
+    c->open = false;
+    c->active = false;
+    free(c->tag);
+    c->tag = NULL;
+    bus_free_pending(c);
+    c->n_unacked = 0;
 }
 
 /* Forgets what a channel had set up (the broker closed it, or the connection went). */
 static void bus_channel_reset(gt_bus *bus, amqp_channel_t ch)
 {
+    if (ch >= CH_FIXED) {
+        gt_bus_consumer *c = bus_consumer_on(bus, ch);
+        if (c != NULL)
+            bus_consumer_reset(c);
+        return;
+    }
     bus->ch_open[ch] = false;
     switch (ch) {
     case CH_PUB:
@@ -260,13 +352,17 @@ static void bus_channel_reset(gt_bus *bus, amqp_channel_t ch)
     case CH_RPC:
         bus->rpc_consuming = false;
         break;
-    case CH_CONS:
-        bus->cons_active = false;
-        bus_free_pending(bus);
-        break;
     default:
         break;
     }
+}
+
+static void bus_channels_reset(gt_bus *bus)
+{
+    for (amqp_channel_t ch = 1; ch < CH_FIXED; ch++)
+        bus_channel_reset(bus, ch);
+    for (gt_bus_consumer *c = bus->consumers; c != NULL; c = c->next)
+        bus_consumer_reset(c);
 }
 
 /* Drops the connection without a goodbye (it is broken or undefined). */
@@ -276,8 +372,7 @@ static void bus_drop(gt_bus *bus)
         amqp_destroy_connection(bus->conn);
         bus->conn = NULL;
     }
-    for (amqp_channel_t ch = 1; ch < CH_COUNT; ch++)
-        bus_channel_reset(bus, ch);
+    bus_channels_reset(bus);
 }
 
 /* Turns the result of the last synchronous method (channel.open, queue.declare, ...) into
@@ -471,8 +566,8 @@ static gt_err bus_open_host(gt_bus *bus, const char *hostport, gt_error *err)
     conn = NULL;
     free(bus->host);
     bus->host = gt_xstrdup(hostport);
-    for (amqp_channel_t ch = 1; ch < CH_COUNT; ch++)
-        bus_channel_reset(bus, ch);
+    bus_channels_reset(bus);
+    bus->next_ch = CH_FIXED; /* channel numbers are per connection */
 done:
     if (conn != NULL)
         amqp_destroy_connection(conn);
@@ -541,7 +636,26 @@ static void bus_confirm(gt_bus *bus, uint64_t tag, bool multiple, bool ack)
         bus->pub_state = ack ? PUB_ACKED : PUB_NACKED;
 }
 
-static void bus_on_delivery(gt_bus *bus, amqp_envelope_t *env)
+/* An integer field table value (RabbitMQ sends x-delivery-count as a long). */
+static bool bus_field_int(const amqp_field_value_t *v, int64_t *out)
+{
+    switch (v->kind) {
+    case AMQP_FIELD_KIND_I8: *out = v->value.i8; return true;
+    case AMQP_FIELD_KIND_U8: *out = v->value.u8; return true;
+    case AMQP_FIELD_KIND_I16: *out = v->value.i16; return true;
+    case AMQP_FIELD_KIND_U16: *out = v->value.u16; return true;
+    case AMQP_FIELD_KIND_I32: *out = v->value.i32; return true;
+    case AMQP_FIELD_KIND_U32: *out = v->value.u32; return true;
+    case AMQP_FIELD_KIND_I64: *out = v->value.i64; return true;
+    case AMQP_FIELD_KIND_U64: *out = v->value.u64 > INT64_MAX ? INT64_MAX : (int64_t)v->value.u64;
+        return true;
+    default: return false;
+    }
+}
+
+/* Handles a delivery. Returns the tag to reject with requeue once the envelope is
+ * destroyed (a delivery for a consumer cancelled meanwhile), else 0. */
+static uint64_t bus_on_delivery(gt_bus *bus, amqp_envelope_t *env)
 {
     amqp_basic_properties_t *p = &env->message.properties;
     bool has_corr = (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) != 0;
@@ -549,30 +663,51 @@ static void bus_on_delivery(gt_bus *bus, amqp_envelope_t *env)
         /* Replies to calls that already timed out are dropped here. */
         if (bus->rpc_corr == NULL || bus->rpc_done || !has_corr ||
             !bus_bytes_eq(p->correlation_id, bus->rpc_corr))
-            return;
+            return 0;
         free(bus->rpc_reply);
         bus->rpc_reply = bus_bytes_dup(env->message.body);
         bus->rpc_reply_len = env->message.body.len;
         bus->rpc_done = true;
-        return;
+        return 0;
     }
-    if (env->channel != CH_CONS || !bus->cons_active)
-        return;
-    bus_delivery *d = gt_xcalloc(1, sizeof *d);
-    d->tag = env->delivery_tag;
-    d->epoch = bus->cons_epoch;
-    d->redelivered = env->redelivered != 0;
+    gt_bus_consumer *c = env->channel >= CH_FIXED ? bus_consumer_on(bus, env->channel) : NULL;
+    if (c == NULL || !c->open)
+        return 0; /* its channel is gone (closed by us): the broker requeued it */
+    if (!c->active) {
+        /* Sent before the broker saw our basic.cancel: back to the queue for others. A
+         * quorum queue counts that as a return; GT_BUS_DELIVERY_LIMIT leaves room. */
+        return c->cancelled ? env->delivery_tag : 0;
+    }
+    bus_pending *n = gt_xcalloc(1, sizeof *n);
+    gt_bus_delivery *d = &n->d;
     d->body = bus_bytes_dup(env->message.body);
     d->len = env->message.body.len;
-    if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
-        d->reply_to = bus_bytes_dup(p->reply_to);
+    d->redelivered = env->redelivered != 0;
+    d->delivery_tag = env->delivery_tag;
+    d->generation = c->gen;
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        d->message_id = bus_bytes_dup(p->message_id);
     if (has_corr)
         d->correlation_id = bus_bytes_dup(p->correlation_id);
-    if (bus->pend_tail != NULL)
-        bus->pend_tail->next = d;
+    if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
+        d->reply_to = bus_bytes_dup(p->reply_to);
+    if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
+        d->content_type = bus_bytes_dup(p->content_type);
+    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+        for (int i = 0; i < p->headers.num_entries; i++) {
+            amqp_table_entry_t *e = &p->headers.entries[i];
+            int64_t v;
+            if (bus_bytes_eq(e->key, "x-delivery-count") && bus_field_int(&e->value, &v))
+                d->delivery_count = v < 0 ? 0 : v;
+        }
+    }
+    bus_unacked_add(c, env->delivery_tag);
+    if (c->pend_tail != NULL)
+        c->pend_tail->next = n;
     else
-        bus->pend_head = d;
-    bus->pend_tail = d;
+        c->pend_head = n;
+    c->pend_tail = n;
+    return 0;
 }
 
 static gt_err bus_lost(gt_bus *bus, const char *why, gt_error *err)
@@ -622,10 +757,15 @@ static gt_err bus_on_frame(gt_bus *bus, gt_error *err)
         break;
     }
     case AMQP_BASIC_CANCEL_METHOD:
-        /* The broker cancelled a consumer (its queue was deleted): set it up again. */
-        if (ch == CH_CONS) {
-            bus->cons_active = false;
-            gt_warn("amqp %s: the broker cancelled the consumer", bus->host);
+        /* The broker cancelled a consumer (its queue was deleted): it subscribes again
+         * (on a fresh channel) on its next gt_bus_consume_next. */
+        if (ch >= CH_FIXED) {
+            gt_bus_consumer *c = bus_consumer_on(bus, ch);
+            if (c != NULL && c->active) {
+                c->active = false;
+                gt_warn("amqp %s: the broker cancelled the consumer of '%s'", bus->host,
+                        c->queue);
+            }
         } else if (ch == CH_RPC) {
             bus->rpc_consuming = false;
         }
@@ -638,8 +778,7 @@ static gt_err bus_on_frame(gt_bus *bus, gt_error *err)
         amqp_channel_close_ok_t ok = {0};
         if (amqp_send_method(bus->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
             return bus_lost(bus, "answering channel.close", err);
-        if (ch < CH_COUNT)
-            bus_channel_reset(bus, ch);
+        bus_channel_reset(bus, ch);
         break;
     }
     case AMQP_CONNECTION_CLOSE_METHOD: {
@@ -673,8 +812,14 @@ static gt_err bus_pump(gt_bus *bus, int64_t timeout_ms, gt_error *err)
     amqp_envelope_t env;
     amqp_rpc_reply_t r = amqp_consume_message(bus->conn, &env, &tv, 0);
     if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-        bus_on_delivery(bus, &env);
+        amqp_channel_t ch = env.channel;
+        uint64_t requeue = bus_on_delivery(bus, &env);
         amqp_destroy_envelope(&env);
+        if (requeue != 0) {
+            int st = amqp_basic_reject(bus->conn, ch, requeue, 1);
+            if (st != AMQP_STATUS_OK)
+                return bus_lost(bus, amqp_error_string2(st), err);
+        }
         return GT_OK;
     }
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION) {
@@ -797,6 +942,9 @@ void gt_bus_free(gt_bus **busp)
         (void)amqp_connection_close(bus->conn, AMQP_REPLY_SUCCESS);
     }
     bus_drop(bus);
+    /* Consumers left over are detached: their calls say so, gt_bus_consume_stop frees. */
+    while (bus->consumers != NULL)
+        bus_consumer_unlink(bus->consumers);
     gt_strv_free(&bus->hosts);
     free(bus->vhost);
     free(bus->username);
@@ -818,19 +966,31 @@ bool gt_bus_connected(const gt_bus *bus)
     return bus != NULL && bus->conn != NULL;
 }
 
-/* Declares queue on channel ch: durable, quorum or classic. */
-static gt_err bus_declare(gt_bus *bus, amqp_channel_t ch, const char *queue, bool quorum,
-                          gt_error *err)
+/* Declares queue on channel ch: durable, with these arguments. */
+static gt_err bus_declare_args(gt_bus *bus, amqp_channel_t ch, const char *queue, amqp_table_t args,
+                               gt_error *err)
 {
-    amqp_table_entry_t entry = {.key = amqp_cstring_bytes("x-queue-type"),
-                                .value = {.kind = AMQP_FIELD_KIND_UTF8,
-                                          .value.bytes = amqp_cstring_bytes("quorum")}};
-    amqp_table_t args = quorum ? (amqp_table_t){.num_entries = 1, .entries = &entry}
-                               : amqp_empty_table;
     char what[300];
     snprintf(what, sizeof what, "declare queue '%s'", queue);
     amqp_queue_declare(bus->conn, ch, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
     return bus_rpc_result(bus, ch, what, err);
+}
+
+static amqp_table_entry_t bus_str_arg(const char *key, const char *value)
+{
+    return (amqp_table_entry_t){.key = amqp_cstring_bytes(key),
+                                .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                                          .value.bytes = amqp_cstring_bytes(value)}};
+}
+
+/* Declares queue on channel ch: durable, quorum or classic. */
+static gt_err bus_declare(gt_bus *bus, amqp_channel_t ch, const char *queue, bool quorum,
+                          gt_error *err)
+{
+    amqp_table_entry_t entry = bus_str_arg("x-queue-type", "quorum");
+    amqp_table_t args = quorum ? (amqp_table_t){.num_entries = 1, .entries = &entry}
+                               : amqp_empty_table;
+    return bus_declare_args(bus, ch, queue, args, err);
 }
 
 gt_err gt_bus_declare_queue(gt_bus *bus, const char *queue, bool quorum, gt_error *err)
@@ -845,6 +1005,51 @@ gt_err gt_bus_declare_queue(gt_bus *bus, const char *queue, bool quorum, gt_erro
         if ((rc = bus_ready(bus, CH_PUB, &e)) != GT_OK)
             break;
         rc = bus_declare(bus, CH_PUB, queue, quorum, &e);
+        if (rc == GT_OK || bus->conn != NULL)
+            break;
+    }
+    return rc == GT_OK ? GT_OK : gt_error_set(err, rc, "%s", e.message);
+}
+
+gt_err gt_bus_declare_work_queue(gt_bus *bus, const char *queue, gt_error *err)
+{
+    size_t n = queue != NULL ? strlen(queue) : 0;
+    if (bus == NULL || n == 0 || n > 255 - strlen(BUS_DEAD_SUFFIX))
+        return gt_error_set(err, GT_EINVAL, "amqp: a work queue name must be 1-%zu bytes "
+                            "(its dead-letter queue adds \"%s\")", 255 - strlen(BUS_DEAD_SUFFIX),
+                            BUS_DEAD_SUFFIX);
+    char dead[256];
+    snprintf(dead, sizeof dead, "%s%s", queue, BUS_DEAD_SUFFIX);
+    amqp_table_entry_t dead_args[] = {bus_str_arg("x-queue-type", "quorum")};
+    amqp_table_entry_t work_args[] = {
+        bus_str_arg("x-queue-type", "quorum"),
+        bus_str_arg("x-dead-letter-exchange", ""),
+        bus_str_arg("x-dead-letter-routing-key", dead),
+        /* The broker dead-letters with confirms and keeps the message until <queue>.dead
+         * has it; "at-least-once" needs overflow "reject-publish" (there is no length
+         * limit, so publishing is never refused for it). */
+        bus_str_arg("x-dead-letter-strategy", "at-least-once"),
+        bus_str_arg("x-overflow", "reject-publish"),
+        {.key = amqp_cstring_bytes("x-delivery-limit"),
+         .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = GT_BUS_DELIVERY_LIMIT}},
+    };
+    amqp_table_t dt = {.num_entries = 1, .entries = dead_args};
+    amqp_table_t wt = {.num_entries = (int)(sizeof work_args / sizeof work_args[0]),
+                       .entries = work_args};
+    gt_error e;
+    gt_err rc = GT_EUNAVAIL;
+    /* Declaring is idempotent, so a connection lost on the way is simply retried once. The
+     * dead-letter queue first: the work queue's messages always have somewhere to go. */
+    for (int pass = 0; pass < 2; pass++) {
+        gt_error_clear(&e);
+        if ((rc = bus_ready(bus, CH_PUB, &e)) != GT_OK)
+            break;
+        rc = bus_declare_args(bus, CH_PUB, dead, dt, &e);
+        if (rc == GT_OK) {
+            if ((rc = bus_ready(bus, CH_PUB, &e)) != GT_OK)
+                break;
+            rc = bus_declare_args(bus, CH_PUB, queue, wt, &e);
+        }
         if (rc == GT_OK || bus->conn != NULL)
             break;
     }
@@ -1002,104 +1207,297 @@ done:
 
 /* --- consuming ---------------------------------------------------------------------- */
 
-/* Sets up the consumer on CH_CONS: queue declared, prefetch, consume with manual acks. */
-static gt_err bus_consume_setup(gt_bus *bus, const char *queue, uint16_t prefetch, gt_error *err)
+/* Generations are unique in the process, so a delivery from another consumer (or another
+ * bus) is never mistaken for one of this subscription. */
+static _Atomic uint64_t bus_generations;
+
+static gt_bus_consumer *bus_consumer_new(gt_bus *bus, const char *queue, uint16_t prefetch)
 {
-    gt_err rc;
-    if (bus->conn == NULL && (rc = bus_connect_pass(bus, err)) != GT_OK)
-        return rc;
-    if ((rc = bus_channel(bus, CH_CONS, err)) != GT_OK)
-        return rc;
-    gt_error e;
-    gt_error_clear(&e);
-    rc = bus_declare(bus, CH_CONS, queue, false, &e);
-    if (rc == GT_ECONFLICT && bus->conn != NULL) {
-        /* It exists with other arguments (a quorum queue, say): serve it as it is. */
-        gt_debug("amqp %s: %s", bus->host, e.message);
-        if ((rc = bus_channel(bus, CH_CONS, err)) != GT_OK)
-            return rc;
-    } else if (rc != GT_OK) {
-        return gt_error_set(err, rc, "%s", e.message);
+    gt_bus_consumer *c = gt_xcalloc(1, sizeof *c);
+    c->bus = bus;
+    c->queue = gt_xstrdup(queue);
+    c->prefetch = prefetch;
+    c->next = bus->consumers;
+    bus->consumers = c;
+    return c;
+}
+
+/* Closes a consumer's channel, which cancels its subscription; the broker requeues every
+ * delivery of it not acked yet. */
+static void bus_consumer_close(gt_bus_consumer *c)
+{
+    gt_bus *bus = c->bus;
+    if (bus != NULL && bus->conn != NULL && c->open) {
+        amqp_rpc_reply_t r = amqp_channel_close(bus->conn, c->ch, AMQP_REPLY_SUCCESS);
+        if (r.reply_type != AMQP_RESPONSE_NORMAL)
+            bus_drop(bus); /* in doubt: the next call starts afresh */
     }
-    amqp_basic_qos(bus->conn, CH_CONS, 0, prefetch, 0);
-    if ((rc = bus_rpc_result(bus, CH_CONS, "basic.qos", err)) != GT_OK)
+    bus_consumer_reset(c);
+}
+
+/* Subscribes c: connected (one pass over the hosts when there is no connection), a fresh
+ * channel (a new number on this connection, so frames still queued for an old one never
+ * reach the new subscription), the queue declared when asked, prefetch, basic.consume
+ * with manual acks. A new generation on success. */
+static gt_err bus_subscribe(gt_bus_consumer *c, gt_error *err)
+{
+    gt_bus *bus = c->bus;
+    gt_err rc;
+    if (bus->conn != NULL)
+        bus_drain(bus); /* a connection the broker closed while we were away */
+    if (bus->conn == NULL) {
+        if ((rc = bus_connect_pass(bus, err)) != GT_OK)
+            return rc;
+        gt_info("amqp: connected to %s", bus->host);
+    }
+    if (c->open)
+        bus_consumer_close(c); /* the broker cancelled it: start on a fresh channel */
+    if (bus->conn == NULL)
+        return gt_error_set(err, GT_EUNAVAIL, "amqp %s: connection lost closing a channel",
+                            bus->host);
+    int max = amqp_get_channel_max(bus->conn);
+    if (max <= 0 || max > 65535)
+        max = 65535;
+    if (bus->next_ch > max) {
+        bus_drop(bus); /* numbering starts again on a new connection */
+        return gt_error_set(err, GT_EUNAVAIL, "amqp %s: all %d channels used; reconnecting",
+                            bus->host, max);
+    }
+    c->ch = (amqp_channel_t)bus->next_ch++;
+    amqp_channel_open(bus->conn, c->ch);
+    if ((rc = bus_rpc_result(bus, c->ch, "channel.open", err)) != GT_OK)
         return rc;
-    amqp_basic_consume(bus->conn, CH_CONS, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
-                       amqp_empty_table);
+    c->open = true;
+    if (c->declare) {
+        gt_error e;
+        gt_error_clear(&e);
+        rc = bus_declare(bus, c->ch, c->queue, false, &e);
+        if (rc == GT_ECONFLICT && bus->conn != NULL) {
+            /* It exists with other arguments (a quorum queue, say): serve it as it is. The
+             * broker closed the channel: a new one. */
+            gt_debug("amqp %s: %s", bus->host, e.message);
+            c->ch = (amqp_channel_t)bus->next_ch++;
+            amqp_channel_open(bus->conn, c->ch);
+            if ((rc = bus_rpc_result(bus, c->ch, "channel.open", err)) != GT_OK)
+                return rc;
+            c->open = true;
+        } else if (rc != GT_OK) {
+            return gt_error_set(err, rc, "%s", e.message);
+        }
+    }
+    amqp_basic_qos(bus->conn, c->ch, 0, c->prefetch, 0);
+    if ((rc = bus_rpc_result(bus, c->ch, "basic.qos", err)) != GT_OK)
+        return rc;
+    amqp_basic_consume_ok_t *ok = amqp_basic_consume(bus->conn, c->ch, amqp_cstring_bytes(c->queue),
+                                                     amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
     char what[300];
-    snprintf(what, sizeof what, "consume queue '%s'", queue);
-    if ((rc = bus_rpc_result(bus, CH_CONS, what, err)) != GT_OK)
+    snprintf(what, sizeof what, "consume queue '%s'", c->queue);
+    if ((rc = bus_rpc_result(bus, c->ch, what, err)) != GT_OK)
         return rc;
-    bus->cons_active = true;
-    bus->cons_epoch++;
+    free(c->tag);
+    c->tag = ok != NULL ? bus_bytes_dup(ok->consumer_tag) : NULL;
+    c->gen = atomic_fetch_add(&bus_generations, 1) + 1;
+    c->n_unacked = 0;
+    c->active = true;
     return GT_OK;
 }
 
-/* Consumes queue with manual acks until *stop: each delivery goes to fn, whose verdict is
- * sent back (ack, reject, requeue) on the channel it came from. A delivery from an
- * earlier connection is not acked (the broker already requeued it). Reconnects with
- * backoff; GT_EUNAVAIL after the configured attempts fail in a row. */
-static gt_err bus_consume(gt_bus *bus, const char *queue, uint16_t prefetch, bus_handler fn,
-                          void *arg, volatile sig_atomic_t *stop, gt_error *err)
+gt_bus_consumer *gt_bus_consume_start(gt_bus *bus, const char *queue, int prefetch, gt_error *err)
 {
-    gt_error last;
-    gt_error_clear(&last);
-    int failures = 0;
-    gt_err rc = GT_OK;
-    while (!*stop) {
-        if (bus->conn == NULL || !bus->cons_active) {
-            if (failures >= bus->attempts) {
-                rc = gt_error_set(err, GT_EUNAVAIL, "%s (gave up after %d attempts)", last.message,
-                                  failures);
-                break;
-            }
-            int64_t pause = bus_backoff(failures, BUS_SERVE_BACKOFF_MS, BUS_SERVE_BACKOFF_MAX_MS);
-            if (failures > 0 && bus_sleep(pause, stop))
-                break;
-            gt_error_clear(&last);
-            rc = bus_consume_setup(bus, queue, prefetch, &last);
-            if (rc == GT_EPERM || rc == GT_EINVAL || rc == GT_ENOMEM) {
-                gt_error_set(err, rc, "%s", last.message);
-                break;
-            }
-            if (rc != GT_OK) {
-                failures++;
-                gt_warn("%s (attempt %d of %d)", last.message, failures, bus->attempts);
+    if (bus == NULL || queue == NULL || queue[0] == '\0' || strlen(queue) > 255) {
+        gt_error_set(err, GT_EINVAL, "amqp: consume needs a bus and a queue name of 1-255 bytes");
+        return NULL;
+    }
+    if (prefetch < 1 || prefetch > 65535) {
+        gt_error_set(err, GT_EINVAL, "amqp: prefetch for '%s' must be 1-65535, not %d", queue,
+                     prefetch);
+        return NULL;
+    }
+    gt_bus_consumer *c = bus_consumer_new(bus, queue, (uint16_t)prefetch);
+    gt_error e;
+    gt_err rc = GT_EUNAVAIL;
+    /* Subscribing is idempotent, so a connection lost on the way is simply retried once. */
+    for (int pass = 0; pass < 2; pass++) {
+        gt_error_clear(&e);
+        rc = bus_ensure(bus, BUS_CALL_BACKOFF_MS, BUS_CALL_BACKOFF_MAX_MS, NULL, &e);
+        if (rc != GT_OK)
+            break;
+        rc = bus_subscribe(c, &e);
+        if (rc == GT_OK || bus->conn != NULL)
+            break;
+    }
+    if (rc != GT_OK) {
+        gt_error_set(err, rc, "%s", e.message);
+        gt_bus_consume_stop(&c);
+    }
+    return c;
+}
+
+bool gt_bus_consuming(const gt_bus_consumer *c)
+{
+    return c != NULL && c->bus != NULL && c->bus->conn != NULL && c->active;
+}
+
+gt_err gt_bus_consume_next(gt_bus_consumer *c, int64_t timeout_ms, gt_bus_delivery *d,
+                           gt_error *err)
+{
+    if (d != NULL)
+        memset(d, 0, sizeof *d);
+    if (c == NULL || d == NULL)
+        return gt_error_set(err, GT_EINVAL, "amqp: consume_next needs a consumer and a delivery");
+    gt_bus *bus = c->bus;
+    if (bus == NULL)
+        return gt_error_set(err, GT_EINVAL, "amqp: '%s': its bus was freed", c->queue);
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    int64_t deadline = gt_mono_ms() + timeout_ms;
+    bool tried = false, waited = false;
+    for (;;) {
+        bus_pending *p = c->pend_head;
+        if (p != NULL) {
+            c->pend_head = p->next;
+            if (c->pend_head == NULL)
+                c->pend_tail = NULL;
+            *d = p->d;
+            free(p);
+            return GT_OK;
+        }
+        bool want = !c->active && !c->cancelled;
+        if (want && !tried && gt_mono_ms() >= c->retry_at) {
+            /* One attempt per call, so the call stays bounded. */
+            tried = true;
+            bool again = c->gen != 0;
+            gt_error e;
+            gt_error_clear(&e);
+            gt_err rc = bus_subscribe(c, &e);
+            if (rc == GT_OK) {
+                if (again)
+                    gt_info("amqp %s: consuming '%s' again", bus->host, c->queue);
+                c->failures = 0;
+                c->retry_at = 0;
                 continue;
             }
-            if (failures > 0)
-                gt_info("amqp %s: consuming '%s' again", bus->host, queue);
-            failures = 0;
-        }
-        bus_delivery *d = bus->pend_head;
-        if (d == NULL) {
-            (void)bus_pump(bus, BUS_POLL_MS, NULL);
+            c->failures++;
+            c->retry_at = gt_mono_ms() +
+                          bus_backoff(c->failures, BUS_SERVE_BACKOFF_MS, BUS_SERVE_BACKOFF_MAX_MS);
+            if (rc != GT_EUNAVAIL)
+                return gt_error_set(err, rc, "%s", e.message); /* a refusal: say it now */
+            gt_warn("%s (attempt %d of %d)", e.message, c->failures, bus->attempts);
+            if (c->failures >= bus->attempts) {
+                int n = c->failures;
+                c->failures = 0;
+                return gt_error_set(err, GT_EUNAVAIL, "%s (consuming '%s': gave up after %d "
+                                    "attempts)", e.message, c->queue, n);
+            }
             continue;
         }
-        bus->pend_head = d->next;
-        if (bus->pend_head == NULL)
-            bus->pend_tail = NULL;
-        d->next = NULL;
-        bus_verdict v = fn(bus, arg, d);
-        /* fn may have published, and so lost and replaced the connection meanwhile. */
-        if (bus->conn != NULL && bus->cons_active && d->epoch == bus->cons_epoch) {
-            int st = v == BUS_ACK ? amqp_basic_ack(bus->conn, CH_CONS, d->tag, 0)
-                                  : amqp_basic_reject(bus->conn, CH_CONS, d->tag, v == BUS_REQUEUE);
-            if (st != AMQP_STATUS_OK)
-                (void)bus_lost(bus, amqp_error_string2(st), NULL);
-        }
-        bus_delivery_free(&d);
-    }
-    if (bus->conn != NULL && bus->ch_open[CH_CONS]) {
-        /* Closing the channel cancels the consumer and requeues what was prefetched. */
-        amqp_channel_close(bus->conn, CH_CONS, AMQP_REPLY_SUCCESS);
-        if (amqp_get_rpc_reply(bus->conn).reply_type != AMQP_RESPONSE_NORMAL)
-            bus_drop(bus);
+        int64_t now = gt_mono_ms();
+        int64_t left = deadline - now;
+        if (left <= 0 && waited)
+            return gt_error_set(err, GT_ETIMEDOUT, "amqp: nothing from '%s' within %" PRId64 " ms",
+                                c->queue, timeout_ms);
+        int64_t wait = left > 0 ? left : 0;
+        if (want && !tried && c->retry_at - now < wait)
+            wait = c->retry_at - now > 0 ? c->retry_at - now : 0; /* wake for the attempt */
+        if (bus->conn != NULL)
+            (void)bus_pump(bus, wait, NULL); /* heartbeats go out while it waits */
         else
-            bus_channel_reset(bus, CH_CONS);
+            (void)bus_sleep(wait, NULL);
+        waited = true;
     }
-    return *stop ? GT_OK : rc;
 }
+
+/* Acks (how 0), rejects (1) or requeues (2) d on c. */
+static gt_err bus_settle(gt_bus_consumer *c, const gt_bus_delivery *d, int how, gt_error *err)
+{
+    static const char *const verbs[] = {"ack", "reject", "requeue"};
+    if (c == NULL || d == NULL)
+        return gt_error_set(err, GT_EINVAL, "amqp: %s needs a consumer and a delivery", verbs[how]);
+    gt_bus *bus = c->bus;
+    if (bus == NULL)
+        return gt_error_set(err, GT_EINVAL, "amqp: '%s': its bus was freed", c->queue);
+    if (bus->conn != NULL)
+        bus_drain(bus); /* notice a connection the broker closed meanwhile */
+    if (d->generation == 0 || d->generation != c->gen || !c->open || bus->conn == NULL)
+        return gt_error_set(err, GT_ECONFLICT, "amqp %s: '%s': cannot %s delivery %" PRIu64
+                            ": it came on an earlier connection or channel (the broker requeued "
+                            "it and delivers it again)", bus->host, c->queue, verbs[how],
+                            d->delivery_tag);
+    if (!bus_unacked_remove(c, d->delivery_tag))
+        return gt_error_set(err, GT_EINVAL, "amqp %s: '%s': cannot %s delivery %" PRIu64
+                            ": it was acked or rejected already", bus->host, c->queue,
+                            verbs[how], d->delivery_tag);
+    int st = how == 0 ? amqp_basic_ack(bus->conn, c->ch, d->delivery_tag, 0)
+                      : amqp_basic_reject(bus->conn, c->ch, d->delivery_tag, how == 2);
+    if (st != AMQP_STATUS_OK)
+        return bus_lost(bus, amqp_error_string2(st), err); /* it comes again */
+    return GT_OK;
+}
+
+gt_err gt_bus_ack(gt_bus_consumer *c, const gt_bus_delivery *d, gt_error *err)
+{
+    return bus_settle(c, d, 0, err);
+}
+
+gt_err gt_bus_reject(gt_bus_consumer *c, const gt_bus_delivery *d, bool requeue, gt_error *err)
+{
+    return bus_settle(c, d, requeue ? 2 : 1, err);
+}
+
+gt_err gt_bus_consume_cancel(gt_bus_consumer *c, gt_error *err)
+{
+    if (c == NULL)
+        return gt_error_set(err, GT_EINVAL, "amqp: consume_cancel needs a consumer");
+    if (c->cancelled)
+        return GT_OK;
+    c->cancelled = true;
+    gt_bus *bus = c->bus;
+    if (bus == NULL || bus->conn == NULL || !c->open)
+        return GT_OK; /* no subscription: the broker requeued everything unacked already */
+    if (c->active && c->tag != NULL) {
+        c->active = false;
+        amqp_basic_cancel(bus->conn, c->ch, amqp_cstring_bytes(c->tag));
+        char what[300];
+        snprintf(what, sizeof what, "cancel consumer of '%s'", c->queue);
+        gt_err rc = bus_rpc_result(bus, c->ch, what, err);
+        if (rc != GT_OK)
+            return rc; /* channel or connection gone: requeued by the broker */
+    }
+    c->active = false;
+    /* Received but not handed out: back to the queue now, for other consumers. (Those that
+     * arrive before the broker saw the cancel are requeued by bus_pump as they come.) */
+    while (c->pend_head != NULL && bus->conn != NULL && c->open) {
+        bus_pending *p = c->pend_head;
+        c->pend_head = p->next;
+        uint64_t tag = p->d.delivery_tag;
+        (void)bus_unacked_remove(c, tag);
+        gt_bus_delivery_clear(&p->d);
+        free(p);
+        int st = amqp_basic_reject(bus->conn, c->ch, tag, 1);
+        if (st != AMQP_STATUS_OK)
+            return bus_lost(bus, amqp_error_string2(st), err);
+    }
+    if (c->pend_head == NULL)
+        c->pend_tail = NULL;
+    return GT_OK;
+}
+
+void gt_bus_consume_stop(gt_bus_consumer **cp)
+{
+    if (cp == NULL || *cp == NULL)
+        return;
+    gt_bus_consumer *c = *cp;
+    bus_consumer_close(c);
+    bus_consumer_unlink(c);
+    bus_free_pending(c);
+    free(c->unacked);
+    free(c->tag);
+    free(c->queue);
+    free(c);
+    *cp = NULL;
+}
+
+/* --- serving RPC requests -------------------------------------------------------------- */
 
 typedef struct serve_ctx {
     const char *queue;
@@ -1107,23 +1505,30 @@ typedef struct serve_ctx {
     void *arg;
 } serve_ctx;
 
-static bus_verdict serve_one(gt_bus *bus, void *arg, const bus_delivery *d)
+/* Answers one request, then acks it; a request that cannot be answered is rejected (not
+ * requeued). When the handler's own bus calls lost the channel meanwhile, nothing is
+ * sent: the broker requeued the request and it comes again. */
+static void serve_one(gt_bus_consumer *c, const serve_ctx *s, const gt_bus_delivery *d)
 {
-    serve_ctx *c = arg;
-    if (bus->conn == NULL)
-        return BUS_REQUEUE; /* gone meanwhile; the broker requeued it already */
+    gt_bus *bus = c->bus;
     if (d->reply_to == NULL || d->reply_to[0] == '\0') {
-        gt_warn("amqp %s: '%s': request without reply-to rejected", bus->host, c->queue);
-        return BUS_REJECT;
+        gt_warn("amqp %s: '%s': request without reply-to rejected", bus->host, s->queue);
+        (void)gt_bus_reject(c, d, false, NULL);
+        return;
     }
     char *reply = NULL;
     size_t reply_len = 0;
-    gt_err rc = c->fn(c->arg, d->body, d->len, &reply, &reply_len);
+    gt_err rc = s->fn(s->arg, d->body, d->len, &reply, &reply_len);
     if (rc != GT_OK) {
-        gt_warn("amqp %s: '%s': request %s rejected: %s", bus->host, c->queue,
+        gt_warn("amqp %s: '%s': request %s rejected: %s", bus->host, s->queue,
                 d->correlation_id ? d->correlation_id : "(no correlation id)", gt_strerror(rc));
         free(reply);
-        return BUS_REJECT;
+        (void)gt_bus_reject(c, d, false, NULL);
+        return;
+    }
+    if (bus->conn == NULL || !c->open || d->generation != c->gen) {
+        free(reply);
+        return;
     }
     amqp_basic_properties_t props = {
         ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG,
@@ -1133,29 +1538,61 @@ static bus_verdict serve_one(gt_bus *bus, void *arg, const bus_delivery *d)
         props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
         props.correlation_id = amqp_cstring_bytes(d->correlation_id);
     }
-    if (bus->conn == NULL || !bus->cons_active || d->epoch != bus->cons_epoch) {
-        free(reply); /* the handler's own bus calls lost the channel: it comes again */
-        return BUS_REQUEUE;
-    }
     amqp_bytes_t bytes = {.len = reply_len, .bytes = reply};
     /* No confirm for replies: the caller waiting for it is the confirmation, and a caller
      * that is gone makes the broker drop the reply, which is what we want. */
-    int st = amqp_basic_publish(bus->conn, CH_CONS, amqp_empty_bytes,
+    int st = amqp_basic_publish(bus->conn, c->ch, amqp_empty_bytes,
                                 amqp_cstring_bytes(d->reply_to), 0, 0, &props, bytes);
-    if (st != AMQP_STATUS_OK)
-        (void)bus_lost(bus, amqp_error_string2(st), NULL); /* the request will come again */
     free(reply);
-    return BUS_ACK;
+    if (st != AMQP_STATUS_OK) {
+        (void)bus_lost(bus, amqp_error_string2(st), NULL); /* the request will come again */
+        return;
+    }
+    (void)gt_bus_ack(c, d, NULL);
 }
 
 gt_err gt_bus_serve_rpc(gt_bus *bus, const char *queue, gt_bus_rpc_fn fn, void *arg,
                         volatile sig_atomic_t *stop, gt_error *err)
 {
-    if (queue == NULL || queue[0] == '\0' || strlen(queue) > 255 || fn == NULL || stop == NULL)
+    if (bus == NULL || queue == NULL || queue[0] == '\0' || strlen(queue) > 255 || fn == NULL ||
+        stop == NULL)
         return gt_error_set(err, GT_EINVAL, "amqp: serve_rpc needs a queue (1-255 bytes), "
                             "a handler and a stop flag");
-    serve_ctx c = {.queue = queue, .fn = fn, .arg = arg};
+    if (*stop)
+        return GT_OK;
+    serve_ctx s = {.queue = queue, .fn = fn, .arg = arg};
     /* Prefetch 1: a slow request (a password hash) does not hold others back that an idle
-     * server could answer. */
-    return bus_consume(bus, queue, 1, serve_one, &c, stop, err);
+     * server could answer. The queue is declared on each subscribe (classic, or as it is). */
+    gt_bus_consumer *c = bus_consumer_new(bus, queue, 1);
+    c->declare = true;
+    gt_err rc = GT_OK;
+    while (!*stop) {
+        gt_bus_delivery d;
+        gt_error e;
+        gt_error_clear(&e);
+        rc = gt_bus_consume_next(c, BUS_POLL_MS, &d, &e);
+        if (rc == GT_OK) {
+            serve_one(c, &s, &d);
+            gt_bus_delivery_clear(&d);
+            continue;
+        }
+        if (rc == GT_ETIMEDOUT) {
+            rc = GT_OK;
+            continue;
+        }
+        if (rc == GT_EUNAVAIL || rc == GT_EPERM || rc == GT_EINVAL || rc == GT_ENOMEM) {
+            gt_error_set(err, rc, "%s", e.message); /* gave up, or will never work */
+            break;
+        }
+        /* Another refusal (the queue went away, ...): retried after a backoff. */
+        gt_warn("%s (attempt %d of %d)", e.message, c->failures, bus->attempts);
+        if (c->failures >= bus->attempts) {
+            gt_error_set(err, rc, "%s (gave up after %d attempts)", e.message, c->failures);
+            break;
+        }
+        rc = GT_OK;
+    }
+    /* Closing the channel cancels the consumer and requeues what was prefetched. */
+    gt_bus_consume_stop(&c);
+    return *stop ? GT_OK : rc;
 }

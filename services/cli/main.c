@@ -14,6 +14,7 @@
 #include "config.h"
 #include "log.h"
 #include "run.h"
+#include "setup.h"
 #include "store.h"
 
 extern char **environ;
@@ -154,25 +155,6 @@ static int load_config(cli *c, main_ctx *m)
     return CLI_OK;
 }
 
-static void run_options(const gt_config *cfg, gt_run_options *o)
-{
-    *o = (gt_run_options){
-        .working_dir = cfg->application.working_dir,
-        .git = cfg->runner.git,
-        .python = cfg->runner.python,
-        .ansible_playbook = cfg->runner.ansible_playbook,
-        .output_limit = (size_t)cfg->runner.output_limit,
-        .kill_grace_ms = cfg->runner.kill_grace_period,
-        .default_timeout_ms = cfg->runner.default_timeout,
-        .fetch_timeout_ms = cfg->runner.fetch_timeout,
-        .pip_index_url = cfg->runner.pip_index_url,
-        .pip_extra_index_url = cfg->runner.pip_extra_index_url,
-        .pip_find_links = cfg->runner.pip_find_links,
-        .pip_trusted_host = cfg->runner.pip_trusted_host,
-        .pip_no_index = cfg->runner.pip_no_index,
-        .environ = environ,
-    };
-}
 
 static int open_backend(cli *c, main_ctx *m)
 {
@@ -189,29 +171,16 @@ static int open_backend(cli *c, main_ctx *m)
     }
     if (cfg->application.mode == GT_MODE_CLIENT)
         return open_client(c, m);
-    switch (cfg->store.backend) {
-    case GT_BACKEND_LOCAL:
-        m->store = gt_store_open_local(cfg->store.path, &e);
-        break;
-    case GT_BACKEND_MEMORY:
-        m->store = gt_store_open_memory(&e);
-        break;
-    default:
-        fprintf(c->err, "gantry: [store] backend = %s is for server and runner nodes; local mode "
-                        "uses local or memory\n",
-                gt_config_backend_name(cfg->store.backend));
-        return CLI_USAGE;
-    }
-    if (m->store == NULL) {
+    gt_err rc = gt_setup_open_store(cfg, &m->store, &e);
+    if (rc != GT_OK) {
         fprintf(c->err, "gantry: store: %s\n", e.message);
-        return CLI_ERROR;
+        return rc == GT_EINVAL ? CLI_USAGE : CLI_ERROR;
     }
-    run_options(cfg, &m->run);
-    const char *src = gt_config_source(cfg, "secrets", "encrypt_key_file");
+    gt_setup_run_options(cfg, environ, &m->run);
     gt_api_deps deps = {
         .store = m->store,
         .key_file = cfg->secrets.encrypt_key_file,
-        .key_file_explicit = src && strncmp(src, "derived", 7) != 0,
+        .key_file_explicit = gt_setup_key_file_explicit(cfg),
         .run = &m->run,
         .cancel = &canceled,
         .runner_name = "local",

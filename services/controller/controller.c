@@ -65,8 +65,10 @@ struct gt_ctl {
     exec_slot *slots;
     int nexec;
     pthread_t watcher;
-    pthread_mutex_t mu;        /* guards the run queue */
-    pthread_cond_t cv;
+    pthread_mutex_t mu;        /* guards the run queue and the slots' current ids */
+    pthread_cond_t cv;         /* work for the execution workers */
+    pthread_cond_t watch_cv;   /* the watcher's own: a signal meant for a worker must
+                                  never be taken by it */
     gt_strv runq;
     size_t runq_head;
     bool stopping;
@@ -352,15 +354,14 @@ static void rpc_reply(ctx *x, cJSON *rpc, int status)
     cJSON_Delete(rpc);
 }
 
-static void h_login(ctx *x)
+/* login and change_password: the body's credentials, the caller's address, to tokend */
+static void credentials_rpc(ctx *x, const char *op, const char *const *keys)
 {
-    static const char *const allowed[] = {"username", "password", NULL};
-    static const char *const keys[] = {"username", "password", NULL};
-    cJSON *b = body_object(x->req, allowed, x->resp);
+    cJSON *b = body_object(x->req, keys, x->resp);
     if (b == NULL)
         return;
     cJSON *rpc = cJSON_CreateObject();
-    gt_json_set_str(rpc, "op", "login");
+    gt_json_set_str(rpc, "op", op);
     gt_json_set_str(rpc, "source", x->req->peer ? x->req->peer : "");
     if (copy_strings(b, rpc, keys, keys, true, x->resp))
         rpc_reply(x, rpc, 200);
@@ -369,20 +370,16 @@ static void h_login(ctx *x)
     cJSON_Delete(b);
 }
 
+static void h_login(ctx *x)
+{
+    static const char *const keys[] = {"username", "password", NULL};
+    credentials_rpc(x, "login", keys);
+}
+
 static void h_password(ctx *x)
 {
     static const char *const keys[] = {"username", "password", "new_password", NULL};
-    cJSON *b = body_object(x->req, keys, x->resp);
-    if (b == NULL)
-        return;
-    cJSON *rpc = cJSON_CreateObject();
-    gt_json_set_str(rpc, "op", "change_password");
-    gt_json_set_str(rpc, "source", x->req->peer ? x->req->peer : "");
-    if (copy_strings(b, rpc, keys, keys, true, x->resp))
-        rpc_reply(x, rpc, 200);
-    else
-        cJSON_Delete(rpc);
-    cJSON_Delete(b);
+    credentials_rpc(x, "change_password", keys);
 }
 
 static void h_logout(ctx *x)
@@ -743,7 +740,7 @@ static void *watch_main(void *arg)
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        pthread_cond_timedwait(&ctl->cv, &ctl->mu, &until);
+        pthread_cond_timedwait(&ctl->watch_cv, &ctl->mu, &until);
         for (int i = 0; i < ctl->nexec && !ctl->stopping; i++) {
             char id[64];
             snprintf(id, sizeof id, "%s", ctl->slots[i].current);
@@ -771,6 +768,7 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
     ctl->workers = gt_xcalloc((size_t)(cfg->http_workers > 0 ? cfg->http_workers : 1), sizeof *ctl->workers);
     pthread_mutex_init(&ctl->mu, NULL);
     pthread_cond_init(&ctl->cv, NULL);
+    pthread_cond_init(&ctl->watch_cv, NULL);
     pthread_mutex_init(&ctl->m.mu, NULL);
     for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++)
         ctl->workers[i].dispatch = true;
@@ -805,6 +803,7 @@ void gt_ctl_free(gt_ctl **pctl)
     pthread_mutex_lock(&ctl->mu);
     ctl->stopping = true;
     pthread_cond_broadcast(&ctl->cv);
+    pthread_cond_broadcast(&ctl->watch_cv);
     pthread_mutex_unlock(&ctl->mu);
     for (int i = 0; ctl->slots && i < ctl->nexec; i++)
         pthread_join(ctl->slots[i].thread, NULL);
@@ -814,6 +813,7 @@ void gt_ctl_free(gt_ctl **pctl)
         worker_close(&ctl->workers[i]);
     gt_strv_free(&ctl->runq);
     pthread_mutex_destroy(&ctl->m.mu);
+    pthread_cond_destroy(&ctl->watch_cv);
     pthread_cond_destroy(&ctl->cv);
     pthread_mutex_destroy(&ctl->mu);
     free(ctl->slots);

@@ -13,6 +13,7 @@
 #include "controller.h"
 #include "http.h"
 #include "log.h"
+#include "setup.h"
 #include "store.h"
 
 extern char **environ;
@@ -20,19 +21,11 @@ extern char **environ;
 static int open_store(void *arg, gt_store **store, gt_error *err)
 {
     const gt_config *cfg = arg;
-    switch (cfg->store.backend) {
-    case GT_BACKEND_LOCAL:
-        *store = gt_store_open_local(cfg->store.path, err);
-        break;
-    case GT_BACKEND_MEMORY:
-        /* one memory store per thread would split the data: refuse */
+    /* one memory store per thread would split the data */
+    if (cfg->store.backend == GT_BACKEND_MEMORY)
         return gt_error_set(err, GT_EINVAL, "[store] backend = memory cannot be shared by the "
                                             "controller's threads; use local");
-    default:
-        return gt_error_set(err, GT_EINVAL, "[store] backend = %s is not available yet",
-                            gt_config_backend_name(cfg->store.backend));
-    }
-    return *store ? GT_OK : GT_EUNAVAIL;
+    return gt_setup_open_store(cfg, store, err);
 }
 
 static void on_signal(evutil_socket_t fd, short what, void *arg)
@@ -102,27 +95,12 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    gt_run_options run = {
-        .working_dir = cfg->application.working_dir,
-        .git = cfg->runner.git,
-        .python = cfg->runner.python,
-        .ansible_playbook = cfg->runner.ansible_playbook,
-        .output_limit = (size_t)cfg->runner.output_limit,
-        .kill_grace_ms = cfg->runner.kill_grace_period,
-        .default_timeout_ms = cfg->runner.default_timeout,
-        .fetch_timeout_ms = cfg->runner.fetch_timeout,
-        .pip_index_url = cfg->runner.pip_index_url,
-        .pip_extra_index_url = cfg->runner.pip_extra_index_url,
-        .pip_find_links = cfg->runner.pip_find_links,
-        .pip_trusted_host = cfg->runner.pip_trusted_host,
-        .pip_no_index = cfg->runner.pip_no_index,
-        .environ = environ,
-    };
+    gt_run_options run;
+    gt_setup_run_options(cfg, environ, &run);
     char host[128] = "controller";
     gethostname(host, sizeof host);
     char *node = gt_xasprintf("%s:%lld", host, (long long)cfg->server.port);
     char *prefix = gt_xasprintf("gantry:%s:", cfg->application.cluster_id);
-    const char *src = gt_config_source(cfg, "secrets", "encrypt_key_file");
     int workers = cfg->server.worker_threads > 0 ? (int)cfg->server.worker_threads : 4;
     gt_ctl_config cc = {
         .node = node,
@@ -130,7 +108,7 @@ int main(int argc, char **argv)
         .open_store = open_store,
         .open_store_arg = cfg,
         .key_file = cfg->secrets.encrypt_key_file,
-        .key_file_explicit = src && strncmp(src, "derived", 7) != 0,
+        .key_file_explicit = gt_setup_key_file_explicit(cfg),
         .run = &run,
         .sessions = {
             .sentinels = cfg->sessions.sentinels.v,

@@ -13,6 +13,7 @@
 #include "bus.h"
 #include "config.h"
 #include "log.h"
+#include "setup.h"
 #include "sessions.h"
 #include "store.h"
 #include "tokend.h"
@@ -76,19 +77,13 @@ static bool parse_args(int argc, char **argv, options *o)
 
 static gt_store *open_store(const gt_config *cfg, gt_error *err)
 {
-    switch (cfg->store.backend) {
-    case GT_BACKEND_LOCAL:
-        if (gt_mkdir_p(cfg->application.working_dir, 0700, err) != GT_OK)
-            return NULL;
-        return gt_store_open_local(cfg->store.path, err);
-    case GT_BACKEND_MEMORY:
+    gt_store *store = NULL;
+    if (cfg->store.backend == GT_BACKEND_MEMORY)
         gt_warn("[store] backend = memory: users vanish when gantry-tokend exits");
-        return gt_store_open_memory(err);
-    default:
-        gt_error_set(err, GT_EINVAL, "[store] backend = %s is not supported by gantry-tokend "
-                     "yet (use local)", gt_config_backend_name(cfg->store.backend));
+    if (gt_mkdir_p(cfg->application.working_dir, 0700, err) != GT_OK ||
+        gt_setup_open_store(cfg, &store, err) != GT_OK)
         return NULL;
-    }
+    return store;
 }
 
 static gt_sessions *open_sessions(const gt_config *cfg, const char *prefix, gt_error *err)

@@ -378,3 +378,23 @@ use_tls = true
         assert "certificate" in p.stderr and f"127.0.0.1:{port}" in p.stderr
     finally:
         s.stop()
+
+
+def test_a_burst_of_runs_all_finish(client, stack, scripts_repo):
+    """Every accepted execution reaches a terminal state: none waits for a wake-up
+    that went elsewhere (a regression test for the worker pool)."""
+    repo = scripts_repo("quick.sh", "echo $2\n")
+    client("create", "repository", "q", "--url", repo, check=0)
+    client("create", "service", "executable", "quick", "--repository", "q", "--filename", "quick.sh",
+           check=0)
+    token = client.work.joinpath("token").read_text().strip()
+    ports = [c.port for c in stack.controllers]
+    ids = []
+    for i in range(24):
+        st, ex = request(ports[i % 2], "POST", "/api/v1/services/quick/run", {"inputs": {"n": i}},
+                         token=token)
+        assert st == 202, ex
+        ids.append(ex["id"])
+    for i, ex_id in enumerate(ids):
+        done = wait_state(ports[0], token, ex_id, {"succeeded", "failed", "lost", "canceled"})
+        assert done["state"] == "succeeded" and done["stdout"] == f"{i}\n"

@@ -1,0 +1,46 @@
+#include "setup.h"
+
+#include <string.h>
+
+void gt_setup_run_options(const gt_config *cfg, char *const *envp, gt_run_options *o)
+{
+    *o = (gt_run_options){
+        .working_dir = cfg->application.working_dir,
+        .git = cfg->runner.git,
+        .python = cfg->runner.python,
+        .ansible_playbook = cfg->runner.ansible_playbook,
+        .output_limit = (size_t)cfg->runner.output_limit,
+        .kill_grace_ms = cfg->runner.kill_grace_period,
+        .default_timeout_ms = cfg->runner.default_timeout,
+        .fetch_timeout_ms = cfg->runner.fetch_timeout,
+        .pip_index_url = cfg->runner.pip_index_url,
+        .pip_extra_index_url = cfg->runner.pip_extra_index_url,
+        .pip_find_links = cfg->runner.pip_find_links,
+        .pip_trusted_host = cfg->runner.pip_trusted_host,
+        .pip_no_index = cfg->runner.pip_no_index,
+        .environ = envp,
+    };
+}
+
+gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err)
+{
+    switch (cfg->store.backend) {
+    case GT_BACKEND_LOCAL:
+        *store = gt_store_open_local(cfg->store.path, err);
+        break;
+    case GT_BACKEND_MEMORY:
+        *store = gt_store_open_memory(err);
+        break;
+    default:
+        return gt_error_set(err, GT_EINVAL, "[store] backend = %s has no driver in this build yet; "
+                                            "use local or memory",
+                            gt_config_backend_name(cfg->store.backend));
+    }
+    return *store ? GT_OK : GT_EUNAVAIL;
+}
+
+bool gt_setup_key_file_explicit(const gt_config *cfg)
+{
+    const char *src = gt_config_source(cfg, "secrets", "encrypt_key_file");
+    return src && strncmp(src, "derived", 7) != 0;
+}
