@@ -733,7 +733,7 @@ int gt_api_reap_local(gt_api *api)
                                  "the gantry process running it ended before it finished");
             }
             if (save_execution(&r, ex, &rev) == GT_OK) {
-                if (again && api->d.dispatch(api->d.dispatch_arg, page.items[i].id, NULL) == GT_OK)
+                if (again && api->d.dispatch(api->d.dispatch_arg, ex, NULL) == GT_OK)
                     gt_warn("execution %s dispatched again: its controller process is gone",
                             page.items[i].id);
                 else if (!again)
@@ -881,17 +881,23 @@ done:
     return rc;
 }
 
-gt_err gt_api_execute(gt_api *api, const char *execution_id, gt_error *err)
+gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err)
 {
     req r = {.api = api};
     cJSON *ex = NULL, *svc = NULL, *repo = NULL;
     int64_t rev = 0;
     gt_err rc = load(&r, EXECUTIONS, "execution", execution_id, &ex, &rev);
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(ex, "state");
-    if (rc == GT_OK && !(cJSON_IsString(st) && strcmp(st->valuestring, "accepted") == 0)) {
-        rc = GT_OK; /* already taken or finished: the id is the idempotency key */
+    const cJSON *at = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
+    bool waiting = cJSON_IsString(st) && (strcmp(st->valuestring, "accepted") == 0 ||
+                                          strcmp(st->valuestring, "queued") == 0);
+    if (rc == GT_OK && (!waiting || (attempt > 0 && cJSON_IsNumber(at) &&
+                                     (int64_t)at->valuedouble != attempt))) {
+        rc = GT_OK; /* already taken, finished, or retried: nothing to do */
         goto done;
     }
+    if (rc == GT_OK) /* recorded as this process's before anything runs */
+        gt_json_set_str(ex, "runner", api->d.runner_name ? api->d.runner_name : "local");
     const char *service = rc == GT_OK ? cJSON_GetObjectItemCaseSensitive(ex, "service")->valuestring : "";
     const char *repository = rc == GT_OK ? cJSON_GetObjectItemCaseSensitive(ex, "repository")->valuestring : "";
     if (rc == GT_OK && (load(&r, "services", "service", service, &svc, NULL) != GT_OK ||
@@ -1007,8 +1013,11 @@ static gt_err run_service(req *r)
     inputs = NULL;
     if (cJSON_IsArray(req_secrets) && cJSON_GetArraySize(req_secrets) > 0)
         gt_json_set(ex, "secret_bindings", cJSON_Duplicate(req_secrets, 1));
-    gt_json_set_str(ex, "state", "accepted");
+    gt_json_set_str(ex, "state", a->d.dispatch && a->d.queued ? "queued" : "accepted");
     gt_json_set_num(ex, "attempt", 1);
+    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(svc, "pool");
+    gt_json_set_str(ex, "pool", cJSON_IsString(pool) && pool->valuestring[0] ? pool->valuestring
+                                                                          : "default");
     gt_json_set_str(ex, "runner", a->d.runner_name ? a->d.runner_name : "local");
     gt_json_set_num(ex, "owner_pid", (double)getpid());
     gt_json_set_num(ex, "owner_start", (double)proc_start(getpid()));
@@ -1018,7 +1027,7 @@ static gt_err run_service(req *r)
     if ((rc = save_execution(r, ex, &rev)) != GT_OK)
         goto done;
     if (a->d.dispatch) {
-        if ((rc = a->d.dispatch(a->d.dispatch_arg, id, &r->err)) != GT_OK) {
+        if ((rc = a->d.dispatch(a->d.dispatch_arg, ex, &r->err)) != GT_OK) {
             finish_execution(ex, NULL, "failed", r->err.message);
             save_execution(r, ex, &rev);
             goto done;

@@ -23,11 +23,14 @@ typedef struct gt_api_deps {
     const gt_run_options *run;     /* how runs execute inline */
     volatile sig_atomic_t *cancel; /* set to cancel an inline run (local mode) */
     const char *runner_name;       /* recorded on executions: "local" */
-    /* When set, runs are not executed inline: an accepted execution's id is handed
-     * to dispatch (which must not block) and the request answers 202 at once; the
-     * worker that picks it up calls gt_api_execute. */
-    gt_err (*dispatch)(void *arg, const char *execution_id, gt_error *err);
+    /* When set, runs are not executed inline: the stored execution (with "id",
+     * "attempt" and "pool") is handed to dispatch, which must not block for long, and
+     * the request answers 202 at once; whoever picks it up calls gt_api_execute. */
+    gt_err (*dispatch)(void *arg, const cJSON *execution, gt_error *err);
     void *dispatch_arg;
+    /* With dispatch: executions are "queued" (handed to a broker for runners) rather
+     * than "accepted" (kept in this process) when dispatched. */
+    bool queued;
 } gt_api_deps;
 
 typedef struct gt_api_response {
@@ -45,9 +48,12 @@ void gt_api_handle(gt_api *api, const char *method, const char *path, const char
                    const char *body, size_t body_len, gt_api_response *resp);
 void gt_api_response_clear(gt_api_response *resp);
 
-/* Runs an accepted execution to its end (on a worker thread, with an api of its
- * own). An execution no longer "accepted" is left alone: GT_OK. */
-gt_err gt_api_execute(gt_api *api, const char *execution_id, gt_error *err);
+/* Runs an execution that is waiting ("accepted" or "queued") to its end, as attempt
+ * (0: whatever attempt is stored), on a worker thread with an api of its own. An
+ * execution no longer waiting, or waiting for another attempt, is left alone and
+ * GT_OK is returned: the (id, attempt) pair is the idempotency key, so a redelivered
+ * message never runs or records twice. */
+gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err);
 
 /* True when someone asked to cancel this (running) execution; runners poll it. */
 bool gt_api_cancel_requested(gt_api *api, const char *execution_id);

@@ -1352,6 +1352,11 @@ gt_err gt_bus_consume_next(gt_bus_consumer *c, int64_t timeout_ms, gt_bus_delive
         timeout_ms = 0;
     int64_t deadline = gt_mono_ms() + timeout_ms;
     bool tried = false, waited = false;
+    /* Whatever already arrived first: a connection the broker closed (a restart) takes
+     * the deliveries queued before its close with it, instead of handing out work whose
+     * ack is bound to fail. */
+    if (bus->conn != NULL)
+        bus_drain(bus);
     for (;;) {
         bus_pending *p = c->pend_head;
         if (p != NULL) {

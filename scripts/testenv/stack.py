@@ -114,6 +114,33 @@ class GantryStack:
         self.controllers.append(d)
         return d
 
+    def start_runner(self, capacity=2, pools="default", heartbeat="1s"):
+        """A gantry-runner sharing the controllers' store and key file."""
+        n = len(getattr(self, "runners", [])) + 1
+        self.runners = getattr(self, "runners", [])
+        name = f"runner-{n}"
+        log = os.path.join(self.dir, f"{name}.log")
+        server = os.path.join(self.dir, "server")
+        env = self.env(GANTRY_APPLICATION_MODE="runner",
+                       GANTRY_APPLICATION_WORKING_DIR=os.path.join(self.dir, name),
+                       GANTRY_STORE_PATH=os.path.join(server, "gantry.db"),
+                       GANTRY_SECRETS_ENCRYPT_KEY_FILE=os.path.join(server, "secrets.key"),
+                       GANTRY_RUNNER_CAPACITY=str(capacity), GANTRY_RUNNER_POOLS=pools,
+                       GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat)
+        d = Daemon(name, [os.path.join(self.bin_dir, "gantry-runner")], log, "gantry-runner ready", env)
+        with open(log, errors="replace") as f:
+            m = re.findall(r"ready: (\S+),", f.read())
+        d.runner_id = m[-1] if m else None
+        self.runners.append(d)
+        return d
+
+    def start_scheduler(self, heartbeat="1s"):
+        log = os.path.join(self.dir, "scheduler.log")
+        self.scheduler = Daemon("gantry-scheduler", [os.path.join(self.bin_dir, "gantry-scheduler")],
+                                log, "gantry-scheduler ready",
+                                self.env(GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat))
+        return self.scheduler
+
     def client_config(self, path, port, work=None):
         with open(path, "w") as f:
             f.write(textwrap.dedent(f"""\
@@ -137,6 +164,9 @@ class GantryStack:
         return self
 
     def stop(self):
+        for d in getattr(self, "runners", []) + [getattr(self, "scheduler", None)]:
+            if d is not None:
+                d.stop()
         for d in self.controllers + [self.tokend]:
             if d is not None:
                 d.stop()

@@ -17,7 +17,9 @@ typedef enum role { ROLE_NONE = 0, ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN } role
 /* Per HTTP worker thread: connections opened on first use and reopened after a
  * failure, so the controller starts (and reports 503) while a dependency is down. */
 typedef struct worker {
-    bool dispatch;          /* HTTP workers hand runs to the execution pool */
+    gt_ctl *ctl;
+    bool dispatch;          /* HTTP workers hand runs to the execution pool or the broker */
+    char *declared;         /* the last work queue this worker declared */
     volatile sig_atomic_t *cancel; /* execution workers: stops the run in progress */
     gt_store *store;
     gt_api *api;
@@ -98,7 +100,8 @@ static void respond_error(gt_http_response *resp, int status, const char *code,
     respond(resp, status, b);
 }
 
-static gt_err enqueue(void *arg, const char *id, gt_error *err);
+static gt_err enqueue(void *arg, const cJSON *ex, gt_error *err);
+static gt_err publish_run(void *arg, const cJSON *ex, gt_error *err);
 
 /* ---------- per-thread connections ---------- */
 
@@ -116,8 +119,9 @@ static gt_err worker_store(gt_ctl *ctl, worker *w, gt_error *err)
         .run = ctl->c.run,
         .runner_name = ctl->c.node,
         .cancel = w->cancel,
-        .dispatch = w->dispatch ? enqueue : NULL,
-        .dispatch_arg = ctl,
+        .dispatch = !w->dispatch ? NULL : ctl->c.distributed ? publish_run : enqueue,
+        .dispatch_arg = ctl->c.distributed ? (void *)w : (void *)ctl,
+        .queued = ctl->c.distributed,
     };
     return (w->api = gt_api_new(&d, err)) ? GT_OK : GT_EUNAVAIL;
 }
@@ -140,6 +144,8 @@ static gt_err worker_bus(gt_ctl *ctl, worker *w, gt_error *err)
 
 static void worker_close(worker *w)
 {
+    free(w->declared);
+    w->declared = NULL;
     gt_api_free(&w->api);
     gt_store_free(&w->store);
     gt_sessions_free(&w->sess);
@@ -680,9 +686,45 @@ void gt_ctl_print_routes(FILE *out)
 
 /* ---------- execution workers ---------- */
 
-static gt_err enqueue(void *arg, const char *id, gt_error *err)
+/* Distributed execution: the run is already stored as "queued"; announce it to the
+ * runners of its pool. A run the broker did not confirm is failed by the API. */
+static gt_err publish_run(void *arg, const cJSON *ex, gt_error *err)
+{
+    worker *w = arg;
+    gt_ctl *ctl = w->ctl;
+    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
+    char *queue = gt_xasprintf("exec.%s.%s", ctl->c.cluster_id,
+                               cJSON_IsString(pool) ? pool->valuestring : "default");
+    cJSON *msg = cJSON_CreateObject();
+    gt_json_set_str(msg, "id", cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring);
+    gt_json_set_num(msg, "attempt", cJSON_GetObjectItemCaseSensitive(ex, "attempt")->valuedouble);
+    char *body = gt_json_print(msg);
+    gt_error e = {0};
+    gt_err rc = worker_bus(ctl, w, &e);
+    if (rc == GT_OK && (w->declared == NULL || strcmp(w->declared, queue) != 0)) {
+        rc = gt_bus_declare_work_queue(w->bus, queue, &e);
+        if (rc == GT_OK) {
+            free(w->declared);
+            w->declared = gt_xstrdup(queue);
+        }
+    }
+    if (rc == GT_OK)
+        rc = gt_bus_publish(w->bus, "", queue, body, strlen(body), true, &e);
+    if (rc != GT_OK) {
+        gt_warn("dispatch to %s: %s", queue, e.message);
+        gt_bus_free(&w->bus);
+        gt_error_set(err, GT_EUNAVAIL, "the message broker did not take the run: %s", e.message);
+    }
+    free(body);
+    cJSON_Delete(msg);
+    free(queue);
+    return rc;
+}
+
+static gt_err enqueue(void *arg, const cJSON *ex, gt_error *err)
 {
     gt_ctl *ctl = arg;
+    const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
     pthread_mutex_lock(&ctl->mu);
     bool stopping = ctl->stopping;
     if (!stopping) {
@@ -714,7 +756,7 @@ static void *exec_main(void *arg)
         slot->cancel = 0;
         pthread_mutex_unlock(&ctl->mu);
         gt_error e = {0};
-        if (worker_store(ctl, w, &e) != GT_OK || gt_api_execute(w->api, id, &e) != GT_OK)
+        if (worker_store(ctl, w, &e) != GT_OK || gt_api_execute(w->api, id, 0, &e) != GT_OK)
             gt_errorlog("execution %s: %s", id, e.message);
         pthread_mutex_lock(&ctl->mu);
         slot->current[0] = '\0';
@@ -770,8 +812,10 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
     pthread_cond_init(&ctl->cv, NULL);
     pthread_cond_init(&ctl->watch_cv, NULL);
     pthread_mutex_init(&ctl->m.mu, NULL);
-    for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++)
+    for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++) {
         ctl->workers[i].dispatch = true;
+        ctl->workers[i].ctl = ctl;
+    }
     ctl->nexec = cfg->exec_workers > 0 ? cfg->exec_workers : 4;
     ctl->slots = gt_xcalloc((size_t)ctl->nexec, sizeof *ctl->slots);
     for (int i = 0; i < ctl->nexec; i++) {
@@ -781,7 +825,7 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
     pthread_create(&ctl->watcher, NULL, watch_main, ctl);
     /* what a previous controller process left behind: runs it had started end as lost,
      * runs it had only accepted are dispatched again */
-    worker w = {.dispatch = true};
+    worker w = {.dispatch = true, .ctl = ctl};
     if (worker_store(ctl, &w, err) != GT_OK) {
         worker_close(&w);
         gt_ctl_free(&ctl);

@@ -33,6 +33,8 @@ typedef struct gt_ctl_config {
     int64_t rpc_timeout_ms;        /* tokend calls; 0 = 5000 */
     int http_workers;
     int exec_workers;              /* concurrent runs on this node */
+    bool distributed;              /* [server] distributed_execution: runners execute, via
+                                      exec.<cluster_id>.<pool> queues */
 } gt_ctl_config;
 
 /* Creates the controller; cfg's pointers must outlive it. Starts the execution

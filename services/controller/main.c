@@ -132,6 +132,7 @@ int main(int argc, char **argv)
         },
         .http_workers = workers,
         .exec_workers = (int)cfg->runner.capacity,
+        .distributed = cfg->server.distributed_execution,
     };
     int rc = 1;
     struct event_base *base = event_base_new();

@@ -291,11 +291,11 @@ static void test_reaper_marks_dead_owners_lost(void **state)
     cJSON_Delete(b);
 }
 
-static gt_err record_dispatch(void *arg, const char *id, gt_error *err)
+static gt_err record_dispatch(void *arg, const cJSON *ex, gt_error *err)
 {
     (void)err;
     gt_strv *ids = arg;
-    gt_strv_push(ids, id);
+    gt_strv_push(ids, cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring);
     return GT_OK;
 }
 
@@ -321,18 +321,18 @@ static void test_dispatched_runs(void **state)
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(r.body, "id")->valuestring, ids.v[0]);
     gt_api_response_clear(&r);
     /* the worker runs it to its end; a second call (a redelivery) changes nothing */
-    assert_int_equal(gt_api_execute(f->api, ids.v[0], NULL), GT_OK);
+    assert_int_equal(gt_api_execute(f->api, ids.v[0], 0, NULL), GT_OK);
     char *path = gt_xasprintf("/api/v1/executions/%s", ids.v[0]);
     cJSON *b = NULL;
     assert_int_equal(req(f, "GET", path, NULL, NULL, &b), 200);
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "state")->valuestring, "failed");
     int64_t rev = (int64_t)cJSON_GetObjectItemCaseSensitive(b, "revision")->valuedouble;
     cJSON_Delete(b);
-    assert_int_equal(gt_api_execute(f->api, ids.v[0], NULL), GT_OK);
+    assert_int_equal(gt_api_execute(f->api, ids.v[0], 0, NULL), GT_OK);
     assert_int_equal(req(f, "GET", path, NULL, NULL, &b), 200);
     assert_int_equal((int64_t)cJSON_GetObjectItemCaseSensitive(b, "revision")->valuedouble, rev);
     cJSON_Delete(b);
-    assert_int_equal(gt_api_execute(f->api, "01ZZZZZZZZZZZZZZZZZZZZZZZZ", NULL), GT_ENOTFOUND);
+    assert_int_equal(gt_api_execute(f->api, "01ZZZZZZZZZZZZZZZZZZZZZZZZ", 0, NULL), GT_ENOTFOUND);
     free(path);
     gt_strv_free(&ids);
     gt_api_free(&server);

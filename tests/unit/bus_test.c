@@ -814,6 +814,701 @@ static void test_idle_connection_replaced(void **state)
     gt_bus_free(&bus);
 }
 
+/* --- work queues and consumers ------------------------------------------------------------ */
+
+/* Generous: a loaded two-core machine under ASan, a quorum queue behind it. */
+#define WAIT_MS 30000
+
+static gt_bus *connect_hb(int64_t heartbeat_s, int attempts)
+{
+    test_cfg t;
+    cfg_init(&t, amqp_addr(), NULL, "guest");
+    t.cfg.heartbeat_s = heartbeat_s;
+    t.cfg.reconnect_attempts = attempts;
+    gt_error err;
+    gt_error_clear(&err);
+    gt_bus *bus = gt_bus_connect(&t.cfg, &err);
+    if (bus == NULL)
+        print_error("connect: %s\n", err.message);
+    assert_non_null(bus);
+    return bus;
+}
+
+static void work_queue(gt_bus *bus, const char *queue)
+{
+    gt_error err;
+    gt_error_clear(&err);
+    gt_err rc = gt_bus_declare_work_queue(bus, queue, &err);
+    if (rc != GT_OK)
+        print_error("declare work queue %s: %s\n", queue, err.message);
+    assert_int_equal(rc, GT_OK);
+}
+
+static void work_queue_delete(const char *queue)
+{
+    char *dead = gt_xasprintf("%s.dead", queue);
+    raw_delete(queue);
+    raw_delete(dead);
+    free(dead);
+}
+
+static gt_bus_consumer *consume(gt_bus *bus, const char *queue, int prefetch)
+{
+    gt_error err;
+    gt_error_clear(&err);
+    gt_bus_consumer *c = gt_bus_consume_start(bus, queue, prefetch, &err);
+    if (c == NULL)
+        print_error("consume %s: %s\n", queue, err.message);
+    assert_non_null(c);
+    assert_true(gt_bus_consuming(c));
+    return c;
+}
+
+/* The next delivery, waiting up to WAIT_MS in short calls (as the runner will). */
+static void next_ok(gt_bus_consumer *c, gt_bus_delivery *d)
+{
+    int64_t end = gt_mono_ms() + WAIT_MS;
+    gt_error err;
+    gt_err rc;
+    do {
+        gt_error_clear(&err);
+        rc = gt_bus_consume_next(c, 200, d, &err);
+    } while (rc == GT_ETIMEDOUT && gt_mono_ms() < end);
+    if (rc != GT_OK)
+        print_error("consume_next: %s\n", err.message);
+    assert_int_equal(rc, GT_OK);
+    assert_non_null(d->body);
+    assert_int_equal(strlen(d->body), d->len); /* the test bodies hold no NUL */
+    assert_true(d->generation != 0);
+}
+
+/* Nothing arrives within ms (calls of 200 ms). */
+static void next_none(gt_bus_consumer *c, int64_t ms)
+{
+    int64_t end = gt_mono_ms() + ms;
+    while (gt_mono_ms() < end) {
+        gt_bus_delivery d;
+        gt_err rc = gt_bus_consume_next(c, 200, &d, NULL);
+        if (rc == GT_OK)
+            print_error("unexpected delivery: %s\n", d.body);
+        assert_int_equal(rc, GT_ETIMEDOUT);
+        assert_null(d.body);
+    }
+}
+
+static void ack_ok(gt_bus_consumer *c, const gt_bus_delivery *d)
+{
+    gt_error err;
+    gt_error_clear(&err);
+    gt_err rc = gt_bus_ack(c, d, &err);
+    if (rc != GT_OK)
+        print_error("ack: %s\n", err.message);
+    assert_int_equal(rc, GT_OK);
+}
+
+static void publish_jobs(gt_bus *bus, const char *queue, int from, int n)
+{
+    for (int i = from; i < from + n; i++) {
+        char body[32];
+        int len = snprintf(body, sizeof body, "job-%d", i);
+        gt_error err;
+        gt_error_clear(&err);
+        gt_err rc = gt_bus_publish(bus, "", queue, body, (size_t)len, true, &err);
+        if (rc != GT_OK)
+            print_error("publish %s: %s\n", body, err.message);
+        assert_int_equal(rc, GT_OK);
+    }
+}
+
+static int job_number(const gt_bus_delivery *d)
+{
+    int n = -1;
+    assert_int_equal(sscanf(d->body, "job-%d", &n), 1);
+    return n;
+}
+
+/* Waits until queue holds n ready messages (a quorum queue applies returns
+ * asynchronously), then checks it. */
+static void count_becomes(const char *queue, long n)
+{
+    int64_t end = gt_mono_ms() + WAIT_MS;
+    long got;
+    while ((got = raw_count(queue)) != n && gt_mono_ms() < end)
+        usleep(100 * 1000);
+    assert_int_equal(got, n);
+}
+
+/* A message with properties, straight onto queue. */
+static void raw_publish_props(const char *queue, const void *body, size_t len,
+                              const char *message_id)
+{
+    amqp_connection_state_t c = raw_connect();
+    amqp_basic_properties_t props = {
+        ._flags = AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+                  AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG,
+        .message_id = amqp_cstring_bytes(message_id),
+        .correlation_id = amqp_cstring_bytes("corr-1"),
+        .content_type = amqp_cstring_bytes("application/json"),
+        .delivery_mode = AMQP_DELIVERY_PERSISTENT,
+    };
+    amqp_bytes_t b = {.len = len, .bytes = (void *)body};
+    assert_int_equal(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0,
+                                        &props, b),
+                     AMQP_STATUS_OK);
+    raw_close(c);
+}
+
+static void test_work_queue_declare(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    gt_bus *bus = connect_ok();
+    char *q = qname("wq");
+    char *dead = gt_xasprintf("%s.dead", q);
+    work_queue(bus, q);
+    work_queue(bus, q); /* idempotent */
+    assert_int_equal(raw_count(q), 0);
+    assert_int_equal(raw_count(dead), 0);
+    /* Both quorum: the dead-letter queue has no other arguments, the work queue has. */
+    declare(bus, dead, true);
+    gt_error err;
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_declare_queue(bus, q, true, &err), GT_ECONFLICT);
+    assert_true(gt_bus_connected(bus));
+
+    /* A classic queue of that name: a conflict, named. */
+    char *classic = qname("wq-classic");
+    declare(bus, classic, false);
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_declare_work_queue(bus, classic, &err), GT_ECONFLICT);
+    printf("  over a classic queue: %s\n", err.message);
+    assert_non_null(strstr(err.message, classic));
+
+    /* Names: the ".dead" must fit in 255 bytes. */
+    char name[300];
+    memset(name, 'w', sizeof name);
+    name[251] = '\0';
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_declare_work_queue(bus, name, &err), GT_EINVAL);
+    printf("  long name: %s\n", err.message);
+    assert_int_equal(gt_bus_declare_work_queue(bus, "", NULL), GT_EINVAL);
+    assert_int_equal(gt_bus_declare_work_queue(bus, NULL, NULL), GT_EINVAL);
+    char *id = gt_id_new();
+    snprintf(name, sizeof name, "gt-test-%s-", id);
+    free(id);
+    memset(name + strlen(name), 'w', 250 - strlen(name));
+    name[250] = '\0';
+    work_queue(bus, name);
+    work_queue_delete(name);
+
+    assert_int_equal(gt_bus_publish(bus, "", q, "x", 1, true, NULL), GT_OK);
+    assert_int_equal(raw_count(q), 1);
+    work_queue_delete(q);
+    raw_delete(classic);
+    free(classic);
+    free(dead);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* At most prefetch deliveries unacked at a time; each ack lets one more in. */
+static void test_consume_prefetch_bounds_unacked(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    enum { JOBS = 10, PREFETCH = 3 };
+    gt_bus *bus = connect_ok();
+    char *q = qname("prefetch");
+    work_queue(bus, q);
+    publish_jobs(bus, q, 0, JOBS);
+    gt_error err;
+    gt_error_clear(&err);
+    assert_null(gt_bus_consume_start(bus, q, 0, &err));
+    assert_int_equal(err.code, GT_EINVAL);
+    gt_error_clear(&err);
+    assert_null(gt_bus_consume_start(bus, q, 65536, &err));
+    assert_int_equal(err.code, GT_EINVAL);
+    char *none = qname("no-such-queue");
+    gt_error_clear(&err);
+    assert_null(gt_bus_consume_start(bus, none, 1, &err));
+    printf("  no queue: %s\n", err.message);
+    assert_int_equal(err.code, GT_ENOTFOUND);
+    free(none);
+
+    gt_bus_consumer *c = consume(bus, q, PREFETCH);
+    gt_bus_delivery d[JOBS];
+    for (int i = 0; i < PREFETCH; i++) {
+        next_ok(c, &d[i]);
+        assert_int_equal(job_number(&d[i]), i);
+        assert_false(d[i].redelivered);
+        assert_int_equal(d[i].delivery_count, 0);
+        assert_int_equal(d[i].generation, d[0].generation);
+        assert_null(d[i].message_id);
+    }
+    next_none(c, 1000); /* PREFETCH unacked: the broker holds the rest back */
+    /* A short wait returns in time, and a wait of 0 only looks. */
+    gt_bus_delivery x;
+    int64_t t0 = gt_mono_ms();
+    assert_int_equal(gt_bus_consume_next(c, 300, &x, NULL), GT_ETIMEDOUT);
+    assert_int_equal(gt_bus_consume_next(c, 0, &x, NULL), GT_ETIMEDOUT);
+    int64_t took = gt_mono_ms() - t0;
+    printf("  idle consume_next(300) + consume_next(0): %lld ms\n", (long long)took);
+    assert_true(took < 300 + SLACK_MS);
+
+    for (int i = PREFETCH; i < JOBS; i++) {
+        ack_ok(c, &d[i - PREFETCH]); /* one out, one in */
+        next_ok(c, &d[i]);
+        assert_int_equal(job_number(&d[i]), i);
+        next_none(c, 300);
+    }
+    /* Settling twice is refused locally (the broker would close the channel). */
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_ack(c, &d[0], &err), GT_EINVAL);
+    printf("  ack twice: %s\n", err.message);
+    assert_int_equal(gt_bus_reject(c, &d[0], true, NULL), GT_EINVAL);
+    assert_true(gt_bus_consuming(c));
+    for (int i = JOBS - PREFETCH; i < JOBS; i++)
+        ack_ok(c, &d[i]);
+    for (int i = 0; i < JOBS; i++)
+        gt_bus_delivery_clear(&d[i]);
+    gt_bus_consume_stop(&c);
+    assert_null(c);
+    gt_bus_consume_stop(&c); /* NULL is fine */
+    count_becomes(q, 0);
+    gt_bus_delivery_clear(NULL);
+    work_queue_delete(q);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* The runner's shape: the owning thread consumes and settles; workers run the jobs and
+ * hand them back through a queue of their own; results are published (confirmed) on the
+ * same bus before the ack, while other deliveries keep arriving. */
+typedef struct job {
+    struct job *next;
+    gt_bus_delivery d;   /* moved to the worker and back */
+    char *result;
+    pthread_t thread;
+} job;
+
+typedef struct done_list {
+    pthread_mutex_t mu;
+    job *head;
+} done_list;
+
+typedef struct worker_arg {
+    done_list *done;
+    job *j;
+} worker_arg;
+
+static void *worker_main(void *arg)
+{
+    worker_arg *w = arg;
+    usleep(300 * 1000); /* the work: longer than a few of the owner's consume_next calls */
+    w->j->result = gt_xasprintf("done:%s", w->j->d.body);
+    pthread_mutex_lock(&w->done->mu);
+    w->j->next = w->done->head;
+    w->done->head = w->j;
+    pthread_mutex_unlock(&w->done->mu);
+    free(w);
+    return NULL;
+}
+
+static void test_consume_late_ack_from_owner(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    enum { JOBS = 8, PREFETCH = 3 };
+    gt_bus *bus = connect_ok();
+    char *q = qname("late"), *results = qname("results");
+    work_queue(bus, q);
+    work_queue(bus, results);
+    publish_jobs(bus, q, 0, JOBS);
+    gt_bus_consumer *c = consume(bus, q, PREFETCH);
+    done_list done = {.head = NULL};
+    pthread_mutex_init(&done.mu, NULL);
+    int in_flight = 0, max_in_flight = 0, finished = 0, seen[JOBS] = {0};
+    int64_t end = gt_mono_ms() + 4 * WAIT_MS;
+    while (finished < JOBS && gt_mono_ms() < end) {
+        job *j = gt_xcalloc(1, sizeof *j);
+        gt_err rc = gt_bus_consume_next(c, 50, &j->d, NULL);
+        if (rc == GT_OK) {
+            int n = job_number(&j->d);
+            assert_true(n >= 0 && n < JOBS);
+            seen[n]++;
+            if (++in_flight > max_in_flight)
+                max_in_flight = in_flight;
+            worker_arg *w = gt_xcalloc(1, sizeof *w);
+            *w = (worker_arg){.done = &done, .j = j};
+            assert_int_equal(pthread_create(&j->thread, NULL, worker_main, w), 0);
+        } else {
+            assert_int_equal(rc, GT_ETIMEDOUT);
+            free(j);
+        }
+        pthread_mutex_lock(&done.mu);
+        job *list = done.head;
+        done.head = NULL;
+        pthread_mutex_unlock(&done.mu);
+        while (list != NULL) {
+            job *f = list;
+            list = f->next;
+            pthread_join(f->thread, NULL);
+            gt_error err;
+            gt_error_clear(&err);
+            rc = gt_bus_publish(bus, "", results, f->result, strlen(f->result), true, &err);
+            if (rc != GT_OK)
+                print_error("publish result: %s\n", err.message);
+            assert_int_equal(rc, GT_OK);
+            ack_ok(c, &f->d); /* only now */
+            in_flight--;
+            finished++;
+            gt_bus_delivery_clear(&f->d);
+            free(f->result);
+            free(f);
+        }
+    }
+    printf("  %d jobs, at most %d in flight\n", finished, max_in_flight);
+    assert_int_equal(finished, JOBS);
+    assert_true(max_in_flight <= PREFETCH);
+    for (int i = 0; i < JOBS; i++)
+        assert_int_equal(seen[i], 1);
+    gt_bus_consume_stop(&c);
+    count_becomes(results, JOBS);
+    count_becomes(q, 0); /* all acked: the stop requeued nothing */
+    char *body = NULL;
+    assert_int_equal(raw_get(results, &body), AMQP_DELIVERY_PERSISTENT);
+    assert_non_null(strstr(body, "done:job-"));
+    free(body);
+    pthread_mutex_destroy(&done.mu);
+    work_queue_delete(q);
+    work_queue_delete(results);
+    free(q);
+    free(results);
+    gt_bus_free(&bus);
+}
+
+/* reject without requeue: to <queue>.dead, body and properties intact; two consumers on
+ * one bus. */
+static void test_reject_dead_letters(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    gt_bus *bus = connect_ok();
+    char *q = qname("dlq");
+    char *dead = gt_xasprintf("%s.dead", q);
+    work_queue(bus, q);
+    unsigned char bin[64];
+    for (size_t i = 0; i < sizeof bin; i++)
+        bin[i] = (unsigned char)(255 - i * 4); /* NULs and high bytes */
+    bin[10] = 0;
+    assert_int_equal(gt_bus_publish(bus, "", q, bin, sizeof bin, true, NULL), GT_OK);
+    raw_publish_props(q, "{\"malformed\"", 12, "msg-42");
+
+    gt_bus_consumer *c = consume(bus, q, 10);
+    gt_bus_consumer *dc = consume(bus, dead, 10);
+    gt_bus_delivery d, m, x;
+    memset(&d, 0, sizeof d);
+    memset(&m, 0, sizeof m);
+    gt_error err;
+    gt_error_clear(&err);
+    for (int64_t end = gt_mono_ms() + WAIT_MS; gt_mono_ms() < end;)
+        if (gt_bus_consume_next(c, 200, &d, &err) != GT_ETIMEDOUT)
+            break;
+    assert_non_null(d.body);
+    assert_int_equal(d.len, sizeof bin);
+    assert_memory_equal(d.body, bin, sizeof bin);
+    assert_int_equal(d.body[d.len], '\0');
+    next_ok(c, &m);
+    assert_string_equal(m.body, "{\"malformed\"");
+    assert_string_equal(m.message_id, "msg-42");
+    assert_string_equal(m.correlation_id, "corr-1");
+    assert_string_equal(m.content_type, "application/json");
+    assert_null(m.reply_to);
+    assert_int_equal(gt_bus_reject(c, &d, false, NULL), GT_OK);
+    assert_int_equal(gt_bus_reject(c, &m, false, NULL), GT_OK);
+    gt_bus_delivery_clear(&m);
+    assert_null(m.body);
+
+    /* Both in <queue>.dead (in either order), as they were. */
+    for (int i = 0; i < 2; i++) {
+        memset(&x, 0, sizeof x);
+        for (int64_t end = gt_mono_ms() + WAIT_MS; gt_mono_ms() < end;)
+            if (gt_bus_consume_next(dc, 200, &x, NULL) != GT_ETIMEDOUT)
+                break;
+        assert_non_null(x.body);
+        assert_false(x.redelivered);
+        assert_true(x.generation != d.generation);
+        if (x.len == sizeof bin) {
+            assert_memory_equal(x.body, bin, sizeof bin);
+            assert_null(x.message_id);
+            ack_ok(dc, &x);
+            gt_bus_delivery_clear(&x);
+            continue;
+        }
+        m = x;
+    }
+    assert_non_null(m.body);
+    assert_string_equal(m.body, "{\"malformed\"");
+    assert_string_equal(m.message_id, "msg-42");
+    assert_string_equal(m.content_type, "application/json");
+    /* The delivery belongs to the other consumer: refused, nothing sent. */
+    assert_int_equal(gt_bus_ack(c, &m, NULL), GT_ECONFLICT);
+    ack_ok(dc, &m);
+    gt_bus_delivery_clear(&m);
+    gt_bus_delivery_clear(&d);
+    next_none(c, 500);
+    gt_bus_consume_stop(&c);
+    gt_bus_consume_stop(&dc);
+    count_becomes(q, 0);
+    count_becomes(dead, 0);
+    work_queue_delete(q);
+    free(dead);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+static void test_reject_requeue_redelivers(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    gt_bus *bus = connect_ok();
+    char *q = qname("requeue");
+    work_queue(bus, q);
+    publish_jobs(bus, q, 0, 1);
+    gt_bus_consumer *c = consume(bus, q, 1);
+    gt_bus_delivery d;
+    next_ok(c, &d);
+    assert_false(d.redelivered);
+    assert_int_equal(d.delivery_count, 0);
+    assert_int_equal(gt_bus_reject(c, &d, true, NULL), GT_OK);
+    gt_bus_delivery_clear(&d);
+    next_ok(c, &d);
+    printf("  again: redelivered %d, delivery count %lld\n", d.redelivered,
+           (long long)d.delivery_count);
+    assert_string_equal(d.body, "job-0");
+    assert_true(d.redelivered);
+    assert_int_equal(d.delivery_count, 1);
+    ack_ok(c, &d);
+    gt_bus_delivery_clear(&d);
+    next_none(c, 500);
+    gt_bus_consume_stop(&c);
+    count_becomes(q, 0);
+    work_queue_delete(q);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* A poison message (requeued over and over) ends in <queue>.dead. */
+static void test_delivery_limit_dead_letters(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    gt_bus *bus = connect_ok();
+    char *q = qname("poison");
+    char *dead = gt_xasprintf("%s.dead", q);
+    work_queue(bus, q);
+    publish_jobs(bus, q, 7, 1);
+    gt_bus_consumer *c = consume(bus, q, 1);
+    int deliveries = 0;
+    for (;;) {
+        gt_bus_delivery d;
+        gt_err rc = GT_ETIMEDOUT;
+        for (int64_t end = gt_mono_ms() + 2000; rc == GT_ETIMEDOUT && gt_mono_ms() < end;)
+            rc = gt_bus_consume_next(c, 200, &d, NULL);
+        if (rc == GT_ETIMEDOUT)
+            break; /* not delivered again */
+        assert_int_equal(rc, GT_OK);
+        assert_string_equal(d.body, "job-7");
+        assert_int_equal(d.delivery_count, deliveries);
+        deliveries++;
+        assert_int_equal(gt_bus_reject(c, &d, true, NULL), GT_OK);
+        gt_bus_delivery_clear(&d);
+        assert_true(deliveries <= GT_BUS_DELIVERY_LIMIT + 1);
+    }
+    printf("  delivered %d times, then dead-lettered\n", deliveries);
+    assert_int_equal(deliveries, GT_BUS_DELIVERY_LIMIT + 1);
+    gt_bus_consume_stop(&c);
+    count_becomes(dead, 1);
+    count_becomes(q, 0);
+    char *body = NULL;
+    assert_int_equal(raw_get(dead, &body), AMQP_DELIVERY_PERSISTENT);
+    assert_string_equal(body, "job-7");
+    free(body);
+    work_queue_delete(q);
+    free(dead);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* Stopping a consumer requeues what it had not acked, handed out or not. */
+static void test_consume_stop_requeues_unacked(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    enum { JOBS = 5 };
+    gt_bus *bus = connect_ok();
+    char *q = qname("stop-requeue");
+    work_queue(bus, q);
+    publish_jobs(bus, q, 0, JOBS);
+    gt_bus_consumer *c = consume(bus, q, JOBS);
+    gt_bus_delivery a, b;
+    next_ok(c, &a);
+    next_ok(c, &b);
+    ack_ok(c, &a);
+    gt_bus_consume_stop(&c); /* b handed out and unacked; the rest prefetched or queued */
+    count_becomes(q, JOBS - 1);
+
+    c = consume(bus, q, JOBS);
+    int seen[JOBS] = {0};
+    for (int i = 0; i < JOBS - 1; i++) {
+        gt_bus_delivery d;
+        next_ok(c, &d);
+        int n = job_number(&d);
+        seen[n]++;
+        if (n == job_number(&b))
+            assert_true(d.redelivered);
+        assert_true(d.generation != b.generation);
+        ack_ok(c, &d);
+        gt_bus_delivery_clear(&d);
+    }
+    assert_int_equal(seen[job_number(&a)], 0);
+    for (int i = 0; i < JOBS; i++)
+        if (i != job_number(&a))
+            assert_int_equal(seen[i], 1);
+    next_none(c, 500);
+    gt_bus_consume_stop(&c);
+    count_becomes(q, 0);
+    gt_bus_delivery_clear(&a);
+    gt_bus_delivery_clear(&b);
+    work_queue_delete(q);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* The drain: cancel stops deliveries and gives back the prefetched ones at once, while
+ * the ones handed out can still be acked. */
+static void test_consume_cancel_drains(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    enum { JOBS = 6, PREFETCH = 4 };
+    gt_bus *bus = connect_ok(), *other = connect_ok();
+    char *q = qname("drain");
+    work_queue(bus, q);
+    publish_jobs(bus, q, 0, JOBS);
+    gt_bus_consumer *c = consume(bus, q, PREFETCH);
+    gt_bus_delivery h[2];
+    next_ok(c, &h[0]);
+    next_ok(c, &h[1]);
+    gt_bus_delivery x;
+    /* The broker fills the prefetch meanwhile: those two are with c, received or on their
+     * way (a delivery that comes after the cancel is requeued as it arrives). */
+    usleep(300 * 1000);
+    gt_error err;
+    gt_error_clear(&err);
+    gt_err rc = gt_bus_consume_cancel(c, &err);
+    if (rc != GT_OK)
+        print_error("cancel: %s\n", err.message);
+    assert_int_equal(rc, GT_OK);
+    assert_int_equal(gt_bus_consume_cancel(c, NULL), GT_OK); /* idempotent */
+    assert_false(gt_bus_consuming(c));
+
+    /* Another consumer gets everything but the two in flight, while c drains. */
+    gt_bus_consumer *c2 = consume(other, q, 10);
+    int seen[JOBS] = {0};
+    seen[job_number(&h[0])]++;
+    seen[job_number(&h[1])]++;
+    for (int i = 0; i < JOBS - 2; i++) {
+        gt_bus_delivery d;
+        next_ok(c2, &d);
+        seen[job_number(&d)]++;
+        ack_ok(c2, &d);
+        gt_bus_delivery_clear(&d);
+        assert_int_equal(gt_bus_consume_next(c, 0, &x, NULL), GT_ETIMEDOUT); /* serviced */
+    }
+    for (int i = 0; i < JOBS; i++)
+        assert_int_equal(seen[i], 1);
+    next_none(c, 300);
+    ack_ok(c, &h[0]); /* in flight during the drain: still acked */
+    ack_ok(c, &h[1]);
+    next_none(c2, 500);
+    gt_bus_consume_stop(&c);
+    gt_bus_consume_stop(&c2);
+    count_becomes(q, 0);
+    gt_bus_delivery_clear(&h[0]);
+    gt_bus_delivery_clear(&h[1]);
+    work_queue_delete(q);
+    free(q);
+    gt_bus_free(&bus);
+    gt_bus_free(&other);
+}
+
+/* A consumer idle for longer than two heartbeats keeps its connection: consume_next
+ * sends heartbeats while it waits, in short calls and in one long one. */
+static void test_consume_idle_keeps_connection(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    gt_bus *bus = connect_hb(2, 0);
+    char *q = qname("idle-consumer");
+    work_queue(bus, q);
+    gt_bus_consumer *c = consume(bus, q, 1);
+    publish_jobs(bus, q, 0, 1);
+    gt_bus_delivery d;
+    next_ok(c, &d);
+    uint64_t gen = d.generation;
+    ack_ok(c, &d);
+    gt_bus_delivery_clear(&d);
+    next_none(c, 5000); /* short calls, > 2 x 2 s */
+    gt_error err;
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_consume_next(c, 5000, &d, &err), GT_ETIMEDOUT); /* one long call */
+    printf("  idle: %s\n", err.message);
+    assert_true(gt_bus_consuming(c));
+    raw_publish(q, "job-1", NULL, 1);
+    next_ok(c, &d);
+    assert_string_equal(d.body, "job-1");
+    assert_int_equal(d.generation, gen); /* the same subscription: never reconnected */
+    ack_ok(c, &d);
+    gt_bus_delivery_clear(&d);
+    /* A delivery held across a long idle stretch is still ackable. */
+    publish_jobs(bus, q, 2, 1);
+    next_ok(c, &d);
+    next_none(c, 5000);
+    ack_ok(c, &d);
+    gt_bus_delivery_clear(&d);
+    gt_bus_consume_stop(&c);
+    count_becomes(q, 0);
+    work_queue_delete(q);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* A consumer outliving its bus is detached, not dangling. */
+static void test_consumer_outlives_bus(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    gt_bus *bus = connect_ok();
+    char *q = qname("detached");
+    work_queue(bus, q);
+    publish_jobs(bus, q, 0, 1);
+    gt_bus_consumer *c = consume(bus, q, 1);
+    gt_bus_delivery d;
+    next_ok(c, &d);
+    gt_bus_free(&bus);
+    assert_false(gt_bus_consuming(c));
+    gt_bus_delivery x;
+    assert_int_equal(gt_bus_consume_next(c, 10, &x, NULL), GT_EINVAL);
+    assert_int_equal(gt_bus_ack(c, &d, NULL), GT_EINVAL);
+    assert_int_equal(gt_bus_consume_cancel(c, NULL), GT_OK);
+    gt_bus_consume_stop(&c);
+    gt_bus_delivery_clear(&d);
+    count_becomes(q, 1); /* the connection went: requeued */
+    work_queue_delete(q);
+    free(q);
+}
+
 /* --- TLS ---------------------------------------------------------------------------- */
 
 /* A TLS config for host with the harness's files (dir/ca.pem, ...); ca names the CA file. */
@@ -1004,6 +1699,131 @@ static void test_broker_crash(void **state)
     gt_bus_free(&bus);
 }
 
+/* The broker restarts under a consumer: unacked deliveries come back (redelivered), new
+ * ones keep flowing, acks for the old connection's deliveries are refused. */
+static void test_consume_across_broker_restart(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    const char *cmd = getenv("GANTRY_TEST_AMQP_RESTART_CMD");
+    if (cmd == NULL || cmd[0] == '\0') {
+        printf("SKIPPED: broker restart (GANTRY_TEST_AMQP_RESTART_CMD unset)\n");
+        skip();
+        return;
+    }
+    enum { BEFORE = 6, AFTER = 3, PREFETCH = 3 };
+    gt_bus *bus = connect_ok();
+    char *q = qname("restart-consume");
+    work_queue(bus, q);
+    publish_jobs(bus, q, 0, BEFORE);
+    gt_bus_consumer *c = consume(bus, q, PREFETCH);
+    gt_bus_delivery old[PREFETCH];
+    for (int i = 0; i < PREFETCH; i++) {
+        next_ok(c, &old[i]);
+        assert_int_equal(job_number(&old[i]), i);
+    }
+    ack_ok(c, &old[0]);
+
+    int64_t t0 = gt_mono_ms();
+    assert_int_equal(system(cmd), 0);
+    printf("  broker restarted in %lld ms\n", (long long)(gt_mono_ms() - t0));
+
+    /* The next calls reconnect and subscribe again by themselves. */
+    int seen[BEFORE + AFTER] = {0};
+    seen[0] = 1;
+    gt_bus_delivery d;
+    t0 = gt_mono_ms();
+    next_ok(c, &d);
+    printf("  first delivery after the restart: %lld ms\n", (long long)(gt_mono_ms() - t0));
+    assert_true(d.generation != old[1].generation);
+    assert_true(gt_bus_consuming(c));
+    gt_error err;
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_ack(c, &old[1], &err), GT_ECONFLICT);
+    printf("  old ack: %s\n", err.message);
+    assert_int_equal(gt_bus_reject(c, &old[2], true, NULL), GT_ECONFLICT);
+    publish_jobs(bus, q, BEFORE, AFTER); /* the same bus publishes meanwhile */
+    for (int got = 1;; got++) {
+        int n = job_number(&d);
+        assert_true(n > 0 && n < BEFORE + AFTER);
+        seen[n]++;
+        if (n == 1 || n == 2)
+            assert_true(d.redelivered); /* the unacked ones came back */
+        ack_ok(c, &d);
+        gt_bus_delivery_clear(&d);
+        if (got == BEFORE + AFTER - 1)
+            break;
+        next_ok(c, &d);
+    }
+    for (int i = 0; i < BEFORE + AFTER; i++)
+        assert_int_equal(seen[i], 1);
+    next_none(c, 500);
+    gt_bus_consume_stop(&c);
+    count_becomes(q, 0);
+    for (int i = 0; i < PREFETCH; i++)
+        gt_bus_delivery_clear(&old[i]);
+    work_queue_delete(q);
+    free(q);
+    gt_bus_free(&bus);
+}
+
+/* The broker stays away: consume_next returns in bounded time, then gives up with a clear
+ * message after the configured attempts; once the broker is back, a further call
+ * subscribes again. A classic queue (see test_broker_crash on quorum queues and kills). */
+static void test_consume_gives_up_then_recovers(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    const char *ctl = getenv("GANTRY_TEST_AMQP_CONTROL_CMD");
+    if (ctl == NULL || ctl[0] == '\0') {
+        printf("SKIPPED: broker down (GANTRY_TEST_AMQP_CONTROL_CMD unset)\n");
+        skip();
+        return;
+    }
+    char *kill_cmd = gt_xasprintf("%s kill", ctl), *start_cmd = gt_xasprintf("%s start", ctl);
+    gt_bus *bus = connect_hb(0, 2);
+    char *q = qname("down-consume");
+    declare(bus, q, false);
+    gt_bus_consumer *c = consume(bus, q, 1);
+    assert_int_equal(system(kill_cmd), 0);
+    gt_err rc = GT_ETIMEDOUT;
+    gt_error err;
+    int calls = 0;
+    int64_t longest = 0, end = gt_mono_ms() + 4 * WAIT_MS;
+    while (rc == GT_ETIMEDOUT && gt_mono_ms() < end) {
+        gt_bus_delivery d;
+        gt_error_clear(&err);
+        int64_t t0 = gt_mono_ms();
+        rc = gt_bus_consume_next(c, 200, &d, &err);
+        int64_t took = gt_mono_ms() - t0;
+        longest = took > longest ? took : longest;
+        calls++;
+    }
+    printf("  broker down: %s (after %d calls, the longest %lld ms)\n", err.message, calls,
+           (long long)longest);
+    assert_int_equal(rc, GT_EUNAVAIL);
+    assert_non_null(strstr(err.message, amqp_addr()));
+    assert_non_null(strstr(err.message, "gave up after 2 attempts"));
+    assert_true(longest < 200 + 2000 + SLACK_MS); /* the timeout plus one connect */
+    assert_false(gt_bus_consuming(c));
+
+    assert_int_equal(system(start_cmd), 0);
+    declare(bus, q, false); /* in case the kill lost it */
+    raw_publish(q, "job-1", NULL, 1);
+    gt_bus_delivery d;
+    next_ok(c, &d);
+    assert_string_equal(d.body, "job-1");
+    ack_ok(c, &d);
+    gt_bus_delivery_clear(&d);
+    gt_bus_consume_stop(&c);
+    count_becomes(q, 0);
+    raw_delete(q);
+    free(q);
+    free(kill_cmd);
+    free(start_cmd);
+    gt_bus_free(&bus);
+}
+
 int main(void)
 {
     if (amqp_addr() == NULL)
@@ -1026,9 +1846,21 @@ int main(void)
         cmocka_unit_test(test_handler_error_and_malformed_rejected),
         cmocka_unit_test(test_stop_mid_backlog_leaves_rest_queued),
         cmocka_unit_test(test_idle_connection_replaced),
+        cmocka_unit_test(test_work_queue_declare),
+        cmocka_unit_test(test_consume_prefetch_bounds_unacked),
+        cmocka_unit_test(test_consume_late_ack_from_owner),
+        cmocka_unit_test(test_reject_dead_letters),
+        cmocka_unit_test(test_reject_requeue_redelivers),
+        cmocka_unit_test(test_delivery_limit_dead_letters),
+        cmocka_unit_test(test_consume_stop_requeues_unacked),
+        cmocka_unit_test(test_consume_cancel_drains),
+        cmocka_unit_test(test_consume_idle_keeps_connection),
+        cmocka_unit_test(test_consumer_outlives_bus),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_broker_restart),
         cmocka_unit_test(test_broker_crash),
+        cmocka_unit_test(test_consume_across_broker_restart),
+        cmocka_unit_test(test_consume_gives_up_then_recovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,125 @@
+/* gantry-runner ([application] mode = runner): wires configuration, store and bus
+ * to the runner module and serves until SIGTERM, then drains. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "runner.h"
+#include "setup.h"
+
+extern char **environ;
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop = 1;
+}
+
+static int open_store(void *arg, gt_store **store, gt_error *err)
+{
+    const gt_config *cfg = arg;
+    if (cfg->store.backend == GT_BACKEND_MEMORY)
+        return gt_error_set(err, GT_EINVAL, "[store] backend = memory cannot be shared with the "
+                                            "controllers; use local (one machine) or a shared store");
+    return gt_setup_open_store(cfg, store, err);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL;
+    for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+        if (o == 'c') {
+            config_path = optarg;
+        } else {
+            fprintf(o == 'h' ? stdout : stderr,
+                    "Usage: gantry-runner [--config FILE]\n"
+                    "Runs executions from exec.<cluster_id>.<pool> queues ([application] mode = runner;\n"
+                    "[runner] pools, capacity, heartbeat_interval; [broker]; [store]).\n");
+            return o == 'h' ? 0 : 2;
+        }
+    }
+    gt_error e = {0};
+    gt_config *cfg = gt_config_new();
+    if (gt_config_load(cfg, config_path, environ, &e) != GT_OK || gt_config_finish(cfg, &e) != GT_OK) {
+        fprintf(stderr, "gantry-runner: configuration: %s\n", e.message);
+        gt_config_free(&cfg);
+        return 2;
+    }
+    if (cfg->application.mode != GT_MODE_RUNNER) {
+        fprintf(stderr, "gantry-runner: [application] mode is %s; the runner needs runner\n",
+                gt_config_mode_name(cfg->application.mode));
+        gt_config_free(&cfg);
+        return 2;
+    }
+    gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "runner");
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int rc = 1;
+    gt_runner *r = NULL;
+    if (gt_mkdir_p(cfg->application.working_dir, 0700, &e) != GT_OK) {
+        fprintf(stderr, "gantry-runner: %s\n", e.message);
+        goto done;
+    }
+    gt_run_options run;
+    gt_setup_run_options(cfg, environ, &run);
+    char host[128] = "runner";
+    gethostname(host, sizeof host);
+    char *id = gt_xasprintf("%s/%ld", host, (long)getpid());
+    gt_runner_config rc_cfg = {
+        .id = id,
+        .cluster_id = cfg->application.cluster_id,
+        .pools = cfg->runner.pools.v,
+        .capacity = (int)cfg->runner.capacity,
+        .heartbeat_ms = cfg->runner.heartbeat_interval,
+        .drain_ms = 30000, /* in-flight work gets 30 s to finish on SIGTERM */
+        .open_store = open_store,
+        .open_store_arg = cfg,
+        .key_file = cfg->secrets.encrypt_key_file,
+        .key_file_explicit = gt_setup_key_file_explicit(cfg),
+        .run = &run,
+        .bus = {
+            .hosts = cfg->broker.hosts.v,
+            .vhost = cfg->broker.vhost,
+            .username = cfg->broker.username,
+            .password = cfg->broker.password,
+            .use_tls = cfg->broker.use_tls,
+            .ca_certificate_file = cfg->broker.ca_certificate_file,
+            .certificate_file = cfg->broker.certificate_file,
+            .private_key_file = cfg->broker.private_key_file,
+            .heartbeat_s = cfg->broker.heartbeat / 1000,
+        },
+    };
+    if ((r = gt_runner_new(&rc_cfg, &e)) == NULL) {
+        fprintf(stderr, "gantry-runner: %s\n", e.message);
+        free(id);
+        goto done;
+    }
+    gt_info("gantry-runner ready: %s, pools %s..., capacity %d", id, rc_cfg.pools[0], rc_cfg.capacity);
+    if (gt_runner_serve(r, &stop, &e) != GT_OK) {
+        /* a supervisor restarts us; the broker gave back what was not acked */
+        fprintf(stderr, "gantry-runner: giving up: %s\n", e.message);
+        rc = 1;
+    } else {
+        gt_info("stopped");
+        rc = 0;
+    }
+    gt_runner_free(&r);
+    free(id);
+done:
+    gt_config_free(&cfg);
+    return rc;
+}
