@@ -1175,9 +1175,141 @@ static gt_err get_execution(req *r)
     return get_one(r, NULL, EXECUTIONS, "execution", r->params[0]);
 }
 
+/* ---------- the runner registry ---------- */
+
+/* All documents of coll (small collections: runners). */
+static cJSON *all_docs(req *r, const char *coll, const char *field, const char *value)
+{
+    cJSON *items = cJSON_CreateArray();
+    char *cursor = NULL;
+    do {
+        gt_store_page page = {0};
+        if (gt_store_query(r->api->d.store, coll, field, value, cursor, 1000, &page, NULL) != GT_OK)
+            break;
+        for (size_t i = 0; i < page.n; i++)
+            cJSON_AddItemToArray(items, public_view(NULL, page.items[i].body, page.items[i].rev));
+        free(cursor);
+        cursor = gt_xstrdup(page.next_cursor);
+        gt_store_page_clear(&page);
+    } while (cursor);
+    free(cursor);
+    return items;
+}
+
+/* Runners with their status from the age of their last heartbeat: up, late (missed
+ * two), dead (the reaper took its work), draining or stopped (as they said). */
+static cJSON *runners_view(req *r)
+{
+    cJSON *items = all_docs(r, "runners", NULL, NULL);
+    int64_t now = gt_now_ms();
+    cJSON *it;
+    cJSON_ArrayForEach(it, items) {
+        const cJSON *beat = cJSON_GetObjectItemCaseSensitive(it, "last_heartbeat_ms");
+        const cJSON *every = cJSON_GetObjectItemCaseSensitive(it, "heartbeat_interval_ms");
+        const cJSON *state = cJSON_GetObjectItemCaseSensitive(it, "state");
+        int64_t age = cJSON_IsNumber(beat) ? now - (int64_t)beat->valuedouble : -1;
+        int64_t iv = cJSON_IsNumber(every) ? (int64_t)every->valuedouble : 5000;
+        const char *st = cJSON_IsString(state) ? state->valuestring : "up";
+        const char *status = strcmp(st, "up") != 0 ? st : age > 3 * iv ? "dead" : age > 2 * iv ? "late" : "up";
+        gt_json_set_str(it, "status", status);
+        gt_json_set_num(it, "heartbeat_age_ms", (double)age);
+    }
+    return items;
+}
+
+static gt_err list_runners(req *r)
+{
+    cJSON *out = cJSON_CreateObject();
+    gt_json_set(out, "items", runners_view(r));
+    reply(r, 200, out);
+    return GT_OK;
+}
+
+static gt_err cluster_health(req *r)
+{
+    cJSON *runners = runners_view(r), *out = cJSON_CreateObject();
+    cJSON *counts = cJSON_AddObjectToObject(out, "runners");
+    int capacity = 0, in_flight = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, runners) {
+        const char *status = cJSON_GetObjectItemCaseSensitive(it, "status")->valuestring;
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(counts, status);
+        gt_json_set_num(counts, status, (n ? n->valuedouble : 0) + 1);
+        if (strcmp(status, "up") == 0) {
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "capacity");
+            const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "in_flight");
+            capacity += cJSON_IsNumber(c) ? c->valueint : 0;
+            in_flight += cJSON_IsNumber(f) ? f->valueint : 0;
+        }
+    }
+    gt_json_set_num(out, "capacity", capacity);
+    gt_json_set_num(out, "in_flight", in_flight);
+    cJSON *ex = cJSON_AddObjectToObject(out, "executions");
+    static const char *const waiting[] = {"accepted", "queued", "running", NULL};
+    for (size_t i = 0; waiting[i]; i++) {
+        cJSON *l = all_docs(r, EXECUTIONS, "state", waiting[i]);
+        gt_json_set_num(ex, waiting[i], cJSON_GetArraySize(l));
+        cJSON_Delete(l);
+    }
+    gt_json_set_str(out, "status", capacity > 0 ? "ok" : "no_runner");
+    gt_json_set(out, "items", runners);
+    reply(r, 200, out);
+    return GT_OK;
+}
+
+static gt_err cluster_activity(req *r)
+{
+    static const char *const bulky[] = {"stdout", "stderr", "inputs", "secret_bindings", NULL};
+    cJSON *out = cJSON_CreateObject();
+    static const char *const now[] = {"running", "queued", NULL};
+    for (size_t i = 0; now[i]; i++) {
+        cJSON *l = all_docs(r, EXECUTIONS, "state", now[i]);
+        cJSON *e;
+        cJSON_ArrayForEach(e, l)
+            for (size_t k = 0; bulky[k]; k++)
+                cJSON_DeleteItemFromObjectCaseSensitive(e, bulky[k]);
+        gt_json_set(out, now[i], l);
+    }
+    /* the 20 newest that ended: ids sort by creation time */
+    static const char *const ended[] = {"succeeded", "failed", "timed_out", "canceled", "lost", NULL};
+    cJSON *recent = cJSON_CreateArray();
+    for (size_t i = 0; ended[i]; i++) {
+        cJSON *l = all_docs(r, EXECUTIONS, "state", ended[i]);
+        while (cJSON_GetArraySize(l) > 0) {
+            cJSON *e = cJSON_DetachItemFromArray(l, cJSON_GetArraySize(l) - 1);
+            for (size_t k = 0; bulky[k]; k++)
+                cJSON_DeleteItemFromObjectCaseSensitive(e, bulky[k]);
+            /* insert keeping recent sorted newest first, at most 20 */
+            const char *id = cJSON_GetObjectItemCaseSensitive(e, "id")->valuestring;
+            int pos = 0;
+            const cJSON *x;
+            cJSON_ArrayForEach(x, recent) {
+                if (strcmp(cJSON_GetObjectItemCaseSensitive(x, "id")->valuestring, id) < 0)
+                    break;
+                pos++;
+            }
+            if (pos < 20) {
+                cJSON_InsertItemInArray(recent, pos, e);
+                if (cJSON_GetArraySize(recent) > 20)
+                    cJSON_DeleteItemFromArray(recent, 20);
+            } else {
+                cJSON_Delete(e);
+                break; /* older ones of this state cannot make it either */
+            }
+        }
+        cJSON_Delete(l);
+    }
+    gt_json_set(out, "recent", recent);
+    reply(r, 200, out);
+    return GT_OK;
+}
+
 /* ---------- routing ---------- */
 
 static const route routes[] = {
+    {"GET", "/api/v1/runners", list_runners, false},
+    {"GET", "/api/v1/cluster/health", cluster_health, false},
+    {"GET", "/api/v1/cluster/activity", cluster_activity, false},
     {"GET", "/api/v1/executions", list_executions, false},
     {"GET", "/api/v1/executions/{id}", get_execution, false},
     {"POST", "/api/v1/services/{name}/run", run_service, true},

@@ -178,10 +178,11 @@ gt_err gt_bus_consume_cancel(gt_bus_consumer *c, gt_error *err);
 /* True when c is subscribed on an open connection (for health checks). */
 bool gt_bus_consuming(const gt_bus_consumer *c);
 
-/* Ends c and frees it (NULL is fine): closing its channel cancels the subscription and
- * requeues every delivery of it not acked yet (delivered again, redelivered set). Call it
- * before gt_bus_free; a consumer left over is detached (its calls return GT_EINVAL) and
- * must still be stopped. */
+/* Ends *c, frees it and sets *c to NULL (NULL is fine): closing its channel cancels the
+ * subscription and requeues every delivery of it not acked yet (delivered again,
+ * redelivered set). Call it before gt_bus_free; a consumer left over is detached
+ * (gt_bus_consume_next, gt_bus_ack and gt_bus_reject return GT_EINVAL) and must still be
+ * stopped. */
 void gt_bus_consume_stop(gt_bus_consumer **c);
 
 /* Frees a delivery's strings and zeroes it; NULL and a zeroed delivery are fine. */

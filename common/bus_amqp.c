@@ -272,7 +272,7 @@ static void bus_free_pending(gt_bus_consumer *c)
 static gt_bus_consumer *bus_consumer_on(gt_bus *bus, amqp_channel_t ch)
 {
     for (gt_bus_consumer *c = bus->consumers; c != NULL; c = c->next)
-        if (c->ch == ch)
+        if (c->ch == ch && ch != 0)
             return c;
     return NULL;
 }
@@ -326,6 +326,7 @@ static bool bus_unacked_remove(gt_bus_consumer *c, uint64_t tag)
 /* Forgets a consumer's channel: the broker requeues whatever it had not acked. */
 static void bus_consumer_reset(gt_bus_consumer *c)
 {
+    c->ch = 0; /* its number may go to another consumer on the next connection */
     c->open = false;
     c->active = false;
     free(c->tag);
@@ -1235,6 +1236,29 @@ static void bus_consumer_close(gt_bus_consumer *c)
     bus_consumer_reset(c);
 }
 
+/* Opens a channel for c with a number not used on this connection before, so frames
+ * still queued for an old channel never reach the new subscription. */
+static gt_err bus_consumer_channel(gt_bus_consumer *c, gt_error *err)
+{
+    gt_bus *bus = c->bus;
+    int max = amqp_get_channel_max(bus->conn);
+    if (max <= 0 || max > 65535)
+        max = 65535;
+    if (bus->next_ch > max) {
+        bus_drop(bus); /* numbering starts again on a new connection */
+        return gt_error_set(err, GT_EUNAVAIL, "amqp %s: all %d channels used; reconnecting",
+                            bus->host, max);
+    }
+    amqp_channel_t ch = (amqp_channel_t)bus->next_ch++;
+    amqp_channel_open(bus->conn, ch);
+    gt_err rc = bus_rpc_result(bus, ch, "channel.open", err);
+    if (rc != GT_OK)
+        return rc;
+    c->ch = ch;
+    c->open = true;
+    return GT_OK;
+}
+
 /* Subscribes c: connected (one pass over the hosts when there is no connection), a fresh
  * channel (a new number on this connection, so frames still queued for an old one never
  * reach the new subscription), the queue declared when asked, prefetch, basic.consume
@@ -1255,19 +1279,8 @@ static gt_err bus_subscribe(gt_bus_consumer *c, gt_error *err)
     if (bus->conn == NULL)
         return gt_error_set(err, GT_EUNAVAIL, "amqp %s: connection lost closing a channel",
                             bus->host);
-    int max = amqp_get_channel_max(bus->conn);
-    if (max <= 0 || max > 65535)
-        max = 65535;
-    if (bus->next_ch > max) {
-        bus_drop(bus); /* numbering starts again on a new connection */
-        return gt_error_set(err, GT_EUNAVAIL, "amqp %s: all %d channels used; reconnecting",
-                            bus->host, max);
-    }
-    c->ch = (amqp_channel_t)bus->next_ch++;
-    amqp_channel_open(bus->conn, c->ch);
-    if ((rc = bus_rpc_result(bus, c->ch, "channel.open", err)) != GT_OK)
+    if ((rc = bus_consumer_channel(c, err)) != GT_OK)
         return rc;
-    c->open = true;
     if (c->declare) {
         gt_error e;
         gt_error_clear(&e);
@@ -1276,11 +1289,8 @@ static gt_err bus_subscribe(gt_bus_consumer *c, gt_error *err)
             /* It exists with other arguments (a quorum queue, say): serve it as it is. The
              * broker closed the channel: a new one. */
             gt_debug("amqp %s: %s", bus->host, e.message);
-            c->ch = (amqp_channel_t)bus->next_ch++;
-            amqp_channel_open(bus->conn, c->ch);
-            if ((rc = bus_rpc_result(bus, c->ch, "channel.open", err)) != GT_OK)
+            if ((rc = bus_consumer_channel(c, err)) != GT_OK)
                 return rc;
-            c->open = true;
         } else if (rc != GT_OK) {
             return gt_error_set(err, rc, "%s", e.message);
         }

@@ -455,7 +455,11 @@ static const char *const ex_heads[] = {"ID", "SERVICE", "STATE", "RC", "CREATED"
 static const char *const user_cols[] = {"name", "role", "must_change_password", "created_at", NULL};
 static const char *const user_heads[] = {"NAME", "ROLE", "MUST CHANGE PASSWORD", "CREATED", NULL};
 
+static const char *const runner_cols[] = {"id", "status", "pools", "capacity", "in_flight", "last_heartbeat", NULL};
+static const char *const runner_heads[] = {"ID", "STATUS", "POOLS", "CAPACITY", "IN FLIGHT", "LAST HEARTBEAT", NULL};
+
 static const table_spec tables[] = {
+    {"runners", runner_cols, runner_heads},
     {"users", user_cols, user_heads},
     {"repositories", repo_cols, repo_heads}, {"services", svc_cols, svc_heads},
     {"decorators", dec_cols, dec_heads},     {"secrets", sec_cols, sec_heads},
@@ -690,6 +694,54 @@ static int cmd_cancel(cli *c, const cli_cmd *cmd, const cli_args *a)
     return CLI_OK;
 }
 
+static void print_summary(cli *c, const cJSON *items, const char *title)
+{
+    static const char *const cols[] = {"id", "service", "state", "runner", "attempt", "created_at", NULL};
+    static const char *const heads[] = {"ID", "SERVICE", "STATE", "RUNNER", "ATTEMPT", "CREATED", NULL};
+    fprintf(c->out, "%s (%d):\n", title, cJSON_GetArraySize(items));
+    if (cJSON_GetArraySize(items) > 0)
+        cli_print_table(c->out, items, cols, heads);
+}
+
+static int cmd_inspect(cli *c, const cli_cmd *cmd, const cli_args *a)
+{
+    (void)cmd;
+    const char *what = a->pos.v[0];
+    bool health = strcmp(what, "health") == 0;
+    if (!health && strcmp(what, "activity") != 0)
+        return usage_error(c, "inspect cluster: \"%s\" is not one of health, activity", what);
+    cJSON *out = NULL;
+    int rc = cli_request(c, "GET", health ? "/api/v1/cluster/health" : "/api/v1/cluster/activity",
+                         NULL, NULL, &out);
+    if (rc != CLI_OK)
+        return rc;
+    if (c->format != CLI_TABLE) {
+        cli_print_doc(c, out);
+    } else if (health) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(out, "status");
+        const cJSON *cap = cJSON_GetObjectItemCaseSensitive(out, "capacity");
+        const cJSON *inf = cJSON_GetObjectItemCaseSensitive(out, "in_flight");
+        fprintf(c->out, "status: %s\ncapacity: %d, in flight: %d\nexecutions waiting: ",
+                cJSON_IsString(st) ? st->valuestring : "?", cap ? cap->valueint : 0,
+                inf ? inf->valueint : 0);
+        const cJSON *e;
+        bool first = true;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(out, "executions")) {
+            fprintf(c->out, "%s%s %d", first ? "" : ", ", e->string, e->valueint);
+            first = false;
+        }
+        fputs("\n\n", c->out);
+        cli_print_table(c->out, cJSON_GetObjectItemCaseSensitive(out, "items"), runner_cols,
+                        runner_heads);
+    } else {
+        print_summary(c, cJSON_GetObjectItemCaseSensitive(out, "running"), "running");
+        print_summary(c, cJSON_GetObjectItemCaseSensitive(out, "queued"), "queued");
+        print_summary(c, cJSON_GetObjectItemCaseSensitive(out, "recent"), "recently ended");
+    }
+    cJSON_Delete(out);
+    return CLI_OK;
+}
+
 /* ---------- version, completion ---------- */
 
 static int cmd_version(cli *c, const cli_cmd *cmd, const cli_args *a)
@@ -743,6 +795,8 @@ const cli_cmd cli_commands[] = {
     {"delete", "secret", "NAME", 1, 1, no_flags, cmd_delete, "secrets", "Delete a secret nothing uses"},
     {"run", "service", "NAME", 1, 1, run_flags, cmd_run_service, "services", "Run a service and print its output"},
     {"cancel", "execution", "ID", 1, 1, no_flags, cmd_cancel, "executions", "Cancel an execution (its process group is stopped)"},
+    {"get", "runners", NULL, 0, 0, no_flags, cmd_list, "runners", "List runners: status, pools, capacity, in-flight work, last heartbeat"},
+    {"inspect", "cluster", "health|activity", 1, 1, no_flags, cmd_inspect, NULL, "Cluster health (runners, capacity) or activity (running, queued, recent)"},
     {"login", NULL, "[USER]", 0, 1, login_flags, cli_cmd_login, NULL, "Log in to the server (client mode); USER defaults to admin"},
     {"logout", NULL, NULL, 0, 0, no_flags, cli_cmd_logout, NULL, "Log out: the token is revoked on every controller"},
     {"get", "users", NULL, 0, 0, no_flags, cmd_list, "users", "List users (client mode, admin)"},
@@ -764,7 +818,7 @@ static bool kind_matches(const char *cmd_kind, const char *word)
     if (k)
         return strcmp(k->singular, word) == 0 || strcmp(k->plural, word) == 0;
     static const char *const pairs[][2] = {{"execution", "executions"}, {"user", "users"},
-                                           {"apikey", "apikeys"}};
+                                           {"apikey", "apikeys"}, {"runner", "runners"}};
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
         if (strcmp(cmd_kind, pairs[i][0]) == 0 || strcmp(cmd_kind, pairs[i][1]) == 0)
             return strcmp(word, pairs[i][0]) == 0 || strcmp(word, pairs[i][1]) == 0;

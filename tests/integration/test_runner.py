@@ -177,3 +177,31 @@ def test_broker_restart_mid_load(cluster, servers):
     assert all(d["state"] == "succeeded" for d in done), [(d["id"], d["state"], d.get("error")) for d in done]
     # and new work flows again with no manual step
     assert wait(cluster, run(cluster, "half", {"n": 99}), TERMINAL, timeout=120)["state"] == "succeeded"
+
+
+def test_registry_views(cluster, tmp_path):
+    from conftest import ClientGantry
+    c = ClientGantry(tmp_path, cluster, cluster.controllers[1])
+    c("login", "admin", "--password-stdin", input="admin-password-1\n", check=0)
+    runners = c.json("get", "runners")["items"]
+    assert {r["id"] for r in runners} == {r.runner_id for r in cluster.runners}
+    assert all(r["status"] == "up" and r["capacity"] == 2 and r["pools"] == ["default"] for r in runners)
+    health = c.json("inspect", "cluster", "health")
+    assert health["status"] == "ok" and health["capacity"] == 4 and health["runners"] == {"up": 2}
+    add_service(cluster, "idle", "sleep 20\n")
+    ex_id = run(cluster, "idle")
+    wait(cluster, ex_id, {"running"})
+    act = c.json("inspect", "cluster", "activity")
+    assert [e["id"] for e in act["running"]] == [ex_id] and "stdout" not in act["running"][0]
+    table = c("inspect", "cluster", "health", check=0).stdout
+    assert "capacity: 4" in table and "STATUS" in table
+    assert "running (1)" in c("inspect", "cluster", "activity", check=0).stdout
+    assert c.json("get", "runners")["items"][0]["in_flight"] in (0, 1)
+    # a runner that stops cleanly (with nothing in flight) says so
+    busy = get(cluster, ex_id)["runner"]
+    idle = next(r for r in cluster.runners if r.runner_id != busy)
+    idle.stop()
+    assert idle.proc.returncode == 0
+    statuses = {r["id"]: r["status"] for r in c.json("get", "runners")["items"]}
+    assert statuses[idle.runner_id] == "stopped" and statuses[busy] == "up"
+    request(cluster.controllers[0].port, "POST", f"/api/v1/executions/{ex_id}/cancel", token=cluster.token)

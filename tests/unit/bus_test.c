@@ -1699,8 +1699,9 @@ static void test_broker_crash(void **state)
     gt_bus_free(&bus);
 }
 
-/* The broker restarts under a consumer: unacked deliveries come back (redelivered), new
- * ones keep flowing, acks for the old connection's deliveries are refused. */
+/* The broker restarts under two consumers of one bus: unacked deliveries come back
+ * (redelivered), new ones keep flowing to both, acks for the old connection's deliveries
+ * are refused. */
 static void test_consume_across_broker_restart(void **state)
 {
     (void)state;
@@ -1713,10 +1714,17 @@ static void test_consume_across_broker_restart(void **state)
     }
     enum { BEFORE = 6, AFTER = 3, PREFETCH = 3 };
     gt_bus *bus = connect_ok();
-    char *q = qname("restart-consume");
+    char *q = qname("restart-consume"), *q2 = qname("restart-consume2");
     work_queue(bus, q);
+    work_queue(bus, q2);
     publish_jobs(bus, q, 0, BEFORE);
     gt_bus_consumer *c = consume(bus, q, PREFETCH);
+    gt_bus_consumer *c2 = consume(bus, q2, 1);
+    gt_bus_delivery d2;
+    publish_jobs(bus, q2, 0, 1);
+    next_ok(c2, &d2);
+    ack_ok(c2, &d2);
+    gt_bus_delivery_clear(&d2);
     gt_bus_delivery old[PREFETCH];
     for (int i = 0; i < PREFETCH; i++) {
         next_ok(c, &old[i]);
@@ -1757,13 +1765,26 @@ static void test_consume_across_broker_restart(void **state)
     }
     for (int i = 0; i < BEFORE + AFTER; i++)
         assert_int_equal(seen[i], 1);
+    /* The other consumer of the bus subscribed again too. */
+    publish_jobs(bus, q2, 1, 2);
+    for (int i = 1; i < 3; i++) {
+        next_ok(c2, &d2);
+        assert_int_equal(job_number(&d2), i);
+        ack_ok(c2, &d2);
+        gt_bus_delivery_clear(&d2);
+    }
     next_none(c, 500);
+    next_none(c2, 200);
     gt_bus_consume_stop(&c);
+    gt_bus_consume_stop(&c2);
     count_becomes(q, 0);
+    count_becomes(q2, 0);
     for (int i = 0; i < PREFETCH; i++)
         gt_bus_delivery_clear(&old[i]);
     work_queue_delete(q);
+    work_queue_delete(q2);
     free(q);
+    free(q2);
     gt_bus_free(&bus);
 }
 
