@@ -609,8 +609,10 @@ static gt_err save_execution(req *r, cJSON *ex, int64_t *rev)
     if (rc != GT_OK)
         gt_error_set(&r->err, rc, "recording execution %s: %s", id, e.message);
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(ex, "state");
-    if (rc == GT_OK && cJSON_IsString(st) && gt_execution_state_terminal(st->valuestring))
-        gt_store_delete(r->api->d.store, CANCELS, id, GT_REV_ANY, NULL); /* nothing to cancel now */
+    /* nothing to cancel any more; a read first, since a delete is a (synced) write */
+    if (rc == GT_OK && cJSON_IsString(st) && gt_execution_state_terminal(st->valuestring) &&
+        gt_api_cancel_requested(r->api, id))
+        gt_store_delete(r->api->d.store, CANCELS, id, GT_REV_ANY, NULL);
     free(text);
     return rc;
 }

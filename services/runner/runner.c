@@ -263,11 +263,14 @@ gt_err gt_runner_serve(gt_runner *r, volatile sig_atomic_t *stop, gt_error *err)
         pthread_mutex_unlock(&r->mu);
         if (draining && (in_flight == 0 || now >= drain_until))
             break;
-        /* the consumers also keep the connection serviced (heartbeats, confirms) */
+        /* the consumers also keep the connection serviced (heartbeats, confirms); while
+         * work is in flight they wait only briefly, so a finished run is settled (and
+         * its slot refilled) at once rather than after an idle timeout */
+        int64_t wait_ms = (in_flight > 0 ? 5 : 100) / r->nqueues + 1;
         for (int i = 0; i < r->nqueues; i++) {
             gt_bus_delivery d = {0};
             gt_error e = {0};
-            gt_err c = gt_bus_consume_next(r->consumers[i], 100 / r->nqueues + 1, &d, &e);
+            gt_err c = gt_bus_consume_next(r->consumers[i], wait_ms, &d, &e);
             if (c == GT_ETIMEDOUT)
                 continue;
             if (c != GT_OK) {
@@ -343,7 +346,8 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
     for (int i = 0; i < r->nqueues; i++) {
         r->queues[i] = gt_xasprintf("exec.%s.%s", cfg->cluster_id, cfg->pools[i]);
         if (gt_bus_declare_work_queue(r->bus, r->queues[i], err) != GT_OK ||
-            (r->consumers[i] = gt_bus_consume_start(r->bus, r->queues[i], r->c.capacity, err)) == NULL)
+            /* two per slot: the next message is here when a slot frees up */
+            (r->consumers[i] = gt_bus_consume_start(r->bus, r->queues[i], 2 * r->c.capacity, err)) == NULL)
             goto fail;
     }
     r->slots = gt_xcalloc((size_t)r->c.capacity, sizeof *r->slots);
