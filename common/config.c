@@ -176,6 +176,8 @@ static const cfg_key keys[] = {
           "bytes of stdout and of stderr kept per run"),
     KDUR("runner", runner, kill_grace_period, "5s", 0, MS_HOUR, MS_SEC,
          "SIGTERM to SIGKILL delay on timeout"),
+    KDUR("runner", runner, drain_timeout, "30s", 0, MS_HOUR, MS_SEC,
+         "SIGTERM: how long in-flight runs may finish before they are canceled (Gantry)"),
     KDUR("runner", runner, default_timeout, "0", 0, 30 * MS_DAY, MS_SEC,
          "run timeout when a service sets none (0: none)"),
     KDUR("runner", runner, fetch_timeout, "5m", 0, MS_DAY, MS_SEC, "timeout for git and pip"),

@@ -113,6 +113,7 @@ typedef struct gt_config {
         int64_t heartbeat_interval;
         int64_t output_limit;         /* bytes kept per stream */
         int64_t kill_grace_period;
+        int64_t drain_timeout;        /* runner SIGTERM: in-flight runs may take this long */
         int64_t default_timeout;      /* 0: no limit */
         int64_t fetch_timeout;        /* git and pip */
         char *python;

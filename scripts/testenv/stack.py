@@ -114,7 +114,7 @@ class GantryStack:
         self.controllers.append(d)
         return d
 
-    def start_runner(self, capacity=2, pools="default", heartbeat="1s"):
+    def start_runner(self, capacity=2, pools="default", heartbeat="1s", drain="30s"):
         """A gantry-runner sharing the controllers' store and key file."""
         n = len(getattr(self, "runners", [])) + 1
         self.runners = getattr(self, "runners", [])
@@ -126,7 +126,8 @@ class GantryStack:
                        GANTRY_STORE_PATH=os.path.join(server, "gantry.db"),
                        GANTRY_SECRETS_ENCRYPT_KEY_FILE=os.path.join(server, "secrets.key"),
                        GANTRY_RUNNER_CAPACITY=str(capacity), GANTRY_RUNNER_POOLS=pools,
-                       GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat)
+                       GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat,
+                       GANTRY_RUNNER_DRAIN_TIMEOUT=drain)
         d = Daemon(name, [os.path.join(self.bin_dir, "gantry-runner")], log, "gantry-runner ready", env)
         with open(log, errors="replace") as f:
             m = re.findall(r"ready: (\S+),", f.read())

@@ -85,7 +85,7 @@ int main(int argc, char **argv)
         .pools = cfg->runner.pools.v,
         .capacity = (int)cfg->runner.capacity,
         .heartbeat_ms = cfg->runner.heartbeat_interval,
-        .drain_ms = 30000, /* in-flight work gets 30 s to finish on SIGTERM */
+        .drain_ms = cfg->runner.drain_timeout,
         .open_store = open_store,
         .open_store_arg = cfg,
         .key_file = cfg->secrets.encrypt_key_file,

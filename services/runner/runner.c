@@ -252,17 +252,39 @@ gt_err gt_runner_serve(gt_runner *r, volatile sig_atomic_t *stop, gt_error *err)
         int64_t now = gt_mono_ms();
         if (*stop && !draining) {
             draining = true;
-            drain_until = now + (r->c.drain_ms > 0 ? r->c.drain_ms : 30000);
+            drain_until = now + (r->c.drain_ms > 0 ? r->c.drain_ms : 1);
             for (int i = 0; i < r->nqueues; i++)
                 gt_bus_consume_cancel(r->consumers[i], NULL);
-            gt_info("draining: %d execution(s) in flight", r->in_flight);
+            /* what no slot started yet goes back to the queue for other runners */
+            pthread_mutex_lock(&r->mu);
+            job **back = r->todo;
+            size_t nback = r->ntodo;
+            r->todo = NULL;
+            r->ntodo = r->captodo = 0;
+            r->in_flight -= (int)nback;
+            pthread_mutex_unlock(&r->mu);
+            for (size_t i = 0; i < nback; i++) {
+                gt_bus_reject(r->consumers[back[i]->consumer], &back[i]->d, true, NULL);
+                job_free(back[i]);
+            }
+            free(back);
+            gt_info("draining: %d execution(s) in flight, %zu returned to the queue",
+                    r->in_flight, nback);
             heartbeat(r, "draining");
         }
         pthread_mutex_lock(&r->mu);
         int in_flight = r->in_flight;
         pthread_mutex_unlock(&r->mu);
-        if (draining && (in_flight == 0 || now >= drain_until))
+        if (draining && in_flight == 0)
             break;
+        if (draining && now >= drain_until && drain_until > 0) {
+            /* out of time: stop what still runs (recorded as canceled), then settle it */
+            gt_warn("drain: %d execution(s) still running after the drain timeout; canceling",
+                    in_flight);
+            for (int i = 0; i < r->c.capacity; i++)
+                r->slots[i].cancel = 1;
+            drain_until = 0;
+        }
         /* the consumers also keep the connection serviced (heartbeats, confirms); while
          * work is in flight they wait only briefly, so a finished run is settled (and
          * its slot refilled) at once rather than after an idle timeout */

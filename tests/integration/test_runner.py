@@ -205,3 +205,22 @@ def test_registry_views(cluster, tmp_path):
     statuses = {r["id"]: r["status"] for r in c.json("get", "runners")["items"]}
     assert statuses[idle.runner_id] == "stopped" and statuses[busy] == "up"
     request(cluster.controllers[0].port, "POST", f"/api/v1/executions/{ex_id}/cancel", token=cluster.token)
+
+
+def test_drain_timeout_cancels_and_returns_the_rest(cluster):
+    for r in list(cluster.runners):
+        r.stop()
+    quick = cluster.start_runner(capacity=1, drain="2s")
+    add_service(cluster, "forever", "echo begin\nsleep 60\n")
+    add_service(cluster, "next", "echo next\n")
+    long_id = run(cluster, "forever")
+    wait(cluster, long_id, {"running"})
+    waiting = run(cluster, "next")  # prefetched by the busy runner, not started
+    time.sleep(1)
+    t0 = time.monotonic()
+    quick.stop(timeout=60)
+    assert quick.proc.returncode == 0 and time.monotonic() - t0 < 20
+    assert get(cluster, long_id)["state"] == "canceled"
+    assert get(cluster, waiting)["state"] == "queued"
+    cluster.start_runner()
+    assert wait(cluster, waiting, TERMINAL)["state"] == "succeeded"
