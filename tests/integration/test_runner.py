@@ -224,3 +224,18 @@ def test_drain_timeout_cancels_and_returns_the_rest(cluster):
     assert get(cluster, waiting)["state"] == "queued"
     cluster.start_runner()
     assert wait(cluster, waiting, TERMINAL)["state"] == "succeeded"
+
+
+def test_pools_route_work_to_their_runners(cluster):
+    edge = cluster.start_runner(capacity=1, pools="edge")
+    add_service(cluster, "near", "echo at-the-edge\n")
+    port = cluster.controllers[0].port
+    st, b = request(port, "PATCH", "/api/v1/services/near", {"pool": "edge"}, token=cluster.token)
+    assert st == 200, b
+    ids = [run(cluster, "near") for _ in range(5)]
+    done = [wait(cluster, i, TERMINAL) for i in ids]
+    assert all(d["state"] == "succeeded" and d["pool"] == "edge" for d in done)
+    assert {d["runner"] for d in done} == {edge.runner_id}
+    add_service(cluster, "anywhere", "echo default\n")
+    d = wait(cluster, run(cluster, "anywhere"), TERMINAL)
+    assert d["pool"] == "default" and d["runner"] != edge.runner_id
