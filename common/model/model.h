@@ -6,6 +6,8 @@
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 
@@ -44,5 +46,11 @@ bool gt_execution_state_valid(const char *state);
 
 /* Checks a list of secret bindings [{name, type: "env", target}] at path. */
 gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *err);
+
+/* The message that hands a run to runners: {"id": ID, "attempt": N}; caller frees. */
+char *gt_execution_message(const char *id, int64_t attempt);
+/* Parses one (outside input: it comes from the broker). *id is a new string. */
+gt_err gt_execution_message_parse(const char *body, size_t len, char **id, int64_t *attempt,
+                                  gt_error *err);
 
 #endif

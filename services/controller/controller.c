@@ -10,6 +10,7 @@
 #include "crypto.h"
 #include "json.h"
 #include "log.h"
+#include "model/model.h"
 #include "util.h"
 
 typedef enum role { ROLE_NONE = 0, ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN } role;
@@ -695,10 +696,8 @@ static gt_err publish_run(void *arg, const cJSON *ex, gt_error *err)
     const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
     char *queue = gt_xasprintf("exec.%s.%s", ctl->c.cluster_id,
                                cJSON_IsString(pool) ? pool->valuestring : "default");
-    cJSON *msg = cJSON_CreateObject();
-    gt_json_set_str(msg, "id", cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring);
-    gt_json_set_num(msg, "attempt", cJSON_GetObjectItemCaseSensitive(ex, "attempt")->valuedouble);
-    char *body = gt_json_print(msg);
+    char *body = gt_execution_message(cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring,
+                                      (int64_t)cJSON_GetObjectItemCaseSensitive(ex, "attempt")->valuedouble);
     gt_error e = {0};
     gt_err rc = worker_bus(ctl, w, &e);
     if (rc == GT_OK && (w->declared == NULL || strcmp(w->declared, queue) != 0)) {
@@ -716,7 +715,6 @@ static gt_err publish_run(void *arg, const cJSON *ex, gt_error *err)
         gt_error_set(err, GT_EUNAVAIL, "the message broker did not take the run: %s", e.message);
     }
     free(body);
-    cJSON_Delete(msg);
     free(queue);
     return rc;
 }

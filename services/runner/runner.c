@@ -8,6 +8,7 @@
 #include "api.h"
 #include "json.h"
 #include "log.h"
+#include "model/model.h"
 #include "util.h"
 
 typedef struct job {
@@ -184,25 +185,16 @@ static void check_cancels(gt_runner *r)
 /* A message: {"id": "...", "attempt": N}. Anything else is dead-lettered. */
 static job *parse(const gt_bus_delivery *d, char *why, size_t n)
 {
-    cJSON *doc = NULL;
     gt_error e = {0};
-    job *j = NULL;
-    const char *id = NULL;
+    char *id = NULL;
     int64_t attempt = 0;
-    static const char *const keys[] = {"id", "attempt", NULL};
-    if (gt_json_parse(d->body, d->len, "message", &doc, &e) != GT_OK ||
-        !cJSON_IsObject(doc) || gt_json_only(doc, "$", keys, &e) != GT_OK ||
-        gt_json_str(doc, "$", "id", &id, &e) != GT_OK ||
-        gt_json_int(doc, "$", "attempt", &attempt, &e) != GT_OK) {
-        snprintf(why, n, "%.200s", e.message[0] ? e.message : "not a JSON object");
-    } else if (!gt_name_valid(id) || attempt < 1) {
-        snprintf(why, n, "bad id or attempt");
-    } else {
-        j = gt_xcalloc(1, sizeof *j);
-        j->id = gt_xstrdup(id);
-        j->attempt = attempt;
+    if (gt_execution_message_parse(d->body, d->len, &id, &attempt, &e) != GT_OK) {
+        snprintf(why, n, "%.200s", e.message);
+        return NULL;
     }
-    cJSON_Delete(doc);
+    job *j = gt_xcalloc(1, sizeof *j);
+    j->id = id;
+    j->attempt = attempt;
     return j;
 }
 

@@ -59,8 +59,7 @@ static bool reap_execution(gt_store *store, gt_bus *bus, const char *cluster_id,
         if (retry) {
             const char *pool = str(ex, "pool");
             char *queue = gt_xasprintf("exec.%s.%s", cluster_id, pool ? pool : "default");
-            char *msg = gt_xasprintf("{\"id\":\"%s\",\"attempt\":%lld}", it->id,
-                                     (long long)(attempt + 1));
+            char *msg = gt_execution_message(it->id, attempt + 1);
             e = (gt_error){0};
             /* stored before announced: if this fails the next pass cannot see it as
              * running, so say so loudly; the execution waits "queued" in the store */

@@ -376,6 +376,21 @@ static void test_model_validation(void **state)
     assert_ptr_equal(gt_model_find("service"), &gt_model_service);
     assert_ptr_equal(gt_model_find("secrets"), &gt_model_secret);
     assert_null(gt_model_find("users"));
+    char *id = NULL, *msg = gt_execution_message("01ABC", 2);
+    int64_t attempt = 0;
+    assert_int_equal(gt_execution_message_parse(msg, strlen(msg), &id, &attempt, NULL), GT_OK);
+    assert_string_equal(id, "01ABC");
+    assert_int_equal(attempt, 2);
+    free(id);
+    free(msg);
+    const char *bad_msgs[] = {"", "[]", "{\"id\":\"x\"}", "{\"id\":\"x\",\"attempt\":0}",
+                         "{\"id\":\"a/b\",\"attempt\":1}", "{\"id\":\"x\",\"attempt\":1,\"more\":1}"};
+    for (size_t i = 0; i < sizeof bad_msgs / sizeof bad_msgs[0]; i++) {
+        gt_error e = {0};
+        assert_int_equal(gt_execution_message_parse(bad_msgs[i], strlen(bad_msgs[i]), &id, &attempt, &e),
+                         GT_EINVAL);
+        assert_true(e.message[0] != '\0');
+    }
     assert_true(gt_execution_state_terminal("lost"));
     assert_false(gt_execution_state_terminal("running"));
     assert_false(gt_execution_state_valid("paused"));
