@@ -44,3 +44,50 @@ bool gt_setup_key_file_explicit(const gt_config *cfg)
     const char *src = gt_config_source(cfg, "secrets", "encrypt_key_file");
     return src && strncmp(src, "derived", 7) != 0;
 }
+
+gt_err gt_setup_load(const char *path, char *const *envp, gt_config **cfg, gt_error *err)
+{
+    *cfg = gt_config_new();
+    gt_err rc = gt_config_load(*cfg, path, envp, err);
+    if (rc == GT_OK)
+        rc = gt_config_finish(*cfg, err);
+    if (rc != GT_OK)
+        gt_config_free(cfg);
+    return rc;
+}
+
+gt_err gt_setup_bus_config(const gt_config *cfg, gt_bus_config *bc, gt_error *err)
+{
+    *bc = (gt_bus_config){
+        .hosts = cfg->broker.hosts.v,
+        .vhost = cfg->broker.vhost,
+        .username = cfg->broker.username,
+        .password = cfg->broker.password,
+        .use_tls = cfg->broker.use_tls,
+        .ca_certificate_file = cfg->broker.ca_certificate_file ? cfg->broker.ca_certificate_file
+                                                               : cfg->application.ca_certificate_file,
+        .certificate_file = cfg->broker.certificate_file,
+        .private_key_file = cfg->broker.private_key_file,
+        .heartbeat_s = cfg->broker.heartbeat / 1000, /* config durations are in ms */
+    };
+    if (cfg->broker.hosts.n == 0)
+        return gt_error_set(err, GT_EINVAL, "[broker] hosts is empty");
+    return GT_OK;
+}
+
+gt_err gt_setup_sessions_config(const gt_config *cfg, const char *prefix, gt_sessions_config *sc,
+                                gt_error *err)
+{
+    *sc = (gt_sessions_config){
+        .sentinels = cfg->sessions.sentinels.n > 0 ? cfg->sessions.sentinels.v : NULL,
+        .master_name = cfg->sessions.master_name,
+        .host = cfg->sessions.host,
+        .password = cfg->sessions.password,
+        .db = cfg->sessions.db,
+        .prefix = prefix,
+    };
+    if (cfg->sessions.use_tls)
+        return gt_error_set(err, GT_EINVAL, "[sessions] use_tls = true is not supported yet "
+                                            "(hiredis 0.14 has no TLS)");
+    return GT_OK;
+}

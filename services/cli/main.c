@@ -142,9 +142,7 @@ static void show_config(cli *c)
 static int load_config(cli *c, main_ctx *m)
 {
     gt_error e = {0};
-    m->cfg = gt_config_new();
-    if (gt_config_load(m->cfg, c->config_path, environ, &e) != GT_OK ||
-        gt_config_finish(m->cfg, &e) != GT_OK) {
+    if (gt_setup_load(c->config_path, environ, &m->cfg, &e) != GT_OK) {
         fprintf(c->err, "gantry: configuration: %s\n", e.message);
         return CLI_USAGE;
     }

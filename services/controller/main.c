@@ -69,10 +69,9 @@ int main(int argc, char **argv)
         return 2;
     }
     gt_error e = {0};
-    gt_config *cfg = gt_config_new();
-    if (gt_config_load(cfg, config_path, environ, &e) != GT_OK || gt_config_finish(cfg, &e) != GT_OK) {
+    gt_config *cfg = NULL;
+    if (gt_setup_load(config_path, environ, &cfg, &e) != GT_OK) {
         fprintf(stderr, "gantry-controller: configuration: %s\n", e.message);
-        gt_config_free(&cfg);
         return 2;
     }
     if (cfg->application.mode != GT_MODE_SERVER) {
@@ -110,26 +109,7 @@ int main(int argc, char **argv)
         .key_file = cfg->secrets.encrypt_key_file,
         .key_file_explicit = gt_setup_key_file_explicit(cfg),
         .run = &run,
-        .sessions = {
-            .sentinels = cfg->sessions.sentinels.v,
-            .master_name = cfg->sessions.master_name,
-            .host = cfg->sessions.host,
-            .password = cfg->sessions.password,
-            .db = cfg->sessions.db,
-            .prefix = prefix,
-        },
         .token_ttl_ms = cfg->sessions.token_ttl,
-        .bus = {
-            .hosts = cfg->broker.hosts.v,
-            .vhost = cfg->broker.vhost,
-            .username = cfg->broker.username,
-            .password = cfg->broker.password,
-            .use_tls = cfg->broker.use_tls,
-            .ca_certificate_file = cfg->broker.ca_certificate_file,
-            .certificate_file = cfg->broker.certificate_file,
-            .private_key_file = cfg->broker.private_key_file,
-            .heartbeat_s = cfg->broker.heartbeat / 1000,
-        },
         .http_workers = workers,
         .exec_workers = (int)cfg->runner.capacity,
         .distributed = cfg->server.distributed_execution,
@@ -141,8 +121,9 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     gt_http_server *http = NULL;
-    gt_ctl *ctl = gt_ctl_new(&cc, &e);
-    if (ctl == NULL) {
+    gt_ctl *ctl = NULL;
+    if (gt_setup_sessions_config(cfg, prefix, &cc.sessions, &e) != GT_OK ||
+        gt_setup_bus_config(cfg, &cc.bus, &e) != GT_OK || (ctl = gt_ctl_new(&cc, &e)) == NULL) {
         fprintf(stderr, "gantry-controller: %s\n", e.message);
         goto done;
     }

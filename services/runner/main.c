@@ -50,10 +50,9 @@ int main(int argc, char **argv)
         }
     }
     gt_error e = {0};
-    gt_config *cfg = gt_config_new();
-    if (gt_config_load(cfg, config_path, environ, &e) != GT_OK || gt_config_finish(cfg, &e) != GT_OK) {
+    gt_config *cfg = NULL;
+    if (gt_setup_load(config_path, environ, &cfg, &e) != GT_OK) {
         fprintf(stderr, "gantry-runner: configuration: %s\n", e.message);
-        gt_config_free(&cfg);
         return 2;
     }
     if (cfg->application.mode != GT_MODE_RUNNER) {
@@ -91,19 +90,9 @@ int main(int argc, char **argv)
         .key_file = cfg->secrets.encrypt_key_file,
         .key_file_explicit = gt_setup_key_file_explicit(cfg),
         .run = &run,
-        .bus = {
-            .hosts = cfg->broker.hosts.v,
-            .vhost = cfg->broker.vhost,
-            .username = cfg->broker.username,
-            .password = cfg->broker.password,
-            .use_tls = cfg->broker.use_tls,
-            .ca_certificate_file = cfg->broker.ca_certificate_file,
-            .certificate_file = cfg->broker.certificate_file,
-            .private_key_file = cfg->broker.private_key_file,
-            .heartbeat_s = cfg->broker.heartbeat / 1000,
-        },
     };
-    if ((r = gt_runner_new(&rc_cfg, &e)) == NULL) {
+    if (gt_setup_bus_config(cfg, &rc_cfg.bus, &e) != GT_OK ||
+        (r = gt_runner_new(&rc_cfg, &e)) == NULL) {
         fprintf(stderr, "gantry-runner: %s\n", e.message);
         free(id);
         goto done;

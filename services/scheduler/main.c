@@ -44,10 +44,9 @@ int main(int argc, char **argv)
         }
     }
     gt_error e = {0};
-    gt_config *cfg = gt_config_new();
-    if (gt_config_load(cfg, config_path, environ, &e) != GT_OK || gt_config_finish(cfg, &e) != GT_OK) {
+    gt_config *cfg = NULL;
+    if (gt_setup_load(config_path, environ, &cfg, &e) != GT_OK) {
         fprintf(stderr, "gantry-scheduler: configuration: %s\n", e.message);
-        gt_config_free(&cfg);
         return 2;
     }
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "scheduler");
@@ -65,19 +64,10 @@ int main(int argc, char **argv)
     gethostname(host, sizeof host);
     char *holder = gt_xasprintf("%s/%ld", host, (long)getpid());
     char *results_q = gt_xasprintf("results.%s", cfg->application.cluster_id);
-    gt_bus_config bc = {
-        .hosts = cfg->broker.hosts.v,
-        .vhost = cfg->broker.vhost,
-        .username = cfg->broker.username,
-        .password = cfg->broker.password,
-        .use_tls = cfg->broker.use_tls,
-        .ca_certificate_file = cfg->broker.ca_certificate_file,
-        .certificate_file = cfg->broker.certificate_file,
-        .private_key_file = cfg->broker.private_key_file,
-        .heartbeat_s = cfg->broker.heartbeat / 1000,
-    };
+    gt_bus_config bc;
     if (gt_mkdir_p(cfg->application.working_dir, 0700, &e) != GT_OK ||
-        gt_setup_open_store(cfg, &store, &e) != GT_OK || (bus = gt_bus_connect(&bc, &e)) == NULL ||
+        gt_setup_open_store(cfg, &store, &e) != GT_OK || gt_setup_bus_config(cfg, &bc, &e) != GT_OK ||
+        (bus = gt_bus_connect(&bc, &e)) == NULL ||
         gt_bus_declare_work_queue(bus, results_q, &e) != GT_OK ||
         (results = gt_bus_consume_start(bus, results_q, 64, &e)) == NULL) {
         fprintf(stderr, "gantry-scheduler: %s\n", e.message);

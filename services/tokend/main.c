@@ -88,41 +88,17 @@ static gt_store *open_store(const gt_config *cfg, gt_error *err)
 
 static gt_sessions *open_sessions(const gt_config *cfg, const char *prefix, gt_error *err)
 {
-    if (cfg->sessions.use_tls) {
-        /* hiredis 0.14 has no TLS: refuse rather than send the password in clear. */
-        gt_error_set(err, GT_EINVAL, "[sessions] use_tls = true is not supported yet");
+    gt_sessions_config sc;
+    if (gt_setup_sessions_config(cfg, prefix, &sc, err) != GT_OK)
         return NULL;
-    }
-    gt_sessions_config sc = {
-        .sentinels = cfg->sessions.sentinels.n > 0 ? cfg->sessions.sentinels.v : NULL,
-        .master_name = cfg->sessions.master_name,
-        .host = cfg->sessions.host,
-        .password = cfg->sessions.password,
-        .db = cfg->sessions.db,
-        .prefix = prefix,
-    };
     return gt_sessions_new(&sc, err);
 }
 
 static gt_bus *open_bus(const gt_config *cfg, gt_error *err)
 {
-    gt_bus_config bc = {
-        .hosts = cfg->broker.hosts.v,
-        .vhost = cfg->broker.vhost,
-        .username = cfg->broker.username,
-        .password = cfg->broker.password,
-        .use_tls = cfg->broker.use_tls,
-        .ca_certificate_file = cfg->broker.ca_certificate_file
-                                   ? cfg->broker.ca_certificate_file
-                                   : cfg->application.ca_certificate_file,
-        .certificate_file = cfg->broker.certificate_file,
-        .private_key_file = cfg->broker.private_key_file,
-        .heartbeat_s = cfg->broker.heartbeat / 1000, /* config durations are in ms */
-    };
-    if (cfg->broker.hosts.n == 0) {
-        gt_error_set(err, GT_EINVAL, "[broker] hosts is empty");
+    gt_bus_config bc;
+    if (gt_setup_bus_config(cfg, &bc, err) != GT_OK)
         return NULL;
-    }
     return gt_bus_connect(&bc, err);
 }
 
@@ -156,9 +132,7 @@ int main(int argc, char **argv)
     }
 
     stage = "configuration";
-    cfg = gt_config_new();
-    if (gt_config_load(cfg, opt.config, environ, &err) != GT_OK ||
-        gt_config_finish(cfg, &err) != GT_OK)
+    if (gt_setup_load(opt.config, environ, &cfg, &err) != GT_OK)
         goto fail;
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "gantry-tokend");
     if (cfg->application.mode != GT_MODE_SERVER)
