@@ -221,6 +221,21 @@ static gt_err query_get(req *r, const char *const *known, const char *key, char 
     return GT_OK;
 }
 
+/* order=asc (default) or desc, by id: executions' ids sort by creation time */
+static gt_err query_order(req *r, const char *const *known, bool *desc)
+{
+    char *s = NULL;
+    gt_err rc = query_get(r, known, "order", &s);
+    if (rc == GT_OK && s) {
+        if (strcmp(s, "desc") == 0)
+            *desc = true;
+        else if (strcmp(s, "asc") != 0)
+            rc = gt_error_setf(&r->err, GT_EINVAL, "order", "order: \"%s\" is not asc or desc", s);
+    }
+    free(s);
+    return rc;
+}
+
 static gt_err query_limit(req *r, const char *const *known, size_t *limit)
 {
     char *s = NULL;
@@ -482,17 +497,19 @@ static void add_page(cJSON *out, gt_store_page *page, const gt_model_kind *k,
 
 static gt_err list_resources(req *r)
 {
-    static const char *const known[] = {"limit", "cursor", NULL};
+    static const char *const known[] = {"limit", "cursor", "order", NULL};
     size_t limit = 100;
     char *cursor = NULL;
+    bool desc = false;
     gt_store_page page = {0};
     gt_err rc;
     if ((rc = query_limit(r, known, &limit)) != GT_OK ||
+        (rc = query_order(r, known, &desc)) != GT_OK ||
         (rc = query_get(r, known, "cursor", &cursor)) != GT_OK)
         goto done;
     gt_error e = {0};
-    if ((rc = gt_store_query(r->api->d.store, r->kind->plural, NULL, NULL, cursor, limit, &page,
-                             &e)) != GT_OK) {
+    if ((rc = gt_store_query_order(r->api->d.store, r->kind->plural, NULL, NULL, cursor, limit, desc,
+                                   &page, &e)) != GT_OK) {
         gt_error_set(&r->err, rc, "%s", e.message);
         goto done;
     }
@@ -1120,13 +1137,15 @@ done:
 
 static gt_err list_executions(req *r)
 {
-    static const char *const known[] = {"limit", "cursor", "service", "state", "full", NULL};
+    static const char *const known[] = {"limit", "cursor", "service", "state", "full", "order", NULL};
     static const char *const bulky[] = {"stdout", "stderr", "inputs", NULL};
     size_t limit = 100;
     char *cursor = NULL, *service = NULL, *state = NULL, *full = NULL;
+    bool desc = false;
     gt_store_page page = {0};
     gt_err rc;
     if ((rc = query_limit(r, known, &limit)) != GT_OK ||
+        (rc = query_order(r, known, &desc)) != GT_OK ||
         (rc = query_get(r, known, "cursor", &cursor)) != GT_OK ||
         (rc = query_get(r, known, "service", &service)) != GT_OK ||
         (rc = query_get(r, known, "state", &state)) != GT_OK ||
@@ -1138,8 +1157,9 @@ static gt_err list_executions(req *r)
         goto done;
     }
     gt_error e = {0};
-    if ((rc = gt_store_query(r->api->d.store, EXECUTIONS, service ? "service" : state ? "state" : NULL,
-                             service ? service : state, cursor, limit, &page, &e)) != GT_OK) {
+    if ((rc = gt_store_query_order(r->api->d.store, EXECUTIONS,
+                                   service ? "service" : state ? "state" : NULL,
+                                   service ? service : state, cursor, limit, desc, &page, &e)) != GT_OK) {
         gt_error_set(&r->err, rc, "%s", e.message);
         goto done;
     }

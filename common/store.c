@@ -410,6 +410,13 @@ gt_err gt_store_delete(gt_store *s, const char *coll, const char *id, int64_t ex
 gt_err gt_store_query(gt_store *s, const char *coll, const char *field, const char *value,
                       const char *cursor, size_t limit, gt_store_page *page, gt_error *err)
 {
+    return gt_store_query_order(s, coll, field, value, cursor, limit, false, page, err);
+}
+
+gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, const char *value,
+                            const char *cursor, size_t limit, bool descending,
+                            gt_store_page *page, gt_error *err)
+{
     gt_err rc;
     if (page)
         memset(page, 0, sizeof *page);
@@ -429,7 +436,7 @@ gt_err gt_store_query(gt_store *s, const char *coll, const char *field, const ch
     }
     if (cursor && cursor[0] == '\0')
         cursor = NULL;
-    rc = s->ops->query(s, coll, field, value, cursor, limit, page, err);
+    rc = s->ops->query(s, coll, field, value, cursor, limit, descending, page, err);
     if (rc != GT_OK)
         gt_store_page_clear(page);
     return rc;

@@ -5,6 +5,7 @@
 #ifndef GT_STORE_H
 #define GT_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,12 @@ typedef struct gt_store_page {
 gt_err gt_store_query(gt_store *s, const char *coll, const char *field, const char *value,
                       const char *cursor, size_t limit, gt_store_page *page, gt_error *err);
 void gt_store_page_clear(gt_store_page *page);
+
+/* As gt_store_query, in descending id order when descending is set (the cursor is
+ * then an exclusive upper bound). Ids that sort by time (executions) list newest first. */
+gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, const char *value,
+                            const char *cursor, size_t limit, bool descending,
+                            gt_store_page *page, gt_error *err);
 
 /* Leases: a named singleton duty held by holder until now + ttl_ms.
  * Acquire takes a free or expired lease (epoch incremented) or renews one holder

@@ -33,7 +33,8 @@ typedef struct gt_store_ops {
                   gt_error *err);
     /* Fills at most limit items; next_cursor only when more follow (fetch limit + 1). */
     gt_err (*query)(gt_store *s, const char *coll, const char *field, const char *value,
-                    const char *cursor, size_t limit, gt_store_page *page, gt_error *err);
+                    const char *cursor, size_t limit, bool descending, gt_store_page *page,
+                    gt_error *err);
     gt_err (*lease_acquire)(gt_store *s, const char *name, const char *holder, int64_t ttl_ms,
                             int64_t *epoch, gt_error *err);
     gt_err (*lease_release)(gt_store *s, const char *name, const char *holder, gt_error *err);

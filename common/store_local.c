@@ -60,6 +60,9 @@ static const char SQL_ADD_INDEX[] =
     "INSERT OR IGNORE INTO indexes (coll, field) VALUES (?1, ?2)";
 static const char SQL_QUERY_ALL[] =
     "SELECT id, rev, body FROM documents WHERE coll = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
+static const char SQL_QUERY_ALL_DESC[] =
+    "SELECT id, rev, body FROM documents WHERE coll = ?1 AND (?2 IS NULL OR id < ?2)"
+    " ORDER BY id DESC LIMIT ?3";
 static const char SQL_LEASE_GET[] =
     "SELECT holder, epoch, expires_ms FROM leases WHERE name = ?1";
 static const char SQL_LEASE_PUT[] =
@@ -473,7 +476,8 @@ done:
 }
 
 static gt_err local_query(gt_store *s, const char *coll, const char *field, const char *value,
-                          const char *cursor, size_t limit, gt_store_page *page, gt_error *err)
+                          const char *cursor, size_t limit, bool descending, gt_store_page *page,
+                          gt_error *err)
 {
     local_store *ls = (local_store *)s;
     sqlite3_stmt *st = NULL;
@@ -482,7 +486,7 @@ static gt_err local_query(gt_store *s, const char *coll, const char *field, cons
     pthread_mutex_lock(&ls->mu);
     gt_err rc = GT_OK;
     if (field == NULL) {
-        rc = prepare(ls, SQL_QUERY_ALL, &st, err);
+        rc = prepare(ls, descending ? SQL_QUERY_ALL_DESC : SQL_QUERY_ALL, &st, err);
     } else {
         if ((rc = is_indexed(ls, coll, field, &indexed, err)) != GT_OK)
             goto done;
@@ -493,10 +497,15 @@ static gt_err local_query(gt_store *s, const char *coll, const char *field, cons
         }
         /* The expression and the coll term must match the index text for the planner;
          * json_type keeps numbers and objects from matching their text. */
-        sql = gt_xasprintf("SELECT id, rev, body FROM documents WHERE coll = '%s'"
-                           " AND json_extract(body, '$.%s') = ?1 AND id > ?2"
-                           " AND json_type(body, '$.%s') = 'text' ORDER BY id LIMIT ?3",
-                           coll, field, field);
+        sql = descending
+                  ? gt_xasprintf("SELECT id, rev, body FROM documents WHERE coll = '%s'"
+                                 " AND json_extract(body, '$.%s') = ?1 AND (?2 IS NULL OR id < ?2)"
+                                 " AND json_type(body, '$.%s') = 'text' ORDER BY id DESC LIMIT ?3",
+                                 coll, field, field)
+                  : gt_xasprintf("SELECT id, rev, body FROM documents WHERE coll = '%s'"
+                                 " AND json_extract(body, '$.%s') = ?1 AND id > ?2"
+                                 " AND json_type(body, '$.%s') = 'text' ORDER BY id LIMIT ?3",
+                                 coll, field, field);
         rc = prepare(ls, sql, &st, err);
     }
     if (rc != GT_OK)
@@ -506,7 +515,10 @@ static gt_err local_query(gt_store *s, const char *coll, const char *field, cons
         bind_str(st, p++, coll);
     else
         bind_str(st, p++, value);
-    bind_str(st, p++, cursor ? cursor : "");   /* ids are never empty */
+    if (descending && cursor == NULL)
+        sqlite3_bind_null(st, p++);            /* no upper bound */
+    else
+        bind_str(st, p++, cursor ? cursor : ""); /* ids are never empty */
     sqlite3_bind_int64(st, p, (int64_t)limit + 1);
     int src;
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {

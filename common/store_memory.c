@@ -218,7 +218,8 @@ static bool doc_matches(const char *body, const char *field, const char *value)
 }
 
 static gt_err mem_query(gt_store *s, const char *coll, const char *field, const char *value,
-                        const char *cursor, size_t limit, gt_store_page *page, gt_error *err)
+                        const char *cursor, size_t limit, bool descending, gt_store_page *page,
+                        gt_error *err)
 {
     mem_store *ms = (mem_store *)s;
     gt_err rc = GT_OK;
@@ -228,8 +229,12 @@ static gt_err mem_query(gt_store *s, const char *coll, const char *field, const 
         rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll, field);
         goto done;
     }
-    for (size_t i = c ? (cursor ? doc_lower(c, cursor, true) : 0) : 0; c && i < c->n; i++) {
-        const mem_doc *d = &c->docs[i];
+    size_t n = c ? c->n : 0;
+    /* ascending from the first id after cursor; descending from the last id before it */
+    size_t start = !c ? 0 : descending ? (cursor ? doc_lower(c, cursor, false) : n)
+                                       : (cursor ? doc_lower(c, cursor, true) : 0);
+    for (size_t k = 0; c && k < (descending ? start : n - start); k++) {
+        const mem_doc *d = &c->docs[descending ? start - 1 - k : start + k];
         if (field && !doc_matches(d->body, field, value))
             continue;
         if (page->n == limit) {

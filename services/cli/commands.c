@@ -81,6 +81,7 @@ static const cli_flag exec_list_flags[] = {
     {"cursor", FLAG_STR, "CURSOR", "continue after this cursor", false},
     {"service", FLAG_STR, "NAME", "only executions of this service", false},
     {"state", FLAG_STR, "STATE", "only executions in this state", false},
+    {"oldest-first", FLAG_BOOL, NULL, "list the oldest first (default: the newest first)", false},
     F_END,
 };
 
@@ -489,6 +490,8 @@ static int cmd_list(cli *c, const cli_cmd *cmd, const cli_args *a)
     if (strcmp(plural, "executions") == 0) {
         query_add(&q, "service", cli_flag_str(a, "service"));
         query_add(&q, "state", cli_flag_str(a, "state"));
+        if (!cli_flag_bool(a, "oldest-first"))
+            query_add(&q, "order", "desc");
     }
     char *path = resource_path(plural, NULL);
     cJSON *out = NULL;
@@ -779,7 +782,7 @@ const cli_cmd cli_commands[] = {
     {"get", "services", NULL, 0, 0, list_flags, cmd_list, "services", "List services"},
     {"get", "decorators", NULL, 0, 0, list_flags, cmd_list, "decorators", "List decorators"},
     {"get", "secrets", NULL, 0, 0, list_flags, cmd_list, "secrets", "List secrets (names and metadata, never values)"},
-    {"get", "executions", NULL, 0, 0, exec_list_flags, cmd_list, "executions", "List executions, oldest first"},
+    {"get", "executions", NULL, 0, 0, exec_list_flags, cmd_list, "executions", "List executions, newest first"},
     {"describe", "repository", "NAME", 1, 1, no_flags, cmd_describe, "repositories", "Show a repository"},
     {"describe", "service", "NAME", 1, 1, no_flags, cmd_describe, "services", "Show a service"},
     {"describe", "decorator", "NAME", 1, 1, no_flags, cmd_describe, "decorators", "Show a decorator and its schema"},

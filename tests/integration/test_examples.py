@@ -28,7 +28,10 @@ def test_python_script_with_venv_and_decorator(any_gantry, examples_repo):
     # defaults from the decorator are applied and recorded
     ex = gantry.json("get", "executions", "--service", "hello")["items"]
     assert [e["state"] for e in ex] == ["succeeded", "succeeded"]
-    last = gantry.json("describe", "execution", ex[-1]["id"])
+    # newest first by default; --oldest-first turns it round
+    assert [e["id"] for e in gantry.json("get", "executions", "--oldest-first")["items"]] == \
+        [e["id"] for e in reversed(ex)]
+    last = gantry.json("describe", "execution", ex[0]["id"])
     assert last["inputs"] == {"name": "Bob", "count": 1, "loud": False}
     assert last["stdout"].startswith("Hello, Bob!")
 

@@ -340,6 +340,48 @@ static void test_query_all_paginated(void **state)
     gt_store_page_clear(&page);
 }
 
+/* Descending order: every document once, newest id first, across pages and with an
+ * indexed field; the cursor is an exclusive upper bound. */
+static void test_query_descending(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t revs[NDOCS];
+    put_numbered(s, revs);
+    assert_int_equal(gt_store_index(s, "things", "parity", NULL), GT_OK);
+    for (int filtered = 0; filtered < 2; filtered++) {
+        gt_store_page page;
+        char *cursor = NULL;
+        int expect = NDOCS - 1 - (filtered ? 0 : 0);
+        if (filtered && expect % 2 == 0)
+            expect--; /* the highest odd number */
+        int seen = 0;
+        do {
+            assert_int_equal(gt_store_query_order(s, "things", filtered ? "parity" : NULL,
+                                                  filtered ? "odd" : NULL, cursor, 7, true, &page,
+                                                  NULL), GT_OK);
+            free(cursor);
+            cursor = gt_xstrdup(page.next_cursor);
+            for (size_t i = 0; i < page.n; i++, seen++) {
+                char id[32];
+                snprintf(id, sizeof id, "doc-%03d", expect);
+                assert_string_equal(page.items[i].id, id);
+                assert_int_equal(page.items[i].rev, revs[expect]);
+                expect -= filtered ? 2 : 1;
+            }
+            gt_store_page_clear(&page);
+        } while (cursor);
+        assert_int_equal(seen, filtered ? NDOCS / 2 : NDOCS);
+    }
+    /* a cursor in the middle: strictly before it */
+    gt_store_page page;
+    assert_int_equal(gt_store_query_order(s, "things", NULL, NULL, "doc-100", 3, true, &page, NULL),
+                     GT_OK);
+    assert_int_equal(page.n, 3);
+    assert_string_equal(page.items[0].id, "doc-099");
+    assert_string_equal(page.items[2].id, "doc-097");
+    gt_store_page_clear(&page);
+}
+
 static void test_query_page_edges(void **state)
 {
     gt_store *s = store_of(state);
@@ -941,6 +983,7 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
         T(test_delete),
         T(test_delete_recreate_no_reuse),
         T(test_query_all_paginated),
+        T(test_query_descending),
         T(test_query_page_edges),
         T(test_query_by_field),
         T(test_query_undeclared_field),
