@@ -577,6 +577,43 @@ static void cmd_exec(sess_cmd *c)
     cmd_str(c, "EXEC");
 }
 
+/* Runs cmd; when ttl_ms > 0, inside one MULTI with PEXPIRE key ttl_ms (NX when nx: only
+ * if the key has no TTL yet), so the command and its expiry happen together. *reply is
+ * cmd's own reply, owned by r (release it with replies_free(r, 4)). */
+static gt_err run_expiring(gt_sessions *s, const char *what, const sess_cmd *cmd, const char *k,
+                           size_t kn, int64_t ttl_ms, bool nx, redisReply *r[4],
+                           const redisReply **reply, gt_error *err)
+{
+    sess_cmd cmds[4];
+    size_t n = 0;
+    char px[24];
+    if (ttl_ms > 0)
+        cmd_multi(&cmds[n++]);
+    cmds[n++] = *cmd;
+    if (ttl_ms > 0) {
+        snprintf(px, sizeof px, "%lld", (long long)ttl_ms);
+        cmds[n] = (sess_cmd){0};
+        cmd_str(&cmds[n], "PEXPIRE");
+        cmd_arg(&cmds[n], k, kn);
+        cmd_str(&cmds[n], px);
+        if (nx)
+            cmd_str(&cmds[n], "NX");
+        n++;
+        cmd_exec(&cmds[n++]);
+    }
+    gt_err rc = run(s, what, cmds, n, r, err);
+    if (rc != GT_OK)
+        return rc;
+    if (ttl_ms <= 0) {
+        *reply = r[0];
+        return GT_OK;
+    }
+    const redisReply *x = NULL;
+    if ((rc = exec_reply(s, what, r, n, &x, err)) == GT_OK)
+        *reply = x->element[0];
+    return rc;
+}
+
 /* ---- the API ---------------------------------------------------------------------- */
 
 gt_sessions *gt_sessions_new(const gt_sessions_config *cfg, gt_error *err)
@@ -729,33 +766,22 @@ gt_err gt_sessions_get_touch(gt_sessions *s, const char *key, int64_t ttl_ms, ch
         return gt_error_set(err, GT_EINVAL, "sessions GET+PEXPIRE: TTL must be positive");
     size_t kn = 0;
     char *k = key_make(s, key, &kn);
-    char px[24];
     redisReply *r[4] = {NULL};
-    sess_cmd cmds[4];
-    const redisReply *x = NULL;
+    const redisReply *got = NULL;
     *value = NULL;
-    snprintf(px, sizeof px, "%lld", (long long)ttl_ms);
-    /* MULTI so the TTL is renewed on exactly the value returned */
-    cmd_multi(&cmds[0]);
-    cmds[1] = (sess_cmd){0};
-    cmd_str(&cmds[1], "GET");
-    cmd_arg(&cmds[1], k, kn);
-    cmds[2] = (sess_cmd){0};
-    cmd_str(&cmds[2], "PEXPIRE");
-    cmd_arg(&cmds[2], k, kn);
-    cmd_str(&cmds[2], px);
-    cmd_exec(&cmds[3]);
-    rc = run(s, "GET+PEXPIRE", cmds, 4, r, err);
-    if (rc == GT_OK)
-        rc = exec_reply(s, "GET+PEXPIRE", r, 4, &x, err);
+    /* in one MULTI, so the TTL is renewed on exactly the value returned */
+    sess_cmd get = {0};
+    cmd_str(&get, "GET");
+    cmd_arg(&get, k, kn);
+    rc = run_expiring(s, "GET+PEXPIRE", &get, k, kn, ttl_ms, false, r, &got, err);
     if (rc != GT_OK)
         goto done;
-    if (x->element[0]->type == REDIS_REPLY_NIL)
+    if (got->type == REDIS_REPLY_NIL)
         rc = gt_error_set(err, GT_ENOTFOUND, "session key not found (absent or expired)");
-    else if (x->element[0]->type == REDIS_REPLY_STRING)
-        *value = gt_xstrndup(x->element[0]->str, x->element[0]->len);
+    else if (got->type == REDIS_REPLY_STRING)
+        *value = gt_xstrndup(got->str, got->len);
     else
-        rc = reply_error(s, "GET+PEXPIRE", x->element[0], err);
+        rc = reply_error(s, "GET+PEXPIRE", got, err);
 done:
     replies_free(r, 4);
     free(k);
@@ -791,40 +817,16 @@ gt_err gt_sessions_incr(gt_sessions *s, const char *key, int64_t ttl_ms, int64_t
         return gt_error_set(err, GT_EINVAL, "sessions INCR: no place for the count");
     size_t kn = 0;
     char *k = key_make(s, key, &kn);
-    char px[24];
     redisReply *r[4] = {NULL};
-    sess_cmd cmds[4];
-    size_t n = 0;
     const redisReply *count = NULL;
-    if (ttl_ms > 0) {
-        /* PEXPIRE ... NX (Redis 7) sets the TTL only when the key has none, i.e. on the
-         * first increment of a window; in one MULTI so a counter never lives forever */
-        snprintf(px, sizeof px, "%lld", (long long)ttl_ms);
-        cmd_multi(&cmds[n++]);
-    }
-    cmds[n] = (sess_cmd){0};
-    cmd_str(&cmds[n], "INCR");
-    cmd_arg(&cmds[n++], k, kn);
-    if (ttl_ms > 0) {
-        cmds[n] = (sess_cmd){0};
-        cmd_str(&cmds[n], "PEXPIRE");
-        cmd_arg(&cmds[n], k, kn);
-        cmd_str(&cmds[n], px);
-        cmd_str(&cmds[n++], "NX");
-        cmd_exec(&cmds[n++]);
-    }
-    rc = run(s, "INCR", cmds, n, r, err);
+    /* PEXPIRE ... NX (Redis 7) sets the TTL only when the key has none, i.e. on the first
+     * increment of a window; in one MULTI so a counter never lives forever */
+    sess_cmd incr = {0};
+    cmd_str(&incr, "INCR");
+    cmd_arg(&incr, k, kn);
+    rc = run_expiring(s, "INCR", &incr, k, kn, ttl_ms, true, r, &count, err);
     if (rc != GT_OK)
         goto done;
-    if (ttl_ms > 0) {
-        const redisReply *x = NULL;
-        rc = exec_reply(s, "INCR", r, n, &x, err);
-        if (rc != GT_OK)
-            goto done;
-        count = x->element[0];
-    } else {
-        count = r[0];
-    }
     if (count->type == REDIS_REPLY_INTEGER)
         *value = count->integer;
     else
@@ -845,35 +847,15 @@ gt_err gt_sessions_sadd(gt_sessions *s, const char *key, const char *member, int
         return gt_error_set(err, GT_EINVAL, "sessions SADD: no member");
     size_t kn = 0;
     char *k = key_make(s, key, &kn);
-    char px[24];
     redisReply *r[4] = {NULL};
-    sess_cmd cmds[4];
-    size_t n = 0;
-    if (ttl_ms > 0) {
-        snprintf(px, sizeof px, "%lld", (long long)ttl_ms);
-        cmd_multi(&cmds[n++]);
-    }
-    cmds[n] = (sess_cmd){0};
-    cmd_str(&cmds[n], "SADD");
-    cmd_arg(&cmds[n], k, kn);
-    cmd_str(&cmds[n++], member);
-    if (ttl_ms > 0) {
-        cmds[n] = (sess_cmd){0};
-        cmd_str(&cmds[n], "PEXPIRE");
-        cmd_arg(&cmds[n], k, kn);
-        cmd_str(&cmds[n++], px);
-        cmd_exec(&cmds[n++]);
-    }
-    rc = run(s, "SADD", cmds, n, r, err);
-    if (rc != GT_OK)
-        goto done;
-    if (ttl_ms > 0) {
-        const redisReply *x = NULL;
-        rc = exec_reply(s, "SADD", r, n, &x, err);
-    } else if (r[0]->type != REDIS_REPLY_INTEGER) {
-        rc = reply_error(s, "SADD", r[0], err);
-    }
-done:
+    const redisReply *added = NULL;
+    sess_cmd sadd = {0};
+    cmd_str(&sadd, "SADD");
+    cmd_arg(&sadd, k, kn);
+    cmd_str(&sadd, member);
+    rc = run_expiring(s, "SADD", &sadd, k, kn, ttl_ms, false, r, &added, err);
+    if (rc == GT_OK && added->type != REDIS_REPLY_INTEGER)
+        rc = reply_error(s, "SADD", added, err);
     replies_free(r, 4);
     free(k);
     return rc;
