@@ -370,40 +370,38 @@ static gt_err check_refs(req *r, const gt_model_kind *k, const cJSON *doc)
     return GT_OK;
 }
 
+typedef struct users_ctx {
+    const char *singular;   /* of the collection walked */
+    const char *name;       /* the resource referred to */
+    bool in_secrets;        /* look in the document's "secrets" bindings */
+    gt_buf *users;
+} users_ctx;
+
+static bool add_user(void *arg, const gt_store_item *it)
+{
+    users_ctx *u = arg;
+    bool uses = !u->in_secrets;
+    if (u->in_secrets) {
+        cJSON *doc = cJSON_Parse(it->body);
+        const cJSON *b;
+        cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(doc, "secrets")) {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(b, "name");
+            uses |= cJSON_IsString(n) && strcmp(n->valuestring, u->name) == 0;
+        }
+        cJSON_Delete(doc);
+    }
+    if (uses)
+        gt_buf_printf(u->users, "%s%s %s", u->users->len ? ", " : "", u->singular, it->id);
+    return true;
+}
+
 /* Appends to users the names of `coll` documents that refer to name. */
 static gt_err users_of(req *r, const char *coll, const char *field, const char *name,
                        bool in_secrets, gt_buf *users)
 {
-    char *cursor = NULL;
-    gt_err rc = GT_OK;
-    do {
-        gt_store_page page = {0};
-        rc = gt_store_query(r->api->d.store, coll, in_secrets ? NULL : field,
-                            in_secrets ? NULL : name, cursor, 500, &page, &r->err);
-        free(cursor);
-        cursor = NULL;
-        if (rc != GT_OK)
-            break;
-        for (size_t i = 0; i < page.n; i++) {
-            bool uses = !in_secrets;
-            if (in_secrets) {
-                cJSON *doc = cJSON_Parse(page.items[i].body);
-                const cJSON *b;
-                cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(doc, "secrets")) {
-                    const cJSON *n = cJSON_GetObjectItemCaseSensitive(b, "name");
-                    uses |= cJSON_IsString(n) && strcmp(n->valuestring, name) == 0;
-                }
-                cJSON_Delete(doc);
-            }
-            if (uses)
-                gt_buf_printf(users, "%s%s %s", users->len ? ", " : "",
-                              gt_model_find(coll)->singular, page.items[i].id);
-        }
-        cursor = gt_xstrdup(page.next_cursor);
-        gt_store_page_clear(&page);
-    } while (cursor);
-    free(cursor);
-    return rc;
+    users_ctx u = {gt_model_find(coll)->singular, name, in_secrets, users};
+    return gt_store_each(r->api->d.store, coll, in_secrets ? NULL : field, in_secrets ? NULL : name,
+                         add_user, &u, &r->err);
 }
 
 static gt_err check_unused(req *r, const gt_model_kind *k, const char *name)
@@ -1199,22 +1197,17 @@ static gt_err get_execution(req *r)
 
 /* ---------- the runner registry ---------- */
 
-/* All documents of coll (small collections: runners). */
+static bool add_public(void *arg, const gt_store_item *it)
+{
+    cJSON_AddItemToArray(arg, public_view(NULL, it->body, it->rev));
+    return true;
+}
+
+/* All documents of coll (small collections: runners) as the API shows them. */
 static cJSON *all_docs(req *r, const char *coll, const char *field, const char *value)
 {
     cJSON *items = cJSON_CreateArray();
-    char *cursor = NULL;
-    do {
-        gt_store_page page = {0};
-        if (gt_store_query(r->api->d.store, coll, field, value, cursor, 1000, &page, NULL) != GT_OK)
-            break;
-        for (size_t i = 0; i < page.n; i++)
-            cJSON_AddItemToArray(items, public_view(NULL, page.items[i].body, page.items[i].rev));
-        free(cursor);
-        cursor = gt_xstrdup(page.next_cursor);
-        gt_store_page_clear(&page);
-    } while (cursor);
-    free(cursor);
+    gt_store_each(r->api->d.store, coll, field, value, add_public, items, NULL);
     return items;
 }
 

@@ -413,6 +413,28 @@ gt_err gt_store_query(gt_store *s, const char *coll, const char *field, const ch
     return gt_store_query_order(s, coll, field, value, cursor, limit, false, page, err);
 }
 
+gt_err gt_store_each(gt_store *s, const char *coll, const char *field, const char *value,
+                     gt_store_each_fn fn, void *arg, gt_error *err)
+{
+    char *cursor = NULL;
+    gt_err rc;
+    bool more = true;
+    do {
+        gt_store_page page;
+        rc = gt_store_query(s, coll, field, value, cursor, 500, &page, err);
+        free(cursor);
+        cursor = NULL;
+        if (rc != GT_OK)
+            break;
+        for (size_t i = 0; i < page.n && more; i++)
+            more = fn(arg, &page.items[i]);
+        if (more)
+            cursor = gt_xstrdup(page.next_cursor);
+        gt_store_page_clear(&page);
+    } while (cursor);
+    return rc;
+}
+
 gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, const char *value,
                             const char *cursor, size_t limit, bool descending,
                             gt_store_page *page, gt_error *err)

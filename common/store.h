@@ -64,6 +64,13 @@ gt_err gt_store_query(gt_store *s, const char *coll, const char *field, const ch
                       const char *cursor, size_t limit, gt_store_page *page, gt_error *err);
 void gt_store_page_clear(gt_store_page *page);
 
+/* Calls fn for every document of coll whose indexed field equals value (field NULL:
+ * all), in ascending id order, a page at a time; fn returns false to stop early. The
+ * item is borrowed for the call; fn may write to the store (the cursor is the id). */
+typedef bool (*gt_store_each_fn)(void *arg, const gt_store_item *item);
+gt_err gt_store_each(gt_store *s, const char *coll, const char *field, const char *value,
+                     gt_store_each_fn fn, void *arg, gt_error *err);
+
 /* As gt_store_query, in descending id order when descending is set (the cursor is
  * then an exclusive upper bound). Ids that sort by time (executions) list newest first. */
 gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, const char *value,

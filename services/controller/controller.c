@@ -526,6 +526,13 @@ static void observe(gt_ctl *ctl, const char *method, int status, double seconds)
     pthread_mutex_unlock(&m->mu);
 }
 
+static bool count_one(void *arg, const gt_store_item *it)
+{
+    (void)it;
+    (*(uint64_t *)arg)++;
+    return true;
+}
+
 static void h_metrics(ctx *x)
 {
     gt_ctl *ctl = x->ctl;
@@ -556,18 +563,7 @@ static void h_metrics(ctx *x)
     if (worker_store(ctl, x->w, NULL) == GT_OK) {
         for (size_t i = 0; states[i]; i++) {
             uint64_t n = 0;
-            char *cursor = NULL;
-            do {
-                gt_store_page page = {0};
-                if (gt_store_query(x->w->store, "executions", "state", states[i], cursor, 10000,
-                                   &page, NULL) != GT_OK)
-                    break;
-                n += page.n;
-                free(cursor);
-                cursor = gt_xstrdup(page.next_cursor);
-                gt_store_page_clear(&page);
-            } while (cursor);
-            free(cursor);
+            gt_store_each(x->w->store, "executions", "state", states[i], count_one, &n, NULL);
             gt_buf_printf(&b, "gantry_executions{state=\"%s\"} %llu\n", states[i],
                           (unsigned long long)n);
         }

@@ -83,6 +83,28 @@ static bool reap_execution(gt_store *store, gt_bus *bus, const char *cluster_id,
     return handled;
 }
 
+typedef struct reap_ctx {
+    gt_store *store;
+    gt_bus *bus;
+    const char *cluster_id;
+    const char *runner;     /* the dead runner */
+    const char *last;       /* its last heartbeat, for the reason */
+    int handled;
+} reap_ctx;
+
+/* Reaps one running execution if it belongs to the dead runner. */
+static bool reap_one(void *arg, const gt_store_item *it)
+{
+    reap_ctx *c = arg;
+    cJSON *ex = cJSON_Parse(it->body);
+    const char *owner = str(ex, "runner");
+    bool mine = owner && strcmp(owner, c->runner) == 0;
+    cJSON_Delete(ex);
+    if (mine && reap_execution(c->store, c->bus, c->cluster_id, it, c->runner, c->last))
+        c->handled++;
+    return true;
+}
+
 int gt_reaper_pass(gt_store *store, gt_bus *bus, const char *cluster_id, int expiry,
                    int64_t now_ms)
 {
@@ -100,26 +122,9 @@ int gt_reaper_pass(gt_store *store, gt_bus *bus, const char *cluster_id, int exp
             char *lastc = gt_xstrdup(last ? last : "?");
             gt_warn("runner %s: no heartbeat for %lld ms", runners.items[i].id,
                     (long long)(now_ms - beat));
-            char *cursor = NULL;
-            do {
-                gt_store_page page = {0};
-                if (gt_store_query(store, "executions", "state", "running", cursor, 500, &page,
-                                   NULL) != GT_OK)
-                    break;
-                for (size_t k = 0; k < page.n; k++) {
-                    cJSON *ex = cJSON_Parse(page.items[k].body);
-                    const char *owner = str(ex, "runner");
-                    bool mine = owner && strcmp(owner, runners.items[i].id) == 0;
-                    cJSON_Delete(ex);
-                    if (mine && reap_execution(store, bus, cluster_id, &page.items[k],
-                                               runners.items[i].id, lastc))
-                        handled++;
-                }
-                free(cursor);
-                cursor = gt_xstrdup(page.next_cursor);
-                gt_store_page_clear(&page);
-            } while (cursor);
-            free(cursor);
+            reap_ctx rc = {store, bus, cluster_id, runners.items[i].id, lastc, 0};
+            gt_store_each(store, "executions", "state", "running", reap_one, &rc, NULL);
+            handled += rc.handled;
             free(lastc);
             gt_json_set_str(r, "state", "dead");
             char *text = gt_json_print(r);

@@ -63,7 +63,6 @@ enum {
     SOURCE_MAX = 255,
     TEMP_PASSWORD_LEN = 16,
     UPDATE_TRIES = 8,            /* re-reads when another writer got in between */
-    PAGE = 1000,
 };
 
 struct gt_tokend {
@@ -384,28 +383,19 @@ static gt_err user_update(gt_tokend *t, const char *name, bool create, user_muta
     return gt_error_set(err, GT_ECONFLICT, "users/%s: changed concurrently; try again", name);
 }
 
+static bool count_admin(void *arg, const gt_store_item *it)
+{
+    cJSON *doc = cJSON_Parse(it->body);
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(doc, "role");
+    *(int64_t *)arg += cJSON_IsString(role) && strcmp(role->valuestring, "admin") == 0;
+    cJSON_Delete(doc);
+    return true;
+}
+
 static gt_err count_admins(gt_tokend *t, int64_t *n, gt_error *err)
 {
-    char *cursor = NULL;
-    gt_err rc = GT_OK;
     *n = 0;
-    do {
-        gt_store_page page = {0};
-        rc = gt_store_query(t->store, USERS, NULL, NULL, cursor, PAGE, &page, err);
-        free(cursor);
-        cursor = NULL;
-        if (rc != GT_OK)
-            break;
-        for (size_t i = 0; i < page.n; i++) {
-            cJSON *doc = cJSON_Parse(page.items[i].body);
-            const cJSON *role = cJSON_GetObjectItemCaseSensitive(doc, "role");
-            *n += cJSON_IsString(role) && strcmp(role->valuestring, "admin") == 0;
-            cJSON_Delete(doc);
-        }
-        cursor = gt_xstrdup(page.next_cursor);
-        gt_store_page_clear(&page);
-    } while (cursor);
-    return rc;
+    return gt_store_each(t->store, USERS, NULL, NULL, count_admin, n, err);
 }
 
 /* ---- sessions in Redis ---- */
@@ -999,40 +989,30 @@ done:
     free(hash);
 }
 
+/* Only what a listing needs: never the hash or the failure counters. */
+static bool add_listed_user(void *arg, const gt_store_item *item)
+{
+    cJSON *doc = cJSON_Parse(item->body);
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(doc, "role");
+    const cJSON *mc = cJSON_GetObjectItemCaseSensitive(doc, "must_change_password");
+    const cJSON *created = cJSON_GetObjectItemCaseSensitive(doc, "created_at");
+    cJSON *it = cJSON_CreateObject();
+    gt_json_set_str(it, "name", item->id);
+    gt_json_set_str(it, "role", cJSON_IsString(role) ? role->valuestring : NULL);
+    gt_json_set_bool(it, "must_change_password", cJSON_IsTrue(mc));
+    gt_json_set_str(it, "created_at", cJSON_IsString(created) ? created->valuestring : NULL);
+    cJSON_AddItemToArray(arg, it);
+    cJSON_Delete(doc);
+    return true;
+}
+
 static void op_list_users(gt_tokend *t, const cJSON *req, cJSON *out, reply_err *e)
 {
-    char *cursor = NULL;
     gt_error err = {0};
     cJSON *items = cJSON_CreateArray();
     (void)req;
-
-    do {
-        gt_store_page page = {0};
-        gt_err rc = gt_store_query(t->store, USERS, NULL, NULL, cursor, PAGE, &page, &err);
-        free(cursor);
-        cursor = NULL;
-        if (rc != GT_OK) {
-            fail_internal(e, "store", &err);
-            break;
-        }
-        for (size_t i = 0; i < page.n; i++) {
-            cJSON *doc = cJSON_Parse(page.items[i].body);
-            const cJSON *role = cJSON_GetObjectItemCaseSensitive(doc, "role");
-            const cJSON *mc = cJSON_GetObjectItemCaseSensitive(doc, "must_change_password");
-            const cJSON *created = cJSON_GetObjectItemCaseSensitive(doc, "created_at");
-            /* Only what a listing needs: never the hash or the failure counters. */
-            cJSON *it = cJSON_CreateObject();
-            gt_json_set_str(it, "name", page.items[i].id);
-            gt_json_set_str(it, "role", cJSON_IsString(role) ? role->valuestring : NULL);
-            gt_json_set_bool(it, "must_change_password", cJSON_IsTrue(mc));
-            gt_json_set_str(it, "created_at",
-                            cJSON_IsString(created) ? created->valuestring : NULL);
-            cJSON_AddItemToArray(items, it);
-            cJSON_Delete(doc);
-        }
-        cursor = gt_xstrdup(page.next_cursor);
-        gt_store_page_clear(&page);
-    } while (cursor);
+    if (gt_store_each(t->store, USERS, NULL, NULL, add_listed_user, items, &err) != GT_OK)
+        fail_internal(e, "store", &err);
     gt_json_set(out, "items", items);
 }
 

@@ -340,6 +340,56 @@ static void test_query_all_paginated(void **state)
     gt_store_page_clear(&page);
 }
 
+typedef struct each_ctx {
+    gt_store *s;
+    int seen;
+    int stop_after;         /* 0: never */
+    bool rewrite;           /* write each document back while walking */
+} each_ctx;
+
+static bool each_visit(void *arg, const gt_store_item *it)
+{
+    each_ctx *c = arg;
+    char id[32];
+    snprintf(id, sizeof id, "doc-%03d", c->seen);
+    assert_string_equal(it->id, id);
+    if (c->rewrite)
+        assert_int_equal(gt_store_put(c->s, "things", it->id, it->body, it->rev, NULL, NULL), GT_OK);
+    c->seen++;
+    return c->stop_after == 0 || c->seen < c->stop_after;
+}
+
+static bool each_odd(void *arg, const gt_store_item *it)
+{
+    (void)it;
+    (*(int *)arg)++;
+    return true;
+}
+
+/* gt_store_each: every document once in order across pages, early stop, a field
+ * filter, and writes to the documents walked. */
+static void test_each(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t revs[NDOCS];
+    put_numbered(s, revs);
+    each_ctx all = {s, 0, 0, false};
+    assert_int_equal(gt_store_each(s, "things", NULL, NULL, each_visit, &all, NULL), GT_OK);
+    assert_int_equal(all.seen, NDOCS);
+    each_ctx some = {s, 0, 10, false};
+    assert_int_equal(gt_store_each(s, "things", NULL, NULL, each_visit, &some, NULL), GT_OK);
+    assert_int_equal(some.seen, 10);
+    each_ctx rewrite = {s, 0, 0, true};
+    assert_int_equal(gt_store_each(s, "things", NULL, NULL, each_visit, &rewrite, NULL), GT_OK);
+    assert_int_equal(rewrite.seen, NDOCS);
+    assert_int_equal(gt_store_index(s, "things", "parity", NULL), GT_OK);
+    int odd = 0;
+    assert_int_equal(gt_store_each(s, "things", "parity", "odd", each_odd, &odd, NULL), GT_OK);
+    assert_int_equal(odd, NDOCS / 2);
+    gt_error e = {0};
+    assert_int_equal(gt_store_each(s, "things", "nope", "x", each_odd, &odd, &e), GT_EINVAL);
+}
+
 /* Descending order: every document once, newest id first, across pages and with an
  * indexed field; the cursor is an exclusive upper bound. */
 static void test_query_descending(void **state)
@@ -984,6 +1034,7 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
         T(test_delete_recreate_no_reuse),
         T(test_query_all_paginated),
         T(test_query_descending),
+        T(test_each),
         T(test_query_page_edges),
         T(test_query_by_field),
         T(test_query_undeclared_field),
