@@ -117,10 +117,15 @@ def test_sigkilled_runner_work_is_retried_or_lost(cluster):
     assert get(cluster, b)["revision"] == fb["revision"]
 
 
-def test_cancel_reaches_the_runner(cluster):
-    add_service(cluster, "long", "echo begin\nsleep 60\n")
+def test_cancel_reaches_the_runner(cluster, tmp_path):
+    begun = tmp_path / "begun"
+    add_service(cluster, "long", f"echo begin\ntouch {begun}\nsleep 60\n")
     ex_id = run(cluster, "long")
     wait(cluster, ex_id, {"running"})
+    # "running" is stored before the child starts: cancel once it has printed
+    deadline = time.monotonic() + 30
+    while not begun.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     st, r = request(cluster.controllers[1].port, "POST", f"/api/v1/executions/{ex_id}/cancel",
                     token=cluster.token)
     assert st == 202, r

@@ -295,7 +295,8 @@ def wait_state(port, token, ex_id, states, timeout=60):
 
 def test_cancel_on_another_controller(client, stack, scripts_repo, tmp_path):
     marker = tmp_path / "finished"
-    repo = scripts_repo("wait.sh", f"echo started\nsleep 30\ntouch {marker}\n")
+    begun = tmp_path / "begun"
+    repo = scripts_repo("wait.sh", f"echo started\ntouch {begun}\nsleep 30\ntouch {marker}\n")
     client("create", "repository", "s", "--url", repo, check=0)
     client("create", "service", "executable", "wait", "--repository", "s", "--filename", "wait.sh",
            check=0)
@@ -304,6 +305,10 @@ def test_cancel_on_another_controller(client, stack, scripts_repo, tmp_path):
     st, ex = request(a, "POST", "/api/v1/services/wait/run", {}, token=token)
     assert st == 202 and ex["state"] == "accepted"
     wait_state(a, token, ex["id"], {"running"})
+    # "running" is stored before the child starts: cancel once it has printed
+    deadline = time.monotonic() + 30
+    while not begun.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     st, r = request(b, "POST", f"/api/v1/executions/{ex['id']}/cancel", token=token)
     assert st == 202 and r["cancel_requested"] is True
     done = wait_state(b, token, ex["id"], {"canceled", "failed", "succeeded"}, timeout=20)
