@@ -22,9 +22,19 @@ endif
 
 VERSION := 0.1.0
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
-CFLAGS  := -std=c11 -D_GNU_SOURCE -DGANTRY_VERSION=\"$(VERSION)\" $(O) -g $(WARN) -MMD -MP -Icommon \
-           $(shell pkg-config --cflags $(PKGS))
-LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lpthread -lm
+# pkg-config is asked when a recipe first needs its answer, not while this file is read:
+# `make demo` and `make test` install the packages first (scripts/install-deps). The answer
+# is kept for the rest of the run; a missing library stops the build with one line that
+# names its Debian package (scripts/pkgflags).
+pkgq = $(call pkgchk,$(shell scripts/pkgflags $(1) $(2) || echo FAIL))
+pkgchk = $(if $(filter FAIL,$(1)),$(error missing libraries (see the line above)),$(1))
+PKG_CFLAGS = $(eval PKG_CFLAGS := $(call pkgq,--cflags,$(PKGS)))$(PKG_CFLAGS)
+PKG_LIBS   = $(eval PKG_LIBS := $(call pkgq,--libs,$(PKGS)))$(PKG_LIBS)
+TEST_CFLAGS = $(eval TEST_CFLAGS := $(call pkgq,--cflags,$(TESTPKGS)))$(TEST_CFLAGS)
+TEST_LIBS   = $(eval TEST_LIBS := $(call pkgq,--libs,$(TESTPKGS)))$(TEST_LIBS)
+CFLAGS  = -std=c11 -D_GNU_SOURCE -DGANTRY_VERSION=\"$(VERSION)\" $(O) -g $(WARN) -MMD -MP -Icommon \
+           $(PKG_CFLAGS)
+LDLIBS  = $(PKG_LIBS) -lpthread -lm
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -45,7 +55,7 @@ UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
 UNIT_HELPERS := $(filter-out %_test.c,$(wildcard tests/unit/*.c))
 UNIT_HELPER_OBJ := $(UNIT_HELPERS:%.c=$(BUILD)/%.o)
 
-.PHONY: all test unit integration fuzz fuzz-run demo bench clean deps install
+.PHONY: all test unit integration fuzz fuzz-run demo bench bench-bins clean deps install
 # keep every object: none is a throwaway intermediate, so only what changed rebuilds
 .SECONDARY:
 all: $(BINS)
@@ -70,10 +80,10 @@ $(BUILD)/gantry-$(1): $(patsubst %.c,$(BUILD)/%.o,$(wildcard services/$(1)/*.c))
 endef
 $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
 
-$(BUILD)/tests/unit/%_test.o: CFLAGS += $(shell pkg-config --cflags $(TESTPKGS))
+$(BUILD)/tests/unit/%_test.o: CFLAGS += $(TEST_CFLAGS)
 $(BUILD)/tests/unit/%_test: $(BUILD)/tests/unit/%_test.o $(UNIT_HELPER_OBJ) $(LIB)
 	$(call say,LD,$@)
-	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) $(shell pkg-config --libs $(TESTPKGS)) -o $@
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) $(TEST_LIBS) -o $@
 
 deps:
 	@scripts/install-deps
@@ -96,9 +106,9 @@ integration: $(BINS)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_SECONDS ?= 10
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -Icommon \
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -Icommon \
                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-               $(shell pkg-config --cflags $(PKGS))
+               $(PKG_CFLAGS)
 FUZZ_COMMON := $(COMMON_SRC:%.c=build/fuzz/%.o)
 build/fuzz/common/%.o: common/%.c
 	$(call say,CLANG,$<)
@@ -112,7 +122,9 @@ fuzz: $(FUZZ_BINS)
 fuzz-run: fuzz
 	$(Q)scripts/run-fuzz $(FUZZ_SECONDS) $(FUZZ_BINS)
 
-demo: deps all
+# demo and bench build in a second make, which reads the flags after install-deps ran
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
 	$(Q)scripts/demo
 
 $(BUILD)/bench/bare_evhttp: bench/bare_evhttp.c
@@ -125,7 +137,10 @@ $(BUILD)/bench/spawn_rate: bench/spawn_rate.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) $< -lpthread -o $@
 
-bench: deps all $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate
+BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate
+bench-bins: all $(BENCH_BINS)
+# bench/run and bench/runner.py install and build what they need themselves
+bench:
 	$(Q)bench/run --bin $(CURDIR)/$(BUILD)
 
 install: all

@@ -26,6 +26,14 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from testenv.stack import GantryStack  # noqa: E402
 
 
+def build_bench(bin_dir):
+    """Builds the daemons and the baselines into bin_dir (make is incremental), installing
+    the Debian packages first, so that a benchmark runs on a fresh clone."""
+    subprocess.run(["make", "-C", ROOT, "--no-print-directory", "deps"], check=True)
+    subprocess.run(["make", "-C", ROOT, "--no-print-directory", f"BUILD={os.path.abspath(bin_dir)}",
+                    "bench-bins"], check=True)
+
+
 def call(port, method, path, body=None, token=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     h = {"Content-Type": "application/json"}
@@ -53,6 +61,7 @@ def main():
     ap.add_argument("--capacity", type=int, default=2, help="the runner's capacity (default 2)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build"))
     a = ap.parse_args()
+    build_bench(a.bin)
     tmp = tempfile.mkdtemp(prefix="gantry-bench-runner-")
     stack = GantryStack(tmp, a.bin, env_extra={"GANTRY_SERVER_DISTRIBUTED_EXECUTION": "true"})
     try:
