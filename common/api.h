@@ -5,6 +5,7 @@
 #ifndef GT_API_H
 #define GT_API_H
 
+#include <stdatomic.h>
 #include <cjson/cJSON.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -21,7 +22,7 @@ typedef struct gt_api_deps {
     const char *key_file;          /* secrets key file */
     bool key_file_explicit;        /* configured by the user: never generated */
     const gt_run_options *run;     /* how runs execute inline */
-    volatile sig_atomic_t *cancel; /* set to cancel an inline run (local mode) */
+    atomic_int *cancel; /* set to cancel an inline run (local mode) */
     const char *runner_name;       /* recorded on executions: "local" */
     /* When set, runs are not executed inline: the stored execution (with "id",
      * "attempt" and "pool") is handed to dispatch, which must not block for long, and

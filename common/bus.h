@@ -6,6 +6,7 @@
 #ifndef GT_BUS_H
 #define GT_BUS_H
 
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -58,7 +59,7 @@ typedef gt_err (*gt_bus_rpc_fn)(void *arg, const char *body, size_t len, char **
  * correlation id, then the request is acked. Reconnects on its own; returns
  * GT_EUNAVAIL only when the broker stays away past the reconnect attempts. */
 gt_err gt_bus_serve_rpc(gt_bus *bus, const char *queue, gt_bus_rpc_fn fn, void *arg,
-                        volatile sig_atomic_t *stop, gt_error *err);
+                        atomic_int *stop, gt_error *err);
 
 /* True when the connection is open (a cheap check for health). */
 bool gt_bus_connected(const gt_bus *bus);

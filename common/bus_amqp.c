@@ -160,7 +160,7 @@ static bool bus_bytes_eq(amqp_bytes_t b, const char *s)
 }
 
 /* Sleeps ms in slices, returning early (true) when *stop is set. */
-static bool bus_sleep(int64_t ms, volatile sig_atomic_t *stop)
+static bool bus_sleep(int64_t ms, atomic_int *stop)
 {
     int64_t end = gt_mono_ms() + ms;
     for (;;) {
@@ -602,7 +602,7 @@ static gt_err bus_connect_pass(gt_bus *bus, gt_error *err)
 
 /* Reconnects if needed: up to the configured attempts with backoff (base doubling up to
  * cap), stopping early on a credentials error or when *stop is set. */
-static gt_err bus_ensure(gt_bus *bus, int64_t base, int64_t cap, volatile sig_atomic_t *stop,
+static gt_err bus_ensure(gt_bus *bus, int64_t base, int64_t cap, atomic_int *stop,
                          gt_error *err)
 {
     if (bus->conn != NULL)
@@ -1567,7 +1567,7 @@ static void serve_one(gt_bus_consumer *c, const serve_ctx *s, const gt_bus_deliv
 }
 
 gt_err gt_bus_serve_rpc(gt_bus *bus, const char *queue, gt_bus_rpc_fn fn, void *arg,
-                        volatile sig_atomic_t *stop, gt_error *err)
+                        atomic_int *stop, gt_error *err)
 {
     if (bus == NULL || queue == NULL || queue[0] == '\0' || strlen(queue) > 255 || fn == NULL ||
         stop == NULL)

@@ -4,6 +4,7 @@
 #ifndef GT_EXEC_H
 #define GT_EXEC_H
 
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -20,7 +21,7 @@ typedef struct gt_exec_spec {
     int64_t kill_grace_ms;       /* SIGTERM -> SIGKILL delay; 0 means 5000 */
     size_t output_cap;           /* bytes kept per stream; 0 means 1 MiB */
     const char *stdin_data;      /* NULL: /dev/null */
-    volatile sig_atomic_t *cancel; /* when it becomes non-zero the group is terminated */
+    atomic_int *cancel; /* when it becomes non-zero the group is terminated */
     /* Called once the child runs, with its pid (= its process group id), so the caller
      * can record it (a crash of ours must not orphan the group for long). May be NULL. */
     void (*on_start)(int64_t pid, void *arg);

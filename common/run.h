@@ -5,6 +5,7 @@
 #ifndef GT_RUN_H
 #define GT_RUN_H
 
+#include <stdatomic.h>
 #include <cjson/cJSON.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -39,7 +40,7 @@ typedef struct gt_run_request {
     char *const *secret_env;       /* "VAR=value" entries, NULL-terminated, or NULL */
     const char *ssh_key;           /* private key text for the repository, or NULL */
     const char *execution_id;      /* names the scratch directory */
-    volatile sig_atomic_t *cancel; /* set non-zero to cancel */
+    atomic_int *cancel; /* set non-zero to cancel */
     void (*on_start)(int64_t pid, void *arg); /* the service's process started */
     void *on_start_arg;
 } gt_run_request;

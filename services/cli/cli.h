@@ -2,6 +2,7 @@
 #ifndef GT_CLI_H
 #define GT_CLI_H
 
+#include <stdatomic.h>
 #include <cjson/cJSON.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -53,7 +54,7 @@ struct cli {
     char *token;                 /* client mode: the saved login token, or NULL */
     /* client mode: saves (token != NULL) or removes the token file */
     int (*store_token)(cli *c, const char *token);
-    volatile sig_atomic_t *interrupted; /* set by SIGINT/SIGTERM */
+    atomic_int *interrupted; /* set by SIGINT/SIGTERM */
     cli_format format;
     FILE *out;
     FILE *err;

@@ -1,5 +1,6 @@
 /* gantry: the command line. Local mode runs everything in-process against the
  * embedded store; main.c wires configuration, store, API and commands together. */
+#include <stdatomic.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -29,7 +30,7 @@ typedef struct main_ctx {
 } main_ctx;
 
 /* Set by SIGINT/SIGTERM: a running service is stopped and recorded as canceled. */
-static volatile sig_atomic_t canceled;
+static atomic_int canceled;
 
 static void on_signal(int sig)
 {

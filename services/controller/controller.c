@@ -1,5 +1,6 @@
 #include "controller.h"
 
+#include <stdatomic.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@ typedef struct worker {
     gt_ctl *ctl;
     bool dispatch;          /* HTTP workers hand runs to the execution pool or the broker */
     char *declared;         /* the last work queue this worker declared */
-    volatile sig_atomic_t *cancel; /* execution workers: stops the run in progress */
+    atomic_int *cancel; /* execution workers: stops the run in progress */
     gt_store *store;
     gt_api *api;
     gt_sessions *sess;
@@ -57,7 +58,7 @@ typedef struct exec_slot {
     gt_ctl *ctl;
     pthread_t thread;
     worker w;
-    volatile sig_atomic_t cancel;
+    atomic_int cancel;
     char current[64];          /* guarded by gt_ctl.mu */
 } exec_slot;
 

@@ -1,5 +1,6 @@
 /* gantry-runner ([application] mode = runner): wires configuration, store and bus
  * to the runner module and serves until SIGTERM, then drains. */
+#include <stdatomic.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,7 +15,7 @@
 
 extern char **environ;
 
-static volatile sig_atomic_t stop;
+static atomic_int stop;
 
 static void on_signal(int sig)
 {

@@ -1,5 +1,6 @@
 #include "runner.h"
 
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ typedef struct slot {
     pthread_t thread;
     gt_store *store;
     gt_api *api;
-    volatile sig_atomic_t cancel;
+    atomic_int cancel;
     char current[64];       /* guarded by gt_runner.mu */
 } slot;
 
@@ -68,7 +69,7 @@ static void job_free(job *j)
     free(j);
 }
 
-static gt_err open_api(gt_runner *r, gt_store **store, gt_api **api, volatile sig_atomic_t *cancel,
+static gt_err open_api(gt_runner *r, gt_store **store, gt_api **api, atomic_int *cancel,
                        gt_error *err)
 {
     gt_err rc = r->c.open_store(r->c.open_store_arg, store, err);
@@ -234,7 +235,7 @@ static void settle(gt_runner *r)
     }
 }
 
-gt_err gt_runner_serve(gt_runner *r, volatile sig_atomic_t *stop, gt_error *err)
+gt_err gt_runner_serve(gt_runner *r, atomic_int *stop, gt_error *err)
 {
     gt_err rc = GT_OK;
     int64_t next_beat = 0, next_cancel = 0;

@@ -4,6 +4,7 @@
 #ifndef GT_RUNNER_H
 #define GT_RUNNER_H
 
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdint.h>
 
@@ -33,7 +34,7 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err) __attribute
 /* Serves until *stop, then drains: stops consuming, lets in-flight work finish
  * within drain_ms (what does not finish goes back to the queue). GT_EUNAVAIL when
  * the broker stayed away past the bus's reconnect attempts. */
-gt_err gt_runner_serve(gt_runner *r, volatile sig_atomic_t *stop, gt_error *err);
+gt_err gt_runner_serve(gt_runner *r, atomic_int *stop, gt_error *err);
 void gt_runner_free(gt_runner **r);
 
 #endif

@@ -1,6 +1,7 @@
 /* gantry-scheduler: the cluster's singleton duties, held through a lease in the
  * store: the reaper of executions whose runner died. It also drains the results
  * queue the runners announce to. */
+#include <stdatomic.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,7 +18,7 @@
 
 extern char **environ;
 
-static volatile sig_atomic_t stop;
+static atomic_int stop;
 
 static void on_signal(int sig)
 {

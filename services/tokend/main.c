@@ -4,6 +4,7 @@
  *
  * Everything runs on the main thread: the bus, the store and Redis are synchronous
  * and each is used from this one thread only, so there is no event loop to feed. */
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,7 +23,7 @@
 extern char **environ;
 
 /* Set from the signal handler; gt_bus_serve_rpc polls it. */
-static volatile sig_atomic_t stop_requested;
+static atomic_int stop_requested;
 
 static void on_signal(int sig)
 {

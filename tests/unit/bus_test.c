@@ -193,7 +193,7 @@ typedef struct server {
     const char *audit;   /* when set, the handler publishes each body there first */
     gt_bus *bus;         /* the server's own bus (the handler publishes on it) */
     pthread_t thread;
-    volatile sig_atomic_t stop;
+    atomic_int stop;
     atomic_int calls;
     atomic_int failed_calls;
     gt_err rc;
@@ -722,7 +722,7 @@ static void test_serve_stops_on_flag(void **state)
     assert_int_equal(raw_count(q), 0); /* it exists: serve_rpc declared it */
     /* A flag already set: returns at once. */
     gt_bus *bus = connect_ok();
-    volatile sig_atomic_t stop = 1;
+    atomic_int stop = 1;
     assert_int_equal(gt_bus_serve_rpc(bus, q, echo_fn, NULL, &stop, NULL), GT_OK);
     assert_int_equal(gt_bus_serve_rpc(bus, q, NULL, NULL, &stop, NULL), GT_EINVAL);
     raw_delete(q);

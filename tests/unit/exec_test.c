@@ -1,6 +1,7 @@
 /* Child process execution: capture, exit status, timeouts, cancellation, process
  * groups, descriptor hygiene. Time bounds are generous on purpose: these run on a
  * loaded two-core machine, so they only check that nothing waits for the long sleeps. */
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -551,7 +552,7 @@ static void test_env_exact(void **state)
 }
 
 typedef struct cancel_arg {
-    volatile sig_atomic_t *flag;
+    atomic_int *flag;
     int delay_ms;
 } cancel_arg;
 
@@ -568,7 +569,7 @@ static void *cancel_later(void *p)
 static void test_cancel_from_thread(void **state)
 {
     (void)state;
-    volatile sig_atomic_t flag = 0;
+    atomic_int flag = 0;
     cancel_arg a = {&flag, 300};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, cancel_later, &a), 0);
