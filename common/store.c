@@ -377,6 +377,13 @@ gt_err gt_store_get(gt_store *s, const char *coll, const char *id, char **body, 
 gt_err gt_store_put(gt_store *s, const char *coll, const char *id, const char *body,
                     int64_t expect_rev, int64_t *new_rev, gt_error *err)
 {
+    return gt_store_put_fenced(s, coll, id, body, expect_rev, new_rev, NULL, err);
+}
+
+gt_err gt_store_put_fenced(gt_store *s, const char *coll, const char *id, const char *body,
+                           int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
+                           gt_error *err)
+{
     int64_t r = 0;
     gt_err rc;
     if (new_rev)
@@ -387,7 +394,10 @@ gt_err gt_store_put(gt_store *s, const char *coll, const char *id, const char *b
     if (expect_rev < GT_REV_ANY)
         return gt_error_setf(err, GT_EINVAL, "expect_rev", "%s/%s: bad expected revision %" PRId64,
                              coll, id, expect_rev);
-    rc = s->ops->put(s, coll, id, body, expect_rev, &r, err);
+    if (fence && ((rc = check_name("fence name", fence->name, err)) ||
+                  (rc = check_name("fence holder", fence->holder, err))))
+        return rc;
+    rc = s->ops->put(s, coll, id, body, expect_rev, &r, fence, err);
     if (rc == GT_OK && new_rev)
         *new_rev = r;
     return rc;
@@ -561,6 +571,19 @@ gt_err gt_store__lease_give(const char *name, const gt_store_lease *cur, const c
     if (lease_live(cur, now_ms))
         return gt_error_set(err, GT_ECONFLICT, "lease %s: held by %s (epoch %" PRId64 "), not %s",
                             name, cur->holder, cur->epoch, holder);
+    return GT_OK;
+}
+
+gt_err gt_store__fence_check(const gt_store_fence *f, const gt_store_lease *cur, int64_t now_ms,
+                             gt_error *err)
+{
+    if (!lease_live(cur, now_ms))
+        return gt_error_set(err, GT_ECONFLICT, "fenced: lease %s of %s (epoch %" PRId64
+                            ") has expired", f->name, f->holder, f->epoch);
+    if (strcmp(cur->holder, f->holder) != 0 || cur->epoch != f->epoch)
+        return gt_error_set(err, GT_ECONFLICT, "fenced: lease %s is held by %s at epoch %" PRId64
+                            ", not by %s at epoch %" PRId64, f->name, cur->holder, cur->epoch,
+                            f->holder, f->epoch);
     return GT_OK;
 }
 

@@ -40,6 +40,22 @@ gt_err gt_store_get(gt_store *s, const char *coll, const char *id, char **body, 
 gt_err gt_store_put(gt_store *s, const char *coll, const char *id, const char *body,
                     int64_t expect_rev, int64_t *new_rev, gt_error *err);
 
+/* A fence: a write that carries one succeeds only while the lease `name` is held by
+ * `holder` at `epoch` (not expired by the store's clock), checked in the same atomic
+ * step as the write. A deposed leader or a runner declared dead cannot overwrite the
+ * new owner's work. */
+typedef struct gt_store_fence {
+    const char *name;
+    const char *holder;
+    int64_t epoch;
+} gt_store_fence;
+
+/* As gt_store_put, fenced by fence (NULL: unfenced). GT_ECONFLICT, naming the lease,
+ * when the lease has another holder or epoch or has expired; nothing is written then. */
+gt_err gt_store_put_fenced(gt_store *s, const char *coll, const char *id, const char *body,
+                           int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
+                           gt_error *err);
+
 /* Deletes coll/id if its revision equals expect_rev (or GT_REV_ANY).
  * GT_ENOTFOUND when absent, GT_ECONFLICT on a revision mismatch. */
 gt_err gt_store_delete(gt_store *s, const char *coll, const char *id, int64_t expect_rev,

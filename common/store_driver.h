@@ -27,8 +27,10 @@ typedef struct gt_store_ops {
     gt_err (*index)(gt_store *s, const char *coll, const char *field, gt_error *err);
     gt_err (*get)(gt_store *s, const char *coll, const char *id, char **body, int64_t *rev,
                   gt_error *err);
+    /* fence is NULL or valid (names checked) */
     gt_err (*put)(gt_store *s, const char *coll, const char *id, const char *body,
-                  int64_t expect_rev, int64_t *new_rev, gt_error *err);
+                  int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
+                  gt_error *err);
     gt_err (*del)(gt_store *s, const char *coll, const char *id, int64_t expect_rev,
                   gt_error *err);
     /* Fills at most limit items; next_cursor only when more follow (fetch limit + 1). */
@@ -68,6 +70,11 @@ gt_err gt_store__lease_take(const char *name, const gt_store_lease *cur, const c
  * holder's lease is live. */
 gt_err gt_store__lease_give(const char *name, const gt_store_lease *cur, const char *holder,
                             int64_t now_ms, bool *store_free, gt_error *err);
+
+/* Decides whether a fenced write may go ahead given the lease as stored now:
+ * GT_OK, or GT_ECONFLICT naming the lease, the holder and epochs. */
+gt_err gt_store__fence_check(const gt_store_fence *f, const gt_store_lease *cur, int64_t now_ms,
+                             gt_error *err);
 
 /* Appends a copy of an item to page (lengths exclude the NUL). */
 void gt_store__page_add(gt_store_page *page, const char *id, size_t id_len, const char *body,

@@ -396,8 +396,25 @@ done:
     return rc;
 }
 
+static gt_err lease_read(local_store *ls, const char *name, gt_store_lease *cur,
+                         char **holder_buf, gt_error *err);
+
+/* The fence is read inside the write's BEGIN IMMEDIATE transaction, so no lease change
+ * can come between the check and the write. */
+static gt_err fence_check(local_store *ls, const gt_store_fence *f, gt_error *err)
+{
+    gt_store_lease cur;
+    char *holder = NULL;
+    gt_err rc = lease_read(ls, f->name, &cur, &holder, err);
+    if (rc == GT_OK)
+        rc = gt_store__fence_check(f, &cur, gt_now_ms(), err);
+    free(holder);
+    return rc;
+}
+
 static gt_err local_put(gt_store *s, const char *coll, const char *id, const char *body,
-                        int64_t expect_rev, int64_t *new_rev, gt_error *err)
+                        int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
+                        gt_error *err)
 {
     local_store *ls = (local_store *)s;
     sqlite3_stmt *st = NULL;
@@ -407,7 +424,8 @@ static gt_err local_put(gt_store *s, const char *coll, const char *id, const cha
     gt_err rc = tx_begin(ls, err);
     if (rc != GT_OK)
         goto unlock;
-    if ((rc = read_rev(ls, coll, id, &exists, &cur, err)) != GT_OK ||
+    if ((fence && (rc = fence_check(ls, fence, err)) != GT_OK) ||
+        (rc = read_rev(ls, coll, id, &exists, &cur, err)) != GT_OK ||
         (rc = gt_store__check_rev(coll, id, exists, cur, expect_rev, false, err)) != GT_OK ||
         (rc = next_rev(ls, &rev, err)) != GT_OK ||
         (rc = prepare(ls, SQL_PUT, &st, err)) != GT_OK)

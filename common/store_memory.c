@@ -156,15 +156,25 @@ static gt_err mem_get(gt_store *s, const char *coll, const char *id, char **body
     return rc;
 }
 
+static mem_lease *lease_find(mem_store *ms, const char *name, bool create);
+
 static gt_err mem_put(gt_store *s, const char *coll, const char *id, const char *body,
-                      int64_t expect_rev, int64_t *new_rev, gt_error *err)
+                      int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
+                      gt_error *err)
 {
     mem_store *ms = (mem_store *)s;
     size_t pos;
+    gt_err rc = GT_OK;
     pthread_mutex_lock(&ms->mu);
+    if (fence) {
+        mem_lease *l = lease_find(ms, fence->name, false);
+        gt_store_lease cur = {l ? l->holder : "", l ? l->epoch : 0, l ? l->expires_ms : 0};
+        if ((rc = gt_store__fence_check(fence, &cur, gt_now_ms(), err)) != GT_OK)
+            goto done;
+    }
     mem_coll *c = coll_find(ms, coll, true);
     mem_doc *d = doc_find(c, id, &pos);
-    gt_err rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, false, err);
+    rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, false, err);
     if (rc != GT_OK)
         goto done;
     if (d == NULL) {

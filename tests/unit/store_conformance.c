@@ -796,6 +796,55 @@ static void test_lease_expiry(void **state)
     assert_true(e3 > e1);
 }
 
+/* A fenced write goes through only while its lease is held at its epoch. */
+static void test_fenced_writes(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t e1 = 0, e2 = 0, rev = 0;
+    assert_int_equal(gt_store_lease_acquire(s, "runner:a", "a", 60000, &e1, &err), GT_OK);
+    gt_store_fence f = {"runner:a", "a", e1};
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":1}", GT_REV_NONE, &rev, &f,
+                                         &err), GT_OK);
+    /* a wrong epoch or holder is refused, and nothing is written */
+    gt_store_fence stale = {"runner:a", "a", e1 + 1};
+    err = (gt_error){0};
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":2}", rev, NULL, &stale, &err),
+                     GT_ECONFLICT);
+    assert_non_null(strstr(err.message, "runner:a"));
+    gt_store_fence other = {"runner:a", "b", e1};
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":2}", rev, NULL, &other, NULL),
+                     GT_ECONFLICT);
+    expect_doc(s, "executions", "x", "{\"n\":1}", rev);
+    /* the fence is checked with the revision: both must hold */
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":2}", rev + 1000, NULL, &f,
+                                         NULL), GT_ECONFLICT);
+    /* a lease never taken fences everything out */
+    gt_store_fence none = {"never", "a", 1};
+    assert_int_equal(gt_store_put_fenced(s, "executions", "y", "{}", GT_REV_ANY, NULL, &none, NULL),
+                     GT_ECONFLICT);
+    expect_missing(s, "executions", "y");
+    /* once the lease expires and another holder takes it, the old holder is out */
+    assert_int_equal(gt_store_lease_acquire(s, "runner:b", "b", 30, &e2, &err), GT_OK);
+    gt_store_fence fb = {"runner:b", "b", e2};
+    sleep_ms(120);
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":3}", rev, NULL, &fb, NULL),
+                     GT_ECONFLICT);
+    int64_t e3 = 0;
+    assert_int_equal(gt_store_lease_acquire(s, "runner:b", "reaper", 60000, &e3, &err), GT_OK);
+    assert_true(e3 > e2);
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":3}", rev, NULL, &fb, NULL),
+                     GT_ECONFLICT);
+    gt_store_fence fr = {"runner:b", "reaper", e3};
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":3}", rev, &rev, &fr, &err),
+                     GT_OK);
+    expect_doc(s, "executions", "x", "{\"n\":3}", rev);
+    /* bad fence arguments are EINVAL */
+    gt_store_fence bad = {"", "a", 1};
+    assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{}", GT_REV_ANY, NULL, &bad, NULL),
+                     GT_EINVAL);
+}
+
 static void test_argument_checks(void **state)
 {
     gt_store *s = store_of(state);
@@ -1044,6 +1093,7 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
         T(test_collections_isolated),
         T(test_leases),
         T(test_lease_expiry),
+        T(test_fenced_writes),
         T(test_argument_checks),
         T(test_error_messages),
     };
