@@ -89,12 +89,14 @@ deps:
 	@scripts/install-deps
 
 # The whole suite, sanitized. Each tier prints its own summary lines.
-test: deps
-	$(Q)$(MAKE) --no-print-directory BUILD=build/san SANITIZE=address,undefined O=-O1 \
-		$(BINS:$(BUILD)/%=build/san/%) $(UNIT_BINS:$(BUILD)/%=build/san/%)
-	$(Q)scripts/test-servers run -- scripts/run-unit build/san
-	$(Q)GANTRY_BIN=$(CURDIR)/build/san/gantry GANTRY_BIN_DIR=$(CURDIR)/build/san scripts/run-integration
-	$(Q)$(MAKE) --no-print-directory fuzz-run
+test:
+	$(Q)start=$$(date +%s); scripts/install-deps && \
+	$(MAKE) --no-print-directory BUILD=build/san SANITIZE=address,undefined O=-O1 \
+		$(BINS:$(BUILD)/%=build/san/%) $(UNIT_BINS:$(BUILD)/%=build/san/%) && \
+	scripts/test-servers run -- scripts/run-unit build/san && \
+	GANTRY_BIN=$(CURDIR)/build/san/gantry GANTRY_BIN_DIR=$(CURDIR)/build/san scripts/run-integration && \
+	$(MAKE) --no-print-directory fuzz-run && \
+	echo "make test: passed in $$(( $$(date +%s) - start )) s"
 
 unit: $(UNIT_BINS)
 	$(Q)scripts/run-unit $(BUILD)
@@ -123,9 +125,9 @@ fuzz-run: fuzz
 	$(Q)scripts/run-fuzz $(FUZZ_SECONDS) $(FUZZ_BINS)
 
 # demo and bench build in a second make, which reads the flags after install-deps ran
-demo: deps
-	$(Q)$(MAKE) --no-print-directory all
-	$(Q)scripts/demo
+demo:
+	$(Q)start=$$(date +%s); scripts/install-deps && $(MAKE) --no-print-directory all && \
+	scripts/demo && echo "make demo: done in $$(( $$(date +%s) - start )) s"
 
 $(BUILD)/bench/bare_evhttp: bench/bare_evhttp.c
 	$(call say,CC,$<)
