@@ -6,17 +6,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crypto.h"
+#include "exec.h"
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "model/model.h"
+#include "output.h"
 #include "schema.h"
 #include "util.h"
 
 #define MAX_PARAMS 4
-#define EXECUTIONS "executions"
+#define EXECUTIONS GT_EXECUTIONS
 
 struct gt_api {
     gt_api_deps d;
@@ -107,7 +111,7 @@ static cJSON *public_doc(const gt_model_kind *k, cJSON *doc, int64_t rev)
 {
     /* executions (k == NULL): where a run's processes are is not the caller's business */
     static const char *const exec_private[] = {"owner_pid", "owner_start", "child_pid",
-                                               "child_start", NULL};
+                                               "child_start", "dispatched_at_ms", NULL};
     const char *const *hidden = k ? k->hidden : exec_private;
     for (size_t i = 0; hidden[i]; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(doc, hidden[i]);
@@ -615,20 +619,19 @@ static gt_err delete_resource(req *r)
 
 #define CANCELS "cancels"
 
-static gt_err save_execution(req *r, cJSON *ex, int64_t *rev)
+/* Every write of an execution goes through the lifecycle: the move is checked against
+ * its table and stored on the revision read, fenced by this process's lease if it has
+ * one. */
+static gt_err move(req *r, cJSON *ex, int64_t *rev, const char *to, gt_actor who)
 {
-    char *text = gt_json_print(ex);
     const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
     gt_error e = {0};
-    gt_err rc = gt_store_put(r->api->d.store, EXECUTIONS, id, text, *rev, rev, &e);
+    gt_err rc = gt_lifecycle_store(r->api->d.store, ex, rev, to, who, r->api->d.fence, &e);
     if (rc != GT_OK)
-        gt_error_set(&r->err, rc, "recording execution %s: %s", id, e.message);
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(ex, "state");
+        gt_error_set(&r->err, rc, "%s", e.message);
     /* nothing to cancel any more; a read first, since a delete is a (synced) write */
-    if (rc == GT_OK && cJSON_IsString(st) && gt_execution_state_terminal(st->valuestring) &&
-        gt_api_cancel_requested(r->api, id))
+    if (rc == GT_OK && gt_execution_state_terminal(to) && gt_api_cancel_requested(r->api, id))
         gt_store_delete(r->api->d.store, CANCELS, id, GT_REV_ANY, NULL);
-    free(text);
     return rc;
 }
 
@@ -689,14 +692,19 @@ static void on_child_start(int64_t pid, void *arg)
     started *s = arg;
     gt_json_set_num(s->ex, "child_pid", (double)pid);
     gt_json_set_num(s->ex, "child_start", (double)proc_start((pid_t)pid));
-    if (save_execution(s->r, s->ex, s->rev) != GT_OK)
+    if (move(s->r, s->ex, s->rev, "running", GT_ACTOR_WORKER) != GT_OK)
         gt_warn("execution: could not record the child's pid; a crash would orphan it");
 }
 
-/* Sets ex's terminal fields from a run result (or an error message). */
-static void finish_execution(cJSON *ex, cJSON *result, const char *state, const char *error)
+/* Sets ex's terminal fields from a run result (or an error message); the state to
+ * move to is the result's (or `state`), and is returned (a copy: the caller frees). */
+static char *finish_execution(cJSON *ex, cJSON *result, const char *state, const char *error)
 {
+    char *to = NULL;
     if (result) {
+        const cJSON *rs = cJSON_GetObjectItemCaseSensitive(result, "state");
+        to = gt_xstrdup(cJSON_IsString(rs) ? rs->valuestring : "failed");
+        cJSON_DeleteItemFromObjectCaseSensitive(result, "state");
         cJSON *it = result->child;
         while (it) {
             cJSON *next = it->next;
@@ -707,7 +715,7 @@ static void finish_execution(cJSON *ex, cJSON *result, const char *state, const 
             it = next;
         }
     } else {
-        gt_json_set_str(ex, "state", state);
+        to = gt_xstrdup(state);
         gt_json_set_str(ex, "error", error);
         char ts[40];
         now_str(ts, sizeof ts);
@@ -717,51 +725,61 @@ static void finish_execution(cJSON *ex, cJSON *result, const char *state, const 
                                         NULL};
     for (size_t i = 0; owner[i]; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(ex, owner[i]);
+    return to;
+}
+
+typedef struct reap_ctx {
+    gt_api *api;
+    bool accepted;          /* the pass over "accepted" (else "running") */
+    int reaped;
+} reap_ctx;
+
+/* Reaps one execution whose owning process on this machine is gone. */
+static bool reap_one_local(void *arg, const gt_store_item *it)
+{
+    reap_ctx *c = arg;
+    gt_api *api = c->api;
+    cJSON *ex = cJSON_Parse(it->body);
+    const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
+    const char *mine = api->d.runner_name ? api->d.runner_name : "local";
+    if (ex == NULL || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ex, "id")) ||
+        !cJSON_IsString(runner) || strcmp(runner->valuestring, mine) != 0 || owner_alive(ex)) {
+        cJSON_Delete(ex);
+        return true;
+    }
+    req r = {.api = api};
+    int64_t rev = it->rev;
+    bool again = c->accepted && api->d.dispatch != NULL;
+    char *to = NULL;
+    if (again) {
+        /* never started: safe to run, now owned by this process */
+        gt_json_set_num(ex, "owner_pid", (double)getpid());
+        gt_json_set_num(ex, "owner_start", (double)proc_start(getpid()));
+        to = gt_xstrdup("accepted");
+    } else {
+        kill_orphan(ex);
+        to = finish_execution(ex, NULL, "lost",
+                              "the gantry process running it ended before it finished");
+    }
+    if (move(&r, ex, &rev, to, GT_ACTOR_REAPER) == GT_OK) {
+        if (again && api->d.dispatch(api->d.dispatch_arg, ex, NULL) == GT_OK)
+            gt_warn("execution %s dispatched again: its controller process is gone", it->id);
+        else if (!again)
+            gt_warn("execution %s marked lost: its gantry process is gone", it->id);
+        c->reaped++;
+    }
+    free(to);
+    cJSON_Delete(ex);
+    return true;
 }
 
 int gt_api_reap_local(gt_api *api)
 {
-    static const char *const states[] = {"accepted", "running", NULL};
-    int reaped = 0;
-    for (size_t s = 0; states[s]; s++) {
-        gt_store_page page = {0};
-        if (gt_store_query(api->d.store, EXECUTIONS, "state", states[s], NULL, 1000, &page,
-                           NULL) != GT_OK)
-            continue;
-        for (size_t i = 0; i < page.n; i++) {
-            cJSON *ex = cJSON_Parse(page.items[i].body);
-            const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
-            const char *mine = api->d.runner_name ? api->d.runner_name : "local";
-            if (ex == NULL || !cJSON_IsString(runner) || strcmp(runner->valuestring, mine) != 0 ||
-                owner_alive(ex)) {
-                cJSON_Delete(ex);
-                continue;
-            }
-            req r = {.api = api};
-            int64_t rev = page.items[i].rev;
-            bool again = s == 0 && api->d.dispatch != NULL;
-            if (again) {
-                /* never started: safe to run, now owned by this process */
-                gt_json_set_num(ex, "owner_pid", (double)getpid());
-                gt_json_set_num(ex, "owner_start", (double)proc_start(getpid()));
-            } else {
-                kill_orphan(ex);
-                finish_execution(ex, NULL, "lost",
-                                 "the gantry process running it ended before it finished");
-            }
-            if (save_execution(&r, ex, &rev) == GT_OK) {
-                if (again && api->d.dispatch(api->d.dispatch_arg, ex, NULL) == GT_OK)
-                    gt_warn("execution %s dispatched again: its controller process is gone",
-                            page.items[i].id);
-                else if (!again)
-                    gt_warn("execution %s marked lost: its gantry process is gone", page.items[i].id);
-                reaped++;
-            }
-            cJSON_Delete(ex);
-        }
-        gt_store_page_clear(&page);
-    }
-    return reaped;
+    reap_ctx c = {.api = api, .accepted = true};
+    gt_store_each(api->d.store, EXECUTIONS, "state", "accepted", reap_one_local, &c, NULL);
+    c.accepted = false;
+    gt_store_each(api->d.store, EXECUTIONS, "state", "running", reap_one_local, &c, NULL);
+    return c.reaped;
 }
 
 static void wipe_strv(gt_strv *v)
@@ -844,6 +862,42 @@ static gt_err open_run_secrets(req *r, const cJSON *svc, const cJSON *repo,
     return rc;
 }
 
+static int64_t doc_attempt(const cJSON *ex)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
+    return cJSON_IsNumber(a) && a->valuedouble >= 1 && a->valuedouble <= 1e6 ? (int64_t)a->valuedouble
+                                                                             : 1;
+}
+
+/* How long the end of a run is retried while the store fails. */
+#define END_RETRY_MS (10 * 60 * 1000)
+
+static bool fenced(const gt_api *a)
+{
+    return a->d.cancel && *a->d.cancel == GT_CANCEL_KILL;
+}
+
+/* Stores the end of a run. The outcome is known, and the message that brought the run is
+ * acked only once it is durable: keep trying while the store fails (busy, unreachable),
+ * with a backoff; stop on a conflict or a refusal (a reaper or a cancel moved it: the
+ * record is theirs now) or when this process is fenced out. */
+static gt_err record_end(req *r, cJSON *ex, int64_t *rev, const char *to)
+{
+    const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
+    int64_t wait = 100, until = gt_mono_ms() + END_RETRY_MS;
+    for (;;) {
+        gt_error_clear(&r->err);
+        gt_err rc = move(r, ex, rev, to, GT_ACTOR_WORKER);
+        if (rc == GT_OK || rc == GT_ECONFLICT || rc == GT_EPERM || fenced(r->api) ||
+            gt_mono_ms() >= until)
+            return rc;
+        gt_warn("execution %s: %s; retrying in %lld ms", id, r->err.message, (long long)wait);
+        struct timespec ts = {wait / 1000, (wait % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+    }
+}
+
 /* Runs an accepted execution to its end and records every transition. ex and *rev
  * are the stored execution; secrets may be NULL (they are opened here then). */
 static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const cJSON *repo,
@@ -852,6 +906,7 @@ static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const c
     gt_api *a = r->api;
     run_secrets own = {0};
     cJSON *result = NULL;
+    char *to = NULL;
     gt_err rc;
     const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
     gt_json_set_num(ex, "owner_pid", (double)getpid());
@@ -862,17 +917,16 @@ static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const c
         if (open_run_secrets(r, svc, repo, cJSON_GetObjectItemCaseSensitive(ex, "secret_bindings"),
                              secrets) != GT_OK) {
             /* a secret that cannot be opened now is this execution's failure */
-            finish_execution(ex, NULL, "failed", r->err.message);
+            to = finish_execution(ex, NULL, "failed", r->err.message);
             gt_error_clear(&r->err);
-            rc = save_execution(r, ex, rev);
+            rc = record_end(r, ex, rev, to);
             goto done;
         }
     }
     char ts[40];
     now_str(ts, sizeof ts);
-    gt_json_set_str(ex, "state", "running");
     gt_json_set_str(ex, "started_at", ts);
-    if ((rc = save_execution(r, ex, rev)) != GT_OK)
+    if ((rc = move(r, ex, rev, "running", GT_ACTOR_WORKER)) != GT_OK)
         goto done;
     started st = {.r = r, .ex = ex, .rev = rev};
     gt_run_request rr = {
@@ -884,18 +938,31 @@ static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const c
         .secret_env = secrets->env.v,
         .ssh_key = secrets->ssh_key,
         .execution_id = id,
+        .attempt = doc_attempt(ex),
         .cancel = a->d.cancel,
     };
     gt_error e = {0};
     if (gt_run_execute(a->d.run, &rr, &result, &e) != GT_OK)
-        finish_execution(ex, NULL, "failed", e.message);
+        to = finish_execution(ex, NULL, "failed", e.message);
     else
-        finish_execution(ex, result, NULL, NULL);
-    rc = save_execution(r, ex, rev);
+        to = finish_execution(ex, result, NULL, NULL);
+    if (fenced(a)) {
+        /* this process's lease is going: the attempt is the reaper's to end */
+        rc = gt_error_set(&r->err, GT_ECONFLICT, "execution %s: fenced out; not recorded", id);
+        goto done;
+    }
+    rc = record_end(r, ex, rev, to);
 done:
+    free(to);
     run_secrets_clear(&own);
     cJSON_Delete(result);
     return rc;
+}
+
+static const char *doc_str(const cJSON *doc, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err)
@@ -903,33 +970,42 @@ gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt
     req r = {.api = api};
     cJSON *ex = NULL, *svc = NULL, *repo = NULL;
     int64_t rev = 0;
+    char *to = NULL;
     gt_err rc = load(&r, EXECUTIONS, "execution", execution_id, &ex, &rev);
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(ex, "state");
+    if (rc != GT_OK)
+        goto done;
+    const char *st = doc_str(ex, "state"), *service = doc_str(ex, "service");
+    const char *repository = doc_str(ex, "repository");
     const cJSON *at = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
-    bool waiting = cJSON_IsString(st) && (strcmp(st->valuestring, "accepted") == 0 ||
-                                          strcmp(st->valuestring, "queued") == 0);
-    if (rc == GT_OK && (!waiting || (attempt > 0 && cJSON_IsNumber(at) &&
-                                     (int64_t)at->valuedouble != attempt))) {
-        rc = GT_OK; /* already taken, finished, or retried: nothing to do */
+    bool waiting = st && (strcmp(st, "accepted") == 0 || strcmp(st, "queued") == 0);
+    if (!waiting || (attempt > 0 && cJSON_IsNumber(at) && (int64_t)at->valuedouble != attempt))
+        goto done; /* already taken, finished, or retried: nothing to do */
+    /* recorded as this process's before anything runs */
+    gt_json_set_str(ex, "runner", api->d.runner_name ? api->d.runner_name : "local");
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ex, "id")) || service == NULL ||
+        repository == NULL) {
+        gt_json_set_str(ex, "id", execution_id);
+        to = finish_execution(ex, NULL, "failed", "the stored execution is malformed");
+        rc = record_end(&r, ex, &rev, to);
         goto done;
     }
-    if (rc == GT_OK) /* recorded as this process's before anything runs */
-        gt_json_set_str(ex, "runner", api->d.runner_name ? api->d.runner_name : "local");
-    const char *service = rc == GT_OK ? cJSON_GetObjectItemCaseSensitive(ex, "service")->valuestring : "";
-    const char *repository = rc == GT_OK ? cJSON_GetObjectItemCaseSensitive(ex, "repository")->valuestring : "";
-    if (rc == GT_OK && (load(&r, "services", "service", service, &svc, NULL) != GT_OK ||
-                        load(&r, "repositories", "repository", repository, &repo, NULL) != GT_OK)) {
+    if (load(&r, "services", "service", service, &svc, NULL) != GT_OK ||
+        load(&r, "repositories", "repository", repository, &repo, NULL) != GT_OK) {
+        if (r.err.code != GT_ENOTFOUND && r.err.code != GT_EINVAL) {
+            rc = r.err.code; /* the store failed: try again later */
+            goto done;
+        }
         /* deleted between acceptance and now */
-        finish_execution(ex, NULL, "failed", r.err.message);
+        to = finish_execution(ex, NULL, "failed", r.err.message);
         gt_error_clear(&r.err);
-        rc = save_execution(&r, ex, &rev);
+        rc = record_end(&r, ex, &rev, to);
         goto done;
     }
-    if (rc == GT_OK)
-        rc = execute(&r, ex, &rev, svc, repo, NULL);
+    rc = execute(&r, ex, &rev, svc, repo, NULL);
 done:
     if (rc != GT_OK)
         gt_error_set(err, r.err.code ? r.err.code : rc, "%s", r.err.message);
+    free(to);
     cJSON_Delete(repo);
     cJSON_Delete(svc);
     cJSON_Delete(ex);
@@ -1030,7 +1106,7 @@ static gt_err run_service(req *r)
     inputs = NULL;
     if (cJSON_IsArray(req_secrets) && cJSON_GetArraySize(req_secrets) > 0)
         gt_json_set(ex, "secret_bindings", cJSON_Duplicate(req_secrets, 1));
-    gt_json_set_str(ex, "state", a->d.dispatch && a->d.queued ? "queued" : "accepted");
+    bool queued = a->d.dispatch && a->d.queued;
     gt_json_set_num(ex, "attempt", 1);
     const cJSON *pool = cJSON_GetObjectItemCaseSensitive(svc, "pool");
     gt_json_set_str(ex, "pool", cJSON_IsString(pool) && pool->valuestring[0] ? pool->valuestring
@@ -1041,13 +1117,24 @@ static gt_err run_service(req *r)
     char ts[40];
     now_str(ts, sizeof ts);
     gt_json_set_str(ex, "created_at", ts);
-    if ((rc = save_execution(r, ex, &rev)) != GT_OK)
+    if (queued) /* for the dispatch sweeper: when it was last announced */
+        gt_json_set_num(ex, "dispatched_at_ms", (double)gt_now_ms());
+    if ((rc = move(r, ex, &rev, queued ? "queued" : "accepted", GT_ACTOR_CLIENT)) != GT_OK)
         goto done;
     if (a->d.dispatch) {
-        if ((rc = a->d.dispatch(a->d.dispatch_arg, ex, &r->err)) != GT_OK) {
-            finish_execution(ex, NULL, "failed", r->err.message);
-            save_execution(r, ex, &rev);
-            goto done;
+        gt_error de = {0};
+        if (a->d.dispatch(a->d.dispatch_arg, ex, &de) != GT_OK) {
+            if (queued) {
+                /* durable already: the dispatch sweeper announces it once the broker is back */
+                gt_warn("execution %s: stored as queued, not announced yet: %s", id, de.message);
+            } else {
+                char *to = finish_execution(ex, NULL, "failed", de.message);
+                rc = move(r, ex, &rev, to, GT_ACTOR_CLIENT);
+                free(to);
+                if (rc == GT_OK)
+                    rc = gt_error_set(&r->err, de.code ? de.code : GT_EUNAVAIL, "%s", de.message);
+                goto done;
+            }
         }
         reply(r, 202, public_doc(NULL, ex, rev));
         ex = NULL;
@@ -1087,24 +1174,28 @@ static gt_err cancel_execution(req *r)
         ex = NULL;
         if ((rc = load(r, EXECUTIONS, "execution", r->params[0], &ex, &rev)) != GT_OK)
             goto done;
-        const char *state = cJSON_GetObjectItemCaseSensitive(ex, "state")->valuestring;
+        const char *state = doc_str(ex, "state");
+        if (state == NULL) {
+            rc = gt_error_set(&r->err, GT_EINTERNAL, "execution %s: the stored document has no state",
+                              r->params[0]);
+            goto done;
+        }
         if (gt_execution_state_terminal(state)) {
             rc = gt_error_set(&r->err, GT_ECONFLICT, "execution %s already ended (%s)", r->params[0],
                               state);
             goto done;
         }
         if (strcmp(state, "running") != 0) {
-            finish_execution(ex, NULL, "canceled", "canceled before it started");
-            gt_error e = {0};
-            char *text = gt_json_print(ex);
-            rc = gt_store_put(r->api->d.store, EXECUTIONS, r->params[0], text, rev, &rev, &e);
-            free(text);
-            if (rc == GT_ECONFLICT)
+            char *to = finish_execution(ex, NULL, "canceled", "canceled before it started");
+            gt_error_clear(&r->err);
+            rc = move(r, ex, &rev, to, GT_ACTOR_CANCEL);
+            free(to);
+            if (rc == GT_ECONFLICT) {
+                gt_error_clear(&r->err);
                 continue; /* it started meanwhile: cancel it running */
-            if (rc != GT_OK) {
-                gt_error_set(&r->err, rc, "%s", e.message);
-                goto done;
             }
+            if (rc != GT_OK)
+                goto done;
             reply(r, 200, public_doc(NULL, ex, rev));
             ex = NULL;
             goto done;
@@ -1115,6 +1206,20 @@ static gt_err cancel_execution(req *r)
             gt_error_set(&r->err, rc, "%s", e.message);
             goto done;
         }
+        /* it may have ended between the read and the request: then nobody would ever
+         * clear the request, so look again */
+        cJSON *now = NULL;
+        int64_t now_rev = 0;
+        if (load(r, EXECUTIONS, "execution", r->params[0], &now, &now_rev) == GT_OK &&
+            doc_str(now, "state") && gt_execution_state_terminal(doc_str(now, "state"))) {
+            gt_store_delete(r->api->d.store, CANCELS, r->params[0], GT_REV_ANY, NULL);
+            rc = gt_error_set(&r->err, GT_ECONFLICT, "execution %s already ended (%s)",
+                              r->params[0], doc_str(now, "state"));
+            cJSON_Delete(now);
+            goto done;
+        }
+        cJSON_Delete(now);
+        gt_error_clear(&r->err);
         /* a local-mode run belongs to a gantry process on this machine: tell it */
         const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
         const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "owner_pid");
@@ -1136,7 +1241,7 @@ done:
 static gt_err list_executions(req *r)
 {
     static const char *const known[] = {"limit", "cursor", "service", "state", "full", "order", NULL};
-    static const char *const bulky[] = {"stdout", "stderr", "inputs", NULL};
+    static const char *const bulky[] = {"stdout", "stderr", "inputs", "output", NULL};
     size_t limit = 100;
     char *cursor = NULL, *service = NULL, *state = NULL, *full = NULL;
     bool desc = false;
@@ -1192,7 +1297,17 @@ done:
 
 static gt_err get_execution(req *r)
 {
-    return get_one(r, NULL, EXECUTIONS, "execution", r->params[0]);
+    cJSON *ex = NULL;
+    int64_t rev = 0;
+    gt_error e = {0};
+    gt_err rc = load(r, EXECUTIONS, "execution", r->params[0], &ex, &rev);
+    if (rc == GT_OK && (rc = gt_output_load(r->api->d.store, ex, &e)) != GT_OK)
+        gt_error_set(&r->err, rc, "execution %s: reading its output: %s", r->params[0], e.message);
+    if (rc == GT_OK)
+        reply(r, 200, public_doc(NULL, ex, rev));
+    else
+        cJSON_Delete(ex);
+    return rc;
 }
 
 /* ---------- the runner registry ---------- */
@@ -1274,7 +1389,8 @@ static gt_err cluster_health(req *r)
 
 static gt_err cluster_activity(req *r)
 {
-    static const char *const bulky[] = {"stdout", "stderr", "inputs", "secret_bindings", NULL};
+    static const char *const bulky[] = {"stdout", "stderr", "inputs", "secret_bindings", "output",
+                                        NULL};
     cJSON *out = cJSON_CreateObject();
     static const char *const now[] = {"running", "queued", NULL};
     for (size_t i = 0; now[i]; i++) {

@@ -22,7 +22,10 @@ typedef struct gt_api_deps {
     const char *key_file;          /* secrets key file */
     bool key_file_explicit;        /* configured by the user: never generated */
     const gt_run_options *run;     /* how runs execute inline */
-    atomic_int *cancel; /* set to cancel an inline run (local mode) */
+    atomic_int *cancel;            /* GT_CANCEL_*: cancels the run in progress */
+    /* When set, every write of an execution is fenced by this lease (a runner's), so
+     * nothing is recorded once the cluster declared this process dead. */
+    const gt_store_fence *fence;
     const char *runner_name;       /* recorded on executions: "local" */
     /* When set, runs are not executed inline: the stored execution (with "id",
      * "attempt" and "pool") is handed to dispatch, which must not block for long, and

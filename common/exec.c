@@ -335,7 +335,8 @@ static gt_err run_loop(const gt_exec_spec *spec, pid_t pid, int pidfd, exec_stre
                 signal_group(pid, SIGCONT); /* a stopped child must see the TERM */
                 kill_at = add_ms(now, grace);
             }
-            if (kill_at >= 0 && now >= kill_at) {
+            bool kill_now = spec->cancel && *spec->cancel == GT_CANCEL_KILL;
+            if (kill_at >= 0 && (now >= kill_at || kill_now)) {
                 signal_group(pid, SIGKILL);
                 kill_at = -1;
             }

@@ -12,6 +12,10 @@
 
 #include "error.h"
 
+/* Values of *cancel: STOP ends the group with SIGTERM, then SIGKILL after the grace;
+ * KILL (a fenced runner: its lease is going) sends SIGKILL at once. */
+enum { GT_CANCEL_NONE = 0, GT_CANCEL_STOP = 1, GT_CANCEL_KILL = 2 };
+
 typedef struct gt_exec_spec {
     const char *file;            /* program; searched in PATH (of envp) when it has no '/' */
     char *const *argv;           /* argv[0] included; NULL-terminated */
@@ -21,7 +25,7 @@ typedef struct gt_exec_spec {
     int64_t kill_grace_ms;       /* SIGTERM -> SIGKILL delay; 0 means 5000 */
     size_t output_cap;           /* bytes kept per stream; 0 means 1 MiB */
     const char *stdin_data;      /* NULL: /dev/null */
-    atomic_int *cancel; /* when it becomes non-zero the group is terminated */
+    atomic_int *cancel;          /* GT_CANCEL_*: non-zero terminates the group */
     /* Called once the child runs, with its pid (= its process group id), so the caller
      * can record it (a crash of ours must not orphan the group for long). May be NULL. */
     void (*on_start)(int64_t pid, void *arg);

@@ -302,6 +302,8 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
         }
     }
     gt_strv_push_owned(&env, gt_xasprintf("GANTRY_EXECUTION_ID=%s", req->execution_id));
+    if (req->attempt > 0)
+        gt_strv_push_owned(&env, gt_xasprintf("GANTRY_ATTEMPT=%lld", (long long)req->attempt));
     const cJSON *kv;
     cJSON_ArrayForEach(kv, cJSON_GetObjectItemCaseSensitive(svc, "env"))
         if (cJSON_IsString(kv))
@@ -338,8 +340,13 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
     gt_json_set_num(r, "return_code", res.exit_code);
     if (res.term_signal)
         gt_json_set_num(r, "signal", res.term_signal);
-    gt_json_set_str(r, "stdout", res.out ? res.out : "");
-    gt_json_set_str(r, "stderr", res.err ? res.err : "");
+    /* output is stored as text: invalid UTF-8 and NULs become U+FFFD */
+    char *out_text = gt_utf8_clean(res.out ? res.out : "", res.out ? res.out_len : 0, NULL);
+    char *err_text = gt_utf8_clean(res.err ? res.err : "", res.err ? res.err_len : 0, NULL);
+    gt_json_set_str(r, "stdout", out_text);
+    gt_json_set_str(r, "stderr", err_text);
+    free(out_text);
+    free(err_text);
     gt_json_set_bool(r, "stdout_truncated", res.out_truncated);
     gt_json_set_bool(r, "stderr_truncated", res.err_truncated);
     gt_json_set_str(r, "commit", commit);

@@ -40,6 +40,7 @@ typedef struct gt_run_request {
     char *const *secret_env;       /* "VAR=value" entries, NULL-terminated, or NULL */
     const char *ssh_key;           /* private key text for the repository, or NULL */
     const char *execution_id;      /* names the scratch directory */
+    int64_t attempt;               /* GANTRY_ATTEMPT for the service (0: not set) */
     atomic_int *cancel; /* set non-zero to cancel */
     void (*on_start)(int64_t pid, void *arg); /* the service's process started */
     void *on_start_arg;

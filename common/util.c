@@ -403,3 +403,73 @@ void gt_wipe(void *p, size_t n)
     if (p)
         explicit_bzero(p, n);
 }
+
+/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 when invalid. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80)
+        return c ? 1 : 0;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        min = 0x80;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    unsigned cp = c & (0x7F >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+char *gt_utf8_clean(const char *p, size_t n, size_t *out_len)
+{
+    gt_buf b = {0};
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0, run = 0; /* run: valid bytes not copied yet, ending at i */
+    gt_buf_append(&b, "", 0);
+    while (i < n) {
+        size_t l = utf8_seq(s + i, n - i);
+        if (l) {
+            i += l;
+            run += l;
+            continue;
+        }
+        gt_buf_append(&b, s + i - run, run);
+        gt_buf_append(&b, "\xEF\xBF\xBD", 3);
+        run = 0;
+        i++;
+    }
+    gt_buf_append(&b, s + i - run, run);
+    if (out_len)
+        *out_len = b.len;
+    return gt_buf_steal(&b);
+}
+
+size_t gt_utf8_cut(const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = n;
+    /* back over continuation bytes to the lead byte of the last sequence */
+    while (i > 0 && (s[i - 1] & 0xC0) == 0x80 && n - i < 3)
+        i--;
+    if (i == 0)
+        return 0;
+    size_t l = utf8_seq(s + i - 1, n - (i - 1));
+    return l == n - (i - 1) ? n : i - 1;
+}

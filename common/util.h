@@ -63,6 +63,14 @@ gt_err gt_random_bytes(void *buf, size_t n, gt_error *err);
 /* A resource name: 1-128 chars of [A-Za-z0-9_.-], not starting with '.' or '-'. */
 bool gt_name_valid(const char *name);
 
+/* Output as text: a copy of p[0..n) in which every byte that is not part of a valid
+ * UTF-8 sequence (RFC 3629: no overlongs, surrogates or values past U+10FFFF), and every
+ * NUL, is replaced by U+FFFD; *out_len (may be NULL) is its length. Caller frees. */
+char *gt_utf8_clean(const char *p, size_t n, size_t *out_len);
+/* The length of the longest prefix of p[0..n) that ends on a UTF-8 sequence boundary
+ * (p must be valid UTF-8): a cut there never splits a character. */
+size_t gt_utf8_cut(const char *p, size_t n);
+
 /* Zeroes n bytes of p in a way the compiler may not remove (secrets). */
 void gt_wipe(void *p, size_t n);
 

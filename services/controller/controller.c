@@ -9,9 +9,11 @@
 #include <time.h>
 
 #include "crypto.h"
+#include "dispatch.h"
 #include "json.h"
 #include "log.h"
 #include "model/model.h"
+#include "pool.h"
 #include "util.h"
 
 typedef enum role { ROLE_NONE = 0, ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN } role;
@@ -22,7 +24,7 @@ typedef struct worker {
     gt_ctl *ctl;
     bool dispatch;          /* HTTP workers hand runs to the execution pool or the broker */
     char *declared;         /* the last work queue this worker declared */
-    atomic_int *cancel; /* execution workers: stops the run in progress */
+    int64_t bus_retry_at;   /* no broker connect before this (monotonic ms) */
     gt_store *store;
     gt_api *api;
     gt_sessions *sess;
@@ -52,30 +54,11 @@ typedef struct metrics {
     double sum;
 } metrics;
 
-/* An execution worker: runs one execution at a time; the watcher sets cancel when
- * someone asked to cancel the one in `current`. */
-typedef struct exec_slot {
-    gt_ctl *ctl;
-    pthread_t thread;
-    worker w;
-    atomic_int cancel;
-    char current[64];          /* guarded by gt_ctl.mu */
-} exec_slot;
-
 struct gt_ctl {
     gt_ctl_config c;
     char *queue_name;          /* tokend's request queue */
     worker *workers;
-    exec_slot *slots;
-    int nexec;
-    pthread_t watcher;
-    pthread_mutex_t mu;        /* guards the run queue and the slots' current ids */
-    pthread_cond_t cv;         /* work for the execution workers */
-    pthread_cond_t watch_cv;   /* the watcher's own: a signal meant for a worker must
-                                  never be taken by it */
-    gt_strv runq;
-    size_t runq_head;
-    bool stopping;
+    gt_pool *pool;             /* runs executions on this node (not distributed) */
     metrics m;
 };
 
@@ -120,7 +103,6 @@ static gt_err worker_store(gt_ctl *ctl, worker *w, gt_error *err)
         .key_file_explicit = ctl->c.key_file_explicit,
         .run = ctl->c.run,
         .runner_name = ctl->c.node,
-        .cancel = w->cancel,
         .dispatch = !w->dispatch ? NULL : ctl->c.distributed ? publish_run : enqueue,
         .dispatch_arg = ctl->c.distributed ? (void *)w : (void *)ctl,
         .queued = ctl->c.distributed,
@@ -139,8 +121,12 @@ static gt_err worker_bus(gt_ctl *ctl, worker *w, gt_error *err)
 {
     if (w->bus && !gt_bus_connected(w->bus))
         gt_bus_free(&w->bus);
-    if (w->bus == NULL)
-        w->bus = gt_bus_connect(&ctl->c.bus, err);
+    /* while the broker is away, a request does not wait for a connect each time:
+     * what it dispatches stays queued for the sweeper */
+    if (w->bus == NULL && gt_mono_ms() < w->bus_retry_at)
+        return gt_error_set(err, GT_EUNAVAIL, "the message broker is away (retrying)");
+    if (w->bus == NULL && (w->bus = gt_bus_connect(&ctl->c.bus, err)) == NULL)
+        w->bus_retry_at = gt_mono_ms() + 2000;
     return w->bus ? GT_OK : GT_EUNAVAIL;
 }
 
@@ -685,116 +671,28 @@ void gt_ctl_print_routes(FILE *out)
 /* ---------- execution workers ---------- */
 
 /* Distributed execution: the run is already stored as "queued"; announce it to the
- * runners of its pool. A run the broker did not confirm is failed by the API. */
+ * runners of its pool. One the broker did not confirm stays queued: the dispatch
+ * sweeper announces it again. */
 static gt_err publish_run(void *arg, const cJSON *ex, gt_error *err)
 {
     worker *w = arg;
     gt_ctl *ctl = w->ctl;
-    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
-    char *queue = gt_xasprintf("exec.%s.%s", ctl->c.cluster_id,
-                               cJSON_IsString(pool) ? pool->valuestring : "default");
-    char *body = gt_execution_message(cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring,
-                                      (int64_t)cJSON_GetObjectItemCaseSensitive(ex, "attempt")->valuedouble);
     gt_error e = {0};
     gt_err rc = worker_bus(ctl, w, &e);
-    if (rc == GT_OK && (w->declared == NULL || strcmp(w->declared, queue) != 0)) {
-        rc = gt_bus_declare_work_queue(w->bus, queue, &e);
-        if (rc == GT_OK) {
-            free(w->declared);
-            w->declared = gt_xstrdup(queue);
-        }
-    }
     if (rc == GT_OK)
-        rc = gt_bus_publish(w->bus, "", queue, body, strlen(body), true, &e);
+        rc = gt_dispatch_publish(w->bus, ctl->c.cluster_id, ex, &w->declared, &e);
     if (rc != GT_OK) {
-        gt_warn("dispatch to %s: %s", queue, e.message);
         gt_bus_free(&w->bus);
         gt_error_set(err, GT_EUNAVAIL, "the message broker did not take the run: %s", e.message);
     }
-    free(body);
-    free(queue);
     return rc;
 }
 
 static gt_err enqueue(void *arg, const cJSON *ex, gt_error *err)
 {
     gt_ctl *ctl = arg;
-    const char *id = cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring;
-    pthread_mutex_lock(&ctl->mu);
-    bool stopping = ctl->stopping;
-    if (!stopping) {
-        gt_strv_push(&ctl->runq, id);
-        pthread_cond_signal(&ctl->cv);
-    }
-    pthread_mutex_unlock(&ctl->mu);
-    return stopping ? gt_error_set(err, GT_EUNAVAIL, "the controller is shutting down") : GT_OK;
-}
-
-static void *exec_main(void *arg)
-{
-    exec_slot *slot = arg;
-    gt_ctl *ctl = slot->ctl;
-    worker *w = &slot->w;
-    w->cancel = &slot->cancel;
-    for (;;) {
-        pthread_mutex_lock(&ctl->mu);
-        while (!ctl->stopping && ctl->runq_head == ctl->runq.n)
-            pthread_cond_wait(&ctl->cv, &ctl->mu);
-        /* stopping: runs in progress finish; queued ones stay "accepted" and the next
-         * controller start dispatches them again */
-        if (ctl->stopping) {
-            pthread_mutex_unlock(&ctl->mu);
-            break;
-        }
-        char *id = gt_xstrdup(ctl->runq.v[ctl->runq_head++]);
-        snprintf(slot->current, sizeof slot->current, "%s", id);
-        slot->cancel = 0;
-        pthread_mutex_unlock(&ctl->mu);
-        gt_error e = {0};
-        if (worker_store(ctl, w, &e) != GT_OK || gt_api_execute(w->api, id, 0, &e) != GT_OK)
-            gt_errorlog("execution %s: %s", id, e.message);
-        pthread_mutex_lock(&ctl->mu);
-        slot->current[0] = '\0';
-        pthread_mutex_unlock(&ctl->mu);
-        free(id);
-    }
-    worker_close(w);
-    return NULL;
-}
-
-/* Polls the store for cancel requests of the executions this node is running: a
- * request may arrive at any controller, and the store is what they share. */
-static void *watch_main(void *arg)
-{
-    gt_ctl *ctl = arg;
-    worker w = {0};
-    pthread_mutex_lock(&ctl->mu);
-    while (!ctl->stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 300 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&ctl->watch_cv, &ctl->mu, &until);
-        for (int i = 0; i < ctl->nexec && !ctl->stopping; i++) {
-            char id[64];
-            snprintf(id, sizeof id, "%s", ctl->slots[i].current);
-            if (id[0] == '\0')
-                continue;
-            pthread_mutex_unlock(&ctl->mu);
-            bool cancel = worker_store(ctl, &w, NULL) == GT_OK && gt_api_cancel_requested(w.api, id);
-            pthread_mutex_lock(&ctl->mu);
-            if (cancel && strcmp(ctl->slots[i].current, id) == 0 && !ctl->slots[i].cancel) {
-                gt_info("execution %s: canceling on request", id);
-                ctl->slots[i].cancel = 1;
-            }
-        }
-    }
-    pthread_mutex_unlock(&ctl->mu);
-    worker_close(&w);
-    return NULL;
+    return gt_pool_submit(ctl->pool, cJSON_GetObjectItemCaseSensitive(ex, "id")->valuestring, 0,
+                          NULL, err);
 }
 
 gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
@@ -803,21 +701,26 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
     ctl->c = *cfg;
     ctl->queue_name = gt_xasprintf("gantry.%s.auth", cfg->cluster_id);
     ctl->workers = gt_xcalloc((size_t)(cfg->http_workers > 0 ? cfg->http_workers : 1), sizeof *ctl->workers);
-    pthread_mutex_init(&ctl->mu, NULL);
-    pthread_cond_init(&ctl->cv, NULL);
-    pthread_cond_init(&ctl->watch_cv, NULL);
     pthread_mutex_init(&ctl->m.mu, NULL);
     for (int i = 0; i < (cfg->http_workers > 0 ? cfg->http_workers : 1); i++) {
         ctl->workers[i].dispatch = true;
         ctl->workers[i].ctl = ctl;
     }
-    ctl->nexec = cfg->exec_workers > 0 ? cfg->exec_workers : 4;
-    ctl->slots = gt_xcalloc((size_t)ctl->nexec, sizeof *ctl->slots);
-    for (int i = 0; i < ctl->nexec; i++) {
-        ctl->slots[i].ctl = ctl;
-        pthread_create(&ctl->slots[i].thread, NULL, exec_main, &ctl->slots[i]);
+    if (!cfg->distributed) {
+        gt_pool_config pc = {
+            .workers = cfg->exec_workers > 0 ? cfg->exec_workers : 4,
+            .open_store = cfg->open_store,
+            .open_store_arg = cfg->open_store_arg,
+            .key_file = cfg->key_file,
+            .key_file_explicit = cfg->key_file_explicit,
+            .run = cfg->run,
+            .runner_name = cfg->node,
+        };
+        if ((ctl->pool = gt_pool_new(&pc, err)) == NULL) {
+            gt_ctl_free(&ctl);
+            return NULL;
+        }
     }
-    pthread_create(&ctl->watcher, NULL, watch_main, ctl);
     /* what a previous controller process left behind: runs it had started end as lost,
      * runs it had only accepted are dispatched again */
     worker w = {.dispatch = true, .ctl = ctl};
@@ -839,23 +742,12 @@ void gt_ctl_free(gt_ctl **pctl)
     if (pctl == NULL || *pctl == NULL)
         return;
     gt_ctl *ctl = *pctl;
-    pthread_mutex_lock(&ctl->mu);
-    ctl->stopping = true;
-    pthread_cond_broadcast(&ctl->cv);
-    pthread_cond_broadcast(&ctl->watch_cv);
-    pthread_mutex_unlock(&ctl->mu);
-    for (int i = 0; ctl->slots && i < ctl->nexec; i++)
-        pthread_join(ctl->slots[i].thread, NULL);
-    if (ctl->slots)
-        pthread_join(ctl->watcher, NULL);
+    /* runs in progress finish; queued ones stay "accepted" and the next controller
+     * start dispatches them again */
+    gt_pool_free(&ctl->pool);
     for (int i = 0; i < (ctl->c.http_workers > 0 ? ctl->c.http_workers : 1); i++)
         worker_close(&ctl->workers[i]);
-    gt_strv_free(&ctl->runq);
     pthread_mutex_destroy(&ctl->m.mu);
-    pthread_cond_destroy(&ctl->watch_cv);
-    pthread_cond_destroy(&ctl->cv);
-    pthread_mutex_destroy(&ctl->mu);
-    free(ctl->slots);
     free(ctl->workers);
     free(ctl->queue_name);
     free(ctl);

@@ -100,8 +100,9 @@ int main(int argc, char **argv)
     }
     gt_info("gantry-runner ready: %s, pools %s..., capacity %d", id, rc_cfg.pools[0], rc_cfg.capacity);
     if (gt_runner_serve(r, &stop, &e) != GT_OK) {
-        /* a supervisor restarts us; the broker gave back what was not acked */
-        fprintf(stderr, "gantry-runner: giving up: %s\n", e.message);
+        /* fenced out: a supervisor restarts us under a new id; the broker gave back what
+         * was not acked, and the reaper ends or retries what we were running */
+        fprintf(stderr, "gantry-runner: stopping: %s\n", e.message);
         rc = 1;
     } else {
         gt_info("stopped");

@@ -1,63 +1,57 @@
 #include "runner.h"
 
-#include <stdatomic.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
-#include "api.h"
+#include "exec.h"
 #include "json.h"
 #include "log.h"
 #include "model/model.h"
+#include "pool.h"
 #include "util.h"
 
+/* A delivery taken from a work queue, until it is settled (acked or handed back). */
 typedef struct job {
     gt_bus_delivery d;
     int consumer;
     char *id;
     int64_t attempt;
-    char *outcome;          /* state after the run, for the result message */
+    gt_err rc;              /* the pool's outcome: GT_OK is recorded (or nothing to do) */
+    int64_t settle_at;      /* a hand-back waits until then (monotonic ms) */
 } job;
-
-typedef struct slot {
-    gt_runner *r;
-    pthread_t thread;
-    gt_store *store;
-    gt_api *api;
-    atomic_int cancel;
-    char current[64];       /* guarded by gt_runner.mu */
-} slot;
 
 struct gt_runner {
     gt_runner_config c;
-    gt_bus *bus;            /* the main thread's */
-    gt_store *store;        /* the main thread's: heartbeats, cancel checks */
-    gt_api *api;
+    gt_store *store;        /* the main thread's: registration */
+    gt_pool *pool;
+    char *lease_name;
+    gt_store_fence fence;   /* every execution write carries it */
+    int64_t lease_ttl_ms;
+
+    gt_bus *bus;            /* the main thread's; NULL until the broker first answered */
+    int64_t bus_retry_at;
+    bool broker_waiting;    /* said so in the log, once per outage */
     gt_bus_consumer **consumers;
     char **queues;
     int nqueues;
-    char *results_queue;
-    slot *slots;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    job **todo;             /* waiting for a slot */
-    size_t ntodo, captodo;
-    job **done;             /* waiting for publish + ack on the main thread */
+
+    pthread_t beat;
+    bool beat_started;
+    pthread_mutex_t mu;     /* guards done and the heartbeat's wait */
+    pthread_cond_t beat_cv;
+    job **done;             /* finished by the pool, to settle on the main thread */
     size_t ndone, capdone;
-    int in_flight;          /* taken from the queue, not yet acked */
-    bool stopping;
+
+    atomic_int fenced;      /* the lease is lost: kill, record nothing, stop */
+    atomic_int beat_stop;
+    atomic_int in_flight;   /* taken from the queue, not settled yet */
+    atomic_int draining;
+    atomic_int broker_up;
     int64_t started_ms;
 };
-
-static void push(job ***v, size_t *n, size_t *cap, job *j)
-{
-    if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 16;
-        *v = gt_xrealloc(*v, *cap * sizeof **v);
-    }
-    (*v)[(*n)++] = j;
-}
 
 static void job_free(job *j)
 {
@@ -65,75 +59,12 @@ static void job_free(job *j)
         return;
     gt_bus_delivery_clear(&j->d);
     free(j->id);
-    free(j->outcome);
     free(j);
 }
 
-static gt_err open_api(gt_runner *r, gt_store **store, gt_api **api, atomic_int *cancel,
-                       gt_error *err)
-{
-    gt_err rc = r->c.open_store(r->c.open_store_arg, store, err);
-    if (rc != GT_OK)
-        return rc;
-    gt_api_deps d = {
-        .store = *store,
-        .key_file = r->c.key_file,
-        .key_file_explicit = r->c.key_file_explicit,
-        .run = r->c.run,
-        .runner_name = r->c.id,
-        .cancel = cancel,
-    };
-    return (*api = gt_api_new(&d, err)) ? GT_OK : GT_EUNAVAIL;
-}
+/* ---------- registration and heartbeats ---------- */
 
-/* ---------- worker threads ---------- */
-
-static void *slot_main(void *arg)
-{
-    slot *s = arg;
-    gt_runner *r = s->r;
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        while (!r->stopping && r->ntodo == 0)
-            pthread_cond_wait(&r->cv, &r->mu);
-        if (r->ntodo == 0) { /* stopping */
-            pthread_mutex_unlock(&r->mu);
-            break;
-        }
-        job *j = r->todo[0];
-        memmove(r->todo, r->todo + 1, --r->ntodo * sizeof *r->todo);
-        snprintf(s->current, sizeof s->current, "%s", j->id);
-        s->cancel = 0;
-        pthread_mutex_unlock(&r->mu);
-
-        gt_error e = {0};
-        if (s->api == NULL && open_api(r, &s->store, &s->api, &s->cancel, &e) != GT_OK)
-            gt_errorlog("runner: store: %s", e.message);
-        if (s->api && gt_api_execute(s->api, j->id, j->attempt, &e) != GT_OK)
-            gt_errorlog("execution %s attempt %lld: %s", j->id, (long long)j->attempt, e.message);
-        /* what the store says now is the outcome, whoever wrote it */
-        char *body = NULL;
-        if (s->store && gt_store_get(s->store, "executions", j->id, &body, NULL, NULL) == GT_OK) {
-            cJSON *doc = cJSON_Parse(body);
-            const cJSON *st = cJSON_GetObjectItemCaseSensitive(doc, "state");
-            j->outcome = gt_xstrdup(cJSON_IsString(st) ? st->valuestring : "unknown");
-            cJSON_Delete(doc);
-        }
-        free(body);
-
-        pthread_mutex_lock(&r->mu);
-        s->current[0] = '\0';
-        push(&r->done, &r->ndone, &r->capdone, j);
-        pthread_mutex_unlock(&r->mu);
-    }
-    gt_api_free(&s->api);
-    gt_store_free(&s->store);
-    return NULL;
-}
-
-/* ---------- the main thread: bus, heartbeats, cancels ---------- */
-
-static void heartbeat(gt_runner *r, const char *state)
+static void registry_put(gt_runner *r, gt_store *store, const char *state)
 {
     cJSON *doc = cJSON_CreateObject();
     char host[128] = "";
@@ -145,14 +76,12 @@ static void heartbeat(gt_runner *r, const char *state)
     for (char *const *p = r->c.pools; p && *p; p++)
         cJSON_AddItemToArray(pools, cJSON_CreateString(*p));
     gt_json_set_num(doc, "capacity", r->c.capacity);
-    cJSON *running = cJSON_AddArrayToObject(doc, "running");
-    pthread_mutex_lock(&r->mu);
-    for (int i = 0; i < r->c.capacity; i++)
-        if (r->slots[i].current[0])
-            cJSON_AddItemToArray(running, cJSON_CreateString(r->slots[i].current));
+    gt_json_set(doc, "running", r->pool ? gt_pool_running(r->pool) : cJSON_CreateArray());
     gt_json_set_num(doc, "in_flight", r->in_flight);
-    pthread_mutex_unlock(&r->mu);
     gt_json_set_str(doc, "state", state);
+    gt_json_set_str(doc, "broker", r->broker_up ? "connected" : "away");
+    gt_json_set_str(doc, "lease", r->lease_name);
+    gt_json_set_num(doc, "lease_epoch", (double)r->fence.epoch);
     int64_t now = gt_now_ms();
     char ts[40];
     gt_format_time(now, ts, sizeof ts);
@@ -163,174 +92,262 @@ static void heartbeat(gt_runner *r, const char *state)
     gt_json_set_str(doc, "started_at", ts);
     char *text = gt_json_print(doc);
     gt_error e = {0};
-    if (gt_store_put(r->store, "runners", r->c.id, text, GT_REV_ANY, NULL, &e) != GT_OK)
-        gt_warn("runner: heartbeat: %s", e.message);
+    if (gt_store_put(store, "runners", r->c.id, text, GT_REV_ANY, NULL, &e) != GT_OK)
+        gt_warn("runner: registry: %s", e.message);
     free(text);
     cJSON_Delete(doc);
 }
 
-static void check_cancels(gt_runner *r)
+static void fence_out(gt_runner *r, const char *why)
 {
-    for (int i = 0; i < r->c.capacity; i++) {
-        char id[64];
+    if (atomic_exchange(&r->fenced, 1))
+        return;
+    gt_errorlog("runner %s: fenced out: %s; killing its runs and recording nothing more", r->c.id,
+                why);
+    gt_pool_cancel_all(r->pool, GT_CANCEL_KILL);
+}
+
+/* Renews the lease every heartbeat on a store handle of its own; never touches the
+ * broker, so a stalled broker cannot make a healthy runner look dead. */
+static void *beat_main(void *arg)
+{
+    gt_runner *r = arg;
+    gt_store *store = NULL;
+    int64_t last_ok = gt_mono_ms();
+    while (!r->beat_stop && !r->fenced) {
         pthread_mutex_lock(&r->mu);
-        snprintf(id, sizeof id, "%s", r->slots[i].current);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += r->c.heartbeat_ms / 1000;
+        until.tv_nsec += (r->c.heartbeat_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!r->beat_stop)
+            pthread_cond_timedwait(&r->beat_cv, &r->mu, &until);
         pthread_mutex_unlock(&r->mu);
-        if (id[0] && !r->slots[i].cancel && gt_api_cancel_requested(r->api, id)) {
-            gt_info("execution %s: canceling on request", id);
-            r->slots[i].cancel = 1;
+        if (r->beat_stop)
+            break;
+        gt_error e = {0};
+        int64_t epoch = 0;
+        gt_err rc = store ? GT_OK : (gt_err)r->c.open_store(r->c.open_store_arg, &store, &e);
+        if (rc == GT_OK)
+            rc = gt_store_lease_acquire(store, r->lease_name, r->c.id, r->lease_ttl_ms, &epoch, &e);
+        int64_t now = gt_mono_ms();
+        if (rc == GT_OK && epoch == r->fence.epoch) {
+            last_ok = now;
+            registry_put(r, store, r->draining ? "draining" : "up");
+        } else if (rc == GT_OK) {
+            /* it had expired: whatever ran under the old epoch may be another's now */
+            fence_out(r, "the lease expired before it was renewed");
+        } else if (rc == GT_ECONFLICT) {
+            fence_out(r, e.message);
+        } else {
+            gt_warn("runner: renewing the lease: %s", e.message);
+            gt_store_free(&store); /* reopen next time */
+            if (now - last_ok > 2 * r->c.heartbeat_ms)
+                fence_out(r, "the lease could not be renewed for two heartbeats");
         }
     }
+    gt_store_free(&store);
+    return NULL;
+}
+
+/* ---------- the pool hands finished jobs back ---------- */
+
+static void job_done(void *arg, void *jp, gt_err rc, const gt_error *err)
+{
+    (void)err;
+    gt_runner *r = arg;
+    job *j = jp;
+    j->rc = rc;
+    pthread_mutex_lock(&r->mu);
+    if (r->ndone == r->capdone) {
+        r->capdone = r->capdone ? r->capdone * 2 : 16;
+        r->done = gt_xrealloc(r->done, r->capdone * sizeof *r->done);
+    }
+    r->done[r->ndone++] = j;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void hand_back(void *arg, void *jp)
+{
+    gt_runner *r = arg;
+    job *j = jp;
+    gt_bus_reject(r->consumers[j->consumer], &j->d, true, NULL);
+    r->in_flight--;
+    job_free(j);
+}
+
+/* Acks what is recorded; hands back, after a pause (so a broken store does not make a
+ * message bounce between runners), what is not. */
+static void settle(gt_runner *r)
+{
+    int64_t now = gt_mono_ms();
+    pthread_mutex_lock(&r->mu);
+    size_t k = 0;
+    for (size_t i = 0; i < r->ndone; i++) {
+        job *j = r->done[i];
+        if (j->rc != GT_OK && !r->fenced) {
+            if (j->settle_at == 0) {
+                j->settle_at = now + 1000;
+                gt_warn("execution %s attempt %lld: not recorded; handing it back to the queue",
+                        j->id, (long long)j->attempt);
+            }
+            if (now < j->settle_at) {
+                r->done[k++] = j;
+                continue;
+            }
+        }
+        gt_error e = {0};
+        gt_err rc = j->rc == GT_OK ? gt_bus_ack(r->consumers[j->consumer], &j->d, &e)
+                                   : gt_bus_reject(r->consumers[j->consumer], &j->d, true, &e);
+        if (rc != GT_OK) /* an old connection's delivery: the broker redelivers it */
+            gt_info("runner: settling %s: %s", j->id, e.message);
+        r->in_flight--;
+        job_free(j);
+    }
+    r->ndone = k;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---------- the broker ---------- */
+
+/* Connects and subscribes when the broker is (back) up; the bus reconnects by itself
+ * after that. Never gives up: the runner waits as long as the broker is away. */
+static void ensure_broker(gt_runner *r)
+{
+    if (r->bus && r->consumers[r->nqueues - 1])
+        return;
+    int64_t now = gt_mono_ms();
+    if (now < r->bus_retry_at)
+        return;
+    gt_error e = {0};
+    if (r->bus == NULL)
+        r->bus = gt_bus_connect(&r->c.bus, &e);
+    for (int i = 0; r->bus && i < r->nqueues; i++) {
+        if (r->consumers[i])
+            continue;
+        /* prefetch = capacity: a message waits in the queue, where any free runner can
+         * take it, rather than behind a busy one */
+        if (gt_bus_declare_work_queue(r->bus, r->queues[i], &e) != GT_OK ||
+            (r->consumers[i] = gt_bus_consume_start(r->bus, r->queues[i], r->c.capacity, &e)) == NULL)
+            break;
+    }
+    if (r->bus && r->consumers[r->nqueues - 1]) {
+        if (r->broker_waiting)
+            gt_info("runner: the broker is back");
+        r->broker_waiting = false;
+        r->broker_up = 1;
+        return;
+    }
+    if (!r->broker_waiting)
+        gt_warn("runner: waiting for the broker: %s", e.message);
+    r->broker_waiting = true;
+    r->broker_up = 0;
+    r->bus_retry_at = now + 2000;
 }
 
 /* A message: {"id": "...", "attempt": N}. Anything else is dead-lettered. */
-static job *parse(const gt_bus_delivery *d, char *why, size_t n)
+static void take(gt_runner *r, int i, gt_bus_delivery *d)
 {
     gt_error e = {0};
     char *id = NULL;
     int64_t attempt = 0;
     if (gt_execution_message_parse(d->body, d->len, &id, &attempt, &e) != GT_OK) {
-        snprintf(why, n, "%.200s", e.message);
-        return NULL;
+        gt_warn("runner: %s: malformed message dead-lettered: %.200s", r->queues[i], e.message);
+        gt_bus_reject(r->consumers[i], d, false, NULL);
+        gt_bus_delivery_clear(d);
+        return;
     }
     job *j = gt_xcalloc(1, sizeof *j);
     j->id = id;
     j->attempt = attempt;
-    return j;
+    j->d = *d;
+    *d = (gt_bus_delivery){0};
+    j->consumer = i;
+    r->in_flight++;
+    if (gt_pool_submit(r->pool, j->id, j->attempt, j, &e) != GT_OK)
+        hand_back(r, j);
 }
 
-/* Publishes the results of finished jobs, then acks them. A job whose publish fails
- * stays for the next round (its message stays unacked). */
-static void settle(gt_runner *r)
+static void consume(gt_runner *r, int64_t wait_ms)
 {
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        job *j = r->ndone ? r->done[0] : NULL;
-        pthread_mutex_unlock(&r->mu);
-        if (j == NULL)
-            return;
-        cJSON *res = cJSON_CreateObject();
-        gt_json_set_str(res, "id", j->id);
-        gt_json_set_num(res, "attempt", (double)j->attempt);
-        gt_json_set_str(res, "state", j->outcome ? j->outcome : "unknown");
-        gt_json_set_str(res, "runner", r->c.id);
-        char *text = gt_json_print(res);
-        cJSON_Delete(res);
+    bool any = false;
+    for (int i = 0; i < r->nqueues; i++) {
+        if (r->consumers[i] == NULL)
+            continue;
+        any = true;
+        gt_bus_delivery d = {0};
         gt_error e = {0};
-        gt_err rc = gt_bus_publish(r->bus, "", r->results_queue, text, strlen(text), true, &e);
-        free(text);
-        if (rc != GT_OK) {
-            gt_warn("runner: publishing the result of %s: %s (will retry)", j->id, e.message);
-            return;
+        gt_err c = gt_bus_consume_next(r->consumers[i], wait_ms / r->nqueues + 1, &d, &e);
+        r->broker_up = gt_bus_consuming(r->consumers[i]);
+        if (c == GT_OK) {
+            if (r->draining || r->fenced) /* arrived before the cancel took: back it goes */
+                gt_bus_reject(r->consumers[i], &d, true, NULL);
+            else
+                take(r, i, &d);
+        } else if (c != GT_ETIMEDOUT) {
+            /* the bus reconnects on the next calls; a new round begins after a give-up */
+            if (!r->broker_waiting)
+                gt_warn("runner: %s: %s (waiting for the broker)", r->queues[i], e.message);
+            r->broker_waiting = c == GT_EUNAVAIL;
+        } else if (r->broker_up && r->broker_waiting) {
+            gt_info("runner: the broker is back");
+            r->broker_waiting = false;
         }
-        e = (gt_error){0};
-        rc = gt_bus_ack(r->consumers[j->consumer], &j->d, &e);
-        if (rc != GT_OK) /* an old connection's tag: the redelivery finds it finished */
-            gt_info("runner: ack of %s: %s", j->id, e.message);
-        pthread_mutex_lock(&r->mu);
-        memmove(r->done, r->done + 1, --r->ndone * sizeof *r->done);
-        r->in_flight--;
-        pthread_mutex_unlock(&r->mu);
-        job_free(j);
+        gt_bus_delivery_clear(&d);
     }
+    if (!any) {
+        struct timespec ts = {0, wait_ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void stop_consuming(gt_runner *r)
+{
+    for (int i = 0; i < r->nqueues; i++)
+        if (r->consumers[i])
+            gt_bus_consume_cancel(r->consumers[i], NULL);
+    /* what no worker started yet goes back to the queue for other runners */
+    size_t n = gt_pool_take_back(r->pool, hand_back, r);
+    gt_info("%s: %d execution(s) in flight, %zu returned to the queue",
+            r->fenced ? "fenced" : "draining", (int)r->in_flight, n);
 }
 
 gt_err gt_runner_serve(gt_runner *r, atomic_int *stop, gt_error *err)
 {
-    gt_err rc = GT_OK;
-    int64_t next_beat = 0, next_cancel = 0;
-    bool draining = false;
     int64_t drain_until = 0;
+    bool stopped_consuming = false, canceled = false;
     for (;;) {
         int64_t now = gt_mono_ms();
-        if (*stop && !draining) {
-            draining = true;
+        if ((*stop || r->fenced) && !stopped_consuming) {
+            r->draining = 1;
             drain_until = now + (r->c.drain_ms > 0 ? r->c.drain_ms : 1);
-            for (int i = 0; i < r->nqueues; i++)
-                gt_bus_consume_cancel(r->consumers[i], NULL);
-            /* what no slot started yet goes back to the queue for other runners */
-            pthread_mutex_lock(&r->mu);
-            job **back = r->todo;
-            size_t nback = r->ntodo;
-            r->todo = NULL;
-            r->ntodo = r->captodo = 0;
-            r->in_flight -= (int)nback;
-            pthread_mutex_unlock(&r->mu);
-            for (size_t i = 0; i < nback; i++) {
-                gt_bus_reject(r->consumers[back[i]->consumer], &back[i]->d, true, NULL);
-                job_free(back[i]);
-            }
-            free(back);
-            gt_info("draining: %d execution(s) in flight, %zu returned to the queue",
-                    r->in_flight, nback);
-            heartbeat(r, "draining");
+            stop_consuming(r);
+            stopped_consuming = true;
         }
-        pthread_mutex_lock(&r->mu);
-        int in_flight = r->in_flight;
-        pthread_mutex_unlock(&r->mu);
-        if (draining && in_flight == 0)
+        if (stopped_consuming && r->in_flight == 0)
             break;
-        if (draining && now >= drain_until && drain_until > 0) {
+        if (stopped_consuming && !canceled && now >= drain_until) {
             /* out of time: stop what still runs (recorded as canceled), then settle it */
             gt_warn("drain: %d execution(s) still running after the drain timeout; canceling",
-                    in_flight);
-            for (int i = 0; i < r->c.capacity; i++)
-                r->slots[i].cancel = 1;
-            drain_until = 0;
+                    (int)r->in_flight);
+            gt_pool_cancel_all(r->pool, GT_CANCEL_STOP);
+            canceled = true;
         }
-        /* the consumers also keep the connection serviced (heartbeats, confirms); while
-         * work is in flight they wait only briefly, so a finished run is settled (and
-         * its slot refilled) at once rather than after an idle timeout */
-        int64_t wait_ms = (in_flight > 0 ? 5 : 100) / r->nqueues + 1;
-        for (int i = 0; i < r->nqueues; i++) {
-            gt_bus_delivery d = {0};
-            gt_error e = {0};
-            gt_err c = gt_bus_consume_next(r->consumers[i], wait_ms, &d, &e);
-            if (c == GT_ETIMEDOUT)
-                continue;
-            if (c != GT_OK) {
-                if (c == GT_EUNAVAIL) {
-                    rc = gt_error_set(err, c, "broker: %s", e.message);
-                    goto done;
-                }
-                gt_warn("runner: %s: %s", r->queues[i], e.message);
-                continue;
-            }
-            if (draining) { /* arrived before the cancel took: back to the queue */
-                gt_bus_reject(r->consumers[i], &d, true, NULL);
-                gt_bus_delivery_clear(&d);
-                continue;
-            }
-            char why[256];
-            job *j = parse(&d, why, sizeof why);
-            if (j == NULL) {
-                gt_warn("runner: %s: malformed message dead-lettered: %s", r->queues[i], why);
-                gt_bus_reject(r->consumers[i], &d, false, NULL);
-                gt_bus_delivery_clear(&d);
-                continue;
-            }
-            j->d = d;
-            j->consumer = i;
-            pthread_mutex_lock(&r->mu);
-            r->in_flight++;
-            push(&r->todo, &r->ntodo, &r->captodo, j);
-            pthread_cond_signal(&r->cv);
-            pthread_mutex_unlock(&r->mu);
-        }
+        ensure_broker(r);
+        /* while work is in flight, wait only briefly, so a finished run is settled (and
+         * its slot refilled) at once */
+        consume(r, r->in_flight > 0 ? 5 : 100);
         settle(r);
-        now = gt_mono_ms();
-        if (now >= next_cancel) {
-            check_cancels(r);
-            next_cancel = now + 300;
-        }
-        if (now >= next_beat) {
-            heartbeat(r, draining ? "draining" : "up");
-            next_beat = now + r->c.heartbeat_ms;
-        }
     }
-done:
     settle(r);
-    return rc;
+    if (r->fenced)
+        return gt_error_set(err, GT_ECONFLICT, "runner %s was fenced out (its lease is lost); "
+                            "restart it to rejoin", r->c.id);
+    return GT_OK;
 }
 
 gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
@@ -339,38 +356,55 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
     r->c = *cfg;
     r->started_ms = gt_now_ms();
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    pthread_cond_init(&r->beat_cv, NULL);
     if (r->c.capacity < 1)
         r->c.capacity = 1;
     if (r->c.heartbeat_ms <= 0)
         r->c.heartbeat_ms = 5000;
-    if (open_api(r, &r->store, &r->api, NULL, err) != GT_OK ||
-        (r->bus = gt_bus_connect(&cfg->bus, err)) == NULL)
-        goto fail;
-    r->results_queue = gt_xasprintf("results.%s", cfg->cluster_id);
-    if (gt_bus_declare_work_queue(r->bus, r->results_queue, err) != GT_OK)
-        goto fail;
+    r->lease_ttl_ms = GT_RUNNER_LEASE_BEATS * r->c.heartbeat_ms;
+    r->lease_name = gt_xasprintf("runner:%s", r->c.id);
     for (char *const *p = cfg->pools; p && *p; p++)
         r->nqueues++;
     if (r->nqueues == 0) {
         gt_error_set(err, GT_EINVAL, "[runner] pools is empty");
         goto fail;
     }
+    if ((gt_err)r->c.open_store(r->c.open_store_arg, &r->store, err) != GT_OK)
+        goto fail;
+    gt_error e = {0};
+    if (gt_store_lease_acquire(r->store, r->lease_name, r->c.id, r->lease_ttl_ms, &r->fence.epoch,
+                               &e) != GT_OK) {
+        gt_error_set(err, GT_ECONFLICT, "runner %s: taking its lease: %s", r->c.id, e.message);
+        goto fail;
+    }
+    r->fence.name = r->lease_name;
+    r->fence.holder = r->c.id;
+    gt_pool_config pc = {
+        .workers = r->c.capacity,
+        .open_store = r->c.open_store,
+        .open_store_arg = r->c.open_store_arg,
+        .key_file = r->c.key_file,
+        .key_file_explicit = r->c.key_file_explicit,
+        .run = r->c.run,
+        .runner_name = r->c.id,
+        .fence = &r->fence,
+        .done = job_done,
+        .done_arg = r,
+    };
+    if ((r->pool = gt_pool_new(&pc, err)) == NULL)
+        goto fail;
     r->queues = gt_xcalloc((size_t)r->nqueues, sizeof *r->queues);
     r->consumers = gt_xcalloc((size_t)r->nqueues, sizeof *r->consumers);
-    for (int i = 0; i < r->nqueues; i++) {
+    for (int i = 0; i < r->nqueues; i++)
         r->queues[i] = gt_xasprintf("exec.%s.%s", cfg->cluster_id, cfg->pools[i]);
-        if (gt_bus_declare_work_queue(r->bus, r->queues[i], err) != GT_OK ||
-            /* two per slot: the next message is here when a slot frees up */
-            (r->consumers[i] = gt_bus_consume_start(r->bus, r->queues[i], 2 * r->c.capacity, err)) == NULL)
-            goto fail;
+    ensure_broker(r);
+    registry_put(r, r->store, "up");
+    int pe = pthread_create(&r->beat, NULL, beat_main, r);
+    if (pe != 0) {
+        gt_error_set(err, GT_EUNAVAIL, "runner: starting the heartbeat thread: %s", strerror(pe));
+        goto fail;
     }
-    r->slots = gt_xcalloc((size_t)r->c.capacity, sizeof *r->slots);
-    heartbeat(r, "up");
-    for (int i = 0; i < r->c.capacity; i++) {
-        r->slots[i].r = r;
-        pthread_create(&r->slots[i].thread, NULL, slot_main, &r->slots[i]);
-    }
+    r->beat_started = true;
     return r;
 fail:
     gt_runner_free(&r);
@@ -382,35 +416,34 @@ void gt_runner_free(gt_runner **pr)
     if (pr == NULL || *pr == NULL)
         return;
     gt_runner *r = *pr;
-    pthread_mutex_lock(&r->mu);
-    r->stopping = true;
-    /* jobs no slot took go back to the queue when the consumers close */
-    for (size_t i = 0; i < r->ntodo; i++)
-        job_free(r->todo[i]);
-    r->ntodo = 0;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    for (int i = 0; r->slots && i < r->c.capacity; i++)
-        if (r->slots[i].thread)
-            pthread_join(r->slots[i].thread, NULL);
+    if (r->beat_started) {
+        pthread_mutex_lock(&r->mu);
+        r->beat_stop = 1;
+        pthread_cond_broadcast(&r->beat_cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->beat, NULL);
+    }
+    bool idle = r->pool == NULL || gt_pool_busy(r->pool) == 0;
+    gt_pool_free(&r->pool);
     for (size_t i = 0; i < r->ndone; i++)
         job_free(r->done[i]);
-    if (r->store && r->api && r->slots)
-        heartbeat(r, "stopped");
-    for (int i = 0; i < r->nqueues; i++) {
+    /* a clean stop gives the lease back at once; a runner fenced out, or one that still
+     * had work it could not record, leaves it to expire, so the reaper takes over */
+    if (r->store && r->fence.epoch && !r->fenced && idle && r->in_flight == 0) {
+        registry_put(r, r->store, "stopped");
+        gt_store_lease_release(r->store, r->lease_name, r->c.id, NULL);
+    }
+    for (int i = 0; r->consumers && i < r->nqueues; i++) {
         gt_bus_consume_stop(&r->consumers[i]);
         free(r->queues[i]);
     }
     free(r->consumers);
     free(r->queues);
-    free(r->results_queue);
-    free(r->slots);
-    free(r->todo);
     free(r->done);
     gt_bus_free(&r->bus);
-    gt_api_free(&r->api);
     gt_store_free(&r->store);
-    pthread_cond_destroy(&r->cv);
+    free(r->lease_name);
+    pthread_cond_destroy(&r->beat_cv);
     pthread_mutex_destroy(&r->mu);
     free(r);
     *pr = NULL;

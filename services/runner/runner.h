@@ -1,6 +1,11 @@
-/* gantry-runner: takes executions from exec.<cluster>.<pool> queues, runs them on a
- * fixed number of worker threads, records every transition in the shared store,
- * publishes each result (confirmed) and only then acks the message. */
+/* gantry-runner: takes executions from exec.<cluster>.<pool> queues and runs them on the
+ * shared worker pool (common/pool.h). It holds a lease in the store ("runner:<id>"),
+ * renewed by a heartbeat thread of its own that never waits on the broker; every write
+ * about an attempt is fenced by that lease. A message is acked once its execution's
+ * terminal state is durable, and handed back (rejected with requeue) when the store
+ * failed before that. A runner that cannot renew its lease for two heartbeats kills its
+ * runs at once and stops: by the time the reaper may start another attempt (lease
+ * expired plus a grace), the old one is dead. */
 #ifndef GT_RUNNER_H
 #define GT_RUNNER_H
 
@@ -29,11 +34,17 @@ typedef struct gt_runner_config {
     gt_bus_config bus;
 } gt_runner_config;
 
-/* Connects, declares the queues, registers the runner. */
+/* The lease a runner holds lives this many heartbeats; it is fenced out after two
+ * without a renewal, and the reaper takes it once it expired. */
+#define GT_RUNNER_LEASE_BEATS 3
+
+/* Opens the store, takes the runner's lease and registers it. The broker may be away:
+ * the runner connects when it can. */
 gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err) __attribute__((warn_unused_result));
-/* Serves until *stop, then drains: stops consuming, lets in-flight work finish
- * within drain_ms (what does not finish goes back to the queue). GT_EUNAVAIL when
- * the broker stayed away past the bus's reconnect attempts. */
+/* Serves until *stop, then drains: stops consuming, hands back what did not start, lets
+ * in-flight work finish within drain_ms, then cancels it. Broker outages of any length
+ * are waited out. GT_ECONFLICT when the runner was fenced out (its lease lost: the
+ * cluster may have declared it dead); its runs were killed and nothing more recorded. */
 gt_err gt_runner_serve(gt_runner *r, atomic_int *stop, gt_error *err);
 void gt_runner_free(gt_runner **r);
 

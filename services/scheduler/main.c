@@ -1,6 +1,6 @@
 /* gantry-scheduler: the cluster's singleton duties, held through a lease in the
- * store: the reaper of executions whose runner died. It also drains the results
- * queue the runners announce to. */
+ * store: the reaper of executions whose runner died, and the dispatch sweeper that
+ * announces again queued work no runner took. It waits out broker outages. */
 #include <stdatomic.h>
 #include <getopt.h>
 #include <signal.h>
@@ -11,6 +11,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "dispatch.h"
 #include "log.h"
 #include "reaper.h"
 #include "setup.h"
@@ -39,8 +40,9 @@ int main(int argc, char **argv)
         } else {
             fprintf(o == 'h' ? stdout : stderr,
                     "Usage: gantry-scheduler [--config FILE]\n"
-                    "Reaps executions whose runner stopped heartbeating (retry or lost), as the\n"
-                    "holder of the cluster's \"scheduler\" lease ([application] mode = server).\n");
+                    "Reaps executions whose runner is gone (retry or lost) and announces again\n"
+                    "queued work no runner took ([runner] redispatch_after), as the holder of\n"
+                    "the cluster's \"scheduler\" lease ([application] mode = server).\n");
             return o == 'h' ? 0 : 2;
         }
     }
@@ -60,41 +62,21 @@ int main(int argc, char **argv)
     int rc = 1;
     gt_store *store = NULL;
     gt_bus *bus = NULL;
-    gt_bus_consumer *results = NULL;
     char host[128] = "scheduler";
     gethostname(host, sizeof host);
     char *holder = gt_xasprintf("%s/%ld", host, (long)getpid());
-    char *results_q = gt_xasprintf("results.%s", cfg->application.cluster_id);
     gt_bus_config bc;
     if (gt_mkdir_p(cfg->application.working_dir, 0700, &e) != GT_OK ||
-        gt_setup_open_store(cfg, &store, &e) != GT_OK || gt_setup_bus_config(cfg, &bc, &e) != GT_OK ||
-        (bus = gt_bus_connect(&bc, &e)) == NULL ||
-        gt_bus_declare_work_queue(bus, results_q, &e) != GT_OK ||
-        (results = gt_bus_consume_start(bus, results_q, 64, &e)) == NULL) {
+        gt_setup_open_store(cfg, &store, &e) != GT_OK || gt_setup_bus_config(cfg, &bc, &e) != GT_OK) {
         fprintf(stderr, "gantry-scheduler: %s\n", e.message);
         goto done;
     }
     int64_t every = cfg->runner.heartbeat_interval > 0 ? cfg->runner.heartbeat_interval : 5000;
     gt_info("gantry-scheduler ready: %s, checking runners every %lld ms", holder, (long long)every);
-    int64_t next = 0;
-    bool leader = false;
+    bool leader = false, broker_waiting = false;
+    int64_t bus_retry_at = 0;
     while (!stop) {
-        gt_bus_delivery d = {0};
-        gt_err c = gt_bus_consume_next(results, 200, &d, &e);
-        if (c == GT_OK) {
-            gt_debug("result: %.*s", (int)d.len, d.body);
-            gt_bus_ack(results, &d, NULL);
-        } else if (c == GT_EUNAVAIL) {
-            fprintf(stderr, "gantry-scheduler: broker: %s\n", e.message);
-            gt_bus_delivery_clear(&d);
-            goto done;
-        }
-        gt_bus_delivery_clear(&d);
         e = (gt_error){0};
-        int64_t now = gt_mono_ms();
-        if (now < next)
-            continue;
-        next = now + every;
         int64_t epoch = 0;
         gt_err lr = gt_store_lease_acquire(store, "scheduler", holder, 3 * every, &epoch, &e);
         if (lr == GT_OK && !leader)
@@ -102,19 +84,47 @@ int main(int argc, char **argv)
         if (lr != GT_OK && leader)
             gt_warn("lost the scheduler lease: %s", e.message);
         leader = lr == GT_OK;
-        e = (gt_error){0};
-        if (leader)
-            gt_reaper_pass(store, bus, cfg->application.cluster_id, 3, gt_now_ms());
+        if (leader) {
+            /* the broker is needed only to announce work: the reaper runs without it */
+            if (bus && !gt_bus_connected(bus))
+                gt_bus_free(&bus);
+            if (bus == NULL && gt_mono_ms() >= bus_retry_at) {
+                e = (gt_error){0};
+                if ((bus = gt_bus_connect(&bc, &e)) == NULL) {
+                    if (!broker_waiting)
+                        gt_warn("waiting for the broker: %s", e.message);
+                    broker_waiting = true;
+                    bus_retry_at = gt_mono_ms() + 2000;
+                } else if (broker_waiting) {
+                    gt_info("the broker is back");
+                    broker_waiting = false;
+                }
+            }
+            /* every write of this pass is fenced by the epoch held: a scheduler whose
+             * lease ran out mid-pass writes nothing more */
+            gt_store_fence fence = {"scheduler", holder, epoch};
+            gt_reaper_config rcfg = {
+                .store = store,
+                .bus = bus,
+                .cluster_id = cfg->application.cluster_id,
+                .fence = &fence,
+                .grace_ms = every,
+            };
+            gt_reaper_pass(&rcfg, gt_now_ms());
+            if (bus)
+                gt_dispatch_sweep(store, bus, cfg->application.cluster_id, &fence, gt_now_ms(),
+                                  cfg->runner.redispatch_after);
+        }
+        for (int64_t slept = 0; slept < every && !stop; slept += 100)
+            usleep(100 * 1000);
     }
     if (leader)
         gt_store_lease_release(store, "scheduler", holder, NULL);
     gt_info("stopped");
     rc = 0;
 done:
-    gt_bus_consume_stop(&results);
     gt_bus_free(&bus);
     gt_store_free(&store);
-    free(results_q);
     free(holder);
     gt_config_free(&cfg);
     return rc;

@@ -3,10 +3,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dispatch.h"
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "model/model.h"
 #include "util.h"
+
+/* Kept for a year: a dead runner's lease is never given back, so it stays fenced out. */
+#define DEAD_LEASE_MS ((int64_t)365 * 24 * 3600 * 1000)
 
 static int64_t num(const cJSON *o, const char *k, int64_t dflt)
 {
@@ -20,117 +25,135 @@ static const char *str(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-/* Retries or ends one execution of a dead runner. */
-static bool reap_execution(gt_store *store, gt_bus *bus, const char *cluster_id,
-                           const gt_store_item *it, const char *runner, const char *last)
+typedef struct reap_ctx {
+    const gt_reaper_config *c;
+    const char *runner;     /* the dead runner */
+    const char *why;
+    int64_t now_ms;
+    int handled;
+    int failed;             /* not moved: the next pass tries again */
+} reap_ctx;
+
+/* Retries or ends one running execution of the dead runner. */
+static bool reap_one(void *arg, const gt_store_item *it)
 {
+    reap_ctx *x = arg;
+    const gt_reaper_config *c = x->c;
     cJSON *ex = cJSON_Parse(it->body);
-    bool handled = false;
-    char *svc_body = NULL;
+    const char *owner = str(ex, "runner");
+    if (ex == NULL || owner == NULL || strcmp(owner, x->runner) != 0 ||
+        !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ex, "id"))) {
+        cJSON_Delete(ex);
+        return true;
+    }
     int64_t retries = 0, attempt = num(ex, "attempt", 1);
+    char *svc_body = NULL;
     const char *service = str(ex, "service");
-    if (service && gt_store_get(store, "services", service, &svc_body, NULL, NULL) == GT_OK) {
+    if (service && gt_store_get(c->store, "services", service, &svc_body, NULL, NULL) == GT_OK) {
         cJSON *svc = cJSON_Parse(svc_body);
         retries = num(svc, "retries", 0);
         cJSON_Delete(svc);
     }
+    free(svc_body);
     bool retry = attempt <= retries;
-    char ts[40];
-    gt_format_time(gt_now_ms(), ts, sizeof ts);
-    char *why = gt_xasprintf("runner %s stopped heartbeating (last at %s)", runner, last);
+    const char *to = retry ? "queued" : "lost";
     if (retry) {
-        gt_json_set_str(ex, "state", "queued");
         gt_json_set_num(ex, "attempt", (double)(attempt + 1));
         gt_json_set(ex, "runner", cJSON_CreateNull());
-        gt_json_set_str(ex, "retry_reason", why);
+        gt_json_set_str(ex, "retry_reason", x->why);
+        gt_json_set_num(ex, "dispatched_at_ms", (double)x->now_ms);
+        cJSON_DeleteItemFromObjectCaseSensitive(ex, "dispatches");
     } else {
-        gt_json_set_str(ex, "state", "lost");
-        gt_json_set_str(ex, "error", why);
-        gt_json_set_str(ex, "finished_at", ts);
+        gt_json_set_str(ex, "error", x->why);
     }
-    static const char *const owner[] = {"owner_pid", "owner_start", "child_pid", "child_start", NULL};
-    for (size_t i = 0; owner[i]; i++)
-        cJSON_DeleteItemFromObjectCaseSensitive(ex, owner[i]);
-    char *text = gt_json_print(ex);
+    static const char *const owned[] = {"owner_pid", "owner_start", "child_pid", "child_start",
+                                        NULL};
+    for (size_t i = 0; owned[i]; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(ex, owned[i]);
+    int64_t rev = it->rev;
     gt_error e = {0};
-    /* the revision we read: if the runner (or another reaper) wrote since, it is alive */
-    if (gt_store_put(store, "executions", it->id, text, it->rev, NULL, &e) == GT_OK) {
-        handled = true;
-        if (retry) {
-            const char *pool = str(ex, "pool");
-            char *queue = gt_xasprintf("exec.%s.%s", cluster_id, pool ? pool : "default");
-            char *msg = gt_execution_message(it->id, attempt + 1);
-            e = (gt_error){0};
-            /* stored before announced: if this fails the next pass cannot see it as
-             * running, so say so loudly; the execution waits "queued" in the store */
-            if (gt_bus_declare_work_queue(bus, queue, &e) != GT_OK ||
-                gt_bus_publish(bus, "", queue, msg, strlen(msg), true, &e) != GT_OK)
-                gt_errorlog("execution %s: queued for attempt %lld but not published: %s", it->id,
-                            (long long)(attempt + 1), e.message);
-            else
-                gt_warn("execution %s: %s; retrying as attempt %lld", it->id, why,
-                        (long long)(attempt + 1));
-            free(msg);
-            free(queue);
-        } else {
-            gt_warn("execution %s lost: %s", it->id, why);
-        }
+    /* on the revision read: if anything wrote since, the next pass looks again */
+    if (gt_lifecycle_store(c->store, ex, &rev, to, GT_ACTOR_REAPER, c->fence, &e) != GT_OK) {
+        gt_warn("execution %s: reaping: %s", it->id, e.message);
+        x->failed++;
+    } else if (retry) {
+        x->handled++;
+        e = (gt_error){0};
+        if (c->bus == NULL || gt_dispatch_publish(c->bus, c->cluster_id, ex, NULL, &e) != GT_OK)
+            gt_warn("execution %s: queued for attempt %lld; not announced yet (%s): the "
+                    "dispatch sweeper will", it->id, (long long)(attempt + 1),
+                    c->bus ? e.message : "no broker");
+        else
+            gt_warn("execution %s: %s; retrying as attempt %lld", it->id, x->why,
+                    (long long)(attempt + 1));
+    } else {
+        x->handled++;
+        gt_warn("execution %s lost: %s", it->id, x->why);
     }
-    free(text);
-    free(why);
-    free(svc_body);
     cJSON_Delete(ex);
-    return handled;
-}
-
-typedef struct reap_ctx {
-    gt_store *store;
-    gt_bus *bus;
-    const char *cluster_id;
-    const char *runner;     /* the dead runner */
-    const char *last;       /* its last heartbeat, for the reason */
-    int handled;
-} reap_ctx;
-
-/* Reaps one running execution if it belongs to the dead runner. */
-static bool reap_one(void *arg, const gt_store_item *it)
-{
-    reap_ctx *c = arg;
-    cJSON *ex = cJSON_Parse(it->body);
-    const char *owner = str(ex, "runner");
-    bool mine = owner && strcmp(owner, c->runner) == 0;
-    cJSON_Delete(ex);
-    if (mine && reap_execution(c->store, c->bus, c->cluster_id, it, c->runner, c->last))
-        c->handled++;
     return true;
 }
 
-int gt_reaper_pass(gt_store *store, gt_bus *bus, const char *cluster_id, int expiry,
-                   int64_t now_ms)
+static void put_runner(const gt_reaper_config *c, const gt_store_item *it, cJSON *doc)
+{
+    char *text = gt_json_print(doc);
+    gt_error e = {0};
+    if (gt_store_put_fenced(c->store, "runners", it->id, text, it->rev, NULL, c->fence, &e) != GT_OK)
+        gt_warn("runner %s: %s", it->id, e.message);
+    free(text);
+}
+
+int gt_reaper_pass(const gt_reaper_config *c, int64_t now_ms)
 {
     int handled = 0;
     gt_store_page runners = {0};
-    if (gt_store_query(store, "runners", NULL, NULL, NULL, 10000, &runners, NULL) != GT_OK)
+    if (gt_store_query(c->store, "runners", NULL, NULL, NULL, 10000, &runners, NULL) != GT_OK)
         return 0;
     for (size_t i = 0; i < runners.n; i++) {
-        cJSON *r = cJSON_Parse(runners.items[i].body);
+        const gt_store_item *it = &runners.items[i];
+        cJSON *r = cJSON_Parse(it->body);
         const char *state = str(r, "state");
-        int64_t beat = num(r, "last_heartbeat_ms", 0), every = num(r, "heartbeat_interval_ms", 5000);
-        bool dead = state && strcmp(state, "dead") != 0 && now_ms - beat > expiry * every;
-        if (dead) {
-            const char *last = str(r, "last_heartbeat");
-            char *lastc = gt_xstrdup(last ? last : "?");
-            gt_warn("runner %s: no heartbeat for %lld ms", runners.items[i].id,
-                    (long long)(now_ms - beat));
-            reap_ctx rc = {store, bus, cluster_id, runners.items[i].id, lastc, 0};
-            gt_store_each(store, "executions", "state", "running", reap_one, &rc, NULL);
-            handled += rc.handled;
-            free(lastc);
-            gt_json_set_str(r, "state", "dead");
-            char *text = gt_json_print(r);
-            gt_store_put(store, "runners", runners.items[i].id, text, runners.items[i].rev, NULL, NULL);
-            free(text);
+        if (r == NULL || state == NULL || strcmp(state, "stopped") == 0 ||
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "reaped"))) {
+            cJSON_Delete(r);
+            continue;
         }
+        if (strcmp(state, "dead") != 0) {
+            /* taking its lease succeeds only once the runner's has expired */
+            char *lease = gt_xasprintf("runner:%s", it->id);
+            int64_t epoch = 0;
+            gt_error e = {0};
+            gt_err rc = gt_store_lease_acquire(c->store, lease, GT_REAPER_HOLDER, DEAD_LEASE_MS,
+                                               &epoch, &e);
+            free(lease);
+            if (rc == GT_OK) {
+                gt_warn("runner %s: its lease expired (last heartbeat %s); declared dead", it->id,
+                        str(r, "last_heartbeat") ? str(r, "last_heartbeat") : "?");
+                gt_json_set_str(r, "state", "dead");
+                gt_json_set_num(r, "dead_at_ms", (double)now_ms);
+                put_runner(c, it, r);
+            }
+            cJSON_Delete(r);
+            continue;
+        }
+        if (now_ms - num(r, "dead_at_ms", 0) < c->grace_ms) {
+            cJSON_Delete(r);
+            continue;
+        }
+        const char *last = str(r, "last_heartbeat");
+        char *why = gt_xasprintf("runner %s stopped heartbeating (last at %s)", it->id,
+                                 last ? last : "?");
+        reap_ctx x = {c, it->id, why, now_ms, 0, 0};
+        gt_error e = {0};
+        if (gt_store_each(c->store, GT_EXECUTIONS, "state", "running", reap_one, &x, &e) == GT_OK &&
+            x.failed == 0) {
+            gt_json_set_bool(r, "reaped", true);
+            put_runner(c, it, r);
+        } else if (x.failed == 0) {
+            gt_warn("runner %s: reading its executions: %s", it->id, e.message);
+        }
+        handled += x.handled;
+        free(why);
         cJSON_Delete(r);
     }
     gt_store_page_clear(&runners);
