@@ -125,6 +125,13 @@ static cJSON *public_view(const gt_model_kind *k, const char *body, int64_t rev)
     return public_doc(k, doc ? doc : cJSON_CreateObject(), rev);
 }
 
+/* A string member of a stored document, or NULL: stored documents are read defensively. */
+static const char *doc_str(const cJSON *doc, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
 /* Reads and parses coll/id; "<what> \"id\" not found" when absent. */
 static gt_err load(req *r, const char *coll, const char *what, const char *id, cJSON **doc,
                    int64_t *rev)
@@ -799,8 +806,10 @@ static gt_err bind_secrets(req *r, const cJSON *lists[2], gt_strv *env)
         cJSON_ArrayForEach(b, lists[l]) {
             char field[64];
             snprintf(field, sizeof field, "%s[%d].name", paths[l], i++);
-            const char *name = cJSON_GetObjectItemCaseSensitive(b, "name")->valuestring;
-            const char *target = cJSON_GetObjectItemCaseSensitive(b, "target")->valuestring;
+            const char *name = doc_str(b, "name"), *target = doc_str(b, "target");
+            if (name == NULL || target == NULL)
+                return gt_error_setf(&r->err, GT_EINVAL, field, "%s: a secret binding needs a name "
+                                     "and a target", field);
             char *plain = NULL;
             size_t len = 0;
             gt_err rc = secret_open(r, name, field, &plain, &len);
@@ -959,12 +968,6 @@ done:
     return rc;
 }
 
-static const char *doc_str(const cJSON *doc, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err)
 {
     req r = {.api = api};
@@ -1074,7 +1077,12 @@ static gt_err run_service(req *r)
     if ((rc = gt_service_check_secrets(req_secrets, "$.secrets", &r->err)) != GT_OK ||
         (rc = load(r, "services", "service", r->params[0], &svc, NULL)) != GT_OK)
         goto done;
-    const char *repo_name = cJSON_GetObjectItemCaseSensitive(svc, "repository")->valuestring;
+    const char *repo_name = doc_str(svc, "repository");
+    if (repo_name == NULL || doc_str(svc, "type") == NULL) {
+        rc = gt_error_set(&r->err, GT_EINTERNAL, "service \"%s\": the stored document is malformed",
+                          r->params[0]);
+        goto done;
+    }
     if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK ||
         (rc = check_inputs(r, svc, inputs)) != GT_OK)
         goto done;
@@ -1100,7 +1108,7 @@ static gt_err run_service(req *r)
     ex = cJSON_CreateObject();
     gt_json_set_str(ex, "id", id);
     gt_json_set_str(ex, "service", r->params[0]);
-    gt_json_set_str(ex, "service_type", cJSON_GetObjectItemCaseSensitive(svc, "type")->valuestring);
+    gt_json_set_str(ex, "service_type", doc_str(svc, "type"));
     gt_json_set_str(ex, "repository", repo_name);
     gt_json_set(ex, "inputs", inputs);
     inputs = NULL;
@@ -1401,35 +1409,38 @@ static gt_err cluster_activity(req *r)
                 cJSON_DeleteItemFromObjectCaseSensitive(e, bulky[k]);
         gt_json_set(out, now[i], l);
     }
-    /* the 20 newest that ended: ids sort by creation time */
+    /* the 20 newest that ended: ids sort by creation time, so each state's index read
+     * newest first gives its 20 newest, whatever the history's length */
     static const char *const ended[] = {"succeeded", "failed", "timed_out", "canceled", "lost", NULL};
-    cJSON *recent = cJSON_CreateArray();
+    gt_store_item *best[20];
+    size_t nbest = 0;
+    gt_store_page pages[5] = {{0}};
     for (size_t i = 0; ended[i]; i++) {
-        cJSON *l = all_docs(r, EXECUTIONS, "state", ended[i]);
-        while (cJSON_GetArraySize(l) > 0) {
-            cJSON *e = cJSON_DetachItemFromArray(l, cJSON_GetArraySize(l) - 1);
-            for (size_t k = 0; bulky[k]; k++)
-                cJSON_DeleteItemFromObjectCaseSensitive(e, bulky[k]);
-            /* insert keeping recent sorted newest first, at most 20 */
-            const char *id = cJSON_GetObjectItemCaseSensitive(e, "id")->valuestring;
-            int pos = 0;
-            const cJSON *x;
-            cJSON_ArrayForEach(x, recent) {
-                if (strcmp(cJSON_GetObjectItemCaseSensitive(x, "id")->valuestring, id) < 0)
-                    break;
+        if (gt_store_query_order(r->api->d.store, EXECUTIONS, "state", ended[i], NULL, 20, true,
+                                 &pages[i], NULL) != GT_OK)
+            continue;
+        for (size_t k = 0; k < pages[i].n; k++) {
+            gt_store_item *it = &pages[i].items[k];
+            size_t pos = 0;
+            while (pos < nbest && strcmp(best[pos]->id, it->id) > 0)
                 pos++;
-            }
-            if (pos < 20) {
-                cJSON_InsertItemInArray(recent, pos, e);
-                if (cJSON_GetArraySize(recent) > 20)
-                    cJSON_DeleteItemFromArray(recent, 20);
-            } else {
-                cJSON_Delete(e);
+            if (pos >= 20)
                 break; /* older ones of this state cannot make it either */
-            }
+            memmove(&best[pos + 1], &best[pos], (nbest - pos - (nbest == 20)) * sizeof *best);
+            best[pos] = it;
+            if (nbest < 20)
+                nbest++;
         }
-        cJSON_Delete(l);
     }
+    cJSON *recent = cJSON_CreateArray();
+    for (size_t k = 0; k < nbest; k++) {
+        cJSON *e = public_view(NULL, best[k]->body, best[k]->rev);
+        for (size_t j = 0; bulky[j]; j++)
+            cJSON_DeleteItemFromObjectCaseSensitive(e, bulky[j]);
+        cJSON_AddItemToArray(recent, e);
+    }
+    for (size_t i = 0; i < 5; i++)
+        gt_store_page_clear(&pages[i]);
     gt_json_set(out, "recent", recent);
     reply(r, 200, out);
     return GT_OK;

@@ -38,6 +38,26 @@ def test_output_flood_is_truncated(gantry, scripts_repo):
     assert ex["stderr"] == "done\n" and ex["stderr_truncated"] is False
 
 
+def test_big_and_binary_output_with_the_default_limit(any_gantry, scripts_repo):
+    """3 MB on each stream (the default keeps 1 MiB of each) and bytes that are not
+    UTF-8: the run is recorded as it ended, once, with its output."""
+    gantry = any_gantry
+    service(gantry, scripts_repo, "flood3",
+            "head -c 3000000 /dev/zero | tr '\\0' a\nhead -c 3000000 /dev/zero | tr '\\0' b >&2\n")
+    ex = gantry.json("run", "service", "flood3")
+    assert ex["state"] == "succeeded", ex.get("error")
+    assert ex["stdout_truncated"] and ex["stderr_truncated"]
+    full = gantry.json("describe", "execution", ex["id"])
+    assert len(full["stdout"]) == 1 << 20 and set(full["stdout"]) == {"a"}
+    assert len(full["stderr"]) == 1 << 20 and set(full["stderr"]) == {"b"}
+    service(gantry, scripts_repo, "binary", "printf 'x\\377\\376y\\000z\\n'\n")
+    ex = gantry.json("run", "service", "binary")
+    assert ex["state"] == "succeeded" and ex["stdout"] == "x\ufffd\ufffdy\ufffdz\n", ex
+    # nothing is left for the next command to reap
+    items = gantry.json("get", "executions")["items"]
+    assert [e["state"] for e in items] == ["succeeded", "succeeded"], items
+
+
 def test_killed_by_signal(any_gantry, scripts_repo):
     gantry = any_gantry
     service(gantry, scripts_repo, "suicide", "echo bye\nkill -KILL $$\n")

@@ -291,6 +291,75 @@ static void test_reaper_marks_dead_owners_lost(void **state)
     cJSON_Delete(b);
 }
 
+/* Every execution of a dead owner is reaped, however many there are (not a first page). */
+static void test_reaper_reads_every_page(void **state)
+{
+    fx *f = *state;
+    for (int i = 0; i < 1205; i++) {
+        char id[32], *doc;
+        snprintf(id, sizeof id, "01C%023d", i);
+        doc = gt_xasprintf("{\"id\":\"%s\",\"service\":\"s\",\"state\":\"%s\","
+                           "\"runner\":\"local\",\"owner_pid\":999999999,\"owner_start\":1}",
+                           id, i % 2 ? "running" : "accepted");
+        assert_int_equal(gt_store_put(f->store, "executions", id, doc, GT_REV_NONE, NULL, NULL),
+                         GT_OK);
+        free(doc);
+    }
+    assert_int_equal(gt_api_reap_local(f->api), 1205);
+    assert_int_equal(gt_api_reap_local(f->api), 0);
+    gt_store_page page = {0};
+    assert_int_equal(gt_store_query(f->store, "executions", "state", "lost", NULL, 10000, &page,
+                                    NULL), GT_OK);
+    assert_int_equal(page.n, 1205);
+    gt_store_page_clear(&page);
+}
+
+/* A malformed stored execution is failed, not dereferenced. */
+static void test_malformed_execution(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(gt_store_put(f->store, "executions", "01DDDDDDDDDDDDDDDDDDDDDDDD",
+                                  "{\"state\":\"queued\",\"attempt\":1}", GT_REV_NONE, NULL, NULL),
+                     GT_OK);
+    assert_int_equal(gt_api_execute(f->api, "01DDDDDDDDDDDDDDDDDDDDDDDD", 1, NULL), GT_OK);
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "GET", "/api/v1/executions/01DDDDDDDDDDDDDDDDDDDDDDDD", NULL, NULL, &b),
+                     200);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "state")->valuestring, "failed");
+    assert_non_null(strstr(cJSON_GetObjectItemCaseSensitive(b, "error")->valuestring, "malformed"));
+    cJSON_Delete(b);
+    assert_int_equal(gt_store_put(f->store, "executions", "01EEEEEEEEEEEEEEEEEEEEEEEE", "{}",
+                                  GT_REV_NONE, NULL, NULL), GT_OK);
+    assert_int_equal(req(f, "POST", "/api/v1/executions/01EEEEEEEEEEEEEEEEEEEEEEEE/cancel", NULL,
+                         NULL, NULL), 500);
+}
+
+static gt_err broker_away(void *arg, const cJSON *ex, gt_error *err)
+{
+    (void)arg;
+    (void)ex;
+    return gt_error_set(err, GT_EUNAVAIL, "the broker is away");
+}
+
+/* Queued work the broker did not take stays queued (durable: the sweeper announces it);
+ * the client is told 202, never an error for a run that will happen. */
+static void test_queued_survives_a_failed_dispatch(void **state)
+{
+    fx *f = *state;
+    gt_api_deps d = {.store = f->store, .key_file = f->key, .run = &f->run,
+                     .dispatch = broker_away, .queued = true};
+    gt_api *server = gt_api_new(&d, NULL);
+    req(f, "POST", "/api/v1/repositories", NULL, "{\"name\":\"r\",\"url\":\"/nonexistent\"}", NULL);
+    req(f, "POST", "/api/v1/services", NULL,
+        "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"x\"}", NULL);
+    gt_api_response r = {0};
+    gt_api_handle(server, "POST", "/api/v1/services/s/run", NULL, NULL, 0, &r);
+    assert_int_equal(r.status, 202);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(r.body, "state")->valuestring, "queued");
+    gt_api_response_clear(&r);
+    gt_api_free(&server);
+}
+
 static gt_err record_dispatch(void *arg, const cJSON *ex, gt_error *err)
 {
     (void)err;
@@ -405,6 +474,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secrets_are_write_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_validation_before_anything_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_marks_dead_owners_lost, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_reads_every_page, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_execution, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queued_survives_a_failed_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dispatched_runs, setup, teardown),
         cmocka_unit_test(test_model_validation),
     };
