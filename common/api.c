@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -666,25 +667,32 @@ static long long proc_start(pid_t pid)
     return v;
 }
 
+/* A process id recorded on a stored document: > 1 and a valid pid, else 0 (never 0, -1
+ * or a group: kill() on those would reach this very process or every process). */
+static pid_t doc_pid(const cJSON *ex, const char *key)
+{
+    int64_t v = gt_json_member_i64(ex, key, 0);
+    return v > 1 && v <= INT32_MAX ? (pid_t)v : 0;
+}
+
 static bool owner_alive(const cJSON *ex)
 {
-    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "owner_pid");
-    const cJSON *start = cJSON_GetObjectItemCaseSensitive(ex, "owner_start");
-    if (!cJSON_IsNumber(pid) || !cJSON_IsNumber(start))
+    pid_t pid = doc_pid(ex, "owner_pid");
+    int64_t start = gt_json_member_i64(ex, "owner_start", -2);
+    if (pid == 0 || start < 0)
         return false;
-    if (kill((pid_t)pid->valuedouble, 0) != 0 && errno == ESRCH)
+    if (kill(pid, 0) != 0 && errno == ESRCH)
         return false;
-    return proc_start((pid_t)pid->valuedouble) == (long long)start->valuedouble;
+    return proc_start(pid) == start;
 }
 
 /* Kills the process group a dead owner left behind, if it is still the same one. */
 static void kill_orphan(const cJSON *ex)
 {
-    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "child_pid");
-    const cJSON *start = cJSON_GetObjectItemCaseSensitive(ex, "child_start");
-    if (cJSON_IsNumber(pid) && cJSON_IsNumber(start) && pid->valuedouble > 1 &&
-        proc_start((pid_t)pid->valuedouble) == (long long)start->valuedouble)
-        kill(-(pid_t)pid->valuedouble, SIGKILL);
+    pid_t pid = doc_pid(ex, "child_pid");
+    int64_t start = gt_json_member_i64(ex, "child_start", -2);
+    if (pid != 0 && start >= 0 && proc_start(pid) == start)
+        kill(-pid, SIGKILL);
 }
 
 typedef struct started {
@@ -874,8 +882,9 @@ static gt_err open_run_secrets(req *r, const cJSON *svc, const cJSON *repo,
 static int64_t doc_attempt(const cJSON *ex)
 {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
-    return cJSON_IsNumber(a) && a->valuedouble >= 1 && a->valuedouble <= 1e6 ? (int64_t)a->valuedouble
-                                                                             : 1;
+    (void)a;
+    int64_t n = gt_json_member_i64(ex, "attempt", 1);
+    return n >= 1 && n <= 1000000 ? n : 1;
 }
 
 /* How long the end of a run is retried while the store fails. */
@@ -981,7 +990,7 @@ gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt
     const char *repository = doc_str(ex, "repository");
     const cJSON *at = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
     bool waiting = st && (strcmp(st, "accepted") == 0 || strcmp(st, "queued") == 0);
-    if (!waiting || (attempt > 0 && cJSON_IsNumber(at) && (int64_t)at->valuedouble != attempt))
+    if (!waiting || (attempt > 0 && cJSON_IsNumber(at) && gt_json_member_i64(ex, "attempt", -1) != attempt))
         goto done; /* already taken, finished, or retried: nothing to do */
     /* recorded as this process's before anything runs */
     gt_json_set_str(ex, "runner", api->d.runner_name ? api->d.runner_name : "local");
@@ -1230,10 +1239,10 @@ static gt_err cancel_execution(req *r)
         gt_error_clear(&r->err);
         /* a local-mode run belongs to a gantry process on this machine: tell it */
         const cJSON *runner = cJSON_GetObjectItemCaseSensitive(ex, "runner");
-        const cJSON *pid = cJSON_GetObjectItemCaseSensitive(ex, "owner_pid");
-        if (cJSON_IsString(runner) && strcmp(runner->valuestring, "local") == 0 &&
-            cJSON_IsNumber(pid) && owner_alive(ex) && (pid_t)pid->valuedouble != getpid())
-            kill((pid_t)pid->valuedouble, SIGTERM);
+        pid_t pid = doc_pid(ex, "owner_pid");
+        if (cJSON_IsString(runner) && strcmp(runner->valuestring, "local") == 0 && pid &&
+            owner_alive(ex) && pid != getpid())
+            kill(pid, SIGTERM);
         gt_json_set_bool(ex, "cancel_requested", true);
         reply(r, 202, public_doc(NULL, ex, rev));
         ex = NULL;
@@ -1343,10 +1352,9 @@ static cJSON *runners_view(req *r)
     cJSON *it;
     cJSON_ArrayForEach(it, items) {
         const cJSON *beat = cJSON_GetObjectItemCaseSensitive(it, "last_heartbeat_ms");
-        const cJSON *every = cJSON_GetObjectItemCaseSensitive(it, "heartbeat_interval_ms");
         const cJSON *state = cJSON_GetObjectItemCaseSensitive(it, "state");
-        int64_t age = cJSON_IsNumber(beat) ? now - (int64_t)beat->valuedouble : -1;
-        int64_t iv = cJSON_IsNumber(every) ? (int64_t)every->valuedouble : 5000;
+        int64_t age = cJSON_IsNumber(beat) ? now - gt_json_member_i64(it, "last_heartbeat_ms", now) : -1;
+        int64_t iv = gt_json_member_i64(it, "heartbeat_interval_ms", 5000);
         const char *st = cJSON_IsString(state) ? state->valuestring : "up";
         const char *status = strcmp(st, "up") != 0 ? st : age > 3 * iv ? "dead" : age > 2 * iv ? "late" : "up";
         gt_json_set_str(it, "status", status);

@@ -19,7 +19,7 @@ gt_err gt_dispatch_publish(gt_bus *bus, const char *cluster_id, const cJSON *ex,
         return gt_error_set(err, GT_EINVAL, "dispatch: the execution has no id or attempt");
     char *queue = gt_xasprintf("exec.%s.%s", cluster_id,
                                cJSON_IsString(pool) ? pool->valuestring : "default");
-    char *body = gt_execution_message(id->valuestring, (int64_t)at->valuedouble);
+    char *body = gt_execution_message(id->valuestring, gt_json_member_i64(ex, "attempt", 1));
     gt_err rc = GT_OK;
     if (declared == NULL || *declared == NULL || strcmp(*declared, queue) != 0) {
         rc = gt_bus_declare_work_queue(bus, queue, err);
@@ -55,11 +55,9 @@ static bool sweep_one(void *arg, const gt_store_item *it)
     cJSON *ex = cJSON_Parse(it->body);
     if (ex == NULL)
         return true;
-    const cJSON *at = cJSON_GetObjectItemCaseSensitive(ex, "dispatched_at_ms");
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(ex, "dispatches");
-    int64_t last = cJSON_IsNumber(at) ? (int64_t)at->valuedouble : 0;
-    int64_t times = cJSON_IsNumber(n) ? (int64_t)n->valuedouble : 0;
-    int64_t wait = w->after << (times < 4 ? times : 4);
+    int64_t last = gt_json_member_i64(ex, "dispatched_at_ms", 0);
+    int64_t times = gt_json_member_i64(ex, "dispatches", 0);
+    int64_t wait = w->after << (times > 0 ? (times < 4 ? times : 4) : 0);
     if (w->now - last < wait) {
         cJSON_Delete(ex);
         return true;

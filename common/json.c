@@ -203,3 +203,12 @@ void gt_json_set_bool(cJSON *obj, const char *key, bool value)
 {
     gt_json_set(obj, key, cJSON_CreateBool(value));
 }
+
+int64_t gt_json_member_i64(const cJSON *obj, const char *key, int64_t dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= -9007199254740992.0 &&
+                                v->valuedouble <= 9007199254740992.0))
+        return dflt;
+    return (int64_t)v->valuedouble;
+}

@@ -37,6 +37,10 @@ gt_err gt_json_only(const cJSON *obj, const char *path, const char *const *allow
 
 /* Unformatted text of item; caller frees. */
 char *gt_json_print(const cJSON *item);
+
+/* obj's member key as an integer when it is a number that an int64 holds exactly
+ * (|v| <= 2^53), else dflt: for documents read back from the store, which may be hostile. */
+int64_t gt_json_member_i64(const cJSON *obj, const char *key, int64_t dflt);
 /* Adds or replaces obj[key] = string. */
 void gt_json_set_str(cJSON *obj, const char *key, const char *value);
 void gt_json_set_num(cJSON *obj, const char *key, double value);

@@ -57,10 +57,9 @@ gt_err gt_output_put(gt_store *s, cJSON *ex, const gt_store_fence *fence, gt_err
     if (total <= GT_OUTPUT_INLINE_MAX)
         return GT_OK;
     const cJSON *idv = cJSON_GetObjectItemCaseSensitive(ex, "id");
-    const cJSON *at = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
     if (!cJSON_IsString(idv))
         return gt_error_set(err, GT_EINVAL, "output: the execution has no id");
-    int64_t attempt = cJSON_IsNumber(at) ? (int64_t)at->valuedouble : 1;
+    int64_t attempt = gt_json_member_i64(ex, "attempt", 1);
     int counts[2] = {0, 0};
     for (int i = 0; i < 2; i++) {
         gt_err rc = put_stream(s, idv->valuestring, attempt, streams[i], text_of(ex, streams[i]),
@@ -86,16 +85,14 @@ gt_err gt_output_load(gt_store *s, cJSON *ex, gt_error *err)
         return GT_OK;
     if (!cJSON_IsString(idv))
         return gt_error_set(err, GT_EINVAL, "output: the execution has no id");
-    const cJSON *at = cJSON_GetObjectItemCaseSensitive(o, "attempt");
-    int64_t attempt = cJSON_IsNumber(at) ? (int64_t)at->valuedouble : 1;
+    int64_t attempt = gt_json_member_i64(o, "attempt", 1);
     char *texts[2] = {NULL, NULL};
     gt_err rc = GT_OK;
     for (int i = 0; i < 2 && rc == GT_OK; i++) {
         char key[32];
         snprintf(key, sizeof key, "%s_chunks", streams[i]);
-        const cJSON *cv = cJSON_GetObjectItemCaseSensitive(o, key);
-        int count = cJSON_IsNumber(cv) && cv->valuedouble > 0 && cv->valuedouble < 1e6
-                        ? (int)cv->valuedouble : 0;
+        int64_t c = gt_json_member_i64(o, key, 0);
+        int count = c > 0 && c < 1000000 ? (int)c : 0;
         gt_buf b = {0};
         gt_buf_append(&b, "", 0);
         for (int n = 0; n < count && rc == GT_OK; n++) {

@@ -316,7 +316,7 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
     int64_t timeout_s = 0;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(svc, "timeout");
     if (cJSON_IsNumber(t))
-        timeout_s = (int64_t)t->valuedouble;
+        timeout_s = gt_json_member_i64(svc, "timeout", 0);
     gt_exec_spec spec = {
         .file = argv.v[0],
         .argv = argv.v,

@@ -15,8 +15,7 @@
 
 static int64_t num(const cJSON *o, const char *k, int64_t dflt)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : dflt;
+    return gt_json_member_i64(o, k, dflt);
 }
 
 static const char *str(const cJSON *o, const char *k)
