@@ -111,6 +111,8 @@ static cJSON *public_doc(const gt_model_kind *k, cJSON *doc, int64_t rev)
     const char *const *hidden = k ? k->hidden : exec_private;
     for (size_t i = 0; hidden[i]; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(doc, hidden[i]);
+    if (k && k->present)
+        k->present(doc);
     gt_json_set_num(doc, "revision", (double)rev);
     return doc;
 }

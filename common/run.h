@@ -29,6 +29,7 @@ typedef struct gt_run_options {
     const char *pip_find_links;
     const char *pip_trusted_host;
     bool pip_no_index;
+    bool allow_http;               /* git may fetch http:// URLs ([runner] allow_http_repositories) */
     char *const *environ;          /* the environment children start from (filtered) */
 } gt_run_options;
 
