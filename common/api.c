@@ -1002,7 +1002,8 @@ static gt_err run_service(req *r)
         goto done;
     const char *repo_name = cJSON_GetObjectItemCaseSensitive(svc, "repository")->valuestring;
     if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK ||
-        (rc = check_inputs(r, svc, inputs)) != GT_OK)
+        (rc = check_inputs(r, svc, inputs)) != GT_OK ||
+        (rc = gt_run_check_inputs(svc, inputs, &r->err)) != GT_OK)
         goto done;
     /* Inline runs open their secrets before anything is recorded, so a wrong key is
      * an error of the request; dispatched runs open them on the worker. */
