@@ -1,13 +1,12 @@
 #include "run.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <ctype.h>
-#include <errno.h>
 #include <unistd.h>
 
 #include "exec.h"
@@ -130,14 +129,20 @@ static const char *str_or(const cJSON *obj, const char *key, const char *dflt)
     return cJSON_IsString(it) ? it->valuestring : dflt;
 }
 
-/* ^[A-Za-z_][A-Za-z0-9_-]*$: a name that becomes "--name=..." stays one option, and
- * one that cannot start with '-' or be empty (which would make "--" or "---x"). */
+static bool ascii_alpha(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* ^[A-Za-z_][A-Za-z0-9_-]*$ (ASCII, whatever the locale): a name that becomes
+ * "--name=..." stays one option, and one that cannot start with '-' or be empty
+ * (which would make "--" or "---x"). */
 static bool input_key_valid(const char *k)
 {
-    if (k == NULL || !(isalpha((unsigned char)k[0]) || k[0] == '_'))
+    if (k == NULL || !(ascii_alpha(k[0]) || k[0] == '_'))
         return false;
     for (const char *p = k; *p; p++)
-        if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-') || (unsigned char)*p >= 0x80)
+        if (!(ascii_alpha(*p) || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
             return false;
     return true;
 }
@@ -165,25 +170,27 @@ static bool ansible_reserved(const char *k)
     return false;
 }
 
-/* Whether a token of an executable's arg format starts with the value: there the value
- * is an argv entry of its own, and one starting with '-' could be read as an option. */
-static bool value_starts_token(const char *fmt, bool *first)
+/* Whether some token of an executable's arg format starts with the value: there the
+ * value is an argv entry of its own, and one starting with '-' could be read as an
+ * option. *after_option: every such token follows one that starts with '-' (the
+ * value is then that option's argument). */
+static bool value_starts_token(const char *fmt, bool *after_option)
 {
-    bool at_start = true, any = false;
-    *first = false;
-    for (const char *p = fmt; *p; p++) {
-        if (*p == ' ' || *p == '\t') {
-            at_start = true;
-            continue;
+    bool split = false, prev_dash = false;
+    *after_option = true;
+    for (const char *p = fmt; *p;) {
+        p += strspn(p, " \t");
+        if (*p == '\0')
+            break;
+        size_t n = strcspn(p, " \t");
+        if (strncmp(p, "{value}", 7) == 0) {
+            split = true;
+            *after_option &= prev_dash;
         }
-        if (at_start && strncmp(p, "{value}", 7) == 0) {
-            *first = !any;
-            return true;
-        }
-        at_start = false;
-        any = true;
+        prev_dash = p[0] == '-';
+        p += n;
     }
-    return false;
+    return split;
 }
 
 gt_err gt_run_check_inputs(const cJSON *service, const cJSON *inputs, gt_error *err)
@@ -194,8 +201,8 @@ gt_err gt_run_check_inputs(const cJSON *service, const cJSON *inputs, gt_error *
         return gt_error_setf(err, GT_EINVAL, "$.inputs", "$.inputs: expected an object");
     const char *type = str_or(service, "type", "");
     const char *fmt = str_or(service, "arg_format", "--{key} {value}");
-    bool first = false;
-    bool split = strcmp(type, "executable") == 0 && value_starts_token(fmt, &first);
+    bool after_option = false;
+    bool split = strcmp(type, "executable") == 0 && value_starts_token(fmt, &after_option);
     const cJSON *in;
     cJSON_ArrayForEach(in, inputs) {
         char field[300];
@@ -218,7 +225,7 @@ gt_err gt_run_check_inputs(const cJSON *service, const cJSON *inputs, gt_error *
          * (getopt, argparse, a shell loop) and stay allowed. */
         if (split) {
             char *v = gt_run_value_string(in);
-            bool bad = v[0] == '-' && (first || !cJSON_IsNumber(in));
+            bool bad = v[0] == '-' && (!after_option || !cJSON_IsNumber(in));
             free(v);
             if (bad)
                 return gt_error_setf(err, GT_EINVAL, field,

@@ -233,6 +233,14 @@ static void test_values_never_options(void **state)
     /* a number after its option is that option's argument; alone it could be "-1" */
     assert_int_equal(check_inputs(dflt, "{\"n\":-1}", &e), GT_OK);
     assert_int_equal(check_inputs(pos, "{\"n\":-1}", &e), GT_EINVAL);
+    /* after a token that is not an option ("{key} {value}"), or twice, one of them alone */
+    const char *keyval = "{\"type\":\"executable\",\"filename\":\"t.sh\","
+                         "\"arg_format\":\"{key} {value}\"}";
+    const char *twice = "{\"type\":\"executable\",\"filename\":\"t.sh\","
+                        "\"arg_format\":\"--{key} {value} {value}\"}";
+    assert_int_equal(check_inputs(keyval, "{\"n\":-1}", &e), GT_EINVAL);
+    assert_int_equal(check_inputs(twice, "{\"n\":-1}", &e), GT_EINVAL);
+    assert_int_equal(check_inputs(twice, "{\"n\":1}", &e), GT_OK);
     /* a string that only looks like a number is still a string */
     assert_int_equal(check_inputs(dflt, "{\"n\":\"-1\"}", &e), GT_EINVAL);
     /* a '-' later in the value, or joined forms, are fine */
