@@ -116,6 +116,8 @@ static cJSON *public_doc(const gt_model_kind *k, cJSON *doc, int64_t rev)
     const char *const *hidden = k ? k->hidden : exec_private;
     for (size_t i = 0; hidden[i]; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(doc, hidden[i]);
+    if (k && k->present)
+        k->present(doc);
     gt_json_set_num(doc, "revision", (double)rev);
     return doc;
 }
@@ -1093,7 +1095,8 @@ static gt_err run_service(req *r)
         goto done;
     }
     if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK ||
-        (rc = check_inputs(r, svc, inputs)) != GT_OK)
+        (rc = check_inputs(r, svc, inputs)) != GT_OK ||
+        (rc = gt_run_check_inputs(svc, inputs, &r->err)) != GT_OK)
         goto done;
     /* Inline runs open their secrets before anything is recorded, so a wrong key is
      * an error of the request; dispatched runs open them on the worker. */

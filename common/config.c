@@ -193,6 +193,8 @@ static const cfg_key keys[] = {
     KSTR("runner", runner, pip_extra_index_url, "", NULL, 0, "pip --extra-index-url"),
     KSTR("runner", runner, pip_find_links, "", NULL, 0, "pip --find-links"),
     KBOOL("runner", runner, pip_no_index, "false", 0, "pip --no-index"),
+    KBOOL("runner", runner, allow_http_repositories, "false", 0,
+          "let git fetch repositories over plain http:// (unauthenticated, unencrypted)"),
     KSTR("runner", runner, pip_trusted_host, "", NULL, 0, "pip --trusted-host"),
 
     /* [store] */

@@ -126,6 +126,7 @@ typedef struct gt_config {
         char *pip_find_links;
         bool pip_no_index;
         char *pip_trusted_host;
+        bool allow_http_repositories; /* git may fetch http:// URLs */
     } runner;
     struct {
         gt_config_backend backend;

@@ -1,5 +1,6 @@
 #include "repo.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -13,10 +14,111 @@
 #include "log.h"
 #include "util.h"
 
+/* git's own rule (transport.c): a URL that starts with a scheme-like word followed
+ * by "::" names a remote helper, git-remote-<word>, which is handed the rest. "ext::"
+ * runs a command line and "fd::" talks over inherited descriptors; no helper is an
+ * address Gantry should fetch from. */
+static bool is_remote_helper(const char *url)
+{
+    const char *p = url;
+    while ((p == url && isalpha((unsigned char)*p)) ||
+           (p != url && (isalnum((unsigned char)*p) || *p == '+' || *p == '-' || *p == '.')))
+        p++;
+    return p != url && p[0] == ':' && p[1] == ':';
+}
+
+/* The password in a "scheme://user:password@host/..." URL: *pw and *n, false if none. */
+static bool url_password(const char *url, const char **pw, size_t *n)
+{
+    const char *sep = strstr(url, "://");
+    if (sep == NULL)
+        return false; /* scp-like user@host:path has no password part */
+    const char *auth = sep + 3;
+    size_t alen = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (size_t i = 0; i < alen; i++)
+        if (auth[i] == '@')
+            at = auth + i; /* the last '@' of the authority ends the userinfo */
+    if (at == NULL)
+        return false;
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    if (colon == NULL)
+        return false;
+    *pw = colon + 1;
+    *n = (size_t)(at - colon - 1);
+    return true;
+}
+
+bool gt_repo_url_has_password(const char *url)
+{
+    const char *pw;
+    size_t n;
+    return url && url_password(url, &pw, &n);
+}
+
+char *gt_repo_url_mask(const char *url)
+{
+    const char *pw;
+    size_t n;
+    if (url == NULL)
+        return NULL;
+    if (!url_password(url, &pw, &n))
+        return gt_xstrdup(url);
+    return gt_xasprintf("%.*s***%s", (int)(pw - url), url, pw + n);
+}
+
+/* Replaces every copy of url's password in s, a buffer of size bytes (a message: git
+ * prints the URLs it was given), with "***". */
+static void scrub_password(char *s, size_t size, const char *url)
+{
+    const char *pw;
+    size_t n;
+    if (s == NULL || !url_password(url, &pw, &n) || n == 0)
+        return;
+    char *want = gt_xstrndup(pw, n);
+    gt_buf b = {0};
+    for (const char *p = s, *hit; *p; p = hit + n) {
+        if ((hit = strstr(p, want)) == NULL) {
+            gt_buf_puts(&b, p);
+            break;
+        }
+        gt_buf_append(&b, p, (size_t)(hit - p));
+        gt_buf_puts(&b, "***");
+    }
+    snprintf(s, size, "%s", b.data ? b.data : "");
+    gt_buf_free(&b);
+    free(want);
+}
+
+gt_err gt_repo_url_check(const char *url, const char *field, gt_error *err)
+{
+    static const char *const hint =
+        "an absolute path, file://, ssh://, user@host:path or https://";
+    if (url == NULL || url[0] == '\0')
+        return gt_error_setf(err, GT_EINVAL, field, "the repository URL is empty (%s)", hint);
+    for (const char *p = url; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return gt_error_setf(err, GT_EINVAL, field,
+                                 "the repository URL contains a control character");
+    char *shown = gt_repo_url_mask(url);
+    gt_err rc = GT_OK;
+    if (is_remote_helper(url))
+        rc = gt_error_setf(err, GT_EINVAL, field,
+                           "\"%s\" names a git remote helper (transport::address, such as ext:: "
+                           "or fd::), which Gantry does not fetch from; use %s", shown, hint);
+    else if (!gt_repo_url_valid(url))
+        rc = gt_error_setf(err, GT_EINVAL, field, "\"%s\" is not a Git URL (%s)", shown, hint);
+    free(shown);
+    return rc;
+}
+
 bool gt_repo_url_valid(const char *url)
 {
-    if (url == NULL || url[0] == '\0' || url[0] == '-')
+    if (url == NULL || url[0] == '\0' || url[0] == '-' || is_remote_helper(url))
         return false;
+    for (const char *p = url; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return false;
     if (url[0] == '/')
         return true;
     static const char *schemes[] = {"file://", "ssh://", "git+ssh://", "https://", "http://",
@@ -38,41 +140,99 @@ static bool is_ssh_url(const char *url)
            (url[0] != '/' && strstr(url, "://") == NULL);
 }
 
-/* Environment for git: never prompt (a prompt would hang a run), C locale for
- * parseable errors, and an ssh identity when the repository has a key. */
-static void git_env(const gt_run_options *o, const char *key_path, const char *known_hosts,
-                    gt_strv *env)
+/* Sets NAME=value in env, replacing an entry for NAME that is already there. */
+static void env_set(gt_strv *env, const char *name, const char *value)
+{
+    size_t n = strlen(name);
+    char *entry = gt_xasprintf("%s=%s", name, value);
+    for (size_t i = 0; i < env->n; i++) {
+        if (strncmp(env->v[i], name, n) == 0 && env->v[i][n] == '=') {
+            free(env->v[i]);
+            env->v[i] = entry;
+            return;
+        }
+    }
+    gt_strv_push_owned(env, entry);
+}
+
+/* Environment for git. Nothing but Gantry's own settings may steer it: no system or
+ * global config (a user's ~/.gitconfig could name hooks, helpers or a pager), HOME an
+ * empty directory of this checkout's own, only the transports Gantry accepts (git
+ * checks redirects and submodules against the same list), never a prompt (it would
+ * hang a run), C locale for parseable errors, and an ssh identity when the repository
+ * has a key. */
+static void git_env(const gt_run_options *o, const char *home, const char *key_path,
+                    const char *known_hosts, gt_strv *env)
 {
     gt_run_env_base(o, env);
-    gt_strv_push(env, "GIT_TERMINAL_PROMPT=0");
-    gt_strv_push(env, "GIT_ASKPASS=/bin/false");
-    gt_strv_push(env, "SSH_ASKPASS=/bin/false");
-    gt_strv_push(env, "LC_ALL=C");
-    gt_strv_push(env, "GIT_CONFIG_NOSYSTEM=1");
+    env_set(env, "HOME", home);
+    env_set(env, "GIT_CONFIG_GLOBAL", "/dev/null");
+    env_set(env, "GIT_CONFIG_SYSTEM", "/dev/null");
+    env_set(env, "GIT_CONFIG_NOSYSTEM", "1");
+    env_set(env, "GIT_ALLOW_PROTOCOL", o->allow_http ? "file:git:ssh:https:http"
+                                                     : "file:git:ssh:https");
+    /* git starts in home (empty) and discovers no repository above it: a ceiling
+     * stops the search before it enters home's parent */
+    const char *slash = strrchr(home, '/');
+    char *parent = slash && slash != home ? gt_xstrndup(home, (size_t)(slash - home))
+                                          : gt_xstrdup("/");
+    env_set(env, "GIT_CEILING_DIRECTORIES", parent);
+    free(parent);
+    env_set(env, "GIT_TERMINAL_PROMPT", "0");
+    env_set(env, "SSH_ASKPASS", "/bin/false");
+    env_set(env, "LC_ALL", "C");
     if (key_path) {
         /* git runs GIT_SSH_COMMAND through sh; only paths Gantry made go into it,
          * single-quoted, and those contain no quote. */
-        gt_strv_push_owned(env, gt_xasprintf(
-            "GIT_SSH_COMMAND=ssh -i '%s' -o IdentitiesOnly=yes -o BatchMode=yes "
+        char *cmd = gt_xasprintf(
+            "ssh -i '%s' -o IdentitiesOnly=yes -o BatchMode=yes "
             "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile='%s'",
-            key_path, known_hosts));
+            key_path, known_hosts);
+        env_set(env, "GIT_SSH_COMMAND", cmd);
+        free(cmd);
     } else {
-        gt_strv_push(env, "GIT_SSH_COMMAND=ssh -o BatchMode=yes");
+        env_set(env, "GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
     }
 }
 
-static gt_err git(const gt_run_options *o, gt_strv *env, const char *what, char **out,
-                  gt_error *err, ...)
+/* Runs git with args (NULL-terminated) in home, an empty directory. The -c settings
+ * win over any repository config: no hook runs (a run could have planted one in the
+ * cache), and no automatic gc or maintenance runs inside a fetch. */
+static gt_err git(const gt_run_options *o, gt_strv *env, const char *home, const char *what,
+                  char **out, gt_error *err, ...)
 {
     gt_strv argv = {0};
     gt_strv_push(&argv, o->git ? o->git : "git");
+    static const char *const settings[] = {"core.hooksPath=/dev/null", "core.fsmonitor=false",
+                                           "gc.auto=0", "maintenance.auto=false"};
+    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+        gt_strv_push(&argv, "-c");
+        gt_strv_push(&argv, settings[i]);
+    }
     va_list ap;
     va_start(ap, err);
     for (const char *a; (a = va_arg(ap, const char *)) != NULL;)
         gt_strv_push(&argv, a);
     va_end(ap);
-    gt_err rc = gt_run_tool(o, argv.v, env->v, NULL, what, out, err);
+    gt_err rc = gt_run_tool(o, argv.v, env->v, home, what, out, err);
     gt_strv_free(&argv);
+    return rc;
+}
+
+/* The cache's own config, rewritten before every use: only Gantry writes the cache,
+ * and a config planted there (core.sshCommand, a credential helper, alternates of
+ * another repository's objects) must not steer the next fetch. */
+static gt_err reset_cache(const char *gitdir, gt_error *err)
+{
+    static const char config[] = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n"
+                                 "\tbare = true\n";
+    char *path = gt_path_join(gitdir, "config");
+    char *alternates = gt_path_join(gitdir, "objects/info/alternates");
+    gt_err rc = gt_write_file_atomic(path, config, sizeof config - 1, 0600, err);
+    if (rc == GT_OK && unlink(alternates) != 0 && errno != ENOENT)
+        rc = gt_error_set(err, GT_EIO, "%s: %s", alternates, strerror(errno));
+    free(alternates);
+    free(path);
     return rc;
 }
 
@@ -86,8 +246,9 @@ static char *trim(char *s)
 
 /* Resolves reference in the cache to a commit SHA: branch, then tag, then anything
  * rev-parse understands (a full or abbreviated SHA). */
-static gt_err resolve(const gt_run_options *o, gt_strv *env, const char *gitdir,
-                      const char *url, const char *reference, char **commit, gt_error *err)
+static gt_err resolve(const gt_run_options *o, gt_strv *env, const char *home,
+                      const char *gitdir, const char *shown_url, const char *reference,
+                      char **commit, gt_error *err)
 {
     char *cands[3] = {0};
     if (reference == NULL || reference[0] == '\0') {
@@ -101,7 +262,7 @@ static gt_err resolve(const gt_run_options *o, gt_strv *env, const char *gitdir,
     for (int i = 0; i < 3 && cands[i] && rc != GT_OK; i++) {
         char *out = NULL;
         char *gd = gt_xasprintf("--git-dir=%s", gitdir);
-        if (git(o, env, "git rev-parse", &out, NULL, gd, "rev-parse", "--verify", "--quiet",
+        if (git(o, env, home, "git rev-parse", &out, NULL, gd, "rev-parse", "--verify", "--quiet",
                 "--end-of-options", cands[i], (char *)NULL) == GT_OK) {
             *commit = gt_xstrdup(trim(out));
             rc = GT_OK;
@@ -113,7 +274,7 @@ static gt_err resolve(const gt_run_options *o, gt_strv *env, const char *gitdir,
         free(cands[i]);
     if (rc != GT_OK)
         gt_error_set(err, GT_ENOTFOUND, "reference \"%s\" not found in repository %s",
-                     reference && reference[0] ? reference : "HEAD", url);
+                     reference && reference[0] ? reference : "HEAD", shown_url);
     return rc;
 }
 
@@ -125,15 +286,27 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
     char hash[65];
     gt_sha256_hex(url, strlen(url), hash);
     hash[24] = '\0';
+    char *shown = gt_repo_url_mask(url);
     char *cache_dir = gt_path_join(o->working_dir, "repos");
     char *gitdir = gt_xasprintf("%s/%s.git", cache_dir, hash);
+    char *gd = gt_xasprintf("--git-dir=%s", gitdir);
     char *lock_path = gt_xasprintf("%s/%s.lock", cache_dir, hash);
     char *key_path = NULL;
     char *known_hosts = gt_path_join(o->working_dir, "known_hosts");
     char *index = gt_xasprintf("%s.index", dest);
-    char *sha = NULL;
+    char *home = gt_xasprintf("%s.home", dest);
+    char *sha = NULL, *what = NULL, *wt = NULL;
     int lock_fd = -1;
 
+    /* Repositories stored before URLs were checked this strictly are refused here. */
+    if ((rc = gt_repo_url_check(url, NULL, err)) != GT_OK)
+        goto done;
+    if (!o->allow_http && strncmp(url, "http://", 7) == 0) {
+        rc = gt_error_set(err, GT_EPERM, "repository %s is fetched over plain http://, which "
+                          "this runner does not allow ([runner] allow_http_repositories = "
+                          "false); use https:// or ssh", shown);
+        goto done;
+    }
     if ((rc = gt_mkdir_p(cache_dir, 0700, err)) != GT_OK)
         goto done;
     lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -141,6 +314,8 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
         rc = gt_error_set(err, GT_EIO, "%s: %s", lock_path, strerror(errno));
         goto done;
     }
+    if ((rc = gt_rm_rf(home, err)) != GT_OK || (rc = gt_mkdir_p(home, 0700, err)) != GT_OK)
+        goto done;
     if (ssh_key && is_ssh_url(url)) {
         key_path = gt_xasprintf("%s.key", dest);
         size_t n = strlen(ssh_key);
@@ -151,49 +326,55 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
         if (rc != GT_OK)
             goto done;
     }
-    git_env(o, key_path, known_hosts, &env);
+    git_env(o, home, key_path, known_hosts, &env);
 
-    char *gd = gt_xasprintf("--git-dir=%s", gitdir);
-    if (!gt_file_exists(gitdir))
-        rc = git(o, &env, "git init", NULL, err, "init", "--quiet", "--bare", gitdir, (char *)NULL);
-    if (rc == GT_OK) {
-        char *what = gt_xasprintf("fetching %s", url);
-        rc = git(o, &env, what, NULL, err, gd, "fetch", "--quiet", "--prune", "--force",
-                 "--no-tags", "--end-of-options", url, "+HEAD:refs/gantry/HEAD",
-                 "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", (char *)NULL);
-        free(what);
-    }
-    if (rc == GT_OK)
-        rc = resolve(o, &env, gitdir, url, reference, &sha, err);
-    if (rc == GT_OK && (rc = gt_mkdir_p(dest, 0700, err)) == GT_OK) {
-        /* Check out into dest with an index of its own: the cache stays bare and
-         * concurrent runs of other commits do not disturb each other. */
-        char *wt = gt_xasprintf("--work-tree=%s", dest);
-        gt_strv_push_owned(&env, gt_xasprintf("GIT_INDEX_FILE=%s", index));
-        rc = git(o, &env, "git read-tree", NULL, err, gd, wt, "read-tree", sha, (char *)NULL);
-        if (rc == GT_OK)
-            rc = git(o, &env, "git checkout-index", NULL, err, gd, wt, "checkout-index", "-a",
-                     "-f", (char *)NULL);
-        free(wt);
-    }
-    free(gd);
-    if (rc == GT_OK) {
-        *commit = sha;
-        sha = NULL;
-    }
+    /* --template= (empty): no sample hooks or other template files in the cache */
+    if (!gt_file_exists(gitdir) &&
+        (rc = git(o, &env, home, "git init", NULL, err, "init", "--quiet", "--bare",
+                  "--template=", gitdir, (char *)NULL)) != GT_OK)
+        goto done;
+    if ((rc = reset_cache(gitdir, err)) != GT_OK)
+        goto done;
+    what = gt_xasprintf("fetching %s", shown);
+    if ((rc = git(o, &env, home, what, NULL, err, gd, "fetch", "--quiet", "--prune", "--force",
+                  "--no-tags", "--end-of-options", url, "+HEAD:refs/gantry/HEAD",
+                  "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+                  (char *)NULL)) != GT_OK ||
+        (rc = resolve(o, &env, home, gitdir, shown, reference, &sha, err)) != GT_OK ||
+        (rc = gt_mkdir_p(dest, 0700, err)) != GT_OK)
+        goto done;
+    /* Check out into dest with an index of its own: the cache stays bare and
+     * concurrent runs of other commits do not disturb each other. */
+    wt = gt_xasprintf("--work-tree=%s", dest);
+    gt_strv_push_owned(&env, gt_xasprintf("GIT_INDEX_FILE=%s", index));
+    if ((rc = git(o, &env, home, "git read-tree", NULL, err, gd, wt, "read-tree", sha,
+                  (char *)NULL)) != GT_OK ||
+        (rc = git(o, &env, home, "git checkout-index", NULL, err, gd, wt, "checkout-index", "-a",
+                  "-f", (char *)NULL)) != GT_OK)
+        goto done;
+    *commit = sha;
+    sha = NULL;
 done:
+    if (rc != GT_OK && err)
+        scrub_password(err->message, sizeof err->message, url);
     if (lock_fd >= 0)
         close(lock_fd); /* releases the flock */
     if (key_path)
         unlink(key_path);
     unlink(index);
+    gt_rm_rf(home, NULL);
+    free(wt);
+    free(what);
     free(sha);
+    free(home);
     free(index);
     free(known_hosts);
     free(key_path);
     free(lock_path);
+    free(gd);
     free(gitdir);
     free(cache_dir);
+    free(shown);
     gt_strv_free(&env);
     return rc;
 }

@@ -1,5 +1,6 @@
 #include "run.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include "exec.h"
+#include "extravars.h"
 #include "json.h"
 #include "log.h"
 #include "repo.h"
@@ -127,12 +129,156 @@ static const char *str_or(const cJSON *obj, const char *key, const char *dflt)
     return cJSON_IsString(it) ? it->valuestring : dflt;
 }
 
+static bool ascii_alpha(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* ^[A-Za-z_][A-Za-z0-9_-]*$ (ASCII, whatever the locale): a name that becomes
+ * "--name=..." stays one option, and one that cannot start with '-' or be empty
+ * (which would make "--" or "---x"). */
+static bool input_key_valid(const char *k)
+{
+    if (k == NULL || !(ascii_alpha(k[0]) || k[0] == '_'))
+        return false;
+    for (const char *p = k; *p; p++)
+        if (!(ascii_alpha(*p) || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* Names Ansible gives a meaning to (its "Special Variables", the connection and become
+ * settings, the Jinja globals it defines): as extra vars, which win over everything,
+ * they would re-point a play (ansible_host, ansible_connection=local,
+ * ansible_become_user=root, ansible_python_interpreter=/tmp/x) or change what its
+ * templates see. */
+static bool ansible_reserved(const char *k)
+{
+    static const char *const names[] = {
+        "hostvars", "groups", "group_names", "ungrouped", "inventory_hostname",
+        "inventory_hostname_short", "inventory_dir", "inventory_file", "playbook_dir",
+        "play_hosts", "role_path", "role_name", "role_names", "role_uuid", "omit",
+        "environment", "vars", "connection", "remote_user", "remote_addr", "delegate_to",
+        "delegate_facts", "lookup", "query", "q", "now", "undef", NULL};
+    static const char *const prefixes[] = {"ansible_", "become", NULL};
+    for (size_t i = 0; names[i]; i++)
+        if (strcmp(k, names[i]) == 0)
+            return true;
+    for (size_t i = 0; prefixes[i]; i++)
+        if (strncmp(k, prefixes[i], strlen(prefixes[i])) == 0)
+            return true;
+    return false;
+}
+
+/* Whether some token of an executable's arg format starts with the value: there the
+ * value is an argv entry of its own, and one starting with '-' could be read as an
+ * option. *after_option: every such token follows one that starts with '-' (the
+ * value is then that option's argument). */
+static bool value_starts_token(const char *fmt, bool *after_option)
+{
+    bool split = false, prev_dash = false;
+    *after_option = true;
+    for (const char *p = fmt; *p;) {
+        p += strspn(p, " \t");
+        if (*p == '\0')
+            break;
+        size_t n = strcspn(p, " \t");
+        if (strncmp(p, "{value}", 7) == 0) {
+            split = true;
+            *after_option &= prev_dash;
+        }
+        prev_dash = p[0] == '-';
+        p += n;
+    }
+    return split;
+}
+
+gt_err gt_run_check_inputs(const cJSON *service, const cJSON *inputs, gt_error *err)
+{
+    if (inputs == NULL || cJSON_IsNull(inputs))
+        return GT_OK;
+    if (!cJSON_IsObject(inputs))
+        return gt_error_setf(err, GT_EINVAL, "$.inputs", "$.inputs: expected an object");
+    const char *type = str_or(service, "type", "");
+    const char *fmt = str_or(service, "arg_format", "--{key} {value}");
+    bool after_option = false;
+    bool split = strcmp(type, "executable") == 0 && value_starts_token(fmt, &after_option);
+    const cJSON *in;
+    cJSON_ArrayForEach(in, inputs) {
+        char field[300];
+        snprintf(field, sizeof field, "$.inputs.%.200s", in->string);
+        if (!input_key_valid(in->string))
+            return gt_error_setf(err, GT_EINVAL, field,
+                                 "%s: \"%.200s\" is not a valid input name (a letter or _, then "
+                                 "letters, digits, _ or -)", field, in->string);
+        if (strcmp(type, "ansible-playbook") == 0 && ansible_reserved(in->string))
+            return gt_error_setf(err, GT_EINVAL, field,
+                                 "%s: \"%s\" is a name Ansible gives a meaning to (magic, "
+                                 "connection or become variable) and cannot be an input", field,
+                                 in->string);
+        /* python-script passes "--key=value", one argument, and so do arg formats
+         * like "--{key}={value}": a value there is never an option. Where the format
+         * makes the value an argument of its own ("--{key} {value}", "{value}"), one
+         * starting with '-' is refused rather than rewritten: the program's own parser
+         * decides what "-x" means, and a quiet rewrite would change the data. Numbers
+         * after an option token ("--count -1") are its argument to every parser
+         * (getopt, argparse, a shell loop) and stay allowed. */
+        if (split) {
+            char *v = gt_run_value_string(in);
+            bool bad = v[0] == '-' && (!after_option || !cJSON_IsNumber(in));
+            free(v);
+            if (bad)
+                return gt_error_setf(err, GT_EINVAL, field,
+                                     "%s: the value starts with \"-\" and the service's arg "
+                                     "format \"%s\" passes it as an argument of its own, where "
+                                     "it could be read as an option; use an arg format that "
+                                     "joins key and value, like --{key}={value}", field, fmt);
+        }
+    }
+    return GT_OK;
+}
+
+/* Writes the inputs (and nothing else) as an extra-vars file under scratch, 0600;
+ * *path is its absolute name (caller frees). */
+static gt_err write_extravars(const cJSON *inputs, const char *scratch, char **path,
+                              gt_error *err)
+{
+    char *text = NULL, *file = NULL;
+    size_t len = 0;
+    char real[PATH_MAX];
+    gt_err rc = gt_extravars_yaml(inputs, "$.inputs", &text, &len, err);
+    if (rc != GT_OK)
+        goto done;
+    /* ansible-playbook runs in the checkout: the path it is given must be absolute */
+    if (scratch == NULL || realpath(scratch, real) == NULL) {
+        rc = gt_error_set(err, GT_EIO, "extra vars: scratch directory %s: %s",
+                          scratch ? scratch : "(none)", scratch ? strerror(errno) : "not given");
+        goto done;
+    }
+    file = gt_path_join(real, "extra-vars.yml");
+    if ((rc = gt_write_file_atomic(file, text, len, 0600, err)) != GT_OK)
+        goto done;
+    *path = file;
+    file = NULL;
+done:
+    if (text)
+        gt_wipe(text, len);
+    free(text);
+    free(file);
+    return rc;
+}
+
 gt_err gt_run_build_argv(const gt_run_options *o, const cJSON *service, const cJSON *inputs,
-                         const char *python, gt_strv *argv, gt_error *err)
+                         const char *python, const char *scratch, gt_strv *argv,
+                         gt_error *err)
 {
     const char *type = str_or(service, "type", "");
     const char *file = str_or(service, "filename", "");
     const cJSON *in;
+    gt_err rc;
+    /* checked when the run was requested; again here for executions stored before */
+    if ((rc = gt_run_check_inputs(service, inputs, err)) != GT_OK)
+        return rc;
     if (strcmp(type, "python-script") == 0) {
         gt_strv_push(argv, python ? python : (o->python ? o->python : "python3"));
         gt_strv_push(argv, file);
@@ -154,16 +300,23 @@ gt_err gt_run_build_argv(const gt_run_options *o, const cJSON *service, const cJ
             gt_strv_push(argv, "-i");
             gt_strv_push(argv, inv);
         }
-        /* Inputs win over the service's own extra vars. */
+        /* The service's own extra vars are its author's settings and may be templates
+         * ("{{ inventory_hostname }}"): they stay JSON in argv, as before. Inputs come
+         * from whoever runs the service: they go in a file in which every string is
+         * !unsafe (never templated), given last so that inputs win. */
         const cJSON *ev = cJSON_GetObjectItemCaseSensitive(service, "extra_vars");
-        cJSON *vars = cJSON_IsObject(ev) ? cJSON_Duplicate(ev, 1) : cJSON_CreateObject();
-        cJSON_ArrayForEach(in, inputs)
-            gt_json_set(vars, in->string, cJSON_Duplicate(in, 1));
-        if (cJSON_GetArraySize(vars) > 0) {
+        if (cJSON_IsObject(ev) && cJSON_GetArraySize(ev) > 0) {
             gt_strv_push(argv, "--extra-vars");
-            gt_strv_push_owned(argv, gt_json_print(vars));
+            gt_strv_push_owned(argv, gt_json_print(ev));
         }
-        cJSON_Delete(vars);
+        if (cJSON_GetArraySize(inputs) > 0) {
+            char *path = NULL;
+            if ((rc = write_extravars(inputs, scratch, &path, err)) != GT_OK)
+                return rc;
+            gt_strv_push(argv, "--extra-vars");
+            gt_strv_push_owned(argv, gt_xasprintf("@%s", path));
+            free(path);
+        }
         return GT_OK;
     }
     if (strcmp(type, "executable") == 0) {
@@ -182,22 +335,43 @@ gt_err gt_run_build_argv(const gt_run_options *o, const cJSON *service, const cJ
     return gt_error_setf(err, GT_EINVAL, "$.type", "service type \"%s\" cannot be run", type);
 }
 
-/* dir/rel must stay inside dir once symlinks are resolved: a repository must not be
- * able to point a run at files outside its checkout. */
-static gt_err inside(const char *dir, const char *rel, const char *what, char **out,
-                     gt_error *err)
+gt_err gt_run_path_inside(const char *root, const char *base, const char *rel,
+                          gt_path_kind kind, const char *what, char **out, gt_error *err)
 {
-    char *joined = gt_path_join(dir, rel && rel[0] ? rel : ".");
-    char real_dir[PATH_MAX], real[PATH_MAX];
+    char *joined = gt_path_join(base, rel && rel[0] ? rel : ".");
+    char real_root[PATH_MAX], real[PATH_MAX];
+    struct stat st;
     gt_err rc = GT_OK;
-    if (realpath(dir, real_dir) == NULL || realpath(joined, real) == NULL) {
-        rc = gt_error_set(err, GT_ENOTFOUND, "%s \"%s\" not found in the repository", what, rel);
-    } else if (strncmp(real, real_dir, strlen(real_dir)) != 0 ||
-               (real[strlen(real_dir)] != '/' && real[strlen(real_dir)] != '\0')) {
-        rc = gt_error_set(err, GT_EPERM, "%s \"%s\" points outside the repository", what, rel);
-    } else if (out) {
-        *out = gt_xstrdup(real);
+    size_t n = 0;
+    if (realpath(root, real_root) == NULL || realpath(joined, real) == NULL) {
+        struct stat lst;
+        rc = lstat(joined, &lst) == 0 && S_ISLNK(lst.st_mode)
+                 ? gt_error_set(err, GT_ENOTFOUND, "%s \"%s\" is a symbolic link to nothing in "
+                                "the repository", what, rel)
+                 : gt_error_set(err, GT_ENOTFOUND, "%s \"%s\" not found in the repository", what,
+                                rel);
+        goto done;
     }
+    n = strlen(real_root);
+    if (strncmp(real, real_root, n) != 0 || (real[n] != '/' && real[n] != '\0')) {
+        /* the message names the path in the repository, never where it leads */
+        rc = gt_error_set(err, GT_EPERM, "%s \"%s\" points outside the repository (a symbolic "
+                          "link out of the checkout)", what, rel);
+        goto done;
+    }
+    if (stat(real, &st) != 0) {
+        rc = gt_error_set(err, GT_ENOTFOUND, "%s \"%s\": %s", what, rel, strerror(errno));
+        goto done;
+    }
+    if (kind == GT_PATH_FILE && !S_ISREG(st.st_mode))
+        rc = gt_error_set(err, GT_EPERM, "%s \"%s\" is not a regular file", what, rel);
+    else if (kind == GT_PATH_DIR && !S_ISDIR(st.st_mode))
+        rc = gt_error_set(err, GT_EPERM, "%s \"%s\" is not a directory", what, rel);
+    else if (kind == GT_PATH_ANY && !S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
+        rc = gt_error_set(err, GT_EPERM, "%s \"%s\" is neither a file nor a directory", what, rel);
+    if (rc == GT_OK && out)
+        *out = gt_xstrdup(real);
+done:
     free(joined);
     return rc;
 }
@@ -250,25 +424,41 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
                          str_or(req->repository, "reference", NULL), req->ssh_key, src, &commit,
                          &why) != GT_OK)
         goto failed;
-    if (inside(src, str_or(svc, "working_dir", ""), "working directory", &cwd, &why) != GT_OK)
+    /* Every path the run (or pip, for it) reads stays inside the checkout. */
+    if (gt_run_path_inside(src, src, str_or(svc, "working_dir", ""), GT_PATH_DIR,
+                           "working directory", &cwd, &why) != GT_OK)
         goto failed;
     const char *fname = str_or(svc, "filename", "");
-    if (fname[0] && inside(cwd, fname, "file", &file, &why) != GT_OK)
+    if (fname[0] && gt_run_path_inside(src, cwd, fname, GT_PATH_FILE, "file", &file, &why) != GT_OK)
         goto failed;
     const cJSON *pb;
     cJSON_ArrayForEach(pb, cJSON_GetObjectItemCaseSensitive(svc, "playbooks"))
-        if (cJSON_IsString(pb) && inside(cwd, pb->valuestring, "playbook", NULL, &why) != GT_OK)
+        if (cJSON_IsString(pb) && gt_run_path_inside(src, cwd, pb->valuestring, GT_PATH_FILE,
+                                                     "playbook", NULL, &why) != GT_OK)
             goto failed;
+    /* an inventory is a file or a directory of them; "host1,host2," is a host list */
     const char *inv = str_or(svc, "inventory", NULL);
     if (inv && inv[0] && strchr(inv, ',') == NULL &&
-        inside(cwd, inv, "inventory", NULL, &why) != GT_OK)
+        gt_run_path_inside(src, cwd, inv, GT_PATH_ANY, "inventory", NULL, &why) != GT_OK)
         goto failed;
 
     gt_run_env_base(o, &env);
     if (strcmp(type, "python-script") == 0) {
-        char *reqs = gt_path_join(cwd, "requirements.txt");
-        if (gt_file_exists(reqs)) {
-            if (gt_venv_ensure(o, reqs, cwd, &venv, &why) != GT_OK) {
+        char *reqs_path = gt_path_join(cwd, "requirements.txt");
+        char *reqs = NULL;
+        struct stat st;
+        /* lstat: a dangling or escaping symlink is refused, not taken for "no file" */
+        bool have = lstat(reqs_path, &st) == 0;
+        free(reqs_path);
+        if (have && gt_run_path_inside(src, cwd, "requirements.txt", GT_PATH_FILE,
+                                       "requirements file", &reqs, &why) != GT_OK)
+            goto failed;
+        if (reqs) {
+            char *repo_id = gt_xasprintf("%s\n%s", str_or(req->repository, "name", ""),
+                                         str_or(req->repository, "url", ""));
+            gt_err vrc = gt_venv_ensure(o, repo_id, reqs, src, cwd, &venv, &why);
+            free(repo_id);
+            if (vrc != GT_OK) {
                 free(reqs);
                 goto failed;
             }
@@ -311,7 +501,7 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
     for (char *const *s = req->secret_env; s && *s; s++)
         gt_strv_push(&env, *s);
 
-    if (gt_run_build_argv(o, svc, req->inputs, python, &argv, &why) != GT_OK)
+    if (gt_run_build_argv(o, svc, req->inputs, python, scratch, &argv, &why) != GT_OK)
         goto failed;
     int64_t timeout_s = 0;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(svc, "timeout");

@@ -29,6 +29,7 @@ typedef struct gt_run_options {
     const char *pip_find_links;
     const char *pip_trusted_host;
     bool pip_no_index;
+    bool allow_http;               /* git may fetch http:// URLs ([runner] allow_http_repositories) */
     char *const *environ;          /* the environment children start from (filtered) */
 } gt_run_options;
 
@@ -54,13 +55,34 @@ typedef struct gt_run_request {
 gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON **result,
                       gt_error *err);
 
-/* Builds the child's argv for a service and its inputs (exposed for tests). dir is
- * the directory the file was checked out to; interpreter may be NULL (defaults). */
+/* Checks a run's inputs against what its service makes of them: every name matches
+ * ^[A-Za-z_][A-Za-z0-9_-]*$; an ansible-playbook input is never a name Ansible gives a
+ * meaning to (ansible_*, hostvars, become*, ...); an executable whose arg format makes
+ * a value an argument of its own gets no value starting with '-'. GT_EINVAL with the
+ * field "$.inputs.<name>". inputs may be NULL. */
+gt_err gt_run_check_inputs(const cJSON *service, const cJSON *inputs, gt_error *err);
+
+/* Builds the child's argv for a service and its inputs (exposed for tests), after
+ * gt_run_check_inputs. python may be NULL (defaults). An ansible-playbook's inputs are
+ * written to scratch/extra-vars.yml (0600; see extravars.h) and passed as
+ * "--extra-vars @<absolute path>"; scratch may be NULL for the other types. */
 gt_err gt_run_build_argv(const gt_run_options *o, const cJSON *service, const cJSON *inputs,
-                         const char *python, gt_strv *argv, gt_error *err);
+                         const char *python, const char *scratch, gt_strv *argv,
+                         gt_error *err);
 
 /* Renders a JSON input value as an argument string; caller frees. */
 char *gt_run_value_string(const cJSON *v);
+
+/* What gt_run_path_inside requires the path to be. */
+typedef enum gt_path_kind { GT_PATH_FILE, GT_PATH_DIR, GT_PATH_ANY } gt_path_kind;
+
+/* base/rel (rel NULL or "" = base), once every symlink is resolved, must be inside
+ * root (the checkout) and be what kind says: a regular file, a directory, or either.
+ * GT_ENOTFOUND or GT_EPERM with a message naming what ("requirements file") and rel,
+ * never where a link leads. *out (may be NULL) receives the resolved path (caller
+ * frees). */
+gt_err gt_run_path_inside(const char *root, const char *base, const char *rel,
+                          gt_path_kind kind, const char *what, char **out, gt_error *err);
 
 #endif
 

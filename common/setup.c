@@ -18,6 +18,7 @@ void gt_setup_run_options(const gt_config *cfg, char *const *envp, gt_run_option
         .pip_find_links = cfg->runner.pip_find_links,
         .pip_trusted_host = cfg->runner.pip_trusted_host,
         .pip_no_index = cfg->runner.pip_no_index,
+        .allow_http = cfg->runner.allow_http_repositories,
         .environ = envp,
     };
 }

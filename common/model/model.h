@@ -20,6 +20,8 @@ typedef struct gt_model_kind {
     /* Checks and normalizes doc (the user's fields, "name" included) in place;
      * errors name the JSON path. */
     gt_err (*validate)(cJSON *doc, gt_error *err);
+    /* Adjusts a stored document, in place, before it is shown (NULL: as stored). */
+    void (*present)(cJSON *doc);
 } gt_model_kind;
 
 extern const gt_model_kind gt_model_repository;

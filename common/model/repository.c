@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include <stdlib.h>
+
 #include "json.h"
 #include "repo.h"
 
@@ -19,11 +21,33 @@ static gt_err validate(cJSON *doc, gt_error *err)
         (rc = gt_model_check_ref(doc, "private_key_name", err)) != GT_OK ||
         (rc = gt_json_str(doc, "$", "url", &url, err)) != GT_OK)
         return rc;
-    if (!gt_repo_url_valid(url))
-        return gt_error_setf(err, GT_EINVAL, "$.url",
-                             "$.url: \"%s\" is not a Git URL (an absolute path, file://, "
-                             "ssh://, user@host:path or https://)", url);
+    gt_error why = {0};
+    if (gt_repo_url_check(url, "$.url", &why) != GT_OK)
+        return gt_error_setf(err, GT_EINVAL, "$.url", "$.url: %s", why.message);
+    if (gt_repo_url_has_password(url)) {
+        /* A password in the URL would be stored and shown in the clear. Repositories take
+         * their credentials from a secret: an ssh key (private_key_name); there is no
+         * username/password secret for https yet. */
+        char *shown = gt_repo_url_mask(url);
+        gt_error_setf(err, GT_EINVAL, "$.url",
+                      "$.url: \"%s\" has a password in it; do not put credentials in a URL: "
+                      "store an ssh private key as a secret and use an ssh URL with "
+                      "private_key_name", shown);
+        free(shown);
+        return GT_EINVAL;
+    }
     return GT_OK;
+}
+
+/* A URL stored with a password (before validate refused them) is shown masked. */
+static void present(cJSON *doc)
+{
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(doc, "url");
+    if (cJSON_IsString(url) && gt_repo_url_has_password(url->valuestring)) {
+        char *shown = gt_repo_url_mask(url->valuestring);
+        gt_json_set_str(doc, "url", shown);
+        free(shown);
+    }
 }
 
 const gt_model_kind gt_model_repository = {
@@ -33,4 +57,5 @@ const gt_model_kind gt_model_repository = {
     .indexes = indexes,
     .hidden = hidden,
     .validate = validate,
+    .present = present,
 };
