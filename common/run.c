@@ -56,11 +56,14 @@ gt_err gt_run_tool(const gt_run_options *o, char *const *argv, char *const *env,
         .timeout_ms = o->fetch_timeout_ms ? o->fetch_timeout_ms : 300000,
         .kill_grace_ms = o->kill_grace_ms,
         .output_cap = 256 * 1024,
+        .cancel = o->cancel,
     };
     gt_err rc = gt_exec_run(&spec, &res, err);
     if (rc != GT_OK)
         goto done;
-    if (res.timed_out) {
+    if (res.canceled) {
+        rc = gt_error_set(err, GT_EAGAIN, "%s was canceled", what);
+    } else if (res.timed_out) {
         rc = gt_error_set(err, GT_ETIMEDOUT, "%s timed out after %lld s", what,
                           (long long)spec.timeout_ms / 1000);
     } else if (res.exit_code != 0) {
@@ -402,9 +405,12 @@ static cJSON *failed_result(const char *message, int64_t start, const char *comm
     return r;
 }
 
-gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON **result,
+gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJSON **result,
                       gt_error *err)
 {
+    gt_run_options run_opts = *opts;
+    run_opts.cancel = req->cancel;
+    const gt_run_options *o = &run_opts;
     gt_err rc = GT_OK;
     gt_error why = {0};
     int64_t start = gt_now_ms();
@@ -547,6 +553,8 @@ gt_err gt_run_execute(const gt_run_options *o, const gt_run_request *req, cJSON 
     goto done;
 failed:
     *result = failed_result(why.message, start, commit);
+    if (why.code == GT_EAGAIN && req->cancel && *req->cancel) /* canceled while preparing */
+        gt_json_set_str(*result, "state", "canceled");
 done:
     gt_exec_result_clear(&res);
     gt_rm_rf(scratch, NULL);

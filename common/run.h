@@ -31,6 +31,9 @@ typedef struct gt_run_options {
     bool pip_no_index;
     bool allow_http;               /* git may fetch http:// URLs ([runner] allow_http_repositories) */
     char *const *environ;          /* the environment children start from (filtered) */
+    /* Set per run by gt_run_execute (on its own copy): git and pip are canceled with the
+     * run, so a cancel or a drain is never held up by a fetch. NULL otherwise. */
+    atomic_int *cancel;
 } gt_run_options;
 
 /* What a run needs besides the service document. */

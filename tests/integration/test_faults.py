@@ -182,3 +182,38 @@ def test_cancel_from_another_terminal(gantry, scripts_repo, tmp_path):
     p = gantry("cancel", "execution", ex["id"], check=2)
     assert "already ended (canceled)" in p.stderr
     assert not marker.exists()
+
+
+def test_cancel_stops_a_hanging_pip_install(gantry, tmp_path):
+    """git and pip run with the run's cancel: a cancel (or a drain) is not held up by a
+    requirements install that never ends."""
+    from conftest import git
+    repo = tmp_path / "slow-repo"
+    (repo / "slowpkg").mkdir(parents=True)
+    (repo / "slowpkg" / "setup.py").write_text(
+        "import time\ntime.sleep(120)\nfrom setuptools import setup\nsetup(name='slowpkg', version='1')\n")
+    (repo / "requirements.txt").write_text("./slowpkg\n")
+    (repo / "main.py").write_text("print('never')\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "slow")
+    gantry("create", "repository", "slow", "--url", repo, check=0)
+    gantry("create", "service", "python-script", "slow", "--repository", "slow",
+           "--filename", "main.py", check=0)
+    p = gantry.popen("run", "service", "slow", "-o", "json")
+    deadline = time.monotonic() + 30
+    ex = None
+    while time.monotonic() < deadline:
+        items = gantry.json("get", "executions")["items"]
+        if items and items[0]["state"] == "running":
+            ex = items[0]
+            break
+        time.sleep(0.2)
+    assert ex is not None
+    time.sleep(2)  # well inside pip install
+    t0 = time.monotonic()
+    gantry("cancel", "execution", ex["id"], check=0)
+    out, err = p.communicate(timeout=60)
+    import json
+    assert json.loads(out)["state"] == "canceled", (out, err)
+    assert time.monotonic() - t0 < 20
