@@ -39,6 +39,7 @@ struct gt_pool {
     pjob *head, *tail;         /* FIFO of jobs not started; freed as they are taken */
     int queued, running;
     bool stopping;
+    bool killing;              /* cancel_all(KILL) was called: nothing new starts */
 };
 
 static gt_err open_api(gt_pool *p, gt_store **store, gt_api **api, atomic_int *cancel,
@@ -86,17 +87,20 @@ static void *worker_main(void *arg)
         p->queued--;
         p->running++;
         snprintf(w->current, sizeof w->current, "%s", j->id);
-        w->cancel = GT_CANCEL_NONE;
+        w->cancel = p->killing ? GT_CANCEL_KILL : GT_CANCEL_NONE;
         pthread_cond_signal(&p->watch_cv);
         pthread_mutex_unlock(&p->mu);
 
         gt_error e = {0};
         gt_err rc = GT_OK;
-        if (w->api == NULL && (rc = open_api(p, &w->store, &w->api, &w->cancel, &e)) != GT_OK)
+        if (w->cancel == GT_CANCEL_KILL) /* fenced out: start nothing more */
+            rc = gt_error_set(&e, GT_ECONFLICT, "execution %s: not started, the pool is fenced out",
+                              j->id);
+        else if (w->api == NULL && (rc = open_api(p, &w->store, &w->api, &w->cancel, &e)) != GT_OK)
             gt_errorlog("pool: store: %s", e.message);
         if (rc == GT_OK && (rc = gt_api_execute(w->api, j->id, j->attempt, &e)) != GT_OK)
             gt_errorlog("execution %s attempt %lld: %s", j->id, (long long)j->attempt, e.message);
-        if (rc != GT_OK && w->api) {
+        if (rc != GT_OK && rc != GT_ECONFLICT && rc != GT_EPERM && w->api) {
             /* a store error may have broken the handle: open a new one next time */
             gt_api_free(&w->api);
             gt_store_free(&w->store);
@@ -241,6 +245,8 @@ size_t gt_pool_take_back(gt_pool *p, void (*fn)(void *arg, void *job), void *arg
 void gt_pool_cancel_all(gt_pool *p, int how)
 {
     pthread_mutex_lock(&p->mu);
+    if (how == GT_CANCEL_KILL)
+        p->killing = true;
     for (int i = 0; i < p->c.workers; i++)
         if (p->w[i].current[0] && p->w[i].cancel < how)
             p->w[i].cancel = how;
