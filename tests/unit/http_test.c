@@ -436,6 +436,187 @@ static void test_status_and_headers_pass_through(void **state)
     stop(&f);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Framing by RFC 9112: each malformed request is refused with 400, a JSON error
+ * naming what was wrong, and a closed connection; the server keeps serving. */
+
+/* The JSON body of a raw answer, or NULL. */
+static cJSON *raw_json(const char *r)
+{
+    const char *b = strstr(r, "\r\n\r\n");
+    return b ? cJSON_Parse(b + 4) : NULL;
+}
+
+static void expect_refused(const char *req, size_t len, int status, const char *why)
+{
+    fixture *f = start();
+    int fd = raw_connect(f->port);
+    raw_send(fd, req, len);
+    bool closed = false;
+    char *r = raw_read_all(fd, 20000, &closed);
+    close(fd);
+    char want[32];
+    snprintf(want, sizeof want, "HTTP/1.1 %d ", status);
+    if (strncmp(r, want, strlen(want)) != 0)
+        fail_msg("expected %d (%s), got: %.200s", status, why, r);
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_non_null(strstr(r, "Content-Type: application/json\r\n"));
+    cJSON *j = raw_json(r);
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    assert_non_null(e);
+    assert_string_equal(jstr(e, "code"), status == 400 ? "invalid_argument" : jstr(e, "code"));
+    if (jstr(e, "message") == NULL || strstr(jstr(e, "message"), why) == NULL)
+        fail_msg("message \"%s\" does not say \"%s\"", jstr(e, "message") ? jstr(e, "message") : "", why);
+    assert_true(closed);
+    cJSON_Delete(j);
+    free(r);
+    /* still serving */
+    gt_http_client_config cc = client_for(f->port);
+    int st = 0;
+    cJSON_Delete(call(&cc, "GET", "/after", NULL, NULL, &st));
+    assert_int_equal(st, 200);
+    stop(&f);
+}
+
+#define POST_HEAD "POST /x HTTP/1.1\r\nHost: x\r\n"
+#define REFUSED(name, req, why)                                  \
+    static void test_refuses_##name(void **state)                \
+    {                                                            \
+        (void)state;                                             \
+        expect_refused(req, sizeof(req) - 1, 400, why);          \
+    }
+
+REFUSED(two_content_lengths, POST_HEAD "Content-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        "conflicting Content-Length")
+REFUSED(content_length_list_differs, POST_HEAD "Content-Length: 2, 3\r\n\r\nabc",
+        "conflicting Content-Length")
+REFUSED(content_length_plus, POST_HEAD "Content-Length: +2\r\n\r\nab", "bad Content-Length")
+REFUSED(content_length_minus, POST_HEAD "Content-Length: -1\r\n\r\n", "bad Content-Length")
+REFUSED(content_length_not_digits, POST_HEAD "Content-Length: 0x2\r\n\r\nab", "bad Content-Length")
+REFUSED(content_length_empty, POST_HEAD "Content-Length: \r\n\r\n", "bad Content-Length")
+REFUSED(content_length_overflow, POST_HEAD "Content-Length: 99999999999999999999999\r\n\r\n",
+        "bad Content-Length")
+REFUSED(te_and_content_length,
+        POST_HEAD "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "both Transfer-Encoding and Content-Length")
+REFUSED(te_gzip, POST_HEAD "Transfer-Encoding: gzip\r\n\r\n", "transfer coding")
+REFUSED(te_gzip_then_chunked, POST_HEAD "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "transfer coding")
+REFUSED(te_chunked_not_last, POST_HEAD "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "transfer coding")
+REFUSED(te_chunked_twice,
+        POST_HEAD "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "transfer coding")
+REFUSED(te_in_http10, "POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding in an HTTP/1.0 request")
+REFUSED(space_before_colon, POST_HEAD "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "whitespace between a header name and the colon")
+REFUSED(obs_fold, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n", "obs-fold")
+REFUSED(obs_fold_tab, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: one\r\n\ttwo\r\n\r\n", "obs-fold")
+REFUSED(space_before_first_header, "GET /x HTTP/1.1\r\n Host: x\r\n\r\n", "obs-fold")
+REFUSED(control_char_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\x01z\r\n\r\n",
+        "control character in a header value")
+REFUSED(del_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\x7fz\r\n\r\n",
+        "control character in a header value")
+REFUSED(nul_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\0z\r\n\r\n",
+        "control character in a header value")
+REFUSED(bare_cr_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\rz\r\n\r\n", "bare CR")
+REFUSED(bare_lf, "GET /x HTTP/1.1\nHost: x\n\n", "LF without CR")
+REFUSED(name_not_token, "GET /x HTTP/1.1\r\nHost: x\r\nX@A: 1\r\n\r\n", "not a token")
+REFUSED(name_with_quote, "GET /x HTTP/1.1\r\nHost: x\r\nX\"A: 1\r\n\r\n", "not a token")
+REFUSED(name_empty, "GET /x HTTP/1.1\r\nHost: x\r\n: 1\r\n\r\n", "not a token")
+REFUSED(no_colon, "GET /x HTTP/1.1\r\nHost: x\r\nJunk\r\n\r\n", "no colon")
+REFUSED(two_hosts, "GET /x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "Host")
+REFUSED(no_host_in_http11, "GET /x HTTP/1.1\r\nX-A: 1\r\n\r\n", "Host")
+REFUSED(bad_chunk_size, POST_HEAD "Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        "chunk size")
+REFUSED(chunk_without_crlf, POST_HEAD "Transfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        "chunk")
+REFUSED(request_line_double_space, "GET  /x HTTP/1.1\r\nHost: x\r\n\r\n", "request line")
+
+/* Edge cases that are valid stay accepted. */
+static void test_framing_accepted(void **state)
+{
+    (void)state;
+    fixture *f = start();
+    const struct {
+        const char *req;
+        const char *want; /* in the answer */
+    } ok[] = {
+        {POST_HEAD "Content-Length: 3, 3\r\nConnection: close\r\n\r\nabc", "\"body\":\"abc\""},
+        {POST_HEAD "Content-Length: 3\r\ncontent-length: 3\r\nConnection: close\r\n\r\nabc",
+         "\"body\":\"abc\""},
+        {POST_HEAD "Content-Length: 0003\r\nConnection: close\r\n\r\nabc", "\"body\":\"abc\""},
+        {POST_HEAD "transfer-encoding:  CHUNKED \r\nConnection: close\r\n\r\n"
+                   "2;name=\"v\"\r\nab\r\n1 ;x\r\nc\r\n0\r\nTrailer-A: 1\r\n\r\n",
+         "\"body\":\"abc\""},
+        {"\r\nGET /lead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "\"path\":\"/lead\""},
+        {"GET http://x/abs?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+         "\"path\":\"/abs\""},
+        {"GET /old HTTP/1.0\r\n\r\n", "\"path\":\"/old\""},
+        {"GET /t HTTP/1.1\r\nHost: x\r\nX-Tab:\ta\tb\t\r\nX-Obs: caf\xc3\xa9\r\nConnection: close\r\n\r\n",
+         "\"path\":\"/t\""},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        bool closed = false;
+        char *r = raw_exchange(f->port, ok[i].req, &closed);
+        if (strncmp(r, "HTTP/1.1 200 ", 13) != 0 || strstr(r, ok[i].want) == NULL)
+            fail_msg("case %zu: %.300s", i, r);
+        assert_true(closed);
+        free(r);
+    }
+    /* Expect: 100-continue gets the interim answer before the body is sent */
+    int fd = raw_connect(f->port);
+    const char *head = POST_HEAD "Content-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n";
+    raw_send(fd, head, strlen(head));
+    char buf[64];
+    size_t got = 0;
+    while (got < 25) {
+        ssize_t n = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    assert_string_equal(buf, "HTTP/1.1 100 Continue\r\n\r\n");
+    raw_send(fd, "{}", 2);
+    bool closed = false;
+    char *r = raw_read_all(fd, 20000, &closed);
+    close(fd);
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    assert_non_null(strstr(r, "\"body\":\"{}\""));
+    free(r);
+    stop(&f);
+}
+
+/* A client that sends its head one byte at a time never finishes: the head has one
+ * deadline (timeout_ms), which every byte does not push back. */
+static void test_slowloris_head_times_out(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.timeout_ms = 300;
+    fixture *f = start_with(&cfg);
+    int fd = raw_connect(f->port);
+    raw_send(fd, "GET /x HTTP/1.1\r\nHost: x\r\nX-Slow: ", 35);
+    bool gone = false;
+    int64_t end = gt_mono_ms() + 20000; /* only a bound for the failure case */
+    while (!gone && gt_mono_ms() < end) {
+        if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) {
+            gone = true; /* the server closed */
+            break;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) > 0) {
+            char b[512];
+            ssize_t n = recv(fd, b, sizeof b, 0);
+            gone = n <= 0; /* an answer (408) may come first; the end of stream follows */
+        }
+    }
+    close(fd);
+    assert_true(gone);
+    stop(&f);
+}
+
 static void test_body_limit(void **state)
 {
     (void)state;
@@ -1129,6 +1310,39 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trips),
         cmocka_unit_test(test_status_and_headers_pass_through),
+        cmocka_unit_test(test_refuses_two_content_lengths),
+        cmocka_unit_test(test_refuses_content_length_list_differs),
+        cmocka_unit_test(test_refuses_content_length_plus),
+        cmocka_unit_test(test_refuses_content_length_minus),
+        cmocka_unit_test(test_refuses_content_length_not_digits),
+        cmocka_unit_test(test_refuses_content_length_empty),
+        cmocka_unit_test(test_refuses_content_length_overflow),
+        cmocka_unit_test(test_refuses_te_and_content_length),
+        cmocka_unit_test(test_refuses_te_gzip),
+        cmocka_unit_test(test_refuses_te_gzip_then_chunked),
+        cmocka_unit_test(test_refuses_te_chunked_not_last),
+        cmocka_unit_test(test_refuses_te_chunked_twice),
+        cmocka_unit_test(test_refuses_te_in_http10),
+        cmocka_unit_test(test_refuses_space_before_colon),
+        cmocka_unit_test(test_refuses_obs_fold),
+        cmocka_unit_test(test_refuses_obs_fold_tab),
+        cmocka_unit_test(test_refuses_space_before_first_header),
+        cmocka_unit_test(test_refuses_control_char_in_value),
+        cmocka_unit_test(test_refuses_del_in_value),
+        cmocka_unit_test(test_refuses_nul_in_value),
+        cmocka_unit_test(test_refuses_bare_cr_in_value),
+        cmocka_unit_test(test_refuses_bare_lf),
+        cmocka_unit_test(test_refuses_name_not_token),
+        cmocka_unit_test(test_refuses_name_with_quote),
+        cmocka_unit_test(test_refuses_name_empty),
+        cmocka_unit_test(test_refuses_no_colon),
+        cmocka_unit_test(test_refuses_two_hosts),
+        cmocka_unit_test(test_refuses_no_host_in_http11),
+        cmocka_unit_test(test_refuses_bad_chunk_size),
+        cmocka_unit_test(test_refuses_chunk_without_crlf),
+        cmocka_unit_test(test_refuses_request_line_double_space),
+        cmocka_unit_test(test_framing_accepted),
+        cmocka_unit_test(test_slowloris_head_times_out),
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_loop_not_blocked_by_handler),
         cmocka_unit_test(test_client_gone_during_handler),
