@@ -648,6 +648,8 @@ struct gt_http_server {
     gt_http_sconn *conns;        /* every open connection */
     int64_t nconns;              /* served connections, counted against max_conns */
     int nrejects;                /* connections over the cap being told 503 */
+    uint64_t refused;            /* since the last warning about it */
+    int64_t refused_logged;      /* gt_mono_ms() of that warning */
     int64_t buffered;            /* request bytes held: input buffers, bodies, jobs */
     size_t njobs;
     bool closing;                /* gt_http_server_free started: answer 503 */
@@ -1242,6 +1244,7 @@ static void gt_http_on_accept(struct evconnlistener *l, evutil_socket_t fd, stru
     bool reject = s->nconns >= s->max_conns;
     if (reject && s->nrejects >= GT_HTTP_REJECT_SLOTS) {
         evutil_closesocket(fd); /* nothing can be answered: close before reading */
+        s->refused++;
         return;
     }
     struct bufferevent *bev = NULL;
@@ -1292,8 +1295,14 @@ static void gt_http_on_accept(struct evconnlistener *l, evutil_socket_t fd, stru
     gt_http_arm(c, s->timeout_ms); /* the TLS handshake and the first head */
     c->state = GT_HTTP_C_HEAD;
     if (reject) {
-        gt_warn("http: %lld connections open ([server] max_connections); refusing %s",
-                (long long)s->nconns, c->peer);
+        s->refused++;
+        int64_t now = gt_mono_ms();
+        if (now - s->refused_logged >= 1000) { /* once a second, not once a connection */
+            gt_warn("http: %lld connections open ([server] max_connections): %llu refused",
+                    (long long)s->nconns, (unsigned long long)s->refused);
+            s->refused_logged = now;
+            s->refused = 0;
+        }
         gt_http_reply_error(c, 503, "unavailable", "too many connections, retry later", true);
         gt_http_arm(c, s->timeout_ms); /* bounds the whole refusal */
     }

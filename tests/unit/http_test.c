@@ -28,6 +28,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "config.h"
 #include "error.h"
 #include "http.h"
 #include "util.h"
@@ -617,6 +618,138 @@ static void test_slowloris_head_times_out(void **state)
     stop(&f);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Caps: connections and buffered request bytes */
+
+static void expect_busy(const char *r, bool closed, const char *why)
+{
+    if (strncmp(r, "HTTP/1.1 503 ", 13) != 0)
+        fail_msg("expected 503 (%s), got: %.200s", why, r);
+    assert_non_null(strstr(r, "Retry-After: 1\r\n"));
+    cJSON *j = raw_json(r);
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    assert_string_equal(jstr(e, "code"), "unavailable");
+    assert_non_null(strstr(jstr(e, "message"), why));
+    cJSON_Delete(j);
+    assert_true(closed);
+}
+
+static void test_max_connections(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.max_connections = 2;
+    fixture *f = start_with(&cfg);
+    /* the server accepts in the order the connections were made: a and b are counted
+     * before c is looked at */
+    int a = raw_connect(f->port), b = raw_connect(f->port);
+    int c = raw_connect(f->port);
+    const char *req = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_send(c, req, strlen(req));
+    bool closed = false;
+    char *r = raw_read_all(c, 20000, &closed);
+    expect_busy(r, closed, "too many connections");
+    free(r);
+    close(c);
+    /* the two it took are served */
+    req = "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    raw_send(a, req, strlen(req));
+    r = raw_read_all(a, 20000, &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    free(r);
+    close(a);
+    /* a's slot is free once its answer was written: a new connection is served */
+    gt_http_client_config cc = client_for(f->port);
+    int st = 0;
+    cJSON_Delete(call(&cc, "GET", "/again", NULL, NULL, &st));
+    assert_int_equal(st, 200);
+    close(b);
+    stop(&f);
+}
+
+/* Where the README is: __FILE__ is tests/unit/http_test.c under the repository. */
+static char *readme_text(void)
+{
+    const char *src = __FILE__;
+    const char *tail = strstr(src, "tests/unit/http_test.c");
+    char path[4096];
+    snprintf(path, sizeof path, "%.*sREADME.md", tail ? (int)(tail - src) : 0, src);
+    char *text = NULL;
+    if (gt_read_file(path, 1 << 20, &text, NULL, NULL) != GT_OK)
+        fail_msg("cannot read %s (run the tests from the repository root)", path);
+    return text;
+}
+
+/* The defaults the README states are the configuration's and the server's. */
+static void test_cap_defaults(void **state)
+{
+    (void)state;
+    gt_config *cfg = gt_config_new();
+    assert_int_equal(cfg->server.max_connections, GT_HTTP_DEFAULT_MAX_CONNECTIONS);
+    assert_int_equal(cfg->server.max_buffered_bytes, GT_HTTP_DEFAULT_MAX_BUFFERED);
+    gt_config_free(&cfg);
+    assert_int_equal(GT_HTTP_DEFAULT_MAX_CONNECTIONS, 1024);
+    assert_int_equal(GT_HTTP_DEFAULT_MAX_BUFFERED, 64 * 1024 * 1024);
+    char *readme = readme_text();
+    const char *mc = strstr(readme, "`[server] max_connections` (default `");
+    const char *mb = strstr(readme, "`max_buffered_bytes` (default `");
+    assert_non_null(mc);
+    assert_non_null(mb);
+    assert_int_equal(strncmp(mc + strlen("`[server] max_connections` (default `"), "1024`", 5), 0);
+    assert_int_equal(strncmp(mb + strlen("`max_buffered_bytes` (default `"), "64MiB`", 6), 0);
+    free(readme);
+}
+
+static void test_max_buffered_bytes(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.max_buffered_bytes = 1500; /* max_body_size 1024 */
+    fixture *f = start_with(&cfg);
+    char body[1001];
+    memset(body, 'b', 1000);
+    body[1000] = '\0';
+    /* a holds 1000 body bytes (and its head) while its handler waits */
+    gt_buf req = {0};
+    gt_buf_printf(&req, "POST /block HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n%s",
+                  body);
+    int a = raw_connect(f->port);
+    raw_send(a, req.data, req.len);
+    wait_blocked(f, 1);
+    /* b would take the total past 1500 bytes */
+    gt_buf_free(&req);
+    gt_buf_printf(&req, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n%s", body);
+    bool closed = false;
+    char *r = raw_exchange(f->port, req.data, &closed);
+    expect_busy(r, closed, "too many request bytes");
+    free(r);
+    /* a is answered; once it is, its bytes are released and the same request passes */
+    release_blocked(f);
+    r = raw_read_all(a, 20000, &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    free(r);
+    close(a);
+    gt_http_client_config cc = client_for(f->port);
+    int st = 0;
+    cJSON *j = call(&cc, "POST", "/x", NULL, body, &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(cJSON_GetObjectItem(j, "body_len")->valueint, 1000);
+    cJSON_Delete(j);
+    gt_buf_free(&req);
+    stop(&f);
+
+    /* a cap below the largest body could never serve it: refused at start */
+    struct event_base *base = event_base_new();
+    fixture dummy = {0};
+    cfg = default_config(&dummy);
+    cfg.max_buffered_bytes = 512;
+    gt_error e = {0};
+    assert_null(gt_http_server_new(base, &cfg, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+    assert_non_null(strstr(e.message, "max_buffered_bytes"));
+    event_base_free(base);
+}
+
 static void test_body_limit(void **state)
 {
     (void)state;
@@ -995,10 +1128,13 @@ static int tls_setup(void **state)
     char *ca_key = tls_path("ca.key"), *ca_crt = tls_path("ca.crt"), *srv_key = tls_path("srv.key"),
          *srv_csr = tls_path("srv.csr"), *srv_crt = tls_path("srv.crt"), *ext = tls_path("ext.cnf"),
          *other_key = tls_path("other.key"), *other_crt = tls_path("other.crt"),
-         *serial = tls_path("ca.srl");
+         *serial = tls_path("ca.srl"), *cli_key = tls_path("cli.key"), *cli_csr = tls_path("cli.csr"),
+         *cli_crt = tls_path("cli.crt"), *cli_ext = tls_path("cli.cnf");
     const char *extv = "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
                        "extendedKeyUsage=serverAuth\n";
-    int ok = gt_write_file_atomic(ext, extv, strlen(extv), 0600, NULL) == GT_OK;
+    const char *cli_extv = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
+    int ok = gt_write_file_atomic(ext, extv, strlen(extv), 0600, NULL) == GT_OK &&
+             gt_write_file_atomic(cli_ext, cli_extv, strlen(cli_extv), 0600, NULL) == GT_OK;
     char *ca[] = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                   "-nodes", "-keyout", ca_key, "-out", ca_crt, "-subj", "/CN=gantry test CA", "-days", "2",
                   "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
@@ -1011,9 +1147,15 @@ static int tls_setup(void **state)
     char *sign[] = {"openssl", "x509", "-req", "-in", srv_csr, "-CA", ca_crt, "-CAkey", ca_key,
                     "-CAserial", serial, "-CAcreateserial", "-out", srv_crt, "-days", "2",
                     "-extfile", ext, NULL};
-    ok = ok && run(ca) == 0 && run(other) == 0 && run(csr) == 0 && run(sign) == 0;
+    /* a client certificate (extendedKeyUsage clientAuth) from the same CA */
+    char *cli_req[] = {"openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                       "-nodes", "-keyout", cli_key, "-out", cli_csr, "-subj", "/CN=gantry-cli", NULL};
+    char *cli_sign[] = {"openssl", "x509", "-req", "-in", cli_csr, "-CA", ca_crt, "-CAkey", ca_key,
+                        "-CAserial", serial, "-out", cli_crt, "-days", "2", "-extfile", cli_ext, NULL};
+    ok = ok && run(ca) == 0 && run(other) == 0 && run(csr) == 0 && run(sign) == 0 &&
+         run(cli_req) == 0 && run(cli_sign) == 0;
     free(ca_key), free(ca_crt), free(srv_key), free(srv_csr), free(srv_crt), free(ext);
-    free(other_key), free(other_crt), free(serial);
+    free(other_key), free(other_crt), free(serial), free(cli_key), free(cli_csr), free(cli_crt), free(cli_ext);
     if (!ok) {
         fprintf(stderr, "SKIPPED TLS tests: cannot make test certificates with the openssl CLI\n");
         gt_rm_rf(tls_dir, NULL);
@@ -1134,6 +1276,96 @@ static void test_tls(void **state)
     assert_non_null(strstr(e.message, "https://127.0.0.1:"));
     stop(&f);
     free(crt), free(key), free(ca), free(other);
+}
+
+/* [server] client_cert_auth: the handshake needs a certificate from the CA. */
+static void test_mutual_tls(void **state)
+{
+    (void)state;
+    if (tls_dir[0] == '\0')
+        skip();
+    char *crt = tls_path("srv.crt"), *key = tls_path("srv.key"), *ca = tls_path("ca.crt"),
+         *cli_crt = tls_path("cli.crt"), *cli_key = tls_path("cli.key"),
+         *other = tls_path("other.crt"), *other_key = tls_path("other.key");
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.use_tls = true;
+    cfg.certificate_file = crt;
+    cfg.private_key_file = key;
+    cfg.client_cert_auth = true;
+    cfg.ca_certificate_file = ca;
+    cfg.timeout_ms = 5000;
+    fixture *f = start_with(&cfg);
+    gt_http_client_config cc = client_for(f->port);
+    cc.use_tls = true;
+    cc.ca_certificate_file = ca;
+    int status = 0;
+    char *resp = NULL;
+    gt_error e = {0};
+    /* no certificate: refused (in TLS 1.3 the alert comes after the client's Finished,
+     * so the client may see it on its first read) */
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    assert_null(resp);
+    assert_int_equal(status, 0);
+    /* a certificate from another CA: refused */
+    gt_http_client_config wrong = cc;
+    wrong.certificate_file = other;
+    wrong.private_key_file = other_key;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&wrong, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    /* our CA's, but for servers only (extendedKeyUsage serverAuth): refused */
+    wrong.certificate_file = crt;
+    wrong.private_key_file = key;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&wrong, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    /* a client certificate from the CA: served */
+    gt_http_client_config good = cc;
+    good.certificate_file = cli_crt;
+    good.private_key_file = cli_key;
+    cJSON *j = call(&good, "POST", "/m", "tok", "{}", &status);
+    assert_int_equal(status, 200);
+    assert_string_equal(jstr(j, "body"), "{}");
+    cJSON_Delete(j);
+    stop(&f);
+
+    /* start-up errors name what is missing */
+    struct event_base *base = event_base_new();
+    fixture dummy = {0};
+    gt_http_server_config bad = default_config(&dummy);
+    bad.client_cert_auth = true; /* without TLS */
+    bad.ca_certificate_file = ca;
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &bad, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+    assert_non_null(strstr(e.message, "client_cert_auth needs use_tls"));
+    bad = cfg;
+    bad.arg = &dummy;
+    bad.ca_certificate_file = NULL;
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &bad, &e));
+    assert_non_null(strstr(e.message, "CA certificate"));
+    bad.ca_certificate_file = "/nonexistent/ca.pem";
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &bad, &e));
+    assert_non_null(strstr(e.message, "/nonexistent/ca.pem"));
+    event_base_free(base);
+
+    /* and so does the configuration, naming the keys */
+    const char *confs[] = {
+        "[application]\nmode = server\n[server]\nuse_tls = false\nclient_cert_auth = true\n",
+        "[application]\nmode = server\n[server]\nuse_tls = true\ncertificate_file = /c.pem\n"
+        "private_key_file = /k.pem\nclient_cert_auth = true\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        gt_config *gc = gt_config_new();
+        gt_error_clear(&e);
+        assert_int_equal(gt_config_load_buffer(gc, confs[i], strlen(confs[i]), "t.conf", &e), GT_OK);
+        assert_int_equal(gt_config_finish(gc, &e), GT_EINVAL);
+        assert_non_null(strstr(e.message, "[server] client_cert_auth"));
+        assert_non_null(strstr(e.message, "[server] use_tls"));
+        assert_non_null(strstr(e.message, "[application] ca_certificate_file"));
+        gt_config_free(&gc);
+    }
+    free(crt), free(key), free(ca), free(cli_crt), free(cli_key), free(other), free(other_key);
 }
 
 static void test_tls_concurrent(void **state)
@@ -1343,6 +1575,9 @@ int main(void)
         cmocka_unit_test(test_refuses_request_line_double_space),
         cmocka_unit_test(test_framing_accepted),
         cmocka_unit_test(test_slowloris_head_times_out),
+        cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_cap_defaults),
+        cmocka_unit_test(test_max_buffered_bytes),
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_loop_not_blocked_by_handler),
         cmocka_unit_test(test_client_gone_during_handler),
@@ -1353,6 +1588,7 @@ int main(void)
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_tls_concurrent),
+        cmocka_unit_test(test_mutual_tls),
         cmocka_unit_test(test_client_response_framing),
         cmocka_unit_test(test_client_refused),
     };
