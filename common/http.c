@@ -812,6 +812,7 @@ static void gt_http_json_escape(gt_buf *b, const char *s)
 static void gt_http_reply_error(gt_http_sconn *c, int status, const char *code, const char *message,
                                 bool close)
 {
+    bool head_only = c->job && c->job->head_only; /* a HEAD answer has no body */
     if (c->job && !c->job->queued) {
         gt_http_job_free(c->job);
         c->job = NULL;
@@ -825,7 +826,7 @@ static void gt_http_reply_error(gt_http_sconn *c, int status, const char *code, 
     gt_http_json_escape(&b, message);
     gt_buf_puts(&b, "\"}}");
     size_t len = b.len;
-    gt_http_write_reply(c, status, NULL, gt_buf_steal(&b), len, false, status == 503 ? "1" : NULL);
+    gt_http_write_reply(c, status, NULL, gt_buf_steal(&b), len, head_only, status == 503 ? "1" : NULL);
     gt_http_charge(c);
 }
 
@@ -1044,7 +1045,11 @@ static void gt_http_process(gt_http_sconn *c)
         break;
     case GT_HTTP_C_HANDLER:
     case GT_HTTP_C_WRITING:
-        gt_http_charge(c); /* a pipelined request waits; the watermark bounds it */
+        /* a pipelined request waits; the watermark bounds it, and past the cap this
+         * connection reads nothing more until its reply is written */
+        gt_http_charge(c);
+        if (c->s->buffered > c->s->max_buffered)
+            bufferevent_disable(c->bev, EV_READ);
         break;
     }
 }
@@ -1064,6 +1069,7 @@ static void gt_http_on_write(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     if (!c->close_after) {
         c->state = GT_HTTP_C_HEAD;
+        bufferevent_enable(bev, EV_READ);
         gt_http_arm(c, c->s->timeout_ms);
         gt_http_process(c);
         return;
