@@ -111,7 +111,8 @@ static const cfg_key keys[] = {
     KPATH("server", server, certificate_file, "", 0, "server certificate (PEM)"),
     KPATH("server", server, private_key_file, "", 0, "server private key (PEM)"),
     KBOOL("server", server, client_cert_auth, "false", 0,
-          "require client certificates (mutual TLS)"),
+          "require client certificates signed by [application] ca_certificate_file (mutual "
+          "TLS; needs use_tls)"),
     KDUR("server", server, api_key_expiration, "1440", MS_MIN, 3650 * MS_DAY, MS_MIN,
          "lifetime of an API key; a plain number is minutes"),
     KBOOL("server", server, distributed_execution, "false", 0,
@@ -121,6 +122,10 @@ static const cfg_key keys[] = {
     /* Gantry */
     KSIZE("server", server, max_body_size, "1MiB", KIB, GIB, "largest request body accepted"),
     KINT("server", server, worker_threads, "4", 1, 256, 0, "threads for blocking work"),
+    KINT("server", server, max_connections, "1024", 1, 1000000, 0,
+         "client connections served at once; more are answered 503"),
+    KSIZE("server", server, max_buffered_bytes, "64MiB", 64 * KIB, 64 * GIB,
+          "request bytes (heads and bodies) held across all connections; past it 503"),
 
     /* [client], also [client:NAME] profiles */
     KSTR("client", client, host, "", chk_host, F_PROFILE,
@@ -1505,6 +1510,21 @@ gt_err gt_config_finish(gt_config *cfg, gt_error *err)
                              "[server] use_tls is true (%s) but certificate_file and "
                              "private_key_file are not set; set them or use_tls = false",
                              gt_config_source(cfg, "server", "use_tls"));
+    if (cfg->application.mode == GT_MODE_SERVER && cfg->server.client_cert_auth &&
+        (!cfg->server.use_tls || cfg->application.ca_certificate_file == NULL))
+        return gt_error_setf(err, GT_EINVAL, "server.client_cert_auth",
+                             "[server] client_cert_auth is true (%s) but %s; mutual TLS needs "
+                             "[server] use_tls = true and [application] ca_certificate_file (the "
+                             "CA that signs client certificates)",
+                             gt_config_source(cfg, "server", "client_cert_auth"),
+                             !cfg->server.use_tls ? "[server] use_tls is false"
+                                                  : "[application] ca_certificate_file is not set");
+    if (cfg->server.max_buffered_bytes < cfg->server.max_body_size)
+        return gt_error_setf(err, GT_EINVAL, "server.max_buffered_bytes",
+                             "[server] max_buffered_bytes (%lld) is below max_body_size (%lld): "
+                             "no request of the largest size could be read",
+                             (long long)cfg->server.max_buffered_bytes,
+                             (long long)cfg->server.max_body_size);
     if (cfg->application.mode == GT_MODE_CLIENT && cfg->client.host == NULL)
         return gt_error_setf(err, GT_EINVAL, "client.host",
                              "client mode needs [client] host (the server to talk to)");

@@ -73,6 +73,8 @@ typedef struct gt_config {
         int64_t grpc_max_recv_msg_size;
         int64_t max_body_size;
         int64_t worker_threads;
+        int64_t max_connections;
+        int64_t max_buffered_bytes;
     } server;
     gt_config_client client;
     struct {

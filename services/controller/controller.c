@@ -462,8 +462,20 @@ static void dep(cJSON *deps, const char *name, gt_err rc, const gt_error *e, con
 static void h_health(ctx *x)
 {
     gt_ctl *ctl = x->ctl;
+    /* The load balancer asks without a token and gets states only: the node's host
+     * name and port, the dependencies' addresses and their error messages are for
+     * callers with a valid token (any role). A missing or bad token is not an error
+     * here; it only leaves the details out. */
+    bool detail = false;
+    if (x->req->authorization) {
+        gt_http_response ignored = {0};
+        detail = authenticate(ctl, x->w, x->req, &x->s, &ignored);
+        free(ignored.body);
+        free(ignored.retry_after);
+    }
     cJSON *b = cJSON_CreateObject();
-    gt_json_set_str(b, "node", ctl->c.node);
+    if (detail)
+        gt_json_set_str(b, "node", ctl->c.node);
     bool exclude = x->req->query && strstr(x->req->query, "exclude-services=true");
     bool ok = true;
     if (!exclude) {
@@ -486,6 +498,13 @@ static void h_health(ctx *x)
         if (rc == GT_OK && (rc = gt_sessions_ping(x->w->sess, &e)) != GT_OK)
             gt_sessions_free(&x->w->sess);
         dep(deps, "sessions", rc, &e, x->w->sess ? gt_sessions_master(x->w->sess) : NULL, &ok);
+        if (!detail) {
+            cJSON *d;
+            cJSON_ArrayForEach(d, deps) {
+                cJSON_DeleteItemFromObjectCaseSensitive(d, "error");
+                cJSON_DeleteItemFromObjectCaseSensitive(d, "address");
+            }
+        }
     }
     gt_json_set_str(b, "status", ok ? "ok" : "unavailable");
     respond(x->resp, ok ? 200 : 503, b);

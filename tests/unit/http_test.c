@@ -28,6 +28,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "config.h"
 #include "error.h"
 #include "http.h"
 #include "util.h"
@@ -436,6 +437,319 @@ static void test_status_and_headers_pass_through(void **state)
     stop(&f);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Framing by RFC 9112: each malformed request is refused with 400, a JSON error
+ * naming what was wrong, and a closed connection; the server keeps serving. */
+
+/* The JSON body of a raw answer, or NULL. */
+static cJSON *raw_json(const char *r)
+{
+    const char *b = strstr(r, "\r\n\r\n");
+    return b ? cJSON_Parse(b + 4) : NULL;
+}
+
+static void expect_refused(const char *req, size_t len, int status, const char *why)
+{
+    fixture *f = start();
+    int fd = raw_connect(f->port);
+    raw_send(fd, req, len);
+    bool closed = false;
+    char *r = raw_read_all(fd, 20000, &closed);
+    close(fd);
+    char want[32];
+    snprintf(want, sizeof want, "HTTP/1.1 %d ", status);
+    if (strncmp(r, want, strlen(want)) != 0)
+        fail_msg("expected %d (%s), got: %.200s", status, why, r);
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_non_null(strstr(r, "Content-Type: application/json\r\n"));
+    cJSON *j = raw_json(r);
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    assert_non_null(e);
+    assert_string_equal(jstr(e, "code"), status == 400 ? "invalid_argument" : jstr(e, "code"));
+    if (jstr(e, "message") == NULL || strstr(jstr(e, "message"), why) == NULL)
+        fail_msg("message \"%s\" does not say \"%s\"", jstr(e, "message") ? jstr(e, "message") : "", why);
+    assert_true(closed);
+    cJSON_Delete(j);
+    free(r);
+    /* still serving */
+    gt_http_client_config cc = client_for(f->port);
+    int st = 0;
+    cJSON_Delete(call(&cc, "GET", "/after", NULL, NULL, &st));
+    assert_int_equal(st, 200);
+    stop(&f);
+}
+
+#define POST_HEAD "POST /x HTTP/1.1\r\nHost: x\r\n"
+#define REFUSED(name, req, why)                                  \
+    static void test_refuses_##name(void **state)                \
+    {                                                            \
+        (void)state;                                             \
+        expect_refused(req, sizeof(req) - 1, 400, why);          \
+    }
+
+REFUSED(two_content_lengths, POST_HEAD "Content-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        "conflicting Content-Length")
+REFUSED(content_length_list_differs, POST_HEAD "Content-Length: 2, 3\r\n\r\nabc",
+        "conflicting Content-Length")
+REFUSED(content_length_plus, POST_HEAD "Content-Length: +2\r\n\r\nab", "bad Content-Length")
+REFUSED(content_length_minus, POST_HEAD "Content-Length: -1\r\n\r\n", "bad Content-Length")
+REFUSED(content_length_not_digits, POST_HEAD "Content-Length: 0x2\r\n\r\nab", "bad Content-Length")
+REFUSED(content_length_empty, POST_HEAD "Content-Length: \r\n\r\n", "bad Content-Length")
+REFUSED(content_length_overflow, POST_HEAD "Content-Length: 99999999999999999999999\r\n\r\n",
+        "bad Content-Length")
+REFUSED(te_and_content_length,
+        POST_HEAD "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "both Transfer-Encoding and Content-Length")
+REFUSED(te_gzip, POST_HEAD "Transfer-Encoding: gzip\r\n\r\n", "transfer coding")
+REFUSED(te_gzip_then_chunked, POST_HEAD "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "transfer coding")
+REFUSED(te_chunked_not_last, POST_HEAD "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "transfer coding")
+REFUSED(te_chunked_twice,
+        POST_HEAD "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "transfer coding")
+REFUSED(te_in_http10, "POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding in an HTTP/1.0 request")
+REFUSED(space_before_colon, POST_HEAD "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "whitespace between a header name and the colon")
+REFUSED(obs_fold, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n", "obs-fold")
+REFUSED(obs_fold_tab, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: one\r\n\ttwo\r\n\r\n", "obs-fold")
+REFUSED(space_before_first_header, "GET /x HTTP/1.1\r\n Host: x\r\n\r\n", "obs-fold")
+REFUSED(control_char_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\x01z\r\n\r\n",
+        "control character in a header value")
+REFUSED(del_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\x7fz\r\n\r\n",
+        "control character in a header value")
+REFUSED(nul_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\0z\r\n\r\n",
+        "control character in a header value")
+REFUSED(bare_cr_in_value, "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\rz\r\n\r\n", "bare CR")
+REFUSED(bare_lf, "GET /x HTTP/1.1\nHost: x\n\n", "LF without CR")
+REFUSED(name_not_token, "GET /x HTTP/1.1\r\nHost: x\r\nX@A: 1\r\n\r\n", "not a token")
+REFUSED(name_with_quote, "GET /x HTTP/1.1\r\nHost: x\r\nX\"A: 1\r\n\r\n", "not a token")
+REFUSED(name_empty, "GET /x HTTP/1.1\r\nHost: x\r\n: 1\r\n\r\n", "not a token")
+REFUSED(no_colon, "GET /x HTTP/1.1\r\nHost: x\r\nJunk\r\n\r\n", "no colon")
+REFUSED(two_hosts, "GET /x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "Host")
+REFUSED(no_host_in_http11, "GET /x HTTP/1.1\r\nX-A: 1\r\n\r\n", "Host")
+REFUSED(bad_chunk_size, POST_HEAD "Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        "chunk size")
+REFUSED(chunk_without_crlf, POST_HEAD "Transfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        "chunk")
+REFUSED(request_line_double_space, "GET  /x HTTP/1.1\r\nHost: x\r\n\r\n", "request line")
+
+/* Edge cases that are valid stay accepted. */
+static void test_framing_accepted(void **state)
+{
+    (void)state;
+    fixture *f = start();
+    const struct {
+        const char *req;
+        const char *want; /* in the answer */
+    } ok[] = {
+        {POST_HEAD "Content-Length: 3, 3\r\nConnection: close\r\n\r\nabc", "\"body\":\"abc\""},
+        {POST_HEAD "Content-Length: 3\r\ncontent-length: 3\r\nConnection: close\r\n\r\nabc",
+         "\"body\":\"abc\""},
+        {POST_HEAD "Content-Length: 0003\r\nConnection: close\r\n\r\nabc", "\"body\":\"abc\""},
+        {POST_HEAD "transfer-encoding:  CHUNKED \r\nConnection: close\r\n\r\n"
+                   "2;name=\"v\"\r\nab\r\n1 ;x\r\nc\r\n0\r\nTrailer-A: 1\r\n\r\n",
+         "\"body\":\"abc\""},
+        {"\r\nGET /lead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "\"path\":\"/lead\""},
+        {"GET http://x/abs?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+         "\"path\":\"/abs\""},
+        {"GET /old HTTP/1.0\r\n\r\n", "\"path\":\"/old\""},
+        {"GET /t HTTP/1.1\r\nHost: x\r\nX-Tab:\ta\tb\t\r\nX-Obs: caf\xc3\xa9\r\nConnection: close\r\n\r\n",
+         "\"path\":\"/t\""},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        bool closed = false;
+        char *r = raw_exchange(f->port, ok[i].req, &closed);
+        if (strncmp(r, "HTTP/1.1 200 ", 13) != 0 || strstr(r, ok[i].want) == NULL)
+            fail_msg("case %zu: %.300s", i, r);
+        assert_true(closed);
+        free(r);
+    }
+    /* Expect: 100-continue gets the interim answer before the body is sent */
+    int fd = raw_connect(f->port);
+    const char *head = POST_HEAD "Content-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n";
+    raw_send(fd, head, strlen(head));
+    char buf[64];
+    size_t got = 0;
+    while (got < 25) {
+        ssize_t n = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    assert_string_equal(buf, "HTTP/1.1 100 Continue\r\n\r\n");
+    raw_send(fd, "{}", 2);
+    bool closed = false;
+    char *r = raw_read_all(fd, 20000, &closed);
+    close(fd);
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    assert_non_null(strstr(r, "\"body\":\"{}\""));
+    free(r);
+    stop(&f);
+}
+
+/* A client that sends its head one byte at a time never finishes: the head has one
+ * deadline (timeout_ms), which every byte does not push back. */
+static void test_slowloris_head_times_out(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.timeout_ms = 300;
+    fixture *f = start_with(&cfg);
+    int fd = raw_connect(f->port);
+    raw_send(fd, "GET /x HTTP/1.1\r\nHost: x\r\nX-Slow: ", 35);
+    bool gone = false;
+    int64_t end = gt_mono_ms() + 20000; /* only a bound for the failure case */
+    while (!gone && gt_mono_ms() < end) {
+        if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) {
+            gone = true; /* the server closed */
+            break;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) > 0) {
+            char b[512];
+            ssize_t n = recv(fd, b, sizeof b, 0);
+            gone = n <= 0; /* an answer (408) may come first; the end of stream follows */
+        }
+    }
+    close(fd);
+    assert_true(gone);
+    stop(&f);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Caps: connections and buffered request bytes */
+
+static void expect_busy(const char *r, bool closed, const char *why)
+{
+    if (strncmp(r, "HTTP/1.1 503 ", 13) != 0)
+        fail_msg("expected 503 (%s), got: %.200s", why, r);
+    assert_non_null(strstr(r, "Retry-After: 1\r\n"));
+    cJSON *j = raw_json(r);
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    assert_string_equal(jstr(e, "code"), "unavailable");
+    assert_non_null(strstr(jstr(e, "message"), why));
+    cJSON_Delete(j);
+    assert_true(closed);
+}
+
+static void test_max_connections(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.max_connections = 2;
+    fixture *f = start_with(&cfg);
+    /* the server accepts in the order the connections were made: a and b are counted
+     * before c is looked at */
+    int a = raw_connect(f->port), b = raw_connect(f->port);
+    int c = raw_connect(f->port);
+    const char *req = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_send(c, req, strlen(req));
+    bool closed = false;
+    char *r = raw_read_all(c, 20000, &closed);
+    expect_busy(r, closed, "too many connections");
+    free(r);
+    close(c);
+    /* the two it took are served */
+    req = "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    raw_send(a, req, strlen(req));
+    r = raw_read_all(a, 20000, &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    free(r);
+    close(a);
+    /* a's slot is free once its answer was written: a new connection is served */
+    gt_http_client_config cc = client_for(f->port);
+    int st = 0;
+    cJSON_Delete(call(&cc, "GET", "/again", NULL, NULL, &st));
+    assert_int_equal(st, 200);
+    close(b);
+    stop(&f);
+}
+
+/* Where the README is: __FILE__ is tests/unit/http_test.c under the repository. */
+static char *readme_text(void)
+{
+    const char *src = __FILE__;
+    const char *tail = strstr(src, "tests/unit/http_test.c");
+    char path[4096];
+    snprintf(path, sizeof path, "%.*sREADME.md", tail ? (int)(tail - src) : 0, src);
+    char *text = NULL;
+    if (gt_read_file(path, 1 << 20, &text, NULL, NULL) != GT_OK)
+        fail_msg("cannot read %s (run the tests from the repository root)", path);
+    return text;
+}
+
+/* The defaults the README states are the configuration's and the server's. */
+static void test_cap_defaults(void **state)
+{
+    (void)state;
+    gt_config *cfg = gt_config_new();
+    assert_int_equal(cfg->server.max_connections, GT_HTTP_DEFAULT_MAX_CONNECTIONS);
+    assert_int_equal(cfg->server.max_buffered_bytes, GT_HTTP_DEFAULT_MAX_BUFFERED);
+    gt_config_free(&cfg);
+    assert_int_equal(GT_HTTP_DEFAULT_MAX_CONNECTIONS, 1024);
+    assert_int_equal(GT_HTTP_DEFAULT_MAX_BUFFERED, 64 * 1024 * 1024);
+    char *readme = readme_text();
+    const char *mc = strstr(readme, "`[server] max_connections` (default `");
+    const char *mb = strstr(readme, "`max_buffered_bytes` (default `");
+    assert_non_null(mc);
+    assert_non_null(mb);
+    assert_int_equal(strncmp(mc + strlen("`[server] max_connections` (default `"), "1024`", 5), 0);
+    assert_int_equal(strncmp(mb + strlen("`max_buffered_bytes` (default `"), "64MiB`", 6), 0);
+    free(readme);
+}
+
+static void test_max_buffered_bytes(void **state)
+{
+    (void)state;
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.max_buffered_bytes = 1500; /* max_body_size 1024 */
+    fixture *f = start_with(&cfg);
+    char body[1001];
+    memset(body, 'b', 1000);
+    body[1000] = '\0';
+    /* a holds 1000 body bytes (and its head) while its handler waits */
+    gt_buf req = {0};
+    gt_buf_printf(&req, "POST /block HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n%s",
+                  body);
+    int a = raw_connect(f->port);
+    raw_send(a, req.data, req.len);
+    wait_blocked(f, 1);
+    /* b would take the total past 1500 bytes */
+    gt_buf_free(&req);
+    gt_buf_printf(&req, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n%s", body);
+    bool closed = false;
+    char *r = raw_exchange(f->port, req.data, &closed);
+    expect_busy(r, closed, "too many request bytes");
+    free(r);
+    /* a is answered; once it is, its bytes are released and the same request passes */
+    release_blocked(f);
+    r = raw_read_all(a, 20000, &closed);
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    free(r);
+    close(a);
+    gt_http_client_config cc = client_for(f->port);
+    int st = 0;
+    cJSON *j = call(&cc, "POST", "/x", NULL, body, &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(cJSON_GetObjectItem(j, "body_len")->valueint, 1000);
+    cJSON_Delete(j);
+    gt_buf_free(&req);
+    stop(&f);
+
+    /* a cap below the largest body could never serve it: refused at start */
+    struct event_base *base = event_base_new();
+    fixture dummy = {0};
+    cfg = default_config(&dummy);
+    cfg.max_buffered_bytes = 512;
+    gt_error e = {0};
+    assert_null(gt_http_server_new(base, &cfg, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+    assert_non_null(strstr(e.message, "max_buffered_bytes"));
+    event_base_free(base);
+}
+
 static void test_body_limit(void **state)
 {
     (void)state;
@@ -814,10 +1128,13 @@ static int tls_setup(void **state)
     char *ca_key = tls_path("ca.key"), *ca_crt = tls_path("ca.crt"), *srv_key = tls_path("srv.key"),
          *srv_csr = tls_path("srv.csr"), *srv_crt = tls_path("srv.crt"), *ext = tls_path("ext.cnf"),
          *other_key = tls_path("other.key"), *other_crt = tls_path("other.crt"),
-         *serial = tls_path("ca.srl");
+         *serial = tls_path("ca.srl"), *cli_key = tls_path("cli.key"), *cli_csr = tls_path("cli.csr"),
+         *cli_crt = tls_path("cli.crt"), *cli_ext = tls_path("cli.cnf");
     const char *extv = "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
                        "extendedKeyUsage=serverAuth\n";
-    int ok = gt_write_file_atomic(ext, extv, strlen(extv), 0600, NULL) == GT_OK;
+    const char *cli_extv = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
+    int ok = gt_write_file_atomic(ext, extv, strlen(extv), 0600, NULL) == GT_OK &&
+             gt_write_file_atomic(cli_ext, cli_extv, strlen(cli_extv), 0600, NULL) == GT_OK;
     char *ca[] = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                   "-nodes", "-keyout", ca_key, "-out", ca_crt, "-subj", "/CN=gantry test CA", "-days", "2",
                   "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
@@ -830,9 +1147,15 @@ static int tls_setup(void **state)
     char *sign[] = {"openssl", "x509", "-req", "-in", srv_csr, "-CA", ca_crt, "-CAkey", ca_key,
                     "-CAserial", serial, "-CAcreateserial", "-out", srv_crt, "-days", "2",
                     "-extfile", ext, NULL};
-    ok = ok && run(ca) == 0 && run(other) == 0 && run(csr) == 0 && run(sign) == 0;
+    /* a client certificate (extendedKeyUsage clientAuth) from the same CA */
+    char *cli_req[] = {"openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                       "-nodes", "-keyout", cli_key, "-out", cli_csr, "-subj", "/CN=gantry-cli", NULL};
+    char *cli_sign[] = {"openssl", "x509", "-req", "-in", cli_csr, "-CA", ca_crt, "-CAkey", ca_key,
+                        "-CAserial", serial, "-out", cli_crt, "-days", "2", "-extfile", cli_ext, NULL};
+    ok = ok && run(ca) == 0 && run(other) == 0 && run(csr) == 0 && run(sign) == 0 &&
+         run(cli_req) == 0 && run(cli_sign) == 0;
     free(ca_key), free(ca_crt), free(srv_key), free(srv_csr), free(srv_crt), free(ext);
-    free(other_key), free(other_crt), free(serial);
+    free(other_key), free(other_crt), free(serial), free(cli_key), free(cli_csr), free(cli_crt), free(cli_ext);
     if (!ok) {
         fprintf(stderr, "SKIPPED TLS tests: cannot make test certificates with the openssl CLI\n");
         gt_rm_rf(tls_dir, NULL);
@@ -953,6 +1276,96 @@ static void test_tls(void **state)
     assert_non_null(strstr(e.message, "https://127.0.0.1:"));
     stop(&f);
     free(crt), free(key), free(ca), free(other);
+}
+
+/* [server] client_cert_auth: the handshake needs a certificate from the CA. */
+static void test_mutual_tls(void **state)
+{
+    (void)state;
+    if (tls_dir[0] == '\0')
+        skip();
+    char *crt = tls_path("srv.crt"), *key = tls_path("srv.key"), *ca = tls_path("ca.crt"),
+         *cli_crt = tls_path("cli.crt"), *cli_key = tls_path("cli.key"),
+         *other = tls_path("other.crt"), *other_key = tls_path("other.key");
+    gt_http_server_config cfg = default_config(NULL);
+    cfg.use_tls = true;
+    cfg.certificate_file = crt;
+    cfg.private_key_file = key;
+    cfg.client_cert_auth = true;
+    cfg.ca_certificate_file = ca;
+    cfg.timeout_ms = 5000;
+    fixture *f = start_with(&cfg);
+    gt_http_client_config cc = client_for(f->port);
+    cc.use_tls = true;
+    cc.ca_certificate_file = ca;
+    int status = 0;
+    char *resp = NULL;
+    gt_error e = {0};
+    /* no certificate: refused (in TLS 1.3 the alert comes after the client's Finished,
+     * so the client may see it on its first read) */
+    assert_int_equal(gt_http_request_send(&cc, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    assert_null(resp);
+    assert_int_equal(status, 0);
+    /* a certificate from another CA: refused */
+    gt_http_client_config wrong = cc;
+    wrong.certificate_file = other;
+    wrong.private_key_file = other_key;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&wrong, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    /* our CA's, but for servers only (extendedKeyUsage serverAuth): refused */
+    wrong.certificate_file = crt;
+    wrong.private_key_file = key;
+    gt_error_clear(&e);
+    assert_int_equal(gt_http_request_send(&wrong, "GET", "/", NULL, NULL, 0, &status, &resp, &e), GT_EUNAVAIL);
+    /* a client certificate from the CA: served */
+    gt_http_client_config good = cc;
+    good.certificate_file = cli_crt;
+    good.private_key_file = cli_key;
+    cJSON *j = call(&good, "POST", "/m", "tok", "{}", &status);
+    assert_int_equal(status, 200);
+    assert_string_equal(jstr(j, "body"), "{}");
+    cJSON_Delete(j);
+    stop(&f);
+
+    /* start-up errors name what is missing */
+    struct event_base *base = event_base_new();
+    fixture dummy = {0};
+    gt_http_server_config bad = default_config(&dummy);
+    bad.client_cert_auth = true; /* without TLS */
+    bad.ca_certificate_file = ca;
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &bad, &e));
+    assert_int_equal(e.code, GT_EINVAL);
+    assert_non_null(strstr(e.message, "client_cert_auth needs use_tls"));
+    bad = cfg;
+    bad.arg = &dummy;
+    bad.ca_certificate_file = NULL;
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &bad, &e));
+    assert_non_null(strstr(e.message, "CA certificate"));
+    bad.ca_certificate_file = "/nonexistent/ca.pem";
+    gt_error_clear(&e);
+    assert_null(gt_http_server_new(base, &bad, &e));
+    assert_non_null(strstr(e.message, "/nonexistent/ca.pem"));
+    event_base_free(base);
+
+    /* and so does the configuration, naming the keys */
+    const char *confs[] = {
+        "[application]\nmode = server\n[server]\nuse_tls = false\nclient_cert_auth = true\n",
+        "[application]\nmode = server\n[server]\nuse_tls = true\ncertificate_file = /c.pem\n"
+        "private_key_file = /k.pem\nclient_cert_auth = true\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        gt_config *gc = gt_config_new();
+        gt_error_clear(&e);
+        assert_int_equal(gt_config_load_buffer(gc, confs[i], strlen(confs[i]), "t.conf", &e), GT_OK);
+        assert_int_equal(gt_config_finish(gc, &e), GT_EINVAL);
+        assert_non_null(strstr(e.message, "[server] client_cert_auth"));
+        assert_non_null(strstr(e.message, "[server] use_tls"));
+        assert_non_null(strstr(e.message, "[application] ca_certificate_file"));
+        gt_config_free(&gc);
+    }
+    free(crt), free(key), free(ca), free(cli_crt), free(cli_key), free(other), free(other_key);
 }
 
 static void test_tls_concurrent(void **state)
@@ -1129,6 +1542,42 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trips),
         cmocka_unit_test(test_status_and_headers_pass_through),
+        cmocka_unit_test(test_refuses_two_content_lengths),
+        cmocka_unit_test(test_refuses_content_length_list_differs),
+        cmocka_unit_test(test_refuses_content_length_plus),
+        cmocka_unit_test(test_refuses_content_length_minus),
+        cmocka_unit_test(test_refuses_content_length_not_digits),
+        cmocka_unit_test(test_refuses_content_length_empty),
+        cmocka_unit_test(test_refuses_content_length_overflow),
+        cmocka_unit_test(test_refuses_te_and_content_length),
+        cmocka_unit_test(test_refuses_te_gzip),
+        cmocka_unit_test(test_refuses_te_gzip_then_chunked),
+        cmocka_unit_test(test_refuses_te_chunked_not_last),
+        cmocka_unit_test(test_refuses_te_chunked_twice),
+        cmocka_unit_test(test_refuses_te_in_http10),
+        cmocka_unit_test(test_refuses_space_before_colon),
+        cmocka_unit_test(test_refuses_obs_fold),
+        cmocka_unit_test(test_refuses_obs_fold_tab),
+        cmocka_unit_test(test_refuses_space_before_first_header),
+        cmocka_unit_test(test_refuses_control_char_in_value),
+        cmocka_unit_test(test_refuses_del_in_value),
+        cmocka_unit_test(test_refuses_nul_in_value),
+        cmocka_unit_test(test_refuses_bare_cr_in_value),
+        cmocka_unit_test(test_refuses_bare_lf),
+        cmocka_unit_test(test_refuses_name_not_token),
+        cmocka_unit_test(test_refuses_name_with_quote),
+        cmocka_unit_test(test_refuses_name_empty),
+        cmocka_unit_test(test_refuses_no_colon),
+        cmocka_unit_test(test_refuses_two_hosts),
+        cmocka_unit_test(test_refuses_no_host_in_http11),
+        cmocka_unit_test(test_refuses_bad_chunk_size),
+        cmocka_unit_test(test_refuses_chunk_without_crlf),
+        cmocka_unit_test(test_refuses_request_line_double_space),
+        cmocka_unit_test(test_framing_accepted),
+        cmocka_unit_test(test_slowloris_head_times_out),
+        cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_cap_defaults),
+        cmocka_unit_test(test_max_buffered_bytes),
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_loop_not_blocked_by_handler),
         cmocka_unit_test(test_client_gone_during_handler),
@@ -1139,6 +1588,7 @@ int main(void)
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_tls_concurrent),
+        cmocka_unit_test(test_mutual_tls),
         cmocka_unit_test(test_client_response_framing),
         cmocka_unit_test(test_client_refused),
     };
