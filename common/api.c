@@ -36,6 +36,7 @@ typedef struct req {
     const char *query;
     cJSON *body;
     gt_api_response *resp;
+    const char *idempotency_key;   /* the request's Idempotency-Key, or NULL */
     gt_error err;
 } req;
 
@@ -1066,6 +1067,84 @@ done:
     return rc;
 }
 
+#define IDEMPOTENCY "idempotency"
+
+/* The execution id an Idempotency-Key stands for, for this service: *id is the one a
+ * first request recorded (and *repeat set when that execution exists), or a new one now
+ * recorded for the key. The key document is written before the execution, so a crash
+ * in between leaves a key whose execution the next request with it creates. */
+static gt_err claim_key(req *r, const char *service, char **id, bool *repeat)
+{
+    const char *k = r->idempotency_key;
+    size_t n = strlen(k);
+    *repeat = false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x20 || (unsigned char)k[i] > 0x7e)
+            n = 0;
+    if (n == 0 || n > 255)
+        return gt_error_setf(&r->err, GT_EINVAL, "Idempotency-Key",
+                             "Idempotency-Key: expected 1 to 255 printable ASCII characters");
+    char *material = gt_xasprintf("%s\n%s", service, k), hex[65];
+    gt_sha256_hex(material, strlen(material), hex);
+    free(material);
+    gt_err rc = GT_OK;
+    for (int round = 0; round < 3; round++) {
+        char *body = NULL;
+        gt_error e = {0};
+        rc = gt_store_get(r->api->d.store, IDEMPOTENCY, hex, &body, NULL, &e);
+        if (rc == GT_OK) {
+            cJSON *doc = cJSON_Parse(body);
+            const char *ex_id = doc_str(doc, "execution");
+            if (ex_id && gt_name_valid(ex_id)) {
+                *id = gt_xstrdup(ex_id);
+                char *ex_body = NULL;
+                *repeat = gt_store_get(r->api->d.store, EXECUTIONS, ex_id, &ex_body, NULL, NULL) ==
+                          GT_OK;
+                free(ex_body);
+            } else {
+                rc = gt_error_set(&r->err, GT_EINTERNAL, "Idempotency-Key: its record is malformed");
+            }
+            cJSON_Delete(doc);
+            free(body);
+            return rc;
+        }
+        if (rc != GT_ENOTFOUND)
+            return gt_error_set(&r->err, rc, "%s", e.message);
+        char *new_id = gt_id_new(), ts[40];
+        now_str(ts, sizeof ts);
+        cJSON *doc = cJSON_CreateObject();
+        gt_json_set_str(doc, "execution", new_id);
+        gt_json_set_str(doc, "service", service);
+        gt_json_set_str(doc, "created_at", ts);
+        char *text = gt_json_print(doc);
+        cJSON_Delete(doc);
+        e = (gt_error){0};
+        rc = gt_store_put(r->api->d.store, IDEMPOTENCY, hex, text, GT_REV_NONE, NULL, &e);
+        free(text);
+        if (rc == GT_OK) {
+            *id = new_id;
+            return GT_OK;
+        }
+        free(new_id);
+        if (rc != GT_ECONFLICT) /* on a conflict, a concurrent twin won: read its id */
+            return gt_error_set(&r->err, rc, "%s", e.message);
+    }
+    return gt_error_set(&r->err, GT_ECONFLICT, "Idempotency-Key: changed too often; try again");
+}
+
+/* Answers a repeated request with the execution the first one created. */
+static gt_err reply_existing(req *r, const char *id)
+{
+    cJSON *ex = NULL;
+    int64_t rev = 0;
+    gt_err rc = load(r, EXECUTIONS, "execution", id, &ex, &rev);
+    if (rc == GT_OK) {
+        gt_json_set_bool(ex, "idempotent_replay", true);
+        reply(r, 200, public_doc(NULL, ex, rev));
+    }
+    return rc;
+}
+
 static gt_err run_service(req *r)
 {
     static const char *const fields[] = {"inputs", "secrets", NULL};
@@ -1116,7 +1195,17 @@ static gt_err run_service(req *r)
     }
 
     /* accepted: stored before anything runs, with its owner so a crash is reaped */
-    id = gt_id_new();
+    if (r->idempotency_key) {
+        bool repeat = false;
+        if ((rc = claim_key(r, r->params[0], &id, &repeat)) != GT_OK)
+            goto done;
+        if (repeat) {
+            rc = reply_existing(r, id);
+            goto done;
+        }
+    } else {
+        id = gt_id_new();
+    }
     ex = cJSON_CreateObject();
     gt_json_set_str(ex, "id", id);
     gt_json_set_str(ex, "service", r->params[0]);
@@ -1139,8 +1228,13 @@ static gt_err run_service(req *r)
     gt_json_set_str(ex, "created_at", ts);
     if (queued) /* for the dispatch sweeper: when it was last announced */
         gt_json_set_num(ex, "dispatched_at_ms", (double)gt_now_ms());
-    if ((rc = move(r, ex, &rev, queued ? "queued" : "accepted", GT_ACTOR_CLIENT)) != GT_OK)
+    if ((rc = move(r, ex, &rev, queued ? "queued" : "accepted", GT_ACTOR_CLIENT)) != GT_OK) {
+        if (rc == GT_ECONFLICT && r->idempotency_key) { /* a twin request created it first */
+            gt_error_clear(&r->err);
+            rc = reply_existing(r, id);
+        }
         goto done;
+    }
     if (a->d.dispatch) {
         gt_error de = {0};
         if (a->d.dispatch(a->d.dispatch_arg, ex, &de) != GT_OK) {
@@ -1532,7 +1626,15 @@ static bool match(const route *rt, char **segs, size_t n, req *r)
 void gt_api_handle(gt_api *api, const char *method, const char *path, const char *query,
                    const char *body, size_t body_len, gt_api_response *resp)
 {
-    req r = {.api = api, .method = method, .query = query, .resp = resp};
+    gt_api_handle_key(api, method, path, query, body, body_len, NULL, resp);
+}
+
+void gt_api_handle_key(gt_api *api, const char *method, const char *path, const char *query,
+                       const char *body, size_t body_len, const char *idempotency_key,
+                       gt_api_response *resp)
+{
+    req r = {.api = api, .method = method, .query = query, .resp = resp,
+             .idempotency_key = idempotency_key};
     char *segs[8] = {0};
     size_t n = 0;
     const route *found = NULL;

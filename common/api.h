@@ -52,6 +52,14 @@ void gt_api_handle(gt_api *api, const char *method, const char *path, const char
                    const char *body, size_t body_len, gt_api_response *resp);
 void gt_api_response_clear(gt_api_response *resp);
 
+/* As gt_api_handle, with the request's Idempotency-Key (NULL: none). A run request that
+ * repeats a key already used for the same service answers with the execution the first
+ * one created (200), and starts nothing new: a client that lost its answer (a dropped
+ * connection, a killed controller) can send the request again safely. */
+void gt_api_handle_key(gt_api *api, const char *method, const char *path, const char *query,
+                       const char *body, size_t body_len, const char *idempotency_key,
+                       gt_api_response *resp);
+
 /* Runs an execution that is waiting ("accepted" or "queued") to its end, as attempt
  * (0: whatever attempt is stored), on a worker thread with an api of its own. An
  * execution no longer waiting, or waiting for another attempt, is left alone and

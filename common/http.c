@@ -410,6 +410,11 @@ int gt_http_parse_head(const char *d, size_t len, size_t max, gt_http_head *h)
                 return gt_http_refuse(h, 400, "more than one Content-Type header");
             h->content_type = v;
             h->content_type_len = vn;
+        } else if (gt_http_word(l, k, "Idempotency-Key")) {
+            if (h->idempotency_key)
+                return gt_http_refuse(h, 400, "more than one Idempotency-Key header");
+            h->idempotency_key = v;
+            h->idempotency_key_len = vn;
         }
     }
     if (te && h->content_length >= 0)
@@ -670,7 +675,7 @@ struct gt_http_job {
     size_t charge;               /* bytes of s->buffered this job holds */
     gt_http_request in;
     gt_http_response out;
-    char *path, *query, *authorization, *content_type, *body;
+    char *path, *query, *authorization, *content_type, *idempotency_key, *body;
     char peer[64];
 };
 
@@ -721,6 +726,7 @@ static void gt_http_job_free(gt_http_job *job)
     free(job->query);
     free(job->authorization);
     free(job->content_type);
+    free(job->idempotency_key);
     free(job->body);
     free(job->out.body);
     free(job->out.retry_after);
@@ -934,6 +940,8 @@ static bool gt_http_read_head(gt_http_sconn *c)
     job->query = h.query ? gt_xstrndup(h.query, h.query_len) : NULL;
     job->authorization = h.authorization ? gt_xstrndup(h.authorization, h.authorization_len) : NULL;
     job->content_type = h.content_type ? gt_xstrndup(h.content_type, h.content_type_len) : NULL;
+    job->idempotency_key = h.idempotency_key
+                               ? gt_xstrndup(h.idempotency_key, h.idempotency_key_len) : NULL;
     snprintf(job->peer, sizeof job->peer, "%s", c->peer);
     job->head_only = strcmp(h.method, "HEAD") == 0;
     job->in = (gt_http_request){
@@ -942,6 +950,7 @@ static bool gt_http_read_head(gt_http_sconn *c)
         .query = job->query,
         .authorization = job->authorization,
         .content_type = job->content_type,
+        .idempotency_key = job->idempotency_key,
         .peer = job->peer,
     };
     job->charge = h.size;
@@ -2109,6 +2118,8 @@ gt_err gt_http_request_send(const gt_http_client_config *cfg, const char *method
                       "\r\nAccept: application/json\r\nConnection: close\r\n");
     if (token)
         gt_buf_printf(&req, "Authorization: Bearer %s\r\n", token);
+    if (cfg->idempotency_key)
+        gt_buf_printf(&req, "Idempotency-Key: %s\r\n", cfg->idempotency_key);
     if (body)
         gt_buf_puts(&req, "Content-Type: application/json\r\n");
     if (body_method)

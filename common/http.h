@@ -22,6 +22,7 @@ typedef struct gt_http_request {
     const char *query;         /* raw query string without '?', or NULL */
     const char *authorization; /* the Authorization header, or NULL */
     const char *content_type;
+    const char *idempotency_key; /* the Idempotency-Key header, or NULL */
     const char *peer;          /* client address, for throttling and logs */
     const char *body;          /* NUL-terminated copy of the body, or NULL */
     size_t body_len;
@@ -85,6 +86,8 @@ typedef struct gt_http_head {
     size_t query_len;
     const char *authorization, *content_type; /* values, or NULL */
     size_t authorization_len, content_type_len;
+    const char *idempotency_key;   /* Idempotency-Key value, or NULL */
+    size_t idempotency_key_len;
     int64_t content_length;        /* -1: none */
     bool chunked;                  /* Transfer-Encoding: chunked */
     bool close;                    /* Connection: close, or HTTP/1.0 */
@@ -123,6 +126,7 @@ typedef struct gt_http_client_config {
     const char *certificate_file;     /* client certificate, optional */
     const char *private_key_file;
     int64_t timeout_ms;               /* 0 = 30000 */
+    const char *idempotency_key;      /* sent as Idempotency-Key when set */
 } gt_http_client_config;
 
 /* Sends one request (Authorization: Bearer token when token is set; body as

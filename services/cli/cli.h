@@ -59,6 +59,9 @@ struct cli {
     FILE *out;
     FILE *err;
     cli_call_fn call;
+    /* Sent with the next request as its Idempotency-Key; a request that has one is sent
+     * again when the connection fails, since the server runs it at most once. */
+    const char *idempotency_key;
     gt_api *api;                 /* local mode */
     const char *config_path;     /* --config */
     /* Loads the configuration and, when backend is set, opens what commands talk to.

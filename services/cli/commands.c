@@ -655,7 +655,12 @@ static int cmd_run_service(cli *c, const cli_cmd *cmd, const cli_args *a)
                 goto done;
     }
     char *path = gt_xasprintf("/api/v1/services/%s/run", name);
+    /* one key per invocation: if the answer is lost, the retry names the same run */
+    char *key = gt_id_new();
+    c->idempotency_key = key;
     rc = cli_request(c, "POST", path, NULL, b, &out);
+    c->idempotency_key = NULL;
+    free(key);
     free(path);
     if (rc != CLI_OK)
         goto done;

@@ -43,7 +43,8 @@ static void local_call(cli *c, const char *method, const char *path, const char 
 {
     main_ctx *m = c->ctx;
     char *text = body ? cJSON_PrintUnformatted(body) : NULL;
-    gt_api_handle(m->api, method, path, query, text, text ? strlen(text) : 0, resp);
+    gt_api_handle_key(m->api, method, path, query, text, text ? strlen(text) : 0,
+                      c->idempotency_key, resp);
     if (text)
         gt_wipe(text, strlen(text)); /* may carry a secret value */
     free(text);
@@ -58,8 +59,21 @@ static void remote_call(cli *c, const char *method, const char *path, const char
     char *text = body ? cJSON_PrintUnformatted(body) : NULL, *reply = NULL;
     int status = 0;
     gt_error e = {0};
-    gt_err rc = gt_http_request_send(&m->http, method, target, c->token, text,
-                                     text ? strlen(text) : 0, &status, &reply, &e);
+    gt_http_client_config hc = m->http;
+    hc.idempotency_key = c->idempotency_key;
+    gt_err rc;
+    for (int attempt = 1;; attempt++) {
+        e = (gt_error){0};
+        rc = gt_http_request_send(&hc, method, target, c->token, text, text ? strlen(text) : 0,
+                                  &status, &reply, &e);
+        /* the connection failed (the answer may be lost): only a request the server runs
+         * at most once, by its key, is safe to send again */
+        if (rc != GT_EUNAVAIL || hc.idempotency_key == NULL || attempt == 3 ||
+            (c->interrupted && *c->interrupted))
+            break;
+        fprintf(c->err, "gantry: %s; trying again\n", e.message);
+        sleep(1);
+    }
     if (text)
         gt_wipe(text, strlen(text));
     free(text);

@@ -670,8 +670,8 @@ void gt_ctl_handle(void *arg, int worker_index, const gt_http_request *req, gt_h
             respond_error(resp, 503, "unavailable", e.message, NULL);
         } else {
             gt_api_response ar = {0};
-            gt_api_handle(x.w->api, req->method, req->path, req->query, req->body, req->body_len,
-                          &ar);
+            gt_api_handle_key(x.w->api, req->method, req->path, req->query, req->body,
+                              req->body_len, req->idempotency_key, &ar);
             respond(resp, ar.status, ar.body);
         }
     }

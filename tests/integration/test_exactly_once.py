@@ -332,34 +332,58 @@ def test_broker_frozen_longer_than_the_heartbeat_bound(cluster):
 
 
 def test_controller_sigkilled_under_load(cluster):
-    """The controller dies mid-load: every execution any client was told about, and every
-    one stored, ends; a new controller serves on."""
+    """The controller dies mid-load. Clients send an Idempotency-Key and send the request
+    again (to the new controller) when the connection broke: every key ends up naming
+    exactly one execution, every stored execution belongs to a key whose client got its
+    answer, and all of them end."""
     c = cluster
     c.marked("quick", "sleep 0.1")
-    accepted, errors = [], []
+    by_key, errors = {}, []
+    lock = threading.Lock()
     stop = threading.Event()
 
-    def load():
-        while not stop.is_set():
+    def submit_keyed(key):
+        while True:
             try:
-                accepted.append(c.submit("quick"))
-            except Exception as e:  # the connection broke: the client was told nothing
-                errors.append(repr(e))
-                time.sleep(0.1)
+                port = c.s.controllers[-1].port  # the newest controller
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/api/v1/services/quick/run", body=json.dumps({"inputs": {}}),
+                             headers={"Content-Type": "application/json", "Idempotency-Key": key,
+                                      "Authorization": f"Bearer {c.token}"})
+                r = conn.getresponse()
+                body = json.loads(r.read())
+                conn.close()
+                assert r.status in (200, 202), (r.status, body)
+                return body["id"]
+            except (OSError, http.client.HTTPException) as e:
+                with lock:
+                    errors.append(repr(e))
+                time.sleep(0.2)
+
+    def load(n):
+        i = 0
+        while not stop.is_set():
+            key = f"client{n}-{i}"
+            ex_id = submit_keyed(key)
+            with lock:
+                by_key[key] = ex_id
+            i += 1
 
     t0 = time.monotonic()
-    threads = [threading.Thread(target=load) for _ in range(3)]
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
     time.sleep(3)
     c.s.controllers[0].kill()
     time.sleep(1)
     c.s.start_controller()
-    c.s.controllers.pop(0)
     time.sleep(3)
     stop.set()
     for t in threads:
         t.join()
+    c.s.controllers.pop(0)
     stored = [e["id"] for e in c.all_executions()]
-    assert set(accepted) <= set(stored)
-    c.settle("controller SIGKILLed under load", stored, t0)
+    assert len(set(by_key.values())) == len(by_key), "two keys named one execution"
+    assert set(stored) == set(by_key.values()), (
+        f"{len(set(stored) - set(by_key.values()))} stored executions no client knows of")
+    c.settle("controller SIGKILLed under load (clients retry with an Idempotency-Key)", stored, t0)

@@ -291,6 +291,12 @@ static void test_reaper_marks_dead_owners_lost(void **state)
     cJSON_Delete(b);
 }
 
+static gt_err record_dispatch(void *arg, const cJSON *ex, gt_error *err);
+static gt_err record_dispatch_fwd(void *arg, const cJSON *ex, gt_error *err)
+{
+    return record_dispatch(arg, ex, err);
+}
+
 /* Every execution of a dead owner is reaped, however many there are (not a first page). */
 static void test_reaper_reads_every_page(void **state)
 {
@@ -357,6 +363,43 @@ static void test_queued_survives_a_failed_dispatch(void **state)
     assert_int_equal(r.status, 202);
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(r.body, "state")->valuestring, "queued");
     gt_api_response_clear(&r);
+    gt_api_free(&server);
+}
+
+/* The same Idempotency-Key for the same service names one execution, whatever happens. */
+static void test_idempotency_key(void **state)
+{
+    fx *f = *state;
+    gt_strv ids = {0};
+    gt_api_deps d = {.store = f->store, .key_file = f->key, .run = &f->run,
+                     .dispatch = record_dispatch_fwd, .dispatch_arg = &ids, .queued = true};
+    gt_api *server = gt_api_new(&d, NULL);
+    req(f, "POST", "/api/v1/repositories", NULL, "{\"name\":\"r\",\"url\":\"/nonexistent\"}", NULL);
+    req(f, "POST", "/api/v1/services", NULL,
+        "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"x\"}", NULL);
+    req(f, "POST", "/api/v1/services", NULL,
+        "{\"name\":\"t\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":\"x\"}", NULL);
+    gt_api_response a = {0}, b = {0}, c = {0}, bad = {0};
+    gt_api_handle_key(server, "POST", "/api/v1/services/s/run", NULL, NULL, 0, "key-1", &a);
+    gt_api_handle_key(server, "POST", "/api/v1/services/s/run", NULL, NULL, 0, "key-1", &b);
+    gt_api_handle_key(server, "POST", "/api/v1/services/t/run", NULL, NULL, 0, "key-1", &c);
+    assert_int_equal(a.status, 202);
+    assert_int_equal(b.status, 200);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b.body, "idempotent_replay")));
+    const char *ida = cJSON_GetObjectItemCaseSensitive(a.body, "id")->valuestring;
+    assert_string_equal(ida, cJSON_GetObjectItemCaseSensitive(b.body, "id")->valuestring);
+    assert_string_not_equal(ida, cJSON_GetObjectItemCaseSensitive(c.body, "id")->valuestring);
+    assert_int_equal(ids.n, 2); /* announced once per execution, not per request */
+    gt_api_handle_key(server, "POST", "/api/v1/services/s/run", NULL, NULL, 0, "bad\nkey", &bad);
+    assert_int_equal(bad.status, 400);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(
+                            cJSON_GetObjectItemCaseSensitive(bad.body, "error"), "field")->valuestring,
+                        "Idempotency-Key");
+    gt_api_response_clear(&a);
+    gt_api_response_clear(&b);
+    gt_api_response_clear(&c);
+    gt_api_response_clear(&bad);
+    gt_strv_free(&ids);
     gt_api_free(&server);
 }
 
@@ -477,6 +520,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reaper_reads_every_page, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_execution, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_survives_a_failed_dispatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dispatched_runs, setup, teardown),
         cmocka_unit_test(test_model_validation),
     };

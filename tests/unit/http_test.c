@@ -491,6 +491,8 @@ REFUSED(two_content_lengths, POST_HEAD "Content-Length: 2\r\nContent-Length: 3\r
         "conflicting Content-Length")
 REFUSED(content_length_list_differs, POST_HEAD "Content-Length: 2, 3\r\n\r\nabc",
         "conflicting Content-Length")
+REFUSED(two_idempotency_keys, POST_HEAD "Idempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n",
+        "more than one Idempotency-Key")
 REFUSED(content_length_plus, POST_HEAD "Content-Length: +2\r\n\r\nab", "bad Content-Length")
 REFUSED(content_length_minus, POST_HEAD "Content-Length: -1\r\n\r\n", "bad Content-Length")
 REFUSED(content_length_not_digits, POST_HEAD "Content-Length: 0x2\r\n\r\nab", "bad Content-Length")
@@ -1545,6 +1547,7 @@ int main(void)
         cmocka_unit_test(test_refuses_two_content_lengths),
         cmocka_unit_test(test_refuses_content_length_list_differs),
         cmocka_unit_test(test_refuses_content_length_plus),
+        cmocka_unit_test(test_refuses_two_idempotency_keys),
         cmocka_unit_test(test_refuses_content_length_minus),
         cmocka_unit_test(test_refuses_content_length_not_digits),
         cmocka_unit_test(test_refuses_content_length_empty),
