@@ -107,6 +107,9 @@ static gt_err load_signing_key(const gt_config *cfg, unsigned char key[GT_SESSIO
             return gt_error_setf(err, GT_ENOTFOUND, "sessions.signing_key_file",
                                  "[sessions] signing_key_file %s: not found (copy it from the "
                                  "other tokend and controller nodes)", path);
+        /* working_dir may not exist yet: a controller can start before tokend */
+        if ((rc = gt_mkdir_p(cfg->application.working_dir, 0700, &e)) != GT_OK)
+            return gt_error_setf(err, rc, "sessions.signing_key_file", "%s", e.message);
         rc = gt_key_generate(path, &e);
         if (rc == GT_OK)
             gt_warn("created the session signing key %s; every gantry-tokend and "
