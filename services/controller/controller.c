@@ -441,8 +441,8 @@ static void h_users_delete(ctx *x)
 static void h_apikey(ctx *x)
 {
     static const char *const allowed[] = {"name", NULL};
-    /* A key that can mint keys never dies: revoking it would not revoke its offspring,
-     * and a leaked one would be a permanent foothold. Keys come from a password login. */
+    /* A key that could mint keys would never die: a leaked one would renew itself before
+     * each expiry, a permanent foothold. New keys need a password login. */
     if (!x->s.login) {
         respond_error(x->resp, 403, "forbidden",
                       "an API key cannot create API keys: log in with a password (gantry "

@@ -872,6 +872,8 @@ static void op_change_password(gt_tokend *t, const cJSON *req, cJSON *out, reply
         (source && !check_source(source, e)) ||
         !check_new_password(npw, pw, name, "$.new_password", e))
         return;
+    if (source == NULL) /* counted all the same: one bucket for requests that name none */
+        source = "unknown";
     if (!authenticate(t, name, pw, source, &u, e))
         return;
     if (gt_password_hash(npw, &hash, &err) != GT_OK) {
