@@ -28,7 +28,41 @@ typedef struct gt_bus_config {
     int64_t heartbeat_s;         /* AMQP heartbeat; 0 = 30 */
     int64_t connect_timeout_ms;  /* 0 = 5000 */
     int reconnect_attempts;      /* per call before GT_EUNAVAIL; 0 = 5 */
+    /* When set, this cluster's queues are reached through its exchanges, not the default
+     * exchange (see "Routes" below). NULL: every queue through the default exchange. */
+    const char *cluster_id;
 } gt_bus_config;
+
+/* --- Routes: who may publish where ---------------------------------------------------
+ *
+ * RabbitMQ grants a user configure/write/read on resources by name (one regex each, per
+ * vhost), and publishing needs write on the *exchange*. Through the default exchange a
+ * routing key names any queue, so write on "amq.default" would let a runner publish to
+ * tokend's queue. With cluster_id set, the bus therefore publishes a cluster's queues
+ * through direct exchanges of their own, with the queue name as routing key:
+ *
+ *   queue                          exchange               published by
+ *   gantry.<cluster_id>.auth       gantry.<cluster_id>.auth     controllers (tokend RPC)
+ *   exec.<cluster_id>.<pool>       gantry.<cluster_id>.exec     controllers, scheduler
+ *   results.<cluster_id>           gantry.<cluster_id>.results  runners
+ *   <one of those>.dead            gantry.<cluster_id>.dead     the broker (dead letters)
+ *
+ * gt_bus_publish(bus, "", queue, ...) and gt_bus_rpc(bus, queue, ...) go through the
+ * queue's exchange; other keys (and "<queue>.dead") still use the default exchange. A
+ * routed work queue dead-letters through gantry.<cluster_id>.dead (declaring a queue with
+ * a dead-letter exchange needs write on that exchange, and on the default one that would
+ * again mean every queue).
+ * Declaring one of these queues (gt_bus_declare_queue, gt_bus_declare_work_queue,
+ * gt_bus_serve_rpc) also declares its exchange and binds the queue to it, when the broker
+ * user may (configure on the exchange, write on the queue, read on the exchange); a user
+ * that may not (a runner for the exec exchange) gets its queue declared and unbound,
+ * which is what it needs to consume, and the refusal is only logged at debug level.
+ * The broker users and their permissions are listed in README ("Security model") and
+ * made by scripts/testenv/rabbitmq.py for the tests.
+ *
+ * Every message the bus publishes carries the AMQP user_id property set to the broker
+ * user it logged in as; RabbitMQ refuses a message whose user_id is not the connection's
+ * user, so a consumer can trust it (gt_bus_delivery.user_id, the rpc handler's caller). */
 
 /* Connects to the first host that answers. The config is copied. */
 gt_bus *gt_bus_connect(const gt_bus_config *cfg, gt_error *err) __attribute__((warn_unused_result));
@@ -50,9 +84,11 @@ gt_err gt_bus_rpc(gt_bus *bus, const char *queue, const void *body, size_t len,
                   int64_t timeout_ms, char **reply, size_t *reply_len, gt_error *err);
 
 /* Answers one request: returns GT_OK and sets *reply (malloc'd) to send it; any other
- * code nacks the request without requeueing it. */
-typedef gt_err (*gt_bus_rpc_fn)(void *arg, const char *body, size_t len, char **reply,
-                                size_t *reply_len);
+ * code nacks the request without requeueing it. user_id is the broker user that sent it
+ * (the user_id property, which RabbitMQ checked against the sender's login), NULL when
+ * the request carried none. */
+typedef gt_err (*gt_bus_rpc_fn)(void *arg, const char *user_id, const char *body, size_t len,
+                                char **reply, size_t *reply_len);
 
 /* Serves requests on queue (declared here) until *stop becomes non-zero, checking it
  * at least every 200 ms: each request's reply goes to its reply-to with its
@@ -117,6 +153,7 @@ typedef struct gt_bus_delivery {
     char *correlation_id;
     char *reply_to;
     char *content_type;
+    char *user_id;           /* the publisher's broker user, checked by RabbitMQ; NULL: none */
     uint64_t delivery_tag;   /* the broker's tag on its channel, for logs */
     uint64_t generation;     /* opaque: the subscription (channel of a connection) it came
                               * on; unique in the process, never 0 */

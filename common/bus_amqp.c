@@ -30,6 +30,13 @@
  * of acking some other message on the new channel -- or closing it with "unknown
  * delivery tag". The broker requeued those deliveries when the old channel went.
  *
+ * Routes (bus.h): with a cluster_id, the cluster's queues are published through exchanges
+ * of their own (bus_route), so that RabbitMQ's per-exchange write permission says who may
+ * publish to which queue; the default exchange is left for RPC replies (direct reply-to
+ * publishes through it, so gantry-tokend alone needs write on "amq.default") and for
+ * queues outside the scheme (tests, dead-letter queues). Declaring a routed queue binds
+ * it, when the broker user is allowed to (bus_bind_route).
+ *
  * Delivery guarantee of gt_bus_publish: at least once. If the connection is lost after
  * the message was written but before its confirm arrived, the publish is retried once on
  * a new connection, and the broker may then hold it twice: consumers must deduplicate on
@@ -104,6 +111,7 @@ struct gt_bus {
     /* The configuration, copied. */
     gt_strv hosts;
     char *vhost, *username, *password, *ca_file, *cert_file, *key_file;
+    char *cluster;                /* routes (bus.h); NULL: the default exchange for all */
     bool use_tls;
     int heartbeat_s;
     int64_t connect_timeout_ms;
@@ -157,6 +165,15 @@ static bool bus_bytes_eq(amqp_bytes_t b, const char *s)
 {
     size_t n = strlen(s);
     return b.len == n && (n == 0 || memcmp(b.bytes, s, n) == 0);
+}
+
+/* Marks a message with the broker user we logged in as (see bus.h): RabbitMQ checks it. */
+static void bus_set_user_id(const gt_bus *bus, amqp_basic_properties_t *props)
+{
+    if (bus->username != NULL && bus->username[0] != '\0') {
+        props->_flags |= AMQP_BASIC_USER_ID_FLAG;
+        props->user_id = amqp_cstring_bytes(bus->username);
+    }
 }
 
 /* Sleeps ms in slices, returning early (true) when *stop is set. */
@@ -255,6 +272,7 @@ void gt_bus_delivery_clear(gt_bus_delivery *d)
     free(d->correlation_id);
     free(d->reply_to);
     free(d->content_type);
+    free(d->user_id);
     memset(d, 0, sizeof *d);
 }
 
@@ -694,6 +712,8 @@ static uint64_t bus_on_delivery(gt_bus *bus, amqp_envelope_t *env)
         d->reply_to = bus_bytes_dup(p->reply_to);
     if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
         d->content_type = bus_bytes_dup(p->content_type);
+    if (p->_flags & AMQP_BASIC_USER_ID_FLAG)
+        d->user_id = bus_bytes_dup(p->user_id);
     if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
         for (int i = 0; i < p->headers.num_entries; i++) {
             amqp_table_entry_t *e = &p->headers.entries[i];
@@ -918,6 +938,7 @@ gt_bus *gt_bus_connect(const gt_bus_config *cfg, gt_error *err)
     bus->ca_file = gt_xstrdup(cfg->ca_certificate_file);
     bus->cert_file = gt_xstrdup(cfg->certificate_file);
     bus->key_file = gt_xstrdup(cfg->private_key_file);
+    bus->cluster = cfg->cluster_id && cfg->cluster_id[0] ? gt_xstrdup(cfg->cluster_id) : NULL;
     bus->heartbeat_s = cfg->heartbeat_s <= 0 ? 30 : cfg->heartbeat_s > 3600 ? 3600
                                                                           : (int)cfg->heartbeat_s;
     bus->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 5000;
@@ -956,6 +977,7 @@ void gt_bus_free(gt_bus **busp)
     free(bus->ca_file);
     free(bus->cert_file);
     free(bus->key_file);
+    free(bus->cluster);
     free(bus->host);
     free(bus->rpc_reply);
     free(bus);
@@ -994,6 +1016,70 @@ static gt_err bus_declare(gt_bus *bus, amqp_channel_t ch, const char *queue, boo
     return bus_declare_args(bus, ch, queue, args, err);
 }
 
+/* --- routes ---------------------------------------------------------------------------- */
+
+/* The exchange (into exchange[n]) that queue is published through, or false for the
+ * default exchange: gantry.<c>.auth -> itself, exec.<c>.<pool> -> gantry.<c>.exec,
+ * results.<c> -> gantry.<c>.results. Dead-letter queues ("<queue>.dead") are filled by
+ * the broker itself and stay on the default exchange. */
+static bool bus_route(const gt_bus *bus, const char *queue, char *exchange, size_t n)
+{
+    const char *c = bus->cluster;
+    if (c == NULL || queue == NULL)
+        return false;
+    size_t cl = strlen(c), ql = strlen(queue), dl = strlen(BUS_DEAD_SUFFIX);
+    const char *family = NULL;
+    if (strncmp(queue, "gantry.", 7) == 0 && strncmp(queue + 7, c, cl) == 0 &&
+        strcmp(queue + 7 + cl, ".auth") == 0)
+        family = "auth";
+    else if (strncmp(queue, "results.", 8) == 0 && strcmp(queue + 8, c) == 0)
+        family = "results";
+    else if (strncmp(queue, "exec.", 5) == 0 && strncmp(queue + 5, c, cl) == 0 &&
+             queue[5 + cl] == '.' && queue[6 + cl] != '\0' &&
+             !(ql > dl && strcmp(queue + ql - dl, BUS_DEAD_SUFFIX) == 0))
+        family = "exec";
+    if (family == NULL)
+        return false;
+    int w = snprintf(exchange, n, "gantry.%s.%s", c, family);
+    return w > 0 && (size_t)w < n;
+}
+
+/* Declares exchange (direct, durable) and binds queue to it with its own name as the key,
+ * on channel ch. A refusal (this broker user may not configure the exchange or bind the
+ * queue: a runner) is not an error: whoever publishes there binds it; the channel the
+ * broker closed is reopened by the next call. */
+static gt_err bus_bind(gt_bus *bus, amqp_channel_t ch, const char *queue, const char *exchange,
+                       gt_error *err)
+{
+    char what[600];
+    gt_error e;
+    gt_error_clear(&e);
+    snprintf(what, sizeof what, "declare exchange '%s'", exchange);
+    amqp_exchange_declare(bus->conn, ch, amqp_cstring_bytes(exchange), amqp_cstring_bytes("direct"),
+                          0, 1, 0, 0, amqp_empty_table);
+    gt_err rc = bus_rpc_result(bus, ch, what, &e);
+    if (rc == GT_OK) {
+        snprintf(what, sizeof what, "bind queue '%s' to exchange '%s'", queue, exchange);
+        amqp_queue_bind(bus->conn, ch, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                        amqp_cstring_bytes(queue), amqp_empty_table);
+        rc = bus_rpc_result(bus, ch, what, &e);
+    }
+    if (rc == GT_EPERM && bus->conn != NULL) {
+        gt_debug("%s (left to a broker user that may)", e.message);
+        return GT_OK;
+    }
+    return rc == GT_OK ? GT_OK : gt_error_set(err, rc, "%s", e.message);
+}
+
+/* Binds a routed queue to its exchange (bus_bind); nothing for other queues. */
+static gt_err bus_bind_route(gt_bus *bus, amqp_channel_t ch, const char *queue, gt_error *err)
+{
+    char exchange[300];
+    if (!bus_route(bus, queue, exchange, sizeof exchange))
+        return GT_OK;
+    return bus_bind(bus, ch, queue, exchange, err);
+}
+
 gt_err gt_bus_declare_queue(gt_bus *bus, const char *queue, bool quorum, gt_error *err)
 {
     if (queue == NULL || queue[0] == '\0' || strlen(queue) > 255)
@@ -1006,6 +1092,8 @@ gt_err gt_bus_declare_queue(gt_bus *bus, const char *queue, bool quorum, gt_erro
         if ((rc = bus_ready(bus, CH_PUB, &e)) != GT_OK)
             break;
         rc = bus_declare(bus, CH_PUB, queue, quorum, &e);
+        if (rc == GT_OK)
+            rc = bus_bind_route(bus, CH_PUB, queue, &e);
         if (rc == GT_OK || bus->conn != NULL)
             break;
     }
@@ -1019,12 +1107,19 @@ gt_err gt_bus_declare_work_queue(gt_bus *bus, const char *queue, gt_error *err)
         return gt_error_set(err, GT_EINVAL, "amqp: a work queue name must be 1-%zu bytes "
                             "(its dead-letter queue adds \"%s\")", 255 - strlen(BUS_DEAD_SUFFIX),
                             BUS_DEAD_SUFFIX);
-    char dead[256];
+    char dead[256], dlx[300] = "";
     snprintf(dead, sizeof dead, "%s%s", queue, BUS_DEAD_SUFFIX);
+    /* RabbitMQ lets a user declare a queue with a dead-letter exchange only if it may write
+     * to that exchange; for the default one that would be write on "amq.default" (every
+     * queue). A routed queue dead-letters through gantry.<cluster_id>.dead instead, to
+     * which its dead-letter queue is bound. */
+    char routed[300];
+    if (bus_route(bus, queue, routed, sizeof routed))
+        snprintf(dlx, sizeof dlx, "gantry.%s.dead", bus->cluster);
     amqp_table_entry_t dead_args[] = {bus_str_arg("x-queue-type", "quorum")};
     amqp_table_entry_t work_args[] = {
         bus_str_arg("x-queue-type", "quorum"),
-        bus_str_arg("x-dead-letter-exchange", ""),
+        bus_str_arg("x-dead-letter-exchange", dlx),
         bus_str_arg("x-dead-letter-routing-key", dead),
         /* The broker dead-letters with confirms and keeps the message until <queue>.dead
          * has it; "at-least-once" needs overflow "reject-publish" (there is no length
@@ -1046,11 +1141,15 @@ gt_err gt_bus_declare_work_queue(gt_bus *bus, const char *queue, gt_error *err)
         if ((rc = bus_ready(bus, CH_PUB, &e)) != GT_OK)
             break;
         rc = bus_declare_args(bus, CH_PUB, dead, dt, &e);
+        if (rc == GT_OK && dlx[0] != '\0')
+            rc = bus_bind(bus, CH_PUB, dead, dlx, &e);
         if (rc == GT_OK) {
             if ((rc = bus_ready(bus, CH_PUB, &e)) != GT_OK)
                 break;
             rc = bus_declare_args(bus, CH_PUB, queue, wt, &e);
         }
+        if (rc == GT_OK)
+            rc = bus_bind_route(bus, CH_PUB, queue, &e);
         if (rc == GT_OK || bus->conn != NULL)
             break;
     }
@@ -1067,13 +1166,18 @@ gt_err gt_bus_publish(gt_bus *bus, const char *exchange, const char *key, const 
     if (strlen(exchange) > 255 || strlen(key) > 255)
         return gt_error_set(err, GT_EINVAL, "amqp: exchange and routing key are at most 255 bytes");
     /* On the default exchange the key names a queue: a message nobody can receive is an
-     * error (GT_ENOTFOUND), not a silent loss. On a named exchange (events, topics) having
-     * no subscriber is normal. */
+     * error (GT_ENOTFOUND), not a silent loss. So it is for a routed queue, whose exchange
+     * stands in for the default one. On another named exchange (events, topics) having no
+     * subscriber is normal. */
     bool mandatory = exchange[0] == '\0';
+    char routed[300];
+    if (mandatory && bus_route(bus, key, routed, sizeof routed))
+        exchange = routed;
     amqp_basic_properties_t props = {
         ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG,
         .delivery_mode = persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT,
     };
+    bus_set_user_id(bus, &props);
     amqp_bytes_t bytes = {.len = len, .bytes = (void *)body};
     gt_error e;
     gt_err rc = GT_EUNAVAIL;
@@ -1156,6 +1260,12 @@ gt_err gt_bus_rpc(gt_bus *bus, const char *queue, const void *body, size_t len,
         .correlation_id = amqp_cstring_bytes(corr),
         .expiration = amqp_cstring_bytes(expiration),
     };
+    /* The caller's identity, for the server: RabbitMQ refuses the message if it is not the
+     * user this connection logged in as. */
+    bus_set_user_id(bus, &props);
+    char routed[300];
+    amqp_bytes_t exchange = bus_route(bus, queue, routed, sizeof routed) ? amqp_cstring_bytes(routed)
+                                                                         : amqp_empty_bytes;
     amqp_bytes_t bytes = {.len = len, .bytes = (void *)body};
     gt_error e;
     gt_err rc = GT_EUNAVAIL;
@@ -1164,7 +1274,7 @@ gt_err gt_bus_rpc(gt_bus *bus, const char *queue, const void *body, size_t len,
         if ((rc = bus_ready(bus, CH_RPC, &e)) != GT_OK)
             goto done;
         /* mandatory: a queue nobody declared answers at once instead of timing out. */
-        int st = amqp_basic_publish(bus->conn, CH_RPC, amqp_empty_bytes, amqp_cstring_bytes(queue),
+        int st = amqp_basic_publish(bus->conn, CH_RPC, exchange, amqp_cstring_bytes(queue),
                                     1, 0, &props, bytes);
         if (st == AMQP_STATUS_OK)
             break;
@@ -1194,6 +1304,13 @@ gt_err gt_bus_rpc(gt_bus *bus, const char *queue, const void *body, size_t len,
                           bus->host, queue);
     } else if (bus->conn == NULL) {
         rc = GT_EUNAVAIL; /* e says why */
+    } else if (!bus->rpc_consuming && bus->close_code == AMQP_ACCESS_REFUSED) {
+        rc = gt_error_set(&e, GT_EPERM, "amqp %s: rpc to '%s': %s", bus->host, queue,
+                          bus->close_text);
+    } else if (!bus->rpc_consuming && bus->close_code == AMQP_NOT_FOUND) {
+        /* The queue's exchange was never declared: its server never started. */
+        rc = gt_error_set(&e, GT_EUNAVAIL, "amqp %s: rpc to '%s': nobody serves it (%s)",
+                          bus->host, queue, bus->close_text);
     } else if (!bus->rpc_consuming) {
         rc = gt_error_set(&e, GT_EUNAVAIL, "amqp %s: rpc to '%s': reply channel closed: %s",
                           bus->host, queue, bus->close_text);
@@ -1294,6 +1411,12 @@ static gt_err bus_subscribe(gt_bus_consumer *c, gt_error *err)
         } else if (rc != GT_OK) {
             return gt_error_set(err, rc, "%s", e.message);
         }
+        /* Bound on every subscribe: a queue deleted and declared again has lost it. */
+        gt_error_clear(&e);
+        if ((rc = bus_bind_route(bus, c->ch, c->queue, &e)) != GT_OK)
+            return gt_error_set(err, rc, "%s", e.message);
+        if (bus->conn != NULL && !c->open && (rc = bus_consumer_channel(c, err)) != GT_OK)
+            return rc; /* a refused bind closed the channel */
     }
     amqp_basic_qos(bus->conn, c->ch, 0, c->prefetch, 0);
     if ((rc = bus_rpc_result(bus, c->ch, "basic.qos", err)) != GT_OK)
@@ -1533,7 +1656,7 @@ static void serve_one(gt_bus_consumer *c, const serve_ctx *s, const gt_bus_deliv
     }
     char *reply = NULL;
     size_t reply_len = 0;
-    gt_err rc = s->fn(s->arg, d->body, d->len, &reply, &reply_len);
+    gt_err rc = s->fn(s->arg, d->user_id, d->body, d->len, &reply, &reply_len);
     if (rc != GT_OK) {
         gt_warn("amqp %s: '%s': request %s rejected: %s", bus->host, s->queue,
                 d->correlation_id ? d->correlation_id : "(no correlation id)", gt_strerror(rc));
@@ -1553,6 +1676,7 @@ static void serve_one(gt_bus_consumer *c, const serve_ctx *s, const gt_bus_deliv
         props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
         props.correlation_id = amqp_cstring_bytes(d->correlation_id);
     }
+    bus_set_user_id(bus, &props);
     amqp_bytes_t bytes = {.len = reply_len, .bytes = reply};
     /* No confirm for replies: the caller waiting for it is the confirmation, and a caller
      * that is gone makes the broker drop the reply, which is what we want. */

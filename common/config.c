@@ -243,12 +243,25 @@ static const cfg_key keys[] = {
     KSTR("sessions", sessions, master_name, "mymaster", NULL, 0, "Sentinel master name"),
     KSTR("sessions", sessions, host, "127.0.0.1:6379", chk_hostport, 0,
          "Redis host:port when there are no sentinels"),
+    KSTR("sessions", sessions, username, "", chk_host, 0,
+         "Redis ACL user (AUTH username password); empty: the default user"),
     KSTR("sessions", sessions, password, "", NULL, F_SECRET, "Redis password"),
+    KSTR("sessions", sessions, sentinel_username, "", chk_host, 0,
+         "user for the sentinels, when they require AUTH"),
+    KSTR("sessions", sessions, sentinel_password, "", NULL, F_SECRET,
+         "password for the sentinels, when they require AUTH"),
     KINT("sessions", sessions, db, "0", 0, 1023, 0, "Redis database number"),
     KDUR("sessions", sessions, token_ttl, "60", MS_SEC, 365 * MS_DAY, MS_MIN,
          "login token lifetime; a plain number is minutes"),
     KBOOL("sessions", sessions, use_tls, "false", 0, "TLS to Redis"),
     KPATH("sessions", sessions, ca_certificate_file, "", 0, "CA of Redis"),
+    KPATH("sessions", sessions, signing_key_file, "", 0,
+          "key that signs login sessions (default <working_dir>/sessions.key); the same file "
+          "on every tokend and controller, and on no runner"),
+
+    /* [tokend]: Gantry */
+    KLIST("tokend", tokend, controller_users, "gantry-controller", chk_host,
+          "broker users (AMQP user_id) whose requests gantry-tokend serves"),
 
     /* [registry] */
     KBOOL("registry", registry, default_overridable, "true", 0,
@@ -275,7 +288,7 @@ static const struct {
 
 static const char *const sections[] = {
     "application", "server", "client", "connect", "features", "log", "runner", "store",
-    "secrets", "broker", "sessions", "registry", "terminal", "python-script",
+    "secrets", "broker", "sessions", "tokend", "registry", "terminal", "python-script",
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
 
@@ -1459,6 +1472,9 @@ gt_err gt_config_finish(gt_config *cfg, gt_error *err)
                     "relative to application.working_dir");
     if (cfg->secrets.encrypt_key_file == NULL)
         set_derived(cfg, "secrets", "encrypt_key_file", gt_path_join(wd, "secrets.key"),
+                    "derived from application.working_dir");
+    if (cfg->sessions.signing_key_file == NULL)
+        set_derived(cfg, "sessions", "signing_key_file", gt_path_join(wd, "sessions.key"),
                     "derived from application.working_dir");
 
     /* client profiles inherit what they do not set from [client] */

@@ -162,12 +162,19 @@ typedef struct gt_config {
         gt_strv sentinels;
         char *master_name;
         char *host;
+        char *username;               /* Redis ACL user; NULL: the default user */
         char *password;               /* secret */
+        char *sentinel_username;      /* when the sentinels require AUTH */
+        char *sentinel_password;      /* secret */
         int64_t db;
         int64_t token_ttl;
         bool use_tls;
         char *ca_certificate_file;
+        char *signing_key_file;       /* derived: <working_dir>/sessions.key */
     } sessions;
+    struct {
+        gt_strv controller_users;     /* broker users whose requests gantry-tokend serves */
+    } tokend;
     struct {
         bool default_overridable;
     } registry;

@@ -1,6 +1,7 @@
 #include "password.h"
 
 #include <argon2.h>
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,4 +107,31 @@ char *gt_token_new(void)
     while (len > 0 && b64[len - 1] == '=')
         b64[--len] = '\0';
     return b64;
+}
+
+/* Sorted by strcmp, for bsearch. */
+static const char *const pw_common[] = {
+#include "password_common.inc"
+};
+
+static int pw_cmp(const void *key, const void *item)
+{
+    return strcmp(key, *(const char *const *)item);
+}
+
+bool gt_password_common(const char *password)
+{
+    if (password == NULL)
+        return false;
+    size_t n = strlen(password);
+    if (n == 0 || n > 64)
+        return false; /* the list holds nothing that long */
+    char low[65];
+    for (size_t i = 0; i < n; i++)
+        low[i] = (char)tolower((unsigned char)password[i]);
+    low[n] = '\0';
+    bool hit = bsearch(low, pw_common, sizeof pw_common / sizeof pw_common[0], sizeof pw_common[0],
+                       pw_cmp) != NULL;
+    gt_wipe(low, sizeof low);
+    return hit;
 }

@@ -17,14 +17,24 @@
  *
  * Counters use PEXPIRE ... NX, so Redis 7.0 or later is required.
  *
+ * Authentication: AUTH username password (Redis 6+ ACL users) or AUTH password to the data
+ * nodes; sentinels that require it get AUTH [sentinel_username] sentinel_password. Session
+ * records carry an HMAC (gt_sessions_seal/open below): Redis holds them, but a password to
+ * Redis is not enough to mint one.
+ *
  * Known limit (Sentinel's, not ours): when a master that is still alive is failed
  * over, it keeps accepting writes until a sentinel turns it into a replica (about ten
  * seconds; it then closes its clients' connections, which sends us to the new
  * master), and the writes made there in between are lost. */
 #include "sessions.h"
 
+#include <cjson/cJSON.h>
 #include <hiredis/hiredis.h>
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/kdf.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -34,6 +44,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "json.h"
 #include "log.h"
 
 #define SESS_MAX_ARGS 8
@@ -52,7 +63,12 @@ struct gt_sessions {
     size_t nsentinels;
     sess_node host;  /* used when nsentinels == 0 */
     char *master_name;
+    char *username;
     char *password;
+    char *sentinel_username;
+    char *sentinel_password;
+    bool signing_key_set;
+    unsigned char signing_key[GT_SESSIONS_KEY_LEN];
     char db[24];     /* decimal, for SELECT; "" for db 0 */
     int64_t timeout_ms;
     char *prefix;
@@ -232,6 +248,25 @@ static bool reply_is(const redisReply *r, int type)
     return r != NULL && r->type == type;
 }
 
+/* AUTH [user] password on c; false with why set when refused or unanswered. */
+static bool node_auth(const gt_sessions *s, redisContext *c, const char *user,
+                      const char *password, char *why, size_t n)
+{
+    sess_cmd cmd = {0};
+    cmd_str(&cmd, "AUTH");
+    if (user)
+        cmd_str(&cmd, user);
+    cmd_str(&cmd, password);
+    redisReply *r = node_call(s, c, &cmd, why, n);
+    if (r == NULL)
+        return false;
+    bool ok = r->type != REDIS_REPLY_ERROR;
+    if (!ok) /* Redis never echoes the password */
+        snprintf(why, n, "AUTH%s%s: %s", user ? " as " : "", user ? user : "", r->str);
+    freeReplyObject(r);
+    return ok;
+}
+
 /* Connects to a data node, AUTH, SELECT, then checks it is a master (ROLE, for an
  * address from a sentinel) or that it answers at all (PING, for a configured host). */
 static redisContext *master_open(const gt_sessions *s, const char *host, int port,
@@ -242,18 +277,8 @@ static redisContext *master_open(const gt_sessions *s, const char *host, int por
     sess_cmd cmd;
     if (c == NULL)
         return NULL;
-    if (s->password) {
-        cmd = (sess_cmd){0};
-        cmd_str(&cmd, "AUTH");
-        cmd_str(&cmd, s->password);
-        if ((r = node_call(s, c, &cmd, why, n)) == NULL)
-            goto fail;
-        if (r->type == REDIS_REPLY_ERROR) {   /* Redis never echoes the password */
-            snprintf(why, n, "AUTH: %s", r->str);
-            goto fail;
-        }
-        freeReplyObject(r);
-    }
+    if (s->password && !node_auth(s, c, s->username, s->password, why, n))
+        goto fail;
     if (s->db[0]) {
         cmd = (sess_cmd){0};
         cmd_str(&cmd, "SELECT");
@@ -312,6 +337,9 @@ static bool sentinel_ask(const gt_sessions *s, const sess_node *sn, char *host, 
     sess_cmd cmd = {0};
     redisContext *c = node_connect(s, sn->host, sn->port, why, n);
     if (c == NULL)
+        goto done;
+    if (s->sentinel_password &&
+        !node_auth(s, c, s->sentinel_username, s->sentinel_password, why, n))
         goto done;
     cmd_str(&cmd, "SENTINEL");
     cmd_str(&cmd, "get-master-addr-by-name");
@@ -656,7 +684,14 @@ gt_sessions *gt_sessions_new(const gt_sessions_config *cfg, gt_error *err)
     if (n == 0 && node_parse(cfg->host, &s->host, "sessions.host", err) != GT_OK)
         goto fail;
     s->master_name = gt_xstrdup(cfg->master_name);
+    s->username = gt_xstrdup(cfg->username && cfg->username[0] ? cfg->username : NULL);
     s->password = gt_xstrdup(cfg->password);
+    s->sentinel_username = gt_xstrdup(cfg->sentinel_username && cfg->sentinel_username[0]
+                                          ? cfg->sentinel_username : NULL);
+    s->sentinel_password = gt_xstrdup(cfg->sentinel_password && cfg->sentinel_password[0]
+                                          ? cfg->sentinel_password : NULL);
+    s->signing_key_set = cfg->signing_key_set;
+    memcpy(s->signing_key, cfg->signing_key, sizeof s->signing_key);
     if (cfg->db != 0)
         snprintf(s->db, sizeof s->db, "%lld", (long long)cfg->db);
     s->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : SESS_DEFAULT_TIMEOUT_MS;
@@ -684,10 +719,17 @@ void gt_sessions_free(gt_sessions **sp)
     free(s->sentinels);
     node_free(&s->host);
     free(s->master_name);
+    free(s->username);
+    free(s->sentinel_username);
     if (s->password) {
         gt_wipe(s->password, strlen(s->password));
         free(s->password);
     }
+    if (s->sentinel_password) {
+        gt_wipe(s->sentinel_password, strlen(s->sentinel_password));
+        free(s->sentinel_password);
+    }
+    gt_wipe(s->signing_key, sizeof s->signing_key);
     free(s->prefix);
     free(s);
     *sp = NULL;
@@ -934,4 +976,144 @@ gt_err gt_sessions_ping(gt_sessions *s, gt_error *err)
 const char *gt_sessions_master(const gt_sessions *s)
 {
     return s ? s->master : "";
+}
+
+/* ---- session records ---------------------------------------------------------------- */
+
+#define SESS_MAC_HEX (2 * 32)
+
+gt_err gt_sessions_derive_key(const void *material, size_t len, const char *cluster_id,
+                              unsigned char key[GT_SESSIONS_KEY_LEN], gt_error *err)
+{
+    static const char salt[] = "gantry sessions";
+    gt_err rc = GT_OK;
+    char *info = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    size_t out = GT_SESSIONS_KEY_LEN;
+    if (material == NULL || len < 32 || cluster_id == NULL)
+        return gt_error_set(err, GT_EINVAL, "sessions: a signing key needs at least 32 bytes "
+                                            "of key material and a cluster id");
+    info = gt_xasprintf("session-mac v1 %s", cluster_id);
+    ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
+    if (ctx == NULL || EVP_PKEY_derive_init(ctx) <= 0 ||
+        EVP_PKEY_CTX_set_hkdf_md(ctx, EVP_sha256()) <= 0 ||
+        EVP_PKEY_CTX_set1_hkdf_salt(ctx, (const unsigned char *)salt, (int)strlen(salt)) <= 0 ||
+        EVP_PKEY_CTX_set1_hkdf_key(ctx, material, (int)len) <= 0 ||
+        EVP_PKEY_CTX_add1_hkdf_info(ctx, (const unsigned char *)info, (int)strlen(info)) <= 0 ||
+        EVP_PKEY_derive(ctx, key, &out) <= 0 || out != GT_SESSIONS_KEY_LEN)
+        rc = gt_error_set(err, GT_EINTERNAL, "sessions: HKDF-SHA256 failed");
+    EVP_PKEY_CTX_free(ctx);
+    free(info);
+    return rc;
+}
+
+/* One field of the MAC's input, length-prefixed so that no two records share an input. */
+static void mac_field(gt_buf *b, const char *v)
+{
+    gt_buf_printf(b, "%zu:%s,", strlen(v), v);
+}
+
+/* Hex HMAC-SHA256 of the record for token_hash into out[65]. */
+static void record_mac(const gt_sessions *s, const char *token_hash, const gt_session_record *r,
+                       char out[SESS_MAC_HEX + 1])
+{
+    gt_buf b = {0};
+    char exp[32];
+    snprintf(exp, sizeof exp, "%lld", (long long)r->expires_at);
+    mac_field(&b, "gantry-session-v1");
+    mac_field(&b, token_hash);
+    mac_field(&b, r->user);
+    mac_field(&b, r->role);
+    mac_field(&b, r->kind);
+    mac_field(&b, r->must_change_password ? "1" : "0");
+    mac_field(&b, exp);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (HMAC(EVP_sha256(), s->signing_key, (int)sizeof s->signing_key,
+             (const unsigned char *)b.data, b.len, mac, &n) == NULL || n != 32)
+        n = 0; /* cannot happen with OpenSSL's SHA-256; an all-zero MAC matches nothing */
+    memset(out, '0', SESS_MAC_HEX);
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", mac[i]);
+    out[SESS_MAC_HEX] = '\0';
+    gt_wipe(mac, sizeof mac);
+    gt_buf_free(&b);
+}
+
+static bool copy_field(char *dst, size_t n, const char *v)
+{
+    size_t len = v ? strlen(v) : 0;
+    if (v == NULL || len == 0 || len >= n)
+        return false;
+    memcpy(dst, v, len + 1);
+    return true;
+}
+
+gt_err gt_sessions_seal(const gt_sessions *s, const char *token_hash, const gt_session_record *r,
+                        char **text, gt_error *err)
+{
+    *text = NULL;
+    if (s == NULL || !s->signing_key_set)
+        return gt_error_set(err, GT_EINVAL, "sessions: no signing key configured "
+                                            "([sessions] signing_key_file)");
+    if (token_hash == NULL || r == NULL || r->user[0] == '\0' || r->role[0] == '\0' ||
+        r->kind[0] == '\0')
+        return gt_error_set(err, GT_EINVAL, "sessions: a record needs a token hash, a user, "
+                                            "a role and a kind");
+    char mac[SESS_MAC_HEX + 1];
+    record_mac(s, token_hash, r, mac);
+    cJSON *o = cJSON_CreateObject();
+    gt_json_set_str(o, "user", r->user);
+    gt_json_set_str(o, "role", r->role);
+    gt_json_set_str(o, "kind", r->kind);
+    gt_json_set_bool(o, "must_change_password", r->must_change_password);
+    gt_json_set_num(o, "expires_at", (double)r->expires_at);
+    gt_json_set_str(o, "mac", mac);
+    *text = gt_json_print(o);
+    cJSON_Delete(o);
+    return GT_OK;
+}
+
+gt_err gt_sessions_open(const gt_sessions *s, const char *token_hash, const char *text,
+                        gt_session_record *r, gt_error *err)
+{
+    gt_err rc = GT_OK;
+    cJSON *doc = NULL;
+    const char *user = NULL, *role = NULL, *kind = NULL, *mac = NULL;
+    gt_error e = {0};
+    memset(r, 0, sizeof *r);
+    if (s == NULL || !s->signing_key_set)
+        return gt_error_set(err, GT_EINVAL, "sessions: no signing key configured "
+                                            "([sessions] signing_key_file)");
+    if (text == NULL || token_hash == NULL ||
+        gt_json_parse(text, strlen(text), "session record", &doc, &e) != GT_OK ||
+        !cJSON_IsObject(doc) || gt_json_str(doc, "$", "user", &user, &e) != GT_OK ||
+        gt_json_str(doc, "$", "role", &role, &e) != GT_OK ||
+        gt_json_str(doc, "$", "kind", &kind, &e) != GT_OK ||
+        gt_json_opt_bool(doc, "$", "must_change_password", &r->must_change_password, &e) !=
+            GT_OK ||
+        gt_json_int(doc, "$", "expires_at", &r->expires_at, &e) != GT_OK ||
+        gt_json_opt_str(doc, "$", "mac", &mac, &e) != GT_OK || !copy_field(r->user, sizeof r->user, user) ||
+        !copy_field(r->role, sizeof r->role, role) || !copy_field(r->kind, sizeof r->kind, kind)) {
+        rc = gt_error_set(err, GT_EINVAL, "sessions: not a session record%s%s",
+                          e.message[0] ? ": " : "", e.message);
+        goto fail;
+    }
+    char want[SESS_MAC_HEX + 1];
+    record_mac(s, token_hash, r, want);
+    bool ok = mac != NULL && strlen(mac) == SESS_MAC_HEX &&
+              CRYPTO_memcmp(mac, want, SESS_MAC_HEX) == 0;
+    gt_wipe(want, sizeof want);
+    if (!ok) {
+        rc = gt_error_set(err, GT_ECRYPTO, "sessions: the record of user %s %s", r->user,
+                          mac ? "does not verify (forged, altered, or signed with another "
+                                "[sessions] signing_key_file)" : "carries no signature");
+        goto done;
+    }
+    goto done;
+fail:
+    memset(r, 0, sizeof *r);
+done:
+    cJSON_Delete(doc);
+    return rc;
 }

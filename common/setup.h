@@ -20,8 +20,11 @@ gt_err gt_setup_load(const char *path, char *const *envp, gt_config **cfg, gt_er
  * no CA); bc borrows cfg's strings. GT_EINVAL when [broker] hosts is empty. */
 gt_err gt_setup_bus_config(const gt_config *cfg, gt_bus_config *bc, gt_error *err);
 
-/* [sessions] as a sessions configuration with key prefix; sc borrows cfg's strings.
- * GT_EINVAL for use_tls (hiredis 0.14 has no TLS: the password would go in clear). */
+/* [sessions] as a sessions configuration with key prefix; sc borrows cfg's strings and
+ * holds the session signing key, derived from [sessions] signing_key_file (created, mode
+ * 0600, when it is the default <working_dir>/sessions.key and missing; GT_ENOTFOUND when
+ * the user named it and it is missing). GT_EINVAL for use_tls (hiredis 0.14 has no TLS:
+ * the password would go in clear). */
 gt_err gt_setup_sessions_config(const gt_config *cfg, const char *prefix, gt_sessions_config *sc,
                                 gt_error *err);
 

@@ -7,6 +7,11 @@ The node gets its own epmd (started here, on a port of its own, through ERL_EPMD
 so stopping it never touches an epmd or a system rabbitmq-server someone else runs.
 Everything is stopped by pid / process group, never by name.
 
+Gantry's broker users: gantry_permissions(cluster) is the permission table of one cluster
+(README, "Security model"); mq.add_gantry_users(cluster) creates a user per role with it
+(one `rabbitmqctl import_definitions`) and returns {role: (user, password)}. guest stays an
+administrator, for tests that poke at the broker directly.
+
 Run a command against a fresh node (with TLS too). It sees GANTRY_TEST_AMQP, the TLS
 variables of RabbitMQ.env(), GANTRY_TEST_AMQP_RESTART_CMD (restarts the node and returns
 when it is ready again) and GANTRY_TEST_AMQP_CONTROL_CMD (append "kill", "start" or
@@ -14,9 +19,14 @@ when it is ready again) and GANTRY_TEST_AMQP_CONTROL_CMD (append "kill", "start"
 
     python3 -m scripts.testenv.rabbitmq -- build/san/tests/unit/bus_test
 """
+import base64
+import hashlib
+import json
 import os
 import pwd
 import random
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +44,50 @@ else:
 
 SBIN = "/usr/lib/rabbitmq/bin"
 START_TIMEOUT = 60.0
+
+ROLES = ("controller", "scheduler", "runner", "tokend")
+
+
+def gantry_permissions(cluster):
+    """{role: (configure, write, read)}: the RabbitMQ permission regexes of each Gantry
+    process of a cluster. Permissions are by resource name (queues and exchanges alike)
+    and publishing needs write on the exchange, so each queue family has an exchange of
+    its own (common/bus.h, "Routes") and nobody but tokend may write the default exchange
+    (tokend answers through it: direct reply-to). What follows:
+      - only the controllers may publish to gantry.<c>.auth (tokend's queue);
+      - only controllers and the scheduler may publish work (gantry.<c>.exec);
+      - runners publish results (gantry.<c>.results) and may bind their dead-letter
+        queues; they cannot write any exec queue or exchange.
+    Declaring a work queue with its dead-letter exchange gantry.<c>.dead needs write on
+    that exchange and read on the queue, hence those grants."""
+    c = re.escape(cluster)
+
+    def rx(*alts):
+        return "^(" + "|".join(alts) + ")$"
+
+    return {
+        "controller": (rx(rf"gantry\.{c}\.(exec|dead)", rf"exec\.{c}\..+"),
+                       rx(rf"gantry\.{c}\.(auth|exec|dead)", rf"exec\.{c}\..+"),
+                       rx(rf"gantry\.{c}\.(exec|dead)", rf"exec\.{c}\..+")),
+        "scheduler": (rx(rf"gantry\.{c}\.(exec|results|dead)", rf"exec\.{c}\..+",
+                         rf"results\.{c}(\.dead)?"),
+                      rx(rf"gantry\.{c}\.(exec|dead)", rf"exec\.{c}\..+", rf"results\.{c}(\.dead)?"),
+                      rx(rf"gantry\.{c}\.(exec|results|dead)", rf"exec\.{c}\..+",
+                         rf"results\.{c}(\.dead)?")),
+        "runner": (rx(rf"gantry\.{c}\.(results|dead)", rf"exec\.{c}\..+", rf"results\.{c}(\.dead)?"),
+                   rx(rf"gantry\.{c}\.(results|dead)", rf"exec\.{c}\..+\.dead",
+                      rf"results\.{c}(\.dead)?"),
+                   rx(rf"gantry\.{c}\.(results|dead)", rf"exec\.{c}\..+", rf"results\.{c}(\.dead)?")),
+        "tokend": (rx(rf"gantry\.{c}\.auth"),
+                   rx(rf"gantry\.{c}\.auth", r"amq\.default"),
+                   rx(rf"gantry\.{c}\.auth")),
+    }
+
+
+def _password_hash(password):
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt[4] + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 def _stable_port():
@@ -109,6 +163,7 @@ class RabbitMQ:
         self.node = f"gantry-test-{self.port}@localhost"
         self.user, self.password = user, password
         self.base = os.path.join(self.tmpdir, f"rabbitmq-{self.port}")
+        self.gantry_users = {}  # cluster -> {role: (user, password)}, made by add_gantry_users
         self.proc = None
         self.epmd = None
         self.start_seconds = None
@@ -264,6 +319,38 @@ class RabbitMQ:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({r.returncode}): "
                                f"{r.stdout}{r.stderr}")
         return r.stdout
+
+    # -- users ---------------------------------------------------------------------
+    def add_users(self, users, vhost="/"):
+        """Creates (or updates) users with their permissions in one import:
+        users = {name: (password, configure, write, read)}."""
+        defs = {
+            "users": [{"name": n, "password_hash": _password_hash(pw),
+                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}
+                      for n, (pw, _, _, _) in users.items()],
+            "permissions": [{"user": n, "vhost": vhost, "configure": cf, "write": wr,
+                             "read": rd} for n, (_, cf, wr, rd) in users.items()],
+        }
+        path = os.path.join(self.base, "etc", f"users-{secrets.token_hex(4)}.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(defs, f)
+        try:
+            if self.run_as is not None:
+                os.chown(path, self.run_as.pw_uid, self.run_as.pw_gid)
+            self._ctl("import_definitions", path)
+        finally:
+            os.unlink(path)
+
+    def add_gantry_users(self, cluster):
+        """One broker user per Gantry role of cluster, "gantry-<role>-<cluster>", with
+        gantry_permissions(cluster); made once per node. Returns {role: (user, password)}."""
+        if cluster not in self.gantry_users:
+            perms = gantry_permissions(cluster)
+            made = {r: (f"gantry-{r}-{cluster}", secrets.token_hex(16)) for r in ROLES}
+            self.add_users({u: (pw, *perms[r]) for r, (u, pw) in made.items()})
+            self.gantry_users[cluster] = made
+        return self.gantry_users[cluster]
 
     def _reap(self, tree, timeout=15.0):
         """Waits until every process of tree is gone; SIGKILLs stragglers after timeout."""

@@ -12,11 +12,23 @@ Every node has its own directory under tmpdir holding its config file (sentinels
 rewrite theirs), its data and its log (<name>.log). Processes are only ever stopped by
 the pid this object started; a system redis-server on 6379 is never touched.
 
+Nothing answers without a password (Redis 7 ACL users, as a production setup should
+have them; see README "Security model"):
+  data nodes  default            everything (the harness, tests that poke at Redis)
+              gantry             the app: GET SET DEL PEXPIRE INCR SADD SMEMBERS SREM MULTI
+                                 EXEC PING ROLE SELECT on keys gantry*
+              sentinel-monitor   what Sentinel needs to monitor and fail over
+              replica            replication (masteruser/masterauth on both nodes)
+  sentinels   default            everything, also how sentinels talk to each other
+              gantry-sentinel    the app: SENTINEL GET-MASTER-ADDR-BY-NAME, PING
+The passwords are random per cluster; env() hands them to the tests.
+
 Manual use:
     python3 scripts/testenv/redis.py [TMPDIR]            # prints the env, runs until ^C
     python3 scripts/testenv/redis.py [TMPDIR] -- CMD...  # runs CMD with the env, then stops
 """
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -31,6 +43,16 @@ else:
 
 MASTER_NAME = "gantry-test"
 HOST = "127.0.0.1"
+APP_USER = "gantry"
+SENTINEL_APP_USER = "gantry-sentinel"
+# What the app needs on the data nodes (common/sessions.c), and on the sentinels.
+APP_COMMANDS = ("-@all +get +set +del +pexpire +incr +sadd +smembers +srem +multi +exec "
+                "+discard +ping +role +select +hello +client|setname")
+SENTINEL_APP_COMMANDS = "-@all +ping +hello +sentinel|get-master-addr-by-name"
+# Sentinel's own needs on the data nodes (from the Redis Sentinel documentation).
+MONITOR_COMMANDS = ("allchannels +multi +slaveof +replicaof +ping +exec +subscribe "
+                    "+config|rewrite +role +publish +info +client|setname +client|kill "
+                    "+script|kill")
 
 
 class RedisError(Exception):
@@ -70,12 +92,20 @@ def _read_reply(f):
     raise ConnectionError(f"unexpected reply {line!r}")
 
 
-def command(port, *args, timeout=2.0, host=HOST):
+def command(port, *args, timeout=2.0, host=HOST, auth=None):
     """Sends one command to host:port and returns its reply (str, int, None, list);
-    raises RedisError for an error reply, OSError when the server does not answer."""
+    raises RedisError for an error reply, OSError when the server does not answer.
+    auth: a password (AUTH password) or (user, password), sent first."""
     with socket.create_connection((host, port), timeout=timeout) as s:
+        if auth is not None:
+            creds = (auth,) if isinstance(auth, str) else tuple(auth)
+            s.sendall(_encode(("AUTH",) + creds))
         s.sendall(_encode(args))
         with s.makefile("rb") as f:
+            if auth is not None:
+                first = _read_reply(f)
+                if isinstance(first, RedisError):
+                    raise first
             reply = _read_reply(f)
     if isinstance(reply, RedisError):
         raise reply
@@ -87,8 +117,8 @@ def _pairs(flat):
     return dict(zip(flat[0::2], flat[1::2])) if flat else {}
 
 
-def _info(port, section):
-    text = command(port, "INFO", section)
+def _info(port, section, auth=None):
+    text = command(port, "INFO", section, auth=auth)
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
@@ -119,6 +149,17 @@ class RedisCluster:
         self.servers = {}     # port -> Proc, the data nodes (master and replica)
         self.sentinels = {}   # port -> Proc
         self.initial_master_port = None
+        # One admin password for the default user everywhere (data nodes and sentinels,
+        # which also use it between themselves); one per role besides.
+        self.admin_password = secrets.token_hex(16)
+        self.app_password = secrets.token_hex(16)
+        self.sentinel_app_password = secrets.token_hex(16)
+        self.monitor_password = secrets.token_hex(16)
+        self.replica_password = secrets.token_hex(16)
+
+    def cmd(self, port, *args, **kw):
+        """command() as the admin (the default user, on data nodes and sentinels alike)."""
+        return command(port, *args, auth=self.admin_password, **kw)
 
     # --- configuration -------------------------------------------------------------
 
@@ -135,6 +176,13 @@ class RedisCluster:
         d = self._node_dir(name)
         conf = os.path.join(d, "redis.conf")
         text = self._common_conf(port, d) + "save \"\"\nappendonly no\n"
+        # Both data nodes alike: after a failover either may be the master.
+        text += (f"user default on >{self.admin_password} ~* &* +@all\n"
+                 f"user {APP_USER} on >{self.app_password} resetkeys ~gantry* resetchannels "
+                 f"{APP_COMMANDS}\n"
+                 f"user sentinel-monitor on >{self.monitor_password} {MONITOR_COMMANDS}\n"
+                 f"user replica on >{self.replica_password} +psync +replconf +ping\n"
+                 f"masteruser replica\nmasterauth {self.replica_password}\n")
         if replicaof:
             text += f"replicaof {HOST} {replicaof}\n"
         with open(conf, "w") as f:
@@ -149,7 +197,14 @@ class RedisCluster:
         conf = os.path.join(d, "sentinel.conf")
         with open(conf, "w") as f:
             f.write(self._common_conf(port, d)
+                    + f"user default on >{self.admin_password} ~* &* +@all\n"
+                    + f"user {SENTINEL_APP_USER} on >{self.sentinel_app_password} "
+                    + f"{SENTINEL_APP_COMMANDS}\n"
+                    + f"sentinel sentinel-user default\n"
+                    + f"sentinel sentinel-pass {self.admin_password}\n"
                     + f"sentinel monitor {MASTER_NAME} {HOST} {master_port} 2\n"
+                    + f"sentinel auth-user {MASTER_NAME} sentinel-monitor\n"
+                    + f"sentinel auth-pass {MASTER_NAME} {self.monitor_password}\n"
                     + f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
                     + f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}\n"
                     + f"sentinel parallel-syncs {MASTER_NAME} 1\n")
@@ -171,7 +226,7 @@ class RedisCluster:
             rport = free_port()
             self._start_server("redis-replica", rport, replicaof=mport)
             _wait("the replica to sync",
-                  lambda: _info(rport, "replication").get("master_link_status") == "up", timeout)
+                  lambda: _info(rport, "replication", self.admin_password).get("master_link_status") == "up", timeout)
             for i in range(3):
                 self._start_sentinel(f"sentinel-{i + 1}", free_port(), mport)
             self.wait_stable(timeout)
@@ -189,12 +244,12 @@ class RedisCluster:
             for port, p in self.sentinels.items():
                 if not p.alive():
                     continue
-                m = _pairs(command(port, "SENTINEL", "MASTER", MASTER_NAME))
+                m = _pairs(self.cmd(port, "SENTINEL", "MASTER", MASTER_NAME))
                 flags = m.get("flags", "")
                 if (flags != "master" or m.get("num-slaves") != "1"
                         or int(m.get("num-other-sentinels", 0)) < 2):
                     return False
-                replicas = [_pairs(r) for r in command(port, "SENTINEL", "REPLICAS", MASTER_NAME)]
+                replicas = [_pairs(r) for r in self.cmd(port, "SENTINEL", "REPLICAS", MASTER_NAME)]
                 if not any(r.get("flags") == "slave" and r.get("master-link-status") == "ok"
                            for r in replicas):
                     return False
@@ -202,7 +257,7 @@ class RedisCluster:
             if len(addrs) != 1:
                 return False
             _, port = addrs.pop()
-            return command(int(port), "ROLE")[0] == "master"
+            return self.cmd(int(port), "ROLE")[0] == "master"
         _wait("the sentinels to agree on a master with a replica in sync", ok, timeout, 0.2)
 
     def stop(self):
@@ -231,7 +286,7 @@ class RedisCluster:
             if not p.alive():
                 continue
             try:
-                ip, mport = command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+                ip, mport = self.cmd(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
                 return f"{ip}:{mport}"
             except (OSError, RedisError, TypeError, ValueError) as e:
                 last = e
@@ -265,23 +320,31 @@ class RedisCluster:
             addrs = set()
             for port, p in self.sentinels.items():
                 if p.alive():
-                    ip, mport = command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+                    ip, mport = self.cmd(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
                     addrs.add(f"{ip}:{mport}")
             if len(addrs) != 1 or old_addr in addrs:
                 return None
             addr = addrs.pop()
-            if command(int(addr.rsplit(":", 1)[1]), "ROLE")[0] != "master":
+            if self.cmd(int(addr.rsplit(":", 1)[1]), "ROLE")[0] != "master":
                 return None
             return addr
         return _wait(f"the sentinels to promote a new master instead of {old_addr}", moved,
                      timeout, 0.2)
 
     def env(self):
-        """The variables the unit and integration tests read."""
+        """The variables the unit and integration tests read: the addresses, the app's
+        credentials (GANTRY_TEST_REDIS_USERNAME/_PASSWORD for the data nodes,
+        GANTRY_TEST_SENTINEL_USERNAME/_PASSWORD for the sentinels) and the admin's
+        (GANTRY_TEST_REDIS_ADMIN_PASSWORD: the default user on every node)."""
         return {
             "GANTRY_TEST_REDIS": self.master_addr(),
             "GANTRY_TEST_SENTINELS": ",".join(f"{HOST}:{p}" for p in self.sentinels),
             "GANTRY_TEST_REDIS_MASTER_NAME": MASTER_NAME,
+            "GANTRY_TEST_REDIS_USERNAME": APP_USER,
+            "GANTRY_TEST_REDIS_PASSWORD": self.app_password,
+            "GANTRY_TEST_SENTINEL_USERNAME": SENTINEL_APP_USER,
+            "GANTRY_TEST_SENTINEL_PASSWORD": self.sentinel_app_password,
+            "GANTRY_TEST_REDIS_ADMIN_PASSWORD": self.admin_password,
         }
 
     def __enter__(self):

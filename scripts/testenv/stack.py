@@ -1,6 +1,14 @@
 """Gantry's server stack on one machine: Redis with Sentinels and RabbitMQ (see
 redis.py, rabbitmq.py), gantry-tokend and one or more gantry-controllers sharing a
-local store, each configured by a file of its own under the stack's directory."""
+local store, each configured by a file of its own under the stack's directory.
+
+Every process holds only its own credentials, as in a real deployment: the shared
+server.conf has no secrets; each daemon gets its role's broker user and password
+(rabbitmq.add_gantry_users: controller, scheduler, runner, tokend) and only tokend and
+the controllers get Redis's (the app's ACL user) through their environment. The
+session signing key (<working_dir>/sessions.key) is shared by tokend and the
+controllers, which use the same working_dir; runners have their own and never see it.
+The admin's first password is read from <working_dir>/initial-admin-password."""
 import os
 import re
 import textwrap
@@ -51,13 +59,19 @@ class GantryStack:
         self.controllers = []
         self.admin_password = None
         self.server_conf = os.path.join(self.dir, "server.conf")
+        self.cluster = self.env_extra.get("GANTRY_APPLICATION_CLUSTER_ID", "stack")
+        self.broker_users = None  # {role: (user, password)}, once the servers run
+        self.admin_password_file = os.path.join(self.dir, "server", "initial-admin-password")
 
     def start_servers(self):
         if self.own_servers:
             self.redis.start()
             self.rabbit.start()
+        self.broker_users = self.rabbit.add_gantry_users(self.cluster)
 
     def write_server_config(self):
+        if self.broker_users is None:
+            self.broker_users = self.rabbit.add_gantry_users(self.cluster)
         sentinels = self.redis.env()["GANTRY_TEST_SENTINELS"].replace(",", " ")
         with open(self.server_conf, "w") as f:
             f.write(textwrap.dedent(f"""\
@@ -79,6 +93,10 @@ class GantryStack:
 
                 [broker]
                 hosts = {self.rabbit.env()["GANTRY_TEST_AMQP"]}
+                # username and password: each daemon's own, from its environment
+
+                [tokend]
+                controller_users = {self.broker_users["controller"][0]}
 
                 [runner]
                 python = /usr/bin/python3
@@ -86,10 +104,22 @@ class GantryStack:
                 kill_grace_period = 1s
                 """) + self.extra_config)
 
-    def env(self, **extra):
+    def env(self, role=None, **extra):
+        """A daemon's environment: the shared config, and role's own credentials (None:
+        no credentials at all, e.g. for the CLI)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
         env["GANTRY_CONFIG"] = self.server_conf
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        if role is not None:
+            user, password = self.broker_users[role]
+            env["GANTRY_BROKER_USERNAME"] = user
+            env["GANTRY_BROKER_PASSWORD"] = password
+        if role in ("tokend", "controller"):
+            r = self.redis.env()
+            env["GANTRY_SESSIONS_USERNAME"] = r["GANTRY_TEST_REDIS_USERNAME"]
+            env["GANTRY_SESSIONS_PASSWORD"] = r["GANTRY_TEST_REDIS_PASSWORD"]
+            env["GANTRY_SESSIONS_SENTINEL_USERNAME"] = r["GANTRY_TEST_SENTINEL_USERNAME"]
+            env["GANTRY_SESSIONS_SENTINEL_PASSWORD"] = r["GANTRY_TEST_SENTINEL_PASSWORD"]
         env.update(self.env_extra)
         env.update(extra)
         return env
@@ -97,11 +127,13 @@ class GantryStack:
     def start_tokend(self):
         log = os.path.join(self.dir, "tokend.log")
         self.tokend = Daemon("gantry-tokend", [os.path.join(self.bin_dir, "gantry-tokend")], log,
-                             "gantry-tokend ready", self.env())
-        with open(log, errors="replace") as f:
-            m = re.search(r"temporary password (\S+?)[;,. ]", f.read())
-        if m:
-            self.admin_password = m.group(1)
+                             "gantry-tokend ready", self.env("tokend"))
+        # the first start writes the admin's temporary password to a file (never the log)
+        try:
+            with open(self.admin_password_file) as f:
+                self.admin_password = f.read().strip() or None
+        except FileNotFoundError:
+            pass
         return self.tokend
 
     def start_controller(self, port=None):
@@ -109,7 +141,7 @@ class GantryStack:
         name = f"controller-{port}"
         log = os.path.join(self.dir, f"{name}.log")
         d = Daemon(name, [os.path.join(self.bin_dir, "gantry-controller")], log,
-                   "gantry-controller ready", self.env(GANTRY_SERVER_PORT=str(port)))
+                   "gantry-controller ready", self.env("controller", GANTRY_SERVER_PORT=str(port)))
         d.port = port
         self.controllers.append(d)
         return d
@@ -121,7 +153,7 @@ class GantryStack:
         name = f"runner-{n}"
         log = os.path.join(self.dir, f"{name}.log")
         server = os.path.join(self.dir, "server")
-        env = self.env(GANTRY_APPLICATION_MODE="runner",
+        env = self.env("runner", GANTRY_APPLICATION_MODE="runner",
                        GANTRY_APPLICATION_WORKING_DIR=os.path.join(self.dir, name),
                        GANTRY_STORE_PATH=os.path.join(server, "gantry.db"),
                        GANTRY_SECRETS_ENCRYPT_KEY_FILE=os.path.join(server, "secrets.key"),
@@ -139,7 +171,7 @@ class GantryStack:
         log = os.path.join(self.dir, "scheduler.log")
         self.scheduler = Daemon("gantry-scheduler", [os.path.join(self.bin_dir, "gantry-scheduler")],
                                 log, "gantry-scheduler ready",
-                                self.env(GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat))
+                                self.env("scheduler", GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat))
         return self.scheduler
 
     def client_config(self, path, port, work=None):

@@ -65,7 +65,7 @@ static const cli_flag decorator_update_flags[] = {
 };
 
 static const cli_flag secret_flags[] = {
-    {"value", FLAG_STR, "VALUE", "the value (visible in the process list: prefer --value-file or stdin)", false},
+    {"value", FLAG_STR, "VALUE", "the value; \"-\" reads it from standard input (a value here is visible in the process list: prefer --value-file or stdin)", false},
     {"value-file", FLAG_STR, "FILE", "read the value from a file", false},
     F_DESCRIPTION, F_END,
 };
@@ -334,7 +334,8 @@ static int decorator_body(cli *c, const cli_args *a, cJSON *b)
     return CLI_OK;
 }
 
-/* The value from --value, --value-file or standard input (one of them). */
+/* The value from --value, --value-file or standard input (one of them; "--value -" is
+ * standard input). */
 static int secret_body(cli *c, const cli_args *a, cJSON *b, bool required)
 {
     const char *v = cli_flag_str(a, "value");
@@ -342,6 +343,17 @@ static int secret_body(cli *c, const cli_args *a, cJSON *b, bool required)
     set_str(b, "description", cli_flag_str(a, "description"));
     if (v && file)
         return usage_error(c, "--value and --value-file exclude each other");
+    bool from_stdin = v && strcmp(v, "-") == 0;
+    if (from_stdin) {
+        v = NULL;
+        required = true;
+    } else if (v) {
+        /* Still accepted (scripts use it), but the value is already exposed by now. */
+        fprintf(c->err, "gantry: warning: --value puts the secret on the command line, where "
+                        "other users of this machine can read it (ps, /proc/<pid>/cmdline) and "
+                        "the shell keeps it in its history; use --value-file FILE, or pipe it "
+                        "in (--value - or no --value)\n");
+    }
     char *text = NULL;
     size_t len = 0;
     gt_error e = {0};

@@ -47,8 +47,9 @@ static void usage(FILE *f)
             "\n"
             "  --config FILE          configuration file (default: $GANTRY_CONFIG,\n"
             "                         ~/.gantry/gantry.conf, /etc/gantry/gantry.conf)\n"
-            "  --recover-admin-user   give user admin a new temporary password, print it\n"
-            "                         once on stdout, revoke admin's sessions and exit\n"
+            "  --recover-admin-user   give user admin a new temporary password, written to\n"
+            "                         <working_dir>/initial-admin-password (mode 0600),\n"
+            "                         revoke admin's sessions and exit\n"
             "  --help                 this text\n");
 }
 
@@ -104,10 +105,10 @@ static gt_bus *open_bus(const gt_config *cfg, gt_error *err)
 }
 
 /* The bus calls back with a void *; tokend.c keeps its typed signature. */
-static gt_err serve_one(void *arg, const char *body, size_t len, char **reply,
-                        size_t *reply_len)
+static gt_err serve_one(void *arg, const char *user_id, const char *body, size_t len,
+                        char **reply, size_t *reply_len)
 {
-    return gt_tokend_handle(arg, body, len, reply, reply_len);
+    return gt_tokend_handle(arg, user_id, body, len, reply, reply_len);
 }
 
 int main(int argc, char **argv)
@@ -119,7 +120,7 @@ int main(int argc, char **argv)
     gt_sessions *sessions = NULL;
     gt_tokend *tokend = NULL;
     gt_bus *bus = NULL;
-    char *prefix = NULL, *queue = NULL, *password = NULL;
+    char *prefix = NULL, *queue = NULL, *password = NULL, *pwfile = NULL;
     const char *stage = "start-up";
     int status = 1;
 
@@ -140,6 +141,7 @@ int main(int argc, char **argv)
         gt_warn("[application] mode = %s: gantry-tokend belongs to server mode",
                 gt_config_mode_name(cfg->application.mode));
     prefix = gt_xasprintf("gantry:%s:", cfg->application.cluster_id);
+    pwfile = gt_path_join(cfg->application.working_dir, "initial-admin-password");
     queue = gt_xasprintf("gantry.%s.auth", cfg->application.cluster_id);
 
     stage = "store";
@@ -154,6 +156,8 @@ int main(int argc, char **argv)
         .sessions = sessions,
         .token_ttl_ms = cfg->sessions.token_ttl,
         .api_key_ttl_ms = cfg->server.api_key_expiration,
+        .controller_users = cfg->tokend.controller_users.v,
+        .admin_password_file = pwfile,
     };
     if ((tokend = gt_tokend_new(&tc, &err)) == NULL)
         goto fail;
@@ -162,8 +166,9 @@ int main(int argc, char **argv)
         stage = "recover-admin-user";
         if (gt_tokend_recover_admin(tokend, &password, &err) != GT_OK)
             goto fail;
-        /* The only copy: printed once, for the operator at the terminal. */
-        printf("%s\n", password);
+        /* The password is in the file (0600), not on the terminal or in a log. */
+        printf("the new temporary password of user admin is in %s (mode 0600): read it, "
+               "delete the file, and change the password at the first login\n", pwfile);
         fflush(stdout);
         status = 0;
         goto done;
@@ -214,6 +219,7 @@ done:
     gt_tokend_free(&tokend);
     gt_sessions_free(&sessions);
     gt_store_free(&store);
+    free(pwfile);
     free(queue);
     free(prefix);
     gt_config_free(&cfg);

@@ -20,9 +20,14 @@
  *                                               must_change_password, created_at}]}
  *   create_apikey {username, name?}         -> {api_key, expires_at, expires_at_ms, name?}
  *
- * Authorization (who may create users, reset passwords, ...) is the controller's job;
- * tokend trusts whoever can reach its queue. Times are RFC 3339 strings, *_ms are
- * milliseconds since the epoch.
+ * Who may ask: only the controllers. Every request must carry the AMQP user_id of one of
+ * [tokend] controller_users (RabbitMQ refuses a message whose user_id is not its
+ * sender's login, and only the controllers' broker user may publish to the auth
+ * exchange at all: bus.h, "Routes"); anything else is answered forbidden and logged at
+ * WARN. Authorization of the end user (who may create users, reset passwords, ...) is
+ * then the controller's job, and so is $.source, the address a login came from, which
+ * the throttles count. Times are RFC 3339 strings, *_ms are milliseconds since the
+ * epoch.
  *
  * Store: collection "users", id = name: {name, role, password_hash,
  * must_change_password, failed_logins, last_failure_ms, created_at, updated_at};
@@ -31,14 +36,21 @@
  * {user, role, kind, must_change_password, expires_at (ms)}; the set
  * "user-sessions:<user>" holds a user's session hashes, for revocation;
  * "fail:src:<source>" counts failed logins per source in a 15-minute window and
- * "fail:src-at:<source>" holds the time of the last one. */
+ * "fail:src-at:<source>" holds the time of the last one. Failed logins for names that
+ * are not users are counted in "fail:user:<name>" / "fail:user-at:<name>" (30 days) and
+ * throttled and locked exactly like a user's, so the answers never tell which names
+ * exist. Session records are signed (sessions.h): see session_issue. */
 #include "tokend.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -49,6 +61,7 @@
 #include "util.h"
 
 #define USERS "users"
+#define UNKNOWN_USER_TTL_MS (30LL * 24 * 3600 * 1000)
 #define BAD_CREDENTIALS "invalid username or password"
 #define LOCKED_MSG "account locked after 100 failed logins; an admin must reset it"
 
@@ -57,6 +70,7 @@ enum {
     ACCOUNT_FREE = 3,            /* failures before the per-account delay starts */
     SOURCE_FREE = 20,            /* failures per source window before its delay */
     SOURCE_WINDOW_MS = 15 * 60 * 1000,
+
     BACKOFF_CAP_MS = 300 * 1000,
     PASSWORD_MIN = 8,            /* characters */
     PASSWORD_MAX = 1024,         /* bytes: beyond this it is not a password */
@@ -68,6 +82,8 @@ enum {
 struct gt_tokend {
     gt_store *store;
     gt_sessions *sessions;
+    gt_strv controller_users;
+    char *admin_password_file;
     int64_t token_ttl_ms;
     int64_t api_key_ttl_ms;
     int64_t (*clock_ms)(void *arg);
@@ -214,9 +230,10 @@ static size_t utf8_chars(const char *s)
     return n;
 }
 
-/* The policy for a password a person chose; old (may be NULL) is the current one. */
-static bool check_new_password(const char *pw, const char *old, const char *field,
-                               reply_err *e)
+/* The policy for a password a person chose for user name; old (may be NULL) is the
+ * current one. */
+static bool check_new_password(const char *pw, const char *old, const char *name,
+                               const char *field, reply_err *e)
 {
     if (!check_password_size(pw, field, e))
         return false;
@@ -228,6 +245,15 @@ static bool check_new_password(const char *pw, const char *old, const char *fiel
     if (old && strcmp(pw, old) == 0) {
         fail(e, "invalid_argument", field, "%s: must differ from the current password",
              field);
+        return false;
+    }
+    if (name && strcasecmp(pw, name) == 0) {
+        fail(e, "invalid_argument", field, "%s: must not be the user name", field);
+        return false;
+    }
+    if (gt_password_common(pw)) {
+        fail(e, "invalid_argument", field, "%s: is one of the most common passwords, the "
+             "first ones an attacker tries; choose another", field);
         return false;
     }
     return true;
@@ -487,14 +513,14 @@ static gt_err session_issue(gt_tokend *t, const user *u, const char *kind, int64
     key = session_key(hash);
     set = user_set_key(u->name);
 
-    cJSON *s = cJSON_CreateObject();
-    gt_json_set_str(s, "user", u->name);
-    gt_json_set_str(s, "role", u->role);
-    gt_json_set_str(s, "kind", kind);
-    gt_json_set_bool(s, "must_change_password", u->must_change);
-    gt_json_set_num(s, "expires_at", (double)expires);
-    text = gt_json_print(s);
-    cJSON_Delete(s);
+    /* Signed with the cluster's session key: a controller believes only records whose
+     * MAC verifies, so write access to Redis alone cannot mint a token. */
+    gt_session_record rec = {.must_change_password = u->must_change, .expires_at = expires};
+    snprintf(rec.user, sizeof rec.user, "%s", u->name);
+    snprintf(rec.role, sizeof rec.role, "%s", u->role);
+    snprintf(rec.kind, sizeof rec.kind, "%s", kind);
+    if ((rc = gt_sessions_seal(t->sessions, hash, &rec, &text, err)) != GT_OK)
+        goto done;
 
     /* Into the user's set first: a session that exists is always revocable. */
     rc = gt_sessions_sadd(t->sessions, set, hash, 0, err);
@@ -541,11 +567,13 @@ static int64_t remaining_ms(int64_t last, int64_t delay, int64_t now)
     return r > 0 ? r : 0;
 }
 
-static int64_t account_wait_ms(const user *u, int64_t now)
+/* The per-account delay after `failed` consecutive failures, the last at `last`: the
+ * same for a user and for a name that is not one. */
+static int64_t account_wait_ms(int64_t failed, int64_t last, int64_t now)
 {
-    if (u->failed_logins < ACCOUNT_FREE)
+    if (failed < ACCOUNT_FREE)
         return 0;
-    return remaining_ms(u->last_failure_ms, backoff_ms(u->failed_logins - ACCOUNT_FREE), now);
+    return remaining_ms(last, backoff_ms(failed - ACCOUNT_FREE), now);
 }
 
 /* A counter or timestamp kept as a decimal string; absent reads as 0. */
@@ -603,6 +631,72 @@ static void source_failed(gt_tokend *t, const char *source, int64_t now)
     free(ckey);
 }
 
+/* A name that is no user: its failures as a user's would be (count, last), from Redis. */
+static gt_err unknown_failures(gt_tokend *t, const char *name, int64_t *count, int64_t *last,
+                               gt_error *err)
+{
+    char *ckey = gt_xasprintf("fail:user:%s", name);
+    char *akey = gt_xasprintf("fail:user-at:%s", name);
+    gt_err rc = read_count(t, ckey, count, err);
+    if (rc == GT_OK)
+        rc = read_count(t, akey, last, err);
+    free(akey);
+    free(ckey);
+    return rc;
+}
+
+/* Counts a failure for a name that is no user; *count is the new total. */
+static gt_err unknown_failed(gt_tokend *t, const char *name, int64_t now, int64_t *count,
+                             gt_error *err)
+{
+    char *ckey = gt_xasprintf("fail:user:%s", name);
+    char *akey = gt_xasprintf("fail:user-at:%s", name);
+    char at[32];
+    snprintf(at, sizeof at, "%lld", (long long)now);
+    gt_err rc = gt_sessions_incr(t->sessions, ckey, UNKNOWN_USER_TTL_MS, count, err);
+    if (rc == GT_OK)
+        rc = gt_sessions_set(t->sessions, akey, at, UNKNOWN_USER_TTL_MS, err);
+    free(akey);
+    free(ckey);
+    return rc;
+}
+
+/* An unknown name gets the answers a user with as many failures would get: locked at
+ * MAX_FAILED, throttled from ACCOUNT_FREE on (without a password check), otherwise the
+ * same argon2 time and "invalid username or password". */
+static void authenticate_unknown(gt_tokend *t, const char *name, const char *password,
+                                 const char *source, int64_t now, reply_err *e)
+{
+    gt_error err = {0};
+    int64_t count = 0, last = 0;
+    const char *from = source ? source : "(no source)";
+    if (unknown_failures(t, name, &count, &last, &err) != GT_OK) {
+        fail_internal(e, "sessions", &err);
+        return;
+    }
+    if (count >= MAX_FAILED) {
+        fail(e, "locked", NULL, LOCKED_MSG);
+        return;
+    }
+    int64_t wait = account_wait_ms(count, last, now);
+    if (wait > 0) {
+        fail_throttled(e, wait, "too many failed logins for this account");
+        return;
+    }
+    /* Same argon2 time as a known user, so timing does not tell names apart. */
+    (void)gt_password_verify(t->dummy_hash, password);
+    source_failed(t, source, now);
+    if (unknown_failed(t, name, now, &count, &err) != GT_OK) {
+        fail_internal(e, "sessions", &err);
+        return;
+    }
+    gt_info("failed login %lld for an unknown user from %s", (long long)count, from);
+    if (count >= MAX_FAILED)
+        fail(e, "locked", NULL, LOCKED_MSG);
+    else
+        fail(e, "unauthenticated", NULL, BAD_CREDENTIALS);
+}
+
 static gt_err mutate_failed(gt_tokend *t, user *u, void *arg, gt_error *err)
 {
     (void)t;
@@ -641,11 +735,7 @@ static bool authenticate(gt_tokend *t, const char *name, const char *password,
     }
     gt_err rc = user_load(t, name, u, &err);
     if (rc == GT_ENOTFOUND) {
-        /* Same argon2 time as a known user, so timing does not tell names apart. */
-        (void)gt_password_verify(t->dummy_hash, password);
-        source_failed(t, source, now);
-        gt_info("failed login for an unknown user from %s", from);
-        fail(e, "unauthenticated", NULL, BAD_CREDENTIALS);
+        authenticate_unknown(t, name, password, source, now, e);
         return false;
     }
     if (rc != GT_OK) {
@@ -656,7 +746,7 @@ static bool authenticate(gt_tokend *t, const char *name, const char *password,
         fail(e, "locked", NULL, LOCKED_MSG);
         goto refused;
     }
-    wait = account_wait_ms(u, now);
+    wait = account_wait_ms(u->failed_logins, u->last_failure_ms, now);
     if (wait > 0) {
         fail_throttled(e, wait, "too many failed logins for this account");
         goto refused;
@@ -780,8 +870,10 @@ static void op_change_password(gt_tokend *t, const cJSON *req, cJSON *out, reply
         !req_str(req, "source", false, &source, e) ||
         !check_username(name, "$.username", e) || !check_password_size(pw, "$.password", e) ||
         (source && !check_source(source, e)) ||
-        !check_new_password(npw, pw, "$.new_password", e))
+        !check_new_password(npw, pw, name, "$.new_password", e))
         return;
+    if (source == NULL) /* counted all the same: one bucket for requests that name none */
+        source = "unknown";
     if (!authenticate(t, name, pw, source, &u, e))
         return;
     if (gt_password_hash(npw, &hash, &err) != GT_OK) {
@@ -813,7 +905,6 @@ static void op_logout(gt_tokend *t, const cJSON *req, cJSON *out, reply_err *e)
 {
     const char *hash = NULL;
     char *key = NULL, *value = NULL, *set = NULL;
-    cJSON *s = NULL;
     gt_error err = {0};
     (void)out;
 
@@ -834,16 +925,14 @@ static void op_logout(gt_tokend *t, const cJSON *req, cJSON *out, reply_err *e)
         fail_internal(e, "sessions", &err);
         goto done;
     }
-    const cJSON *user_it = NULL;
-    s = cJSON_Parse(value);
-    user_it = cJSON_GetObjectItemCaseSensitive(s, "user");
-    if (cJSON_IsString(user_it)) {
-        set = user_set_key(user_it->valuestring);
+    gt_session_record rec;
+    /* Only a genuine record names the set to clean; a forged one is gone all the same. */
+    if (gt_sessions_open(t->sessions, hash, value, &rec, NULL) == GT_OK) {
+        set = user_set_key(rec.user);
         (void)gt_sessions_srem(t->sessions, set, hash, NULL); /* pruned later otherwise */
-        gt_info("logout: user %s", user_it->valuestring);
+        gt_info("logout: user %s", rec.user);
     }
 done:
-    cJSON_Delete(s);
     free(set);
     free(value);
     free(key);
@@ -858,7 +947,7 @@ static void op_create_user(gt_tokend *t, const cJSON *req, cJSON *out, reply_err
 
     if (!req_str(req, "username", true, &name, e) || !req_str(req, "role", true, &role, e) ||
         !req_str(req, "password", false, &pw, e) || !check_username(name, "$.username", e) ||
-        !check_role(role, e) || (pw && !check_new_password(pw, NULL, "$.password", e)))
+        !check_role(role, e) || (pw && !check_new_password(pw, NULL, name, "$.password", e)))
         return;
     if (pw == NULL)
         pw = temp = gt_password_random(TEMP_PASSWORD_LEN);
@@ -956,7 +1045,7 @@ static void op_reset_password(gt_tokend *t, const cJSON *req, cJSON *out, reply_
 
     if (!req_str(req, "username", true, &name, e) || !req_str(req, "password", false, &pw, e) ||
         !check_username(name, "$.username", e) ||
-        (pw && !check_new_password(pw, NULL, "$.password", e)))
+        (pw && !check_new_password(pw, NULL, name, "$.password", e)))
         return;
     if (pw == NULL)
         pw = temp = gt_password_random(TEMP_PASSWORD_LEN);
@@ -1091,8 +1180,28 @@ static char *reply_error(const reply_err *e)
     return text;
 }
 
-gt_err gt_tokend_handle(gt_tokend *t, const char *body, size_t len, char **reply,
-                        size_t *reply_len)
+/* The broker user that sent a request, printable for a log line (it is any UTF-8 the
+ * broker accepted as a user name). */
+static void printable_user(const char *caller, char buf[80])
+{
+    size_t o = 0;
+    for (size_t i = 0; caller && caller[i] && o + 1 < 80; i++)
+        buf[o++] = (unsigned char)caller[i] > 0x20 && (unsigned char)caller[i] < 0x7f
+                       ? caller[i] : '?';
+    buf[o] = '\0';
+}
+
+/* True when caller is one of the controllers' broker users. */
+static bool caller_allowed(const gt_tokend *t, const char *caller)
+{
+    for (size_t i = 0; caller && i < t->controller_users.n; i++)
+        if (strcmp(caller, t->controller_users.v[i]) == 0)
+            return true;
+    return false;
+}
+
+gt_err gt_tokend_handle(gt_tokend *t, const char *caller, const char *body, size_t len,
+                        char **reply, size_t *reply_len)
 {
     reply_err e = {0};
     gt_error err = {0};
@@ -1101,6 +1210,17 @@ gt_err gt_tokend_handle(gt_tokend *t, const char *body, size_t len, char **reply
     const char *opname = NULL;
     gt_json_set_bool(out, "ok", true);
 
+    /* Before anything is parsed: a request from anyone but a controller is not read. */
+    if (!caller_allowed(t, caller)) {
+        char who[80];
+        printable_user(caller, who);
+        gt_warn("refused a request from broker user %s: only [tokend] controller_users may "
+                "call gantry-tokend", caller ? who : "(none: no user_id property)");
+        fail(&e, "forbidden", NULL, "gantry-tokend serves only the controllers' broker users "
+             "([tokend] controller_users); this request came from %s",
+             caller ? who : "a message without a user_id");
+        goto done;
+    }
     if (gt_json_parse(body ? body : "", body ? len : 0, "request", &req, &err) != GT_OK) {
         fail(&e, "invalid_argument", err.field[0] ? err.field : "$", "%s", err.message);
         goto done;
@@ -1145,9 +1265,17 @@ gt_tokend *gt_tokend_new(const gt_tokend_config *cfg, gt_error *err)
                      "required");
         return NULL;
     }
+    if (cfg->controller_users == NULL || cfg->controller_users[0] == NULL) {
+        gt_error_set(err, GT_EINVAL, "tokend: [tokend] controller_users is empty: no request "
+                     "could ever be served");
+        return NULL;
+    }
     gt_tokend *t = gt_xcalloc(1, sizeof *t);
     t->store = cfg->store;
     t->sessions = cfg->sessions;
+    for (char *const *u = cfg->controller_users; *u; u++)
+        gt_strv_push(&t->controller_users, *u);
+    t->admin_password_file = gt_xstrdup(cfg->admin_password_file);
     t->token_ttl_ms = cfg->token_ttl_ms;
     t->api_key_ttl_ms = cfg->api_key_ttl_ms;
     t->clock_ms = cfg->clock_ms;
@@ -1166,8 +1294,51 @@ void gt_tokend_free(gt_tokend **t)
     if (t == NULL || *t == NULL)
         return;
     free((*t)->dummy_hash);
+    gt_strv_free(&(*t)->controller_users);
+    free((*t)->admin_password_file);
     free(*t);
     *t = NULL;
+}
+
+/* Writes pw and a newline to path as a new file, mode 0600 (O_EXCL and O_NOFOLLOW: never
+ * through a link someone planted, never into an existing file); a file already there is a
+ * stale one and is removed first. The operator reads it once and deletes it. */
+static gt_err write_password_file(const char *path, const char *pw, gt_error *err)
+{
+    gt_err rc = GT_OK;
+    char *text = gt_xasprintf("%s\n", pw);
+    size_t n = strlen(text), off = 0;
+    if (path == NULL || path[0] == '\0') {
+        rc = gt_error_set(err, GT_EINVAL, "tokend: no file to write the admin password to");
+        goto done;
+    }
+    if (unlink(path) == 0)
+        gt_info("removed the old %s", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        rc = gt_error_set(err, e == EACCES ? GT_EPERM : GT_EIO, "%s: %s", path, strerror(e));
+        goto done;
+    }
+    while (off < n) {
+        ssize_t w = write(fd, text + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rc = gt_error_set(err, GT_EIO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        off += (size_t)w;
+    }
+    if (rc == GT_OK && fsync(fd) != 0)
+        rc = gt_error_set(err, GT_EIO, "%s: %s", path, strerror(errno));
+    if (close(fd) != 0 && rc == GT_OK)
+        rc = gt_error_set(err, GT_EIO, "%s: %s", path, strerror(errno));
+    if (rc != GT_OK)
+        (void)unlink(path);
+done:
+    gt_secret_wipe_free(text, n);
+    return rc;
 }
 
 gt_err gt_tokend_bootstrap(gt_tokend *t, char **password, gt_error *err)
@@ -1192,7 +1363,7 @@ gt_err gt_tokend_bootstrap(gt_tokend *t, char **password, gt_error *err)
     gt_error e = {0};
     rc = user_save(t, &u, &e);
     if (rc == GT_ECONFLICT) {
-        rc = GT_OK; /* another tokend created it first, and logged its password */
+        rc = GT_OK; /* another tokend created it first, and wrote its password file */
         goto done;
     }
     if (rc != GT_OK) {
@@ -1200,10 +1371,24 @@ gt_err gt_tokend_bootstrap(gt_tokend *t, char **password, gt_error *err)
             *err = e;
         goto done;
     }
-    /* The one place the temporary password is shown: whoever installed the server
-     * reads it here. */
-    gt_warn("first start: created user admin with temporary password %s; it must be "
-            "changed at the first login (gantry login --change-password)", pw);
+    /* The one place the temporary password is kept: a file only this account can read,
+     * never the log, which is shipped and kept elsewhere. */
+    gt_error fe = {0};
+    rc = write_password_file(t->admin_password_file, pw, &fe);
+    if (rc != GT_OK) {
+        /* Nobody could ever log in as this admin: take it back, so the next start tries
+         * again (or --recover-admin-user sets a password). */
+        gt_error de = {0};
+        if (gt_store_delete(t->store, USERS, "admin", u.rev, &de) != GT_OK)
+            gt_errorlog("first start: removing user admin again failed: %s (use "
+                        "--recover-admin-user)", de.message);
+        gt_error_set(err, rc, "first start: cannot write the admin's temporary password: %s",
+                     fe.message);
+        goto done;
+    }
+    gt_warn("first start: created user admin; its temporary password is in %s (mode 0600): "
+            "read it, delete the file, and change the password at the first login (gantry "
+            "login --change-password)", t->admin_password_file);
     if (password)
         *password = gt_xstrdup(pw);
 done:
@@ -1220,9 +1405,14 @@ gt_err gt_tokend_recover_admin(gt_tokend *t, char **password, gt_error *err)
     char *pw = gt_password_random(TEMP_PASSWORD_LEN);
     *password = NULL;
 
+    bool written = false;
     gt_err rc = gt_password_hash(pw, &hash, err);
     if (rc != GT_OK)
         goto done;
+    /* The file first: a password set but lost would lock the admin out again. */
+    if ((rc = write_password_file(t->admin_password_file, pw, err)) != GT_OK)
+        goto done;
+    written = true;
     new_password np = {.hash = hash, .role = "admin", .must_change = true};
     rc = user_update(t, "admin", true, mutate_password, &np, NULL, err);
     if (rc != GT_OK)
@@ -1230,11 +1420,13 @@ gt_err gt_tokend_recover_admin(gt_tokend *t, char **password, gt_error *err)
     rc = sessions_revoke_user(t, "admin", err);
     if (rc != GT_OK)
         goto done;
-    gt_warn("recover-admin-user: user admin has a new temporary password (printed once on "
-            "stdout); its sessions were revoked");
+    gt_warn("recover-admin-user: user admin has a new temporary password, in %s (mode "
+            "0600); its sessions were revoked", t->admin_password_file);
     *password = pw;
     pw = NULL;
 done:
+    if (rc != GT_OK && written)
+        (void)unlink(t->admin_password_file);
     if (pw)
         gt_secret_wipe_free(pw, strlen(pw));
     free(hash);

@@ -190,6 +190,7 @@ static void raw_publish(const char *queue, const char *body, const char *reply_t
 
 typedef struct server {
     const char *queue;
+    const char *cluster; /* when set, the server's bus routes this cluster's queues */
     const char *audit;   /* when set, the handler publishes each body there first */
     gt_bus *bus;         /* the server's own bus (the handler publishes on it) */
     pthread_t thread;
@@ -201,13 +202,20 @@ typedef struct server {
     int64_t stopped_ms;  /* when serve_rpc returned */
 } server;
 
-/* Answers "echo:<body>"; a body starting with "fail" is an error. */
-static gt_err echo_fn(void *arg, const char *body, size_t len, char **reply, size_t *reply_len)
+/* Answers "echo:<body>"; a body starting with "fail" is an error; "whoami" answers
+ * "user:<the caller's broker user>". */
+static gt_err echo_fn(void *arg, const char *user_id, const char *body, size_t len, char **reply,
+                      size_t *reply_len)
 {
     server *s = arg;
     atomic_fetch_add(&s->calls, 1);
     if (strlen(body) != len)
         return GT_EINTERNAL; /* the body must come NUL-terminated */
+    if (strcmp(body, "whoami") == 0) {
+        *reply = gt_xasprintf("user:%s", user_id ? user_id : "(none)");
+        *reply_len = strlen(*reply);
+        return GT_OK;
+    }
     if (strcmp(body, "slow") == 0)
         usleep(50 * 1000);
     if (strncmp(body, "fail", 4) == 0) {
@@ -227,6 +235,7 @@ static void *server_main(void *arg)
     server *s = arg;
     test_cfg t;
     cfg_init(&t, amqp_addr(), NULL, "guest");
+    t.cfg.cluster_id = s->cluster;
     gt_error_clear(&s->err);
     gt_bus *bus = gt_bus_connect(&t.cfg, &s->err);
     if (bus == NULL) {
@@ -1845,6 +1854,148 @@ static void test_consume_gives_up_then_recovers(void **state)
     gt_bus_free(&bus);
 }
 
+static void raw_delete_exchange(const char *exchange)
+{
+    amqp_connection_state_t c = raw_connect();
+    amqp_exchange_delete(c, 1, amqp_cstring_bytes(exchange), 0);
+    if (amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL)
+        raw_close(c);
+    else
+        amqp_destroy_connection(c);
+}
+
+/* True when exchange exists (passive declare). */
+static bool raw_exchange_exists(const char *exchange)
+{
+    amqp_connection_state_t c = raw_connect();
+    amqp_exchange_declare(c, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes("direct"), 1, 0,
+                          0, 0, amqp_empty_table);
+    bool ok = amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL;
+    if (ok)
+        raw_close(c);
+    else
+        amqp_destroy_connection(c);
+    return ok;
+}
+
+/* With a cluster id, the cluster's queues go through exchanges of their own (so broker
+ * permissions on exchanges decide who publishes where), and every message says which
+ * broker user sent it. */
+static void test_routes_through_cluster_exchanges(void **state)
+{
+    (void)state;
+    NEED_BROKER();
+    char *id = gt_id_new();
+    char *cluster = gt_xasprintf("rt%.10s", id);
+    char *auth = gt_xasprintf("gantry.%s.auth", cluster);
+    char *auth_x = gt_xasprintf("gantry.%s.auth", cluster);
+    char *exec = gt_xasprintf("exec.%s.p1", cluster);
+    char *exec_dead = gt_xasprintf("%s.dead", exec);
+    char *exec_x = gt_xasprintf("gantry.%s.exec", cluster);
+    char *results = gt_xasprintf("results.%s", cluster);
+    char *results_x = gt_xasprintf("gantry.%s.results", cluster);
+    char *dead_x = gt_xasprintf("gantry.%s.dead", cluster);
+    test_cfg t;
+    cfg_init(&t, amqp_addr(), NULL, "guest");
+    t.cfg.cluster_id = cluster;
+    gt_error err;
+    gt_error_clear(&err);
+    gt_bus *bus = gt_bus_connect(&t.cfg, &err);
+    assert_non_null(bus);
+
+    /* Before anyone declared the auth exchange: nobody serves it, said at once. */
+    char *reply = NULL;
+    size_t len = 0;
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_rpc(bus, auth, "whoami", 6, 5000, &reply, &len, &err), GT_EUNAVAIL);
+    assert_non_null(strstr(err.message, "nobody serves it"));
+
+    /* The server declares queue and exchange and binds them; the caller is named. */
+    server s;
+    memset(&s, 0, sizeof s);
+    s.queue = auth;
+    s.cluster = cluster;
+    atomic_init(&s.calls, 0);
+    atomic_init(&s.failed_calls, 0);
+    assert_int_equal(pthread_create(&s.thread, NULL, server_main, &s), 0);
+    gt_err rc = GT_EUNAVAIL;
+    int64_t end = gt_mono_ms() + WAIT_MS;
+    while (rc != GT_OK && gt_mono_ms() < end) {
+        gt_error_clear(&err);
+        rc = gt_bus_rpc(bus, auth, "whoami", 6, 2000, &reply, &len, &err);
+        if (rc != GT_OK)
+            usleep(50 * 1000);
+    }
+    if (rc != GT_OK)
+        print_error("rpc: %s\n", err.message);
+    assert_int_equal(rc, GT_OK);
+    assert_string_equal(reply, "user:guest");
+    free(reply);
+    assert_true(raw_exchange_exists(auth_x));
+    server_stop(&s);
+
+    /* A work queue is bound to the cluster's exec exchange; publishing by its name goes
+     * there, and the delivery carries the publisher's user. */
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_declare_work_queue(bus, exec, &err), GT_OK);
+    assert_true(raw_exchange_exists(exec_x));
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_publish(bus, "", exec, "job", 3, true, &err), GT_OK);
+    gt_bus_consumer *c = gt_bus_consume_start(bus, exec, 1, &err);
+    assert_non_null(c);
+    gt_bus_delivery d;
+    next_ok(c, &d);
+    assert_string_equal(d.body, "job");
+    assert_non_null(d.user_id);
+    assert_string_equal(d.user_id, "guest");
+    ack_ok(c, &d);
+    gt_bus_delivery_clear(&d);
+    /* Dead letters go through gantry.<c>.dead (not the default exchange) to <queue>.dead. */
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_publish(bus, "", exec, "poison", 6, true, &err), GT_OK);
+    next_ok(c, &d);
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_reject(c, &d, false, &err), GT_OK);
+    gt_bus_delivery_clear(&d);
+    count_becomes(exec_dead, 1);
+    assert_true(raw_exchange_exists(dead_x));
+    gt_bus_consume_stop(&c);
+
+    /* results.<c> goes through gantry.<c>.results, which nobody declared yet: a clear
+     * error, and the bus goes on working. */
+    gt_error_clear(&err);
+    rc = gt_bus_publish(bus, "", results, "r", 1, true, &err);
+    assert_int_equal(rc, GT_ENOTFOUND);
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_declare_work_queue(bus, results, &err), GT_OK);
+    gt_error_clear(&err);
+    assert_int_equal(gt_bus_publish(bus, "", results, "r", 1, true, &err), GT_OK);
+    count_becomes(results, 1);
+
+    gt_bus_free(&bus);
+    raw_delete(auth);
+    raw_delete(exec);
+    raw_delete(exec_dead);
+    raw_delete(results);
+    char *results_dead = gt_xasprintf("%s.dead", results);
+    raw_delete(results_dead);
+    free(results_dead);
+    raw_delete_exchange(auth_x);
+    raw_delete_exchange(exec_x);
+    raw_delete_exchange(results_x);
+    raw_delete_exchange(dead_x);
+    free(dead_x);
+    free(results_x);
+    free(results);
+    free(exec_x);
+    free(exec_dead);
+    free(exec);
+    free(auth_x);
+    free(auth);
+    free(cluster);
+    free(id);
+}
+
 int main(void)
 {
     if (amqp_addr() == NULL)
@@ -1882,6 +2033,7 @@ int main(void)
         cmocka_unit_test(test_broker_crash),
         cmocka_unit_test(test_consume_across_broker_restart),
         cmocka_unit_test(test_consume_gives_up_then_recovers),
+        cmocka_unit_test(test_routes_through_cluster_exchanges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

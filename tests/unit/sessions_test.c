@@ -1,6 +1,9 @@
 /* sessions.c against real redis-server and redis-sentinel processes, started by
  * scripts/test-servers (or scripts/testenv/redis.py) and found through
- * GANTRY_TEST_SENTINELS, GANTRY_TEST_REDIS_MASTER_NAME and GANTRY_TEST_REDIS.
+ * GANTRY_TEST_SENTINELS, GANTRY_TEST_REDIS_MASTER_NAME and GANTRY_TEST_REDIS, with the
+ * credentials of GANTRY_TEST_REDIS_USERNAME/_PASSWORD (the app's ACL user),
+ * GANTRY_TEST_SENTINEL_USERNAME/_PASSWORD and GANTRY_TEST_REDIS_ADMIN_PASSWORD (the
+ * default user, for the checks made directly). Session records' MACs need no server.
  * The tests of bad configs and unreachable servers need no server and always run.
  * The failover test runs last and fails back, leaving the original master in place. */
 #include <setjmp.h>
@@ -18,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "error.h"
 #include "sessions.h"
 #include "util.h"
@@ -28,8 +33,16 @@ typedef struct live {
     gt_strv sentinels;
     const char *master_name;
     const char *redis;      /* the master when the servers started */
+    const char *username, *password;                   /* the app's, on the data nodes */
+    const char *sentinel_username, *sentinel_password; /* the app's, on the sentinels */
     char prefix[128];       /* unique per test and run */
 } live;
+
+static const char *env_or_null(const char *name)
+{
+    const char *v = getenv(name);
+    return v && v[0] ? v : NULL;
+}
 
 /* Fills l from the environment, or says loudly why the test is skipped. */
 static bool live_get(live *l, const char *test)
@@ -44,6 +57,10 @@ static bool live_get(live *l, const char *test)
     const char *name = getenv("GANTRY_TEST_REDIS_MASTER_NAME");
     l->master_name = name && name[0] ? name : "gantry-test";
     l->redis = getenv("GANTRY_TEST_REDIS");
+    l->username = env_or_null("GANTRY_TEST_REDIS_USERNAME");
+    l->password = env_or_null("GANTRY_TEST_REDIS_PASSWORD");
+    l->sentinel_username = env_or_null("GANTRY_TEST_SENTINEL_USERNAME");
+    l->sentinel_password = env_or_null("GANTRY_TEST_SENTINEL_PASSWORD");
     char *copy = gt_xstrdup(sentinels), *save = NULL;
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
         gt_strv_push(&l->sentinels, t);
@@ -65,6 +82,18 @@ static gt_sessions_config live_cfg(const live *l)
     cfg.master_name = l->master_name;
     cfg.prefix = l->prefix;
     cfg.timeout_ms = 2000;
+    cfg.username = l->username;
+    cfg.password = l->password;
+    cfg.sentinel_username = l->sentinel_username;
+    cfg.sentinel_password = l->sentinel_password;
+    return cfg;
+}
+
+/* A single-host configuration for addr with the app's credentials. */
+static gt_sessions_config host_cfg(const live *l, const char *addr)
+{
+    gt_sessions_config cfg = {.host = addr, .prefix = l->prefix, .username = l->username,
+                              .password = l->password};
     return cfg;
 }
 
@@ -88,6 +117,13 @@ static redisContext *raw(const char *addr)
     if (c->err)
         fail_msg("connect %s: %s", addr, c->errstr);
     redisSetTimeout(c, tv);
+    const char *admin = env_or_null("GANTRY_TEST_REDIS_ADMIN_PASSWORD");
+    if (admin) { /* the default user, on data nodes and sentinels alike */
+        redisReply *r = redisCommand(c, "AUTH %s", admin);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            fail_msg("AUTH on %s: %s", addr, r ? r->str : c->errstr);
+        freeReplyObject(r);
+    }
     return c;
 }
 
@@ -595,7 +631,8 @@ static void test_single_host(void **state)
     LIVE(l);
     if (l.redis == NULL)
         fail_msg("GANTRY_TEST_REDIS unset");
-    gt_sessions_config cfg = {.host = l.redis, .prefix = l.prefix, .db = 3};
+    gt_sessions_config cfg = host_cfg(&l, l.redis);
+    cfg.db = 3;
     gt_error e = {0};
     char key[256];
     gt_sessions *s = gt_sessions_new(&cfg, &e);
@@ -685,7 +722,7 @@ static void test_readonly_replica(void **state)
     if (!replica[0])
         fail_msg("no replica known to %s", l.sentinels.v[0]);
 
-    gt_sessions_config cfg = {.host = replica, .prefix = l.prefix};
+    gt_sessions_config cfg = host_cfg(&l, replica);
     gt_error e = {0};
     char *v = NULL;
     int64_t n = 0;
@@ -851,6 +888,183 @@ static void test_failover(void **state)
     gt_strv_free(&l.sentinels);
 }
 
+/* ---- authentication --------------------------------------------------------------- */
+
+/* Redis and the sentinels of the test harness require AUTH (as production should): without
+ * credentials nothing is read or written, with the app's everything works, and the app's
+ * ACL user cannot touch keys outside its prefix. */
+static void test_auth_required(void **state)
+{
+    (void)state;
+    live l;
+    LIVE(l);
+    if (l.password == NULL || l.sentinel_password == NULL) {
+        printf("SKIPPED: the test servers do not require AUTH (GANTRY_TEST_REDIS_PASSWORD or "
+               "GANTRY_TEST_SENTINEL_PASSWORD unset)\n");
+        gt_strv_free(&l.sentinels);
+        skip();
+        return;
+    }
+    gt_error e = {0};
+    gt_sessions_config cfg = live_cfg(&l);
+    cfg.sentinel_password = NULL;
+    assert_null(gt_sessions_new(&cfg, &e));
+    printf("# sentinels without AUTH: %s\n", e.message);
+    assert_int_equal(e.code, GT_EUNAVAIL);
+    assert_non_null(strstr(e.message, "NOAUTH"));
+
+    cfg = live_cfg(&l);
+    cfg.password = NULL;
+    gt_error_clear(&e);
+    assert_null(gt_sessions_new(&cfg, &e));
+    printf("# master without AUTH: %s\n", e.message);
+    assert_non_null(strstr(e.message, "NOAUTH"));
+
+    cfg = live_cfg(&l);
+    cfg.sentinel_password = "not-the-sentinel-password";
+    gt_error_clear(&e);
+    assert_null(gt_sessions_new(&cfg, &e));
+    assert_non_null(strstr(e.message, "AUTH"));
+    assert_null(strstr(e.message, "not-the-sentinel-password"));
+
+    /* The app's user is confined to its keys. */
+    cfg = live_cfg(&l);
+    cfg.prefix = "other:";
+    gt_sessions *s = gt_sessions_new(&cfg, &e);
+    assert_non_null(s);
+    gt_error_clear(&e);
+    assert_int_not_equal(gt_sessions_set(s, "k", "v", 1000, &e), GT_OK);
+    assert_non_null(strstr(e.message, "NOPERM"));
+    gt_sessions_free(&s);
+    gt_strv_free(&l.sentinels);
+}
+
+/* ---- session records -------------------------------------------------------------- */
+
+#define HASH_A "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define HASH_B "1123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static gt_sessions *open_signed(const live *l, unsigned char fill)
+{
+    gt_sessions_config cfg = live_cfg(l);
+    cfg.signing_key_set = true;
+    memset(cfg.signing_key, fill, sizeof cfg.signing_key);
+    gt_error e = {0};
+    gt_sessions *s = gt_sessions_new(&cfg, &e);
+    if (s == NULL)
+        fail_msg("gt_sessions_new: %s", e.message);
+    return s;
+}
+
+/* A record as sealed, with one member replaced by a JSON value (NULL: removed). */
+static char *tampered(const char *text, const char *member, const char *json)
+{
+    cJSON *o = cJSON_Parse(text);
+    assert_non_null(o);
+    cJSON_DeleteItemFromObjectCaseSensitive(o, member);
+    if (json)
+        cJSON_AddItemToObject(o, member, cJSON_Parse(json));
+    char *out = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return out;
+}
+
+static void want_forged(const gt_sessions *s, const char *hash, const char *text)
+{
+    gt_session_record r;
+    gt_error e = {0};
+    gt_err rc = gt_sessions_open(s, hash, text, &r, &e);
+    if (rc != GT_ECRYPTO)
+        fail_msg("want GT_ECRYPTO for %s, got %d (%s)", text, rc, e.message);
+}
+
+/* Only the holder of the signing key makes a record a controller believes: a record
+ * written by someone with Redis access alone, altered, moved to another token, or signed
+ * under another key does not open. */
+static void test_record_mac(void **state)
+{
+    (void)state;
+    live l;
+    LIVE(l);
+    gt_sessions *s = open_signed(&l, 0x11);
+    gt_sessions *other = open_signed(&l, 0x22);
+    gt_error e = {0};
+    gt_session_record in = {.must_change_password = false, .expires_at = 1700000000123LL};
+    snprintf(in.user, sizeof in.user, "alice");
+    snprintf(in.role, sizeof in.role, "viewer");
+    snprintf(in.kind, sizeof in.kind, "login");
+    char *text = NULL;
+    assert_int_equal(gt_sessions_seal(s, HASH_A, &in, &text, &e), GT_OK);
+    assert_non_null(strstr(text, "\"mac\":\""));
+    gt_session_record out;
+    assert_int_equal(gt_sessions_open(s, HASH_A, text, &out, &e), GT_OK);
+    assert_string_equal(out.user, "alice");
+    assert_string_equal(out.role, "viewer");
+    assert_string_equal(out.kind, "login");
+    assert_false(out.must_change_password);
+    assert_int_equal(out.expires_at, 1700000000123LL);
+
+    /* the attack: a record written straight into Redis, without any MAC */
+    want_forged(s, HASH_A, "{\"user\":\"x\",\"role\":\"admin\",\"kind\":\"login\","
+                           "\"must_change_password\":false,\"expires_at\":9999999999999}");
+    gt_error_clear(&e);
+    gt_sessions_open(s, HASH_A, "{\"user\":\"x\",\"role\":\"admin\",\"kind\":\"login\","
+                                "\"expires_at\":1}", &out, &e);
+    assert_non_null(strstr(e.message, "no signature"));
+    /* each field is covered */
+    static const struct { const char *member, *json; } edits[] = {
+        {"user", "\"bob\""}, {"role", "\"admin\""}, {"kind", "\"apikey\""},
+        {"must_change_password", "true"}, {"expires_at", "1700000000124"},
+        {"mac", "\"0000000000000000000000000000000000000000000000000000000000000000\""},
+        {"mac", "\"abc\""},
+    };
+    for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+        char *t = tampered(text, edits[i].member, edits[i].json);
+        want_forged(s, HASH_A, t);
+        free(t);
+    }
+    /* moved to another token's key; opened under another key */
+    want_forged(s, HASH_B, text);
+    want_forged(other, HASH_A, text);
+    /* not a record at all */
+    static const char *const junk[] = {"", "[]", "{}", "{\"user\":\"a\"}", "null",
+                                       "{\"user\":\"a\",\"role\":\"viewer\",\"kind\":\"login\"}"};
+    for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++) {
+        gt_error_clear(&e);
+        assert_int_equal(gt_sessions_open(s, HASH_A, junk[i], &out, &e), GT_EINVAL);
+        assert_string_equal(out.user, "");
+    }
+    free(text);
+
+    /* without a key nothing is sealed or opened */
+    gt_sessions *unsigned_s = open_live(&l);
+    gt_error_clear(&e);
+    assert_int_equal(gt_sessions_seal(unsigned_s, HASH_A, &in, &text, &e), GT_EINVAL);
+    assert_null(text);
+    assert_non_null(strstr(e.message, "signing_key_file"));
+    gt_sessions_free(&unsigned_s);
+    gt_sessions_free(&other);
+    gt_sessions_free(&s);
+    gt_strv_free(&l.sentinels);
+}
+
+/* The key comes from the key file and the cluster id: the same file gives each cluster
+ * its own key; short material is refused. */
+static void test_derive_key(void **state)
+{
+    (void)state;
+    unsigned char a[GT_SESSIONS_KEY_LEN], b[GT_SESSIONS_KEY_LEN], c[GT_SESSIONS_KEY_LEN];
+    const char material[] = "0123456789abcdef0123456789abcdef-some-key-file";
+    gt_error e = {0};
+    assert_int_equal(gt_sessions_derive_key(material, strlen(material), "c1", a, &e), GT_OK);
+    assert_int_equal(gt_sessions_derive_key(material, strlen(material), "c1", b, &e), GT_OK);
+    assert_memory_equal(a, b, sizeof a);
+    assert_int_equal(gt_sessions_derive_key(material, strlen(material), "c2", c, &e), GT_OK);
+    assert_memory_not_equal(a, c, sizeof a);
+    assert_int_equal(gt_sessions_derive_key(material, 31, "c1", c, &e), GT_EINVAL);
+    assert_memory_not_equal(a, material, sizeof a); /* not the material itself */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -867,6 +1081,9 @@ int main(void)
         cmocka_unit_test(test_single_host),
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_readonly_replica),
+        cmocka_unit_test(test_derive_key),
+        cmocka_unit_test(test_auth_required),
+        cmocka_unit_test(test_record_mac),
         cmocka_unit_test(test_failover),   /* last: it moves the master and back */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,9 @@
 /* gantry-tokend's logic, through gt_tokend_handle as the bus would call it, against a
- * memory store and a real Redis (GANTRY_TEST_REDIS = "127.0.0.1:port"; SKIPPED
- * without it). Time is a fake clock, so the throttling sequences run without sleeping.
- * Every reply is checked for secrets, and so is everything logged.
+ * memory store and a real Redis (GANTRY_TEST_REDIS = "127.0.0.1:port", with
+ * GANTRY_TEST_REDIS_USERNAME/_PASSWORD and GANTRY_TEST_REDIS_ADMIN_PASSWORD when it
+ * requires AUTH; SKIPPED without it). Time is a fake clock, so the throttling sequences
+ * run without sleeping. Every reply is checked for secrets, and so is everything logged:
+ * no password, not even the first admin's, which goes to a file of its own.
  *
  * tokend.c lives in services/tokend/ and unit tests link only libgantry.a, so it is
  * compiled into this test directly. */
@@ -14,13 +16,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
 #define T0 1700000000000LL
 #define MIN_MS 60000LL
+#define CONTROLLER "gantry-controller"
 
 typedef struct fixture {
     gt_store *store;
@@ -31,8 +36,18 @@ typedef struct fixture {
     redisContext *redis;       /* direct, for TTLs and raw keys */
     FILE *log;
     gt_strv secrets;           /* must appear in no reply but their own, nor in logs */
-    const char *bootstrap_pw;  /* allowed once in the log */
+    char dir[64];              /* a temporary working dir: the admin password file */
+    char pwfile[128];
+    const char *caller;        /* the broker user requests come from */
 } fixture;
+
+static char *const controllers[] = {CONTROLLER, "gantry-controller-2", NULL};
+
+static const char *env_or_null(const char *name)
+{
+    const char *v = getenv(name);
+    return v && v[0] ? v : NULL;
+}
 
 static const char *redis_addr(void)
 {
@@ -63,9 +78,17 @@ static int setup(void **state)
     assert_non_null(f->log);
     gt_log_setup(f->log, GT_LOG_DEBUG, false, "tokend-test");
 
+    f->caller = CONTROLLER;
+    snprintf(f->dir, sizeof f->dir, "/tmp/gantry-tokend-test-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->pwfile, sizeof f->pwfile, "%s/initial-admin-password", f->dir);
     f->store = gt_store_open_memory(&err);
     assert_non_null(f->store);
-    gt_sessions_config sc = {.host = addr, .prefix = f->prefix};
+    gt_sessions_config sc = {.host = addr, .prefix = f->prefix,
+                             .username = env_or_null("GANTRY_TEST_REDIS_USERNAME"),
+                             .password = env_or_null("GANTRY_TEST_REDIS_PASSWORD"),
+                             .signing_key_set = true};
+    assert_int_equal(gt_random_bytes(sc.signing_key, sizeof sc.signing_key, NULL), GT_OK);
     f->sessions = gt_sessions_new(&sc, &err);
     if (f->sessions == NULL)
         fail_msg("cannot reach Redis at %s: %s", addr, err.message);
@@ -76,6 +99,8 @@ static int setup(void **state)
         .api_key_ttl_ms = 1440 * MIN_MS,
         .clock_ms = fake_clock,
         .clock_arg = f,
+        .controller_users = controllers,
+        .admin_password_file = f->pwfile,
     };
     f->t = gt_tokend_new(&tc, &err);
     assert_non_null(f->t);
@@ -87,13 +112,18 @@ static int setup(void **state)
     *colon = '\0';
     f->redis = redisConnect(host, atoi(colon + 1));
     assert_true(f->redis && !f->redis->err);
+    const char *admin = env_or_null("GANTRY_TEST_REDIS_ADMIN_PASSWORD");
+    if (admin) {
+        redisReply *r = redisCommand(f->redis, "AUTH %s", admin);
+        assert_true(r && r->type != REDIS_REPLY_ERROR);
+        freeReplyObject(r);
+    }
     *state = f;
     return 0;
 }
 
-/* Everything logged during the test, with no secret in it (the bootstrap password
- * exactly once, in its WARN line). */
-static void check_log(fixture *f)
+/* Everything logged during the test; the caller frees. */
+static char *log_text(fixture *f)
 {
     fflush(f->log);
     long n = ftell(f->log);
@@ -101,19 +131,18 @@ static void check_log(fixture *f)
     char *text = gt_xcalloc(1, (size_t)n + 1);
     rewind(f->log);
     assert_int_equal(fread(text, 1, (size_t)n, f->log), (size_t)n);
+    fseek(f->log, 0, SEEK_END);
+    return text;
+}
+
+/* Everything logged during the test, with no secret in it at all. */
+static void check_log(fixture *f)
+{
+    char *text = log_text(f);
     assert_null(strstr(text, "$argon2"));
-    for (size_t i = 0; i < f->secrets.n; i++) {
-        const char *s = f->secrets.v[i];
-        const char *hit = strstr(text, s);
-        if (f->bootstrap_pw && strcmp(s, f->bootstrap_pw) == 0) {
-            assert_non_null(hit);
-            assert_null(strstr(hit + 1, s));
-            assert_non_null(strstr(text, "first start: created user admin with temporary "
-                                         "password "));
-        } else if (hit) {
+    for (size_t i = 0; i < f->secrets.n; i++)
+        if (strstr(text, f->secrets.v[i]))
             fail_msg("secret found in the log: %s", text);
-        }
-    }
     free(text);
 }
 
@@ -145,6 +174,8 @@ static int teardown(void **state)
     gt_sessions_free(&f->sessions);
     gt_store_free(&f->store);
     gt_strv_free(&f->secrets);
+    unlink(f->pwfile);
+    rmdir(f->dir);
     free(f);
     return 0;
 }
@@ -167,7 +198,7 @@ static cJSON *call_raw(fixture *f, const char *body, size_t len)
 {
     char *reply = NULL;
     size_t rlen = 0;
-    assert_int_equal(gt_tokend_handle(f->t, body, len, &reply, &rlen), GT_OK);
+    assert_int_equal(gt_tokend_handle(f->t, f->caller, body, len, &reply, &rlen), GT_OK);
     assert_non_null(reply);
     assert_int_equal(strlen(reply), rlen);
     assert_null(strstr(reply, "$argon2"));
@@ -344,6 +375,21 @@ static void set_failures(fixture *f, const char *name, int64_t n, int64_t last_m
     free(body);
 }
 
+/* The admin password file: mode 0600, a regular file, holding pw and a newline. */
+static void check_password_file(fixture *f, const char *pw)
+{
+    struct stat st;
+    assert_int_equal(lstat(f->pwfile, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0600);
+    char *text = NULL;
+    assert_int_equal(gt_read_file(f->pwfile, 4096, &text, NULL, NULL), GT_OK);
+    char *want = gt_xasprintf("%s\n", pw);
+    assert_string_equal(text, want);
+    free(want);
+    free(text);
+}
+
 /* ---- tests ---- */
 
 static void test_ping(void **state)
@@ -364,7 +410,12 @@ static void test_bootstrap_once(void **state)
     assert_non_null(pw);
     assert_int_equal(strlen(pw), 16);
     add_secret(f, pw);
-    f->bootstrap_pw = f->secrets.v[f->secrets.n - 1];
+    /* The password is in a file only its owner reads; the log names the file. */
+    check_password_file(f, pw);
+    char *logged = log_text(f);
+    assert_non_null(strstr(logged, f->pwfile));
+    assert_null(strstr(logged, pw));
+    free(logged);
 
     /* Second start: users exist, nothing is created or logged. */
     char *again = (char *)"x";
@@ -784,7 +835,6 @@ static void test_last_admin(void **state)
     char *pw = NULL;
     assert_int_equal(gt_tokend_bootstrap(f->t, &pw, NULL), GT_OK);
     add_secret(f, pw);
-    f->bootstrap_pw = f->secrets.v[f->secrets.n - 1];
     create_user(f, "ops", "operator", "ops-pass-12");
     expect_err_free(call(f, "{\"op\":\"delete_user\",\"username\":\"admin\"}"), "forbidden",
                     "$.username");
@@ -876,14 +926,20 @@ static void test_recover_admin(void **state)
     gt_error err = {0};
     assert_int_equal(gt_tokend_bootstrap(f->t, &pw, &err), GT_OK);
     add_secret(f, pw);
-    f->bootstrap_pw = f->secrets.v[f->secrets.n - 1];
     char *tok = login(f, "admin", pw);
     set_failures(f, "admin", 100, f->now);
 
+    /* A link planted where the file goes is replaced, never followed. */
+    char target[160];
+    snprintf(target, sizeof target, "%s/elsewhere", f->dir);
+    unlink(f->pwfile);
+    assert_int_equal(symlink(target, f->pwfile), 0);
     assert_int_equal(gt_tokend_recover_admin(f->t, &pw2, &err), GT_OK);
     assert_non_null(pw2);
     assert_int_equal(strlen(pw2), 16);
     add_secret(f, pw2);
+    check_password_file(f, pw2);
+    assert_int_equal(access(target, F_OK), -1);
     assert_string_not_equal(pw, pw2);
     assert_null(session_of(f, tok));
     assert_int_equal(failed_logins(f, "admin"), 0);
@@ -901,7 +957,8 @@ static void test_recover_admin(void **state)
     /* Without any admin (a fresh store), recovery creates one. */
     gt_store *empty = gt_store_open_memory(NULL);
     gt_tokend_config tc = {.store = empty, .sessions = f->sessions, .token_ttl_ms = MIN_MS,
-                           .api_key_ttl_ms = MIN_MS};
+                           .api_key_ttl_ms = MIN_MS, .controller_users = controllers,
+                           .admin_password_file = f->pwfile};
     gt_tokend *t2 = gt_tokend_new(&tc, NULL);
     char *pw3 = NULL;
     assert_int_equal(gt_tokend_recover_admin(t2, &pw3, NULL), GT_OK);
@@ -1013,6 +1070,171 @@ static void test_redact(void **state)
     assert_string_equal(out, "[red");
 }
 
+/* Attack: anyone on the broker acting as a controller. Only the controllers' broker users
+ * are served; a runner's or scheduler's request, or one without a user_id, is refused
+ * before it is read, and logged. */
+static void test_refuses_non_controllers(void **state)
+{
+    FIXTURE(state);
+    static const char *const others[] = {"gantry-runner", "gantry-scheduler", "guest",
+                                         "gantry-controller ", "Gantry-Controller", "", NULL};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        f->caller = others[i];
+        add_secret(f, "Mallory-Pass-1234");
+        cJSON *r = call(f, "{\"op\":\"create_user\",\"username\":\"mallory\",\"role\":\"admin\","
+                           "\"password\":\"Mallory-Pass-1234\"}");
+        const char *m = expect_err(r, "forbidden", NULL);
+        assert_non_null(strstr(m, "controller_users"));
+        cJSON_Delete(r);
+        expect_err_free(call(f, "{\"op\":\"create_apikey\",\"username\":\"admin\"}"), "forbidden",
+                        NULL);
+        expect_err_free(call(f, "{\"op\":\"reset_password\",\"username\":\"admin\"}"),
+                        "forbidden", NULL);
+        /* garbage is refused as such, not parsed */
+        expect_err_free(call_raw(f, "{", 1), "forbidden", NULL);
+    }
+    char *logged = log_text(f);
+    assert_non_null(strstr(logged, "refused a request from broker user gantry-runner"));
+    assert_non_null(strstr(logged, "no user_id"));
+    free(logged);
+    /* nothing was created; both controller users are served */
+    f->caller = CONTROLLER;
+    cJSON *r = call(f, "{\"op\":\"list_users\"}");
+    expect_ok(r);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "items")), 0);
+    cJSON_Delete(r);
+    f->caller = "gantry-controller-2";
+    expect_ok_free(call(f, "{\"op\":\"ping\"}"));
+
+    /* a tokend without controller users would serve nobody: refused at start */
+    gt_tokend_config tc = {.store = f->store, .sessions = f->sessions, .token_ttl_ms = MIN_MS,
+                           .api_key_ttl_ms = MIN_MS};
+    gt_error err = {0};
+    assert_null(gt_tokend_new(&tc, &err));
+    assert_non_null(strstr(err.message, "controller_users"));
+}
+
+/* A name that is not a user gets exactly the answers a user gets, failure by failure:
+ * the throttle tells no one which names exist. */
+static void test_unknown_user_throttled_like_known(void **state)
+{
+    FIXTURE(state);
+    create_user(f, "quinn", "viewer", "quinn-pass-12");
+    const char *names[] = {"quinn", "no-such-user"};
+    for (int round = 0; round < 6; round++) {
+        char *replies[2];
+        for (int i = 0; i < 2; i++) {
+            /* each from its own source: the per-source throttle is not what is compared */
+            cJSON *r = login_reply(f, names[i], "wrong-pass", i == 0 ? "10.7.0.1" : "10.7.0.2");
+            replies[i] = cJSON_PrintUnformatted(r);
+            cJSON_Delete(r);
+        }
+        assert_string_equal(replies[0], replies[1]);
+        if (round == 3)
+            assert_non_null(strstr(replies[0], "\"throttled\""));
+        free(replies[0]);
+        free(replies[1]);
+        if (round >= 3)
+            f->now += 1000 << (round - 3); /* waited out: the next one counts again */
+    }
+    /* The lock at 100 too (the counters are set directly; the lock test does it the long
+     * way for a user). */
+    set_failures(f, "quinn", 99, f->now - 400 * 1000);
+    redisReply *rr = redisCommand(f->redis, "SET %sfail:user:no-such-user 99", f->prefix);
+    freeReplyObject(rr);
+    rr = redisCommand(f->redis, "SET %sfail:user-at:no-such-user %lld", f->prefix,
+                      (long long)(f->now - 400 * 1000));
+    freeReplyObject(rr);
+    for (int round = 0; round < 2; round++) {
+        char *replies[2];
+        for (int i = 0; i < 2; i++) {
+            cJSON *r = login_reply(f, names[i], "wrong-pass", i == 0 ? "10.7.1.1" : "10.7.1.2");
+            replies[i] = cJSON_PrintUnformatted(r);
+            cJSON_Delete(r);
+        }
+        assert_string_equal(replies[0], replies[1]);
+        assert_non_null(strstr(replies[0], "\"locked\""));
+        free(replies[0]);
+        free(replies[1]);
+    }
+    /* change_password answers alike as well */
+    char *replies[2];
+    for (int i = 0; i < 2; i++) {
+        cJSON *r = call(f, "{\"op\":\"change_password\",\"username\":\"%s\",\"password\":"
+                           "\"wrong-pass\",\"new_password\":\"Another-pass-77\"}", names[i]);
+        replies[i] = cJSON_PrintUnformatted(r);
+        cJSON_Delete(r);
+    }
+    assert_string_equal(replies[0], replies[1]);
+    free(replies[0]);
+    free(replies[1]);
+    /* and the unknown name's counters expire (30 days), not live forever */
+    rr = redisCommand(f->redis, "PTTL %sfail:user:no-such-user", f->prefix);
+    assert_true(rr && rr->type == REDIS_REPLY_INTEGER);
+    freeReplyObject(rr);
+}
+
+/* New passwords: not one of the common ones (whatever the case), not the user name. */
+static void test_common_passwords_refused(void **state)
+{
+    FIXTURE(state);
+    static const char *const bad[] = {"password", "Password1", "PASSWORD123", "12345678",
+                                      "qwertyuiop", "iloveyou", "trustno1", "sunshine",
+                                      "1q2w3e4r", "letmein1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cJSON *r = call(f, "{\"op\":\"create_user\",\"username\":\"rita\",\"role\":\"viewer\","
+                           "\"password\":\"%s\"}", bad[i]);
+        const char *m = expect_err(r, "invalid_argument", "$.password");
+        assert_non_null(strstr(m, "common passwords"));
+        cJSON_Delete(r);
+        assert_true(gt_password_common(bad[i]));
+    }
+    expect_err_free(call(f, "{\"op\":\"create_user\",\"username\":\"rita-long-name\",\"role\":"
+                            "\"viewer\",\"password\":\"Rita-Long-Name\"}"),
+                    "invalid_argument", "$.password");
+    assert_false(gt_password_common("rita-long-name"));
+    create_user(f, "rita", "viewer", "rita-pass-12");
+    expect_err_free(call(f, "{\"op\":\"change_password\",\"username\":\"rita\",\"password\":"
+                            "\"rita-pass-12\",\"new_password\":\"Password123\"}"),
+                    "invalid_argument", "$.new_password");
+    expect_err_free(call(f, "{\"op\":\"reset_password\",\"username\":\"rita\",\"password\":"
+                            "\"football\"}"), "invalid_argument", "$.password");
+    /* the policy comes before the password check: nothing was counted */
+    assert_int_equal(failed_logins(f, "rita"), 0);
+    /* what the other tests use is fine */
+    assert_false(gt_password_common("admin-password-1"));
+    assert_false(gt_password_common("otto-password"));
+    assert_false(gt_password_common(""));
+    assert_false(gt_password_common(NULL));
+}
+
+/* Sessions tokend writes are signed with the cluster's key and open under it. */
+static void test_sessions_signed(void **state)
+{
+    FIXTURE(state);
+    create_user(f, "sam", "operator", "sam-pass-123");
+    char *tok = login(f, "sam", "sam-pass-123");
+    char hex[65];
+    token_hash(tok, hex);
+    redisReply *rr = redisCommand(f->redis, "GET %ssession:%s", f->prefix, hex);
+    assert_true(rr && rr->type == REDIS_REPLY_STRING);
+    gt_session_record rec;
+    gt_error err = {0};
+    assert_int_equal(gt_sessions_open(f->sessions, hex, rr->str, &rec, &err), GT_OK);
+    assert_string_equal(rec.user, "sam");
+    assert_string_equal(rec.role, "operator");
+    assert_string_equal(rec.kind, "login");
+    freeReplyObject(rr);
+    /* logout of a record someone forged in Redis removes it, and touches no user's set */
+    rr = redisCommand(f->redis, "SET %ssession:%s {\"user\":\"sam\",\"role\":\"admin\","
+                      "\"kind\":\"login\",\"expires_at\":1}", f->prefix, hex);
+    freeReplyObject(rr);
+    expect_ok_free(call(f, "{\"op\":\"logout\",\"token_hash\":\"%s\"}", hex));
+    assert_null(session_of(f, tok));
+    assert_int_equal(set_size(f, "sam"), 1);
+    free(tok);
+}
+
 int main(void)
 {
     if (redis_addr() == NULL)
@@ -1036,6 +1258,10 @@ int main(void)
         T(test_recover_admin),
         T(test_malformed),
         T(test_password_changed_meanwhile),
+        T(test_refuses_non_controllers),
+        T(test_unknown_user_throttled_like_known),
+        T(test_common_passwords_refused),
+        T(test_sessions_signed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
