@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "exec.h"
 #include "util.h"
 
 typedef struct gt_run_options {
@@ -30,6 +31,9 @@ typedef struct gt_run_options {
     const char *pip_trusted_host;
     bool pip_no_index;
     char *const *environ;          /* the environment children start from (filtered) */
+    bool sandbox_none;             /* [runner] sandbox = none: the service's process runs
+                                    * without bubblewrap (helper tools never use it) */
+    gt_exec_limits limits;         /* [runner] defaults; a service's "limits" override each */
 } gt_run_options;
 
 /* What a run needs besides the service document. */
