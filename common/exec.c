@@ -72,8 +72,11 @@ static which_status check_exec_file(const char *path)
 }
 
 /* Relative and empty PATH entries are skipped: they would resolve against whatever the
- * working directory happens to be, which is how a checked-out repository hijacks `git`. */
-static which_status which_ex(const char *file, const char *path, char **out)
+ * working directory happens to be, which is how a checked-out repository hijacks `git`.
+ * With sb, so are programs the sandbox does not show (a PATH entry under a HOME that is a
+ * private tmpfs inside): the search finds what the run itself would find. */
+static which_status which_in(const char *file, const char *path, const gt_sandbox *sb,
+                             char **out)
 {
     which_status best = WHICH_MISSING;
     *out = NULL;
@@ -91,6 +94,8 @@ static which_status which_ex(const char *file, const char *path, char **out)
         if (n > 0 && p[0] == '/') {
             char *cand = gt_xasprintf("%.*s%s%s", (int)n, p, p[n - 1] == '/' ? "" : "/", file);
             which_status st = check_exec_file(cand);
+            if (st == WHICH_FOUND && sb && !gt_sandbox_sees(sb, NULL, cand))
+                st = WHICH_MISSING;
             if (st == WHICH_FOUND) {
                 *out = cand;
                 return WHICH_FOUND;
@@ -111,7 +116,7 @@ char *gt_exec_which(const char *file, const char *path)
     char *out = NULL;
     if (path == NULL)
         path = getenv("PATH") ? getenv("PATH") : EXEC_DEFAULT_PATH;
-    which_ex(file, path, &out);
+    which_in(file, path, NULL, &out);
     return out;
 }
 
@@ -167,8 +172,11 @@ static gt_err resolve(const gt_exec_spec *spec, char **prog, gt_error *err)
             *prog = gt_xstrdup(spec->file);
         goto done;
     }
-    which_status st = which_ex(spec->file, env_path(spec->envp), prog);
-    if (st == WHICH_MISSING)
+    which_status st = which_in(spec->file, env_path(spec->envp), spec->sandbox, prog);
+    if (st == WHICH_MISSING && spec->sandbox)
+        rc = gt_error_set(err, GT_ENOTFOUND, "program \"%s\" not found in PATH, in what a run's "
+                          "sandbox shows (/usr, its checkout, its venv)", spec->file);
+    else if (st == WHICH_MISSING)
         rc = gt_error_set(err, GT_ENOTFOUND, "program \"%s\" not found in PATH", spec->file);
     else if (st == WHICH_NOEXEC)
         rc = gt_error_set(err, GT_EPERM, "program \"%s\" found in PATH but not executable",
@@ -855,6 +863,8 @@ gt_err gt_exec_run(const gt_exec_spec *spec, gt_exec_result *res, gt_error *err)
     plan.err_fd = pe[1];
     plan_limits(&plan, spec->limits, spec->sandbox == NULL);
     if (spec->sandbox) {
+        if ((rc = gt_sandbox_check(err)) != GT_OK)
+            goto done;
         if (!gt_sandbox_sees(spec->sandbox, spec->cwd, prog)) {
             rc = gt_error_set(err, GT_ENOTFOUND,
                               "program \"%s\" is outside the run's sandbox (a run sees /usr, "

@@ -32,7 +32,8 @@ typedef struct gt_exec_limits {
 } gt_exec_limits;
 
 typedef struct gt_exec_spec {
-    const char *file;            /* program; searched in PATH (of envp) when it has no '/' */
+    const char *file;            /* program; searched in PATH (of envp) when it has no '/'
+                                  * (sandboxed: only where the sandbox shows it) */
     char *const *argv;           /* argv[0] included; NULL-terminated */
     char *const *envp;           /* the child's whole environment; NULL-terminated */
     const char *cwd;             /* NULL: inherit */
@@ -77,7 +78,7 @@ typedef struct gt_exec_result {
  * res is then still cleared/valid (stderr holds what bwrap said). A sandboxed
  * program killed by signal N is reported by bwrap as exit status 128 + N: res then has
  * exit_code 128 + N and term_signal N, as for a direct child (a program that itself
- * exits with 129..191 looks the same). */
+ * exits with 129..159 looks the same). */
 gt_err gt_exec_run(const gt_exec_spec *spec, gt_exec_result *res, gt_error *err);
 
 /* Why a failed child probably hit one of lim's limits: "killed by SIGXCPU: CPU time

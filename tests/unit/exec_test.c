@@ -983,7 +983,27 @@ static void test_sandbox_exit_status_and_errors(void **state)
     assert_non_null(strstr(err.message, "the sandbox could not start"));
     gt_exec_result_clear(&res);
 
+    /* a PATH search skips what the sandbox does not show, as the run's own would */
+    char *fake = gt_path_join(dir, "echo");
+    write_file(fake, "#!/bin/sh\necho fake\n", 0755);
+    char *path = gt_xasprintf("PATH=%s:/usr/bin:/bin", dir);
+    char *const env[] = {path, NULL};
+    char *const echo[] = {"echo", "real", NULL};
+    gt_exec_spec spec3 = {.argv = echo, .envp = env, .sandbox = &sb};
+    assert_int_equal(run_spec(&spec3, &res, &err), GT_OK);
+    assert_string_equal(res.out, "real\n");
+    gt_exec_result_clear(&res);
+    char *solo = gt_xasprintf("PATH=%s", dir);
+    char *const env2[] = {solo, NULL};
+    gt_exec_spec spec4 = {.argv = echo, .envp = env2, .sandbox = &sb};
+    assert_int_equal(run_spec(&spec4, &res, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "sandbox shows"));
+    gt_exec_result_clear(&res);
+
     gt_rm_rf(dir, NULL);
+    free(solo);
+    free(path);
+    free(fake);
     free(gone);
     free(prog);
     free(dir);
