@@ -30,7 +30,8 @@ typedef enum cfg_type {
     T_LIST,     /* gt_strv: items separated by spaces or commas */
     T_MODE,     /* gt_config_mode */
     T_BACKEND,  /* gt_config_backend */
-    T_LEVEL     /* gt_log_level */
+    T_LEVEL,    /* gt_log_level */
+    T_SANDBOX   /* gt_config_sandbox */
 } cfg_type;
 
 enum {
@@ -201,6 +202,17 @@ static const cfg_key keys[] = {
     KBOOL("runner", runner, allow_http_repositories, "false", 0,
           "let git fetch repositories over plain http:// (unauthenticated, unencrypted)"),
     KSTR("runner", runner, pip_trusted_host, "", NULL, 0, "pip --trusted-host"),
+    /* Gantry: run isolation and limits (a service's "limits" override the four limits) */
+    KENUM(T_SANDBOX, "runner", runner, sandbox, "bubblewrap",
+          "bubblewrap | none: each run in a bubblewrap sandbox, or not isolated (a warning)"),
+    KSIZE("runner", runner, memory_limit, "2GiB", 0, 1024 * GIB,
+          "address space per process of a run (RLIMIT_AS); 0: none"),
+    KINT("runner", runner, process_limit, "256", 0, 1 << 22, 0,
+         "processes and threads of a run; 0: none"),
+    KDUR("runner", runner, cpu_time_limit, "1h", 0, 30 * MS_DAY, MS_SEC,
+         "CPU time per process of a run (SIGXCPU, then SIGKILL); 0: none"),
+    KINT("runner", runner, open_files_limit, "1024", 0, 1 << 20, 0,
+         "open files per process of a run; 0: none"),
 
     /* [store] */
     KENUM(T_BACKEND, "store", store, backend, "local", "local | memory | etcd | mongodb"),
@@ -294,6 +306,7 @@ static const char *const sections[] = {
 
 static const char *const mode_names[] = {"local", "server", "client", "runner"};
 static const char *const backend_names[] = {"local", "memory", "etcd", "mongodb"};
+static const char *const sandbox_names[] = {"bubblewrap", "none"};
 
 typedef struct cfg_profile {
     char *name;          /* lower case */
@@ -418,6 +431,9 @@ static void slot_store(void *slot, const cfg_key *k, cfg_val *v)
         break;
     case T_LEVEL:
         *(gt_log_level *)slot = (gt_log_level)v->i;
+        break;
+    case T_SANDBOX:
+        *(gt_config_sandbox *)slot = (gt_config_sandbox)v->i;
         break;
     }
 }
@@ -751,6 +767,29 @@ bad:
     return false;
 }
 
+gt_err gt_config_parse_size(const char *s, const char *what, int64_t *out, gt_error *err)
+{
+    gt_buf why = {0};
+    gt_err rc = GT_OK;
+    if (s == NULL || *s == '\0' || !parse_size(s, out, &why))
+        rc = gt_error_set(err, GT_EINVAL, "%s: %s", what,
+                          why.data ? why.data : "expected a size such as 512KiB or 1MiB");
+    gt_buf_free(&why);
+    return rc;
+}
+
+gt_err gt_config_parse_duration(const char *s, int64_t unit_ms, const char *what, int64_t *out,
+                                gt_error *err)
+{
+    gt_buf why = {0};
+    gt_err rc = GT_OK;
+    if (s == NULL || *s == '\0' || !parse_duration(s, unit_ms > 0 ? unit_ms : 1, out, &why))
+        rc = gt_error_set(err, GT_EINVAL, "%s: %s", what,
+                          why.data ? why.data : "expected a duration such as 90s or 1h30m");
+    gt_buf_free(&why);
+    return rc;
+}
+
 /* Parses text (non-empty, already unquoted) for k into v; on false, why holds
  * "[section] key: reason". label names the key in that message. */
 static bool parse_value(const cfg_key *k, const char *label, const char *text, cfg_val *v,
@@ -824,6 +863,9 @@ static bool parse_value(const cfg_key *k, const char *label, const char *text, c
         break;
     case T_BACKEND:
         ok = parse_enum(text, backend_names, 4, &v->i, &reason);
+        break;
+    case T_SANDBOX:
+        ok = parse_enum(text, sandbox_names, 2, &v->i, &reason);
         break;
     case T_LEVEL: {
         /* the seed's levels include FATAL, which Gantry logs as error */
@@ -1568,6 +1610,12 @@ gt_err gt_config_finish(gt_config *cfg, gt_error *err)
     if (cfg->sessions.sentinels.n > 0 && cfg->sessions.master_name == NULL)
         return gt_error_setf(err, GT_EINVAL, "sessions.master_name",
                              "[sessions] sentinels need master_name");
+    if (cfg->runner.memory_limit > 0 && cfg->runner.memory_limit < 16 * MIB)
+        return gt_error_setf(err, GT_EINVAL, "runner.memory_limit",
+                             "[runner] memory_limit = %lld bytes (%s) is too small to start a "
+                             "program: use 0 (no limit) or at least 16MiB",
+                             (long long)cfg->runner.memory_limit,
+                             gt_config_source(cfg, "runner", "memory_limit"));
     return rc;
 }
 
@@ -1632,6 +1680,9 @@ static void put_value(gt_buf *b, const cfg_key *k, const void *slot)
         break;
     case T_BACKEND:
         gt_buf_puts(b, gt_config_backend_name(*(const gt_config_backend *)slot));
+        break;
+    case T_SANDBOX:
+        gt_buf_puts(b, sandbox_names[*(const gt_config_sandbox *)slot == GT_SANDBOX_NONE]);
         break;
     case T_LEVEL: {
         snprintf(tmp, sizeof tmp, "%s", gt_log_level_name(*(const gt_log_level *)slot));

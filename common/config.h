@@ -41,6 +41,12 @@ typedef enum gt_config_backend {
     GT_BACKEND_MONGODB
 } gt_config_backend;
 
+/* [runner] sandbox: how a run is isolated from the daemon and the host. */
+typedef enum gt_config_sandbox {
+    GT_SANDBOX_BUBBLEWRAP = 0, /* each run in a bubblewrap sandbox (sandbox.h) */
+    GT_SANDBOX_NONE            /* runs are not isolated; a warning at start */
+} gt_config_sandbox;
+
 /* [client] and each named profile [client:NAME]. */
 typedef struct gt_config_client {
     char *host;
@@ -129,6 +135,11 @@ typedef struct gt_config {
         bool pip_no_index;
         char *pip_trusted_host;
         bool allow_http_repositories; /* git may fetch http:// URLs */
+        gt_config_sandbox sandbox;
+        int64_t memory_limit;         /* bytes of address space per process; 0: none */
+        int64_t process_limit;        /* processes and threads of a run; 0: none */
+        int64_t cpu_time_limit;       /* ms of CPU per process; 0: none */
+        int64_t open_files_limit;     /* descriptors per process; 0: none */
     } runner;
     struct {
         gt_config_backend backend;
@@ -236,6 +247,13 @@ const char *gt_config_source(const gt_config *cfg, const char *section, const ch
  * with unset values inherited from [client] once gt_config_finish has run; NULL if
  * there is no such profile. Borrowed. */
 const gt_config_client *gt_config_client_profile(const gt_config *cfg, const char *name);
+
+/* The parsers behind T_SIZE and T_DURATION keys, for sizes and durations given elsewhere
+ * (a service's limits): "1048576", "512KiB", "1MiB"; "90s", "1h30m", or a plain number
+ * counted in unit_ms. err names what. Never negative. */
+gt_err gt_config_parse_size(const char *s, const char *what, int64_t *out, gt_error *err);
+gt_err gt_config_parse_duration(const char *s, int64_t unit_ms, const char *what, int64_t *out,
+                                gt_error *err);
 
 /* Static names: "local", "server", ...; "local", "memory", "etcd", "mongodb". */
 const char *gt_config_mode_name(gt_config_mode mode);

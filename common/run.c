@@ -13,7 +13,9 @@
 #include "extravars.h"
 #include "json.h"
 #include "log.h"
+#include "model/model.h"
 #include "repo.h"
+#include "sandbox.h"
 #include "venv.h"
 
 void gt_run_env_base(const gt_run_options *o, gt_strv *env)
@@ -418,6 +420,7 @@ gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJS
     char *scratch = gt_xasprintf("%s/%s", runs, req->execution_id);
     char *src = gt_path_join(scratch, "src");
     char *commit = NULL, *cwd = NULL, *file = NULL, *venv = NULL, *python = NULL;
+    char *limit_why = NULL;
     gt_strv argv = {0}, env = {0};
     gt_exec_result res = {0};
     const cJSON *svc = req->service;
@@ -513,6 +516,19 @@ gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJS
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(svc, "timeout");
     if (cJSON_IsNumber(t))
         timeout_s = gt_json_member_i64(svc, "timeout", 0);
+    /* Isolation: the run sees its scratch directory (the checkout, writable) and its venv
+     * (read-only) at their own paths, nothing else of the working directory. */
+    gt_service_limits sl;
+    if (gt_service_limits_get(svc, &sl, &why) != GT_OK)
+        goto failed;
+    gt_exec_limits lim = {
+        .memory = sl.memory >= 0 ? sl.memory : o->limits.memory,
+        .processes = sl.processes >= 0 ? sl.processes : o->limits.processes,
+        .cpu_ms = sl.cpu_ms >= 0 ? sl.cpu_ms : o->limits.cpu_ms,
+        .open_files = sl.open_files >= 0 ? sl.open_files : o->limits.open_files,
+    };
+    char *rw[] = {scratch, NULL}, *ro[] = {venv, NULL};
+    gt_sandbox sb = {.writable = rw, .readonly = venv ? ro : NULL, .tmpfs_size = lim.memory};
     gt_exec_spec spec = {
         .file = argv.v[0],
         .argv = argv.v,
@@ -524,9 +540,12 @@ gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJS
         .cancel = req->cancel,
         .on_start = req->on_start,
         .on_start_arg = req->on_start_arg,
+        .limits = &lim,
+        .sandbox = o->sandbox_none ? NULL : &sb,
     };
     if (gt_exec_run(&spec, &res, &why) != GT_OK)
         goto failed;
+    limit_why = gt_exec_limit_reason(&lim, &res);
 
     cJSON *r = cJSON_CreateObject();
     const char *state = res.canceled ? "canceled"
@@ -548,6 +567,8 @@ gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJS
     gt_json_set_str(r, "commit", commit);
     if (res.timed_out)
         gt_json_set(r, "error", cJSON_CreateString("timed out"));
+    else if (limit_why && strcmp(state, "failed") == 0)
+        gt_json_set_str(r, "error", limit_why);
     set_result_times(r, start, res.end_ms > start ? res.end_ms : gt_now_ms());
     *result = r;
     goto done;
@@ -563,6 +584,7 @@ done:
     for (size_t i = 0; i < env.n; i++)
         gt_wipe(env.v[i], strlen(env.v[i]));
     gt_strv_free(&env);
+    free(limit_why);
     free(python);
     free(venv);
     free(file);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "exec.h"
 #include "util.h"
 
 typedef struct gt_run_options {
@@ -34,6 +35,9 @@ typedef struct gt_run_options {
     /* Set per run by gt_run_execute (on its own copy): git and pip are canceled with the
      * run, so a cancel or a drain is never held up by a fetch. NULL otherwise. */
     atomic_int *cancel;
+    bool sandbox_none;             /* [runner] sandbox = none: the service's process runs
+                                    * without bubblewrap (helper tools never use it) */
+    gt_exec_limits limits;         /* [runner] defaults; a service's "limits" override each */
 } gt_run_options;
 
 /* What a run needs besides the service document. */

@@ -27,7 +27,18 @@ void gt_setup_run_options(const gt_config *cfg, char *const *envp, gt_run_option
         .pip_no_index = cfg->runner.pip_no_index,
         .allow_http = cfg->runner.allow_http_repositories,
         .environ = envp,
+        .sandbox_none = cfg->runner.sandbox == GT_SANDBOX_NONE,
+        .limits = {
+            .memory = cfg->runner.memory_limit,
+            .processes = cfg->runner.process_limit,
+            .cpu_ms = cfg->runner.cpu_time_limit,
+            .open_files = cfg->runner.open_files_limit,
+        },
     };
+    if (o->sandbox_none)
+        gt_warn("[runner] sandbox = none (%s): runs are not isolated; a service's process can "
+                "signal Gantry, read its store and key file, and outlive its run",
+                gt_config_source(cfg, "runner", "sandbox"));
 }
 
 gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err)

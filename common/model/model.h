@@ -49,6 +49,18 @@ bool gt_execution_state_valid(const char *state);
 /* Checks a list of secret bindings [{name, type: "env", target}] at path. */
 gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *err);
 
+/* A service's "limits": {memory, processes, cpu_time, open_files}; each -1 when the
+ * service does not set it (the [runner] default applies), 0 for no limit. memory is a
+ * size ("256MiB", or bytes), cpu_time a duration ("10s", "1h", or seconds). */
+typedef struct gt_service_limits {
+    int64_t memory;      /* bytes */
+    int64_t processes;
+    int64_t cpu_ms;
+    int64_t open_files;
+} gt_service_limits;
+/* Reads and checks service's limits (errors name "$.limits.<key>"). */
+gt_err gt_service_limits_get(const cJSON *service, gt_service_limits *out, gt_error *err);
+
 /* The message that hands a run to runners: {"id": ID, "attempt": N}; caller frees. */
 char *gt_execution_message(const char *id, int64_t attempt);
 /* Parses one (outside input: it comes from the broker). *id is a new string. */

@@ -4,13 +4,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config.h"
 #include "json.h"
 #include "util.h"
 
 static const char *const fields[] = {
     "name", "description", "type", "repository", "filename", "working_dir", "decorator",
     "env", "secrets", "timeout", "playbooks", "inventory", "extra_vars", "arg_format",
-    "interpreter", "retries", "pool", NULL};
+    "interpreter", "retries", "pool", "limits", NULL};
 static const char *const indexes[] = {"repository", "decorator", NULL};
 static const char *const hidden[] = {NULL};
 
@@ -85,6 +86,69 @@ gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *e
     return GT_OK;
 }
 
+/* How a member of $.limits is written: a count, a size, a duration (numbers: seconds). */
+typedef enum limit_kind { PLAIN, SIZE, SECONDS } limit_kind;
+
+/* One member of $.limits: a non-negative integer (in plain units) or, for sizes and
+ * durations, a string the config parsers read. -1 when absent. */
+static gt_err limit_value(const cJSON *lim, const char *key, limit_kind kind, int64_t max,
+                          int64_t *out, gt_error *err)
+{
+    char field[64];
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(lim, key);
+    gt_error why = {0};
+    *out = -1;
+    snprintf(field, sizeof field, "$.limits.%s", key);
+    if (v == NULL || cJSON_IsNull(v))
+        return GT_OK;
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (d != (double)(int64_t)d || d < 0 || d > (double)max)
+            return gt_error_setf(err, GT_EINVAL, field, "%s: expected a whole number in [0, %lld]",
+                                 field, (long long)max);
+        *out = (int64_t)d * (kind == SECONDS ? 1000 : 1);
+    } else if (cJSON_IsString(v) && kind == SIZE) {
+        if (gt_config_parse_size(v->valuestring, field, out, &why) != GT_OK)
+            return gt_error_setf(err, GT_EINVAL, field, "%s", why.message);
+    } else if (cJSON_IsString(v) && kind == SECONDS) {
+        if (gt_config_parse_duration(v->valuestring, 1000, field, out, &why) != GT_OK)
+            return gt_error_setf(err, GT_EINVAL, field, "%s", why.message);
+    } else {
+        return gt_error_setf(err, GT_EINVAL, field, "%s: expected %s", field,
+                             kind == SIZE      ? "a size such as \"256MiB\" (or bytes)"
+                             : kind == SECONDS ? "a duration such as \"10m\" (or seconds)"
+                                               : "a whole number");
+    }
+    if ((kind == SIZE && *out > max) || (kind == SECONDS && *out > max * 1000))
+        return gt_error_setf(err, GT_EINVAL, field, "%s: %s is too large", field,
+                             cJSON_IsString(v) ? v->valuestring : "the value");
+    if (kind == SIZE && *out > 0 && *out < (16 << 20))
+        return gt_error_setf(err, GT_EINVAL, field,
+                             "%s: too small to start a program: 0 (no limit) or at least 16MiB",
+                             field);
+    return GT_OK;
+}
+
+gt_err gt_service_limits_get(const cJSON *service, gt_service_limits *out, gt_error *err)
+{
+    static const char *const keys[] = {"memory", "processes", "cpu_time", "open_files", NULL};
+    const cJSON *lim = cJSON_GetObjectItemCaseSensitive(service, "limits");
+    gt_err rc;
+    *out = (gt_service_limits){-1, -1, -1, -1};
+    if (lim == NULL || cJSON_IsNull(lim))
+        return GT_OK;
+    if (!cJSON_IsObject(lim))
+        return gt_error_setf(err, GT_EINVAL, "$.limits",
+                             "$.limits: expected {memory, processes, cpu_time, open_files}");
+    if ((rc = gt_json_only(lim, "$.limits", keys, err)) != GT_OK ||
+        (rc = limit_value(lim, "memory", SIZE, INT64_C(1) << 40, &out->memory, err)) != GT_OK ||
+        (rc = limit_value(lim, "processes", PLAIN, 1 << 22, &out->processes, err)) != GT_OK ||
+        (rc = limit_value(lim, "cpu_time", SECONDS, 30 * 86400, &out->cpu_ms, err)) != GT_OK ||
+        (rc = limit_value(lim, "open_files", PLAIN, 1 << 20, &out->open_files, err)) != GT_OK)
+        return rc;
+    return GT_OK;
+}
+
 /* Fields that only make sense for one type. */
 static gt_err only_for(const cJSON *doc, const char *type, const char *key, const char *owner,
                        gt_error *err)
@@ -142,6 +206,9 @@ static gt_err validate(cJSON *doc, gt_error *err)
     if (n < 0 || n > 7 * 86400)
         return gt_error_setf(err, GT_EINVAL, "$.timeout",
                              "$.timeout: %lld is out of range [0, 604800] seconds", (long long)n);
+    gt_service_limits lim;
+    if ((rc = gt_service_limits_get(doc, &lim, err)) != GT_OK)
+        return rc;
     n = 0;
     if ((rc = gt_json_opt_int(doc, "$", "retries", &n, err)) != GT_OK)
         return rc;

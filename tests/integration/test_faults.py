@@ -3,6 +3,9 @@ import os
 import signal
 import time
 
+# Markers the runs write would land outside their sandbox: watch their processes instead.
+from test_sandbox import sleeps, wait_for
+
 
 def service(g, add, name, body, *flags):
     repo = add(f"{name}.sh", body)
@@ -14,20 +17,19 @@ def service(g, add, name, body, *flags):
 
 def test_timeout_kills_the_process_group(any_gantry, scripts_repo, tmp_path):
     gantry = any_gantry
-    marker = tmp_path / "grandchild-alive"
     # the script ignores SIGTERM and leaves a grandchild behind; both must die
-    service(gantry, scripts_repo, "hang", f"""\
+    service(gantry, scripts_repo, "hang", """\
         trap '' TERM
-        (sleep 30; touch {marker}) &
+        (sleep 30.125; echo late) &
         echo started
-        sleep 60
+        sleep 60.125
         """, "--timeout", "2")
     t0 = time.monotonic()
     ex = gantry.json("run", "service", "hang", check=1)
     took = time.monotonic() - t0
     assert ex["state"] == "timed_out" and ex["stdout"] == "started\n"
     assert took < 30, took
-    assert not marker.exists()
+    assert wait_for(lambda: sleeps("30.125") == 0 and sleeps("60.125") == 0, 10)
 
 
 def test_output_flood_is_truncated(gantry, scripts_repo):
@@ -129,8 +131,7 @@ def test_sigint_cancels_the_run(gantry, scripts_repo):
 
 
 def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo, tmp_path):
-    marker = tmp_path / "orphan-finished"
-    service(gantry, scripts_repo, "long", f"sleep 4\ntouch {marker}\n")
+    service(gantry, scripts_repo, "long", "sleep 30.0625\necho finished\n")
     p = gantry.popen("run", "service", "long")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -138,6 +139,7 @@ def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo, tmp_pat
         if items and items[0]["state"] == "running":
             break
         time.sleep(0.2)
+    assert wait_for(lambda: sleeps("30.0625") == 1)
     p.send_signal(signal.SIGKILL)
     p.wait()
     # the next command reaps it: lost, with the reason, exactly once
@@ -146,9 +148,8 @@ def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo, tmp_pat
     full = gantry.json("describe", "execution", ex[0]["id"])
     assert "ended before it finished" in full["error"]
     assert gantry.json("get", "executions")["items"][0]["revision"] == full["revision"]
-    # the orphaned process group was killed by the reaper, not left to finish
-    time.sleep(5)
-    assert not marker.exists()
+    # the run died with the CLI (or was killed by the reaper), it was not left to finish
+    assert wait_for(lambda: sleeps("30.0625") == 0, 10)
 
 
 def test_parallel_runs_share_the_store(gantry, scripts_repo):
@@ -162,8 +163,7 @@ def test_parallel_runs_share_the_store(gantry, scripts_repo):
 
 
 def test_cancel_from_another_terminal(gantry, scripts_repo, tmp_path):
-    marker = tmp_path / "not-canceled"
-    service(gantry, scripts_repo, "wait", f"echo started\nsleep 30\ntouch {marker}\n")
+    service(gantry, scripts_repo, "wait", "echo started\nsleep 30.25\necho not-canceled\n")
     p = gantry.popen("run", "service", "wait", "-o", "json")
     deadline = time.monotonic() + 30
     ex = None
@@ -181,7 +181,7 @@ def test_cancel_from_another_terminal(gantry, scripts_repo, tmp_path):
     assert p.returncode == 1 and json.loads(out)["state"] == "canceled", err
     p = gantry("cancel", "execution", ex["id"], check=2)
     assert "already ended (canceled)" in p.stderr
-    assert not marker.exists()
+    assert wait_for(lambda: sleeps("30.25") == 0, 10)
 
 
 def test_cancel_stops_a_hanging_pip_install(gantry, tmp_path):

@@ -118,14 +118,12 @@ def test_sigkilled_runner_work_is_retried_or_lost(cluster):
 
 
 def test_cancel_reaches_the_runner(cluster, tmp_path):
-    begun = tmp_path / "begun"
-    add_service(cluster, "long", f"echo begin\ntouch {begun}\nsleep 60\n")
+    from test_sandbox import sleeps, wait_for  # a run's files stay in its sandbox
+    add_service(cluster, "long", "echo begin\nsleep 60.375\n")
     ex_id = run(cluster, "long")
     wait(cluster, ex_id, {"running"})
     # "running" is stored before the child starts: cancel once it has printed
-    deadline = time.monotonic() + 30
-    while not begun.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: sleeps("60.375") == 1)
     st, r = request(cluster.controllers[1].port, "POST", f"/api/v1/executions/{ex_id}/cancel",
                     token=cluster.token)
     assert st == 202, r

@@ -294,9 +294,8 @@ def wait_state(port, token, ex_id, states, timeout=60):
 
 
 def test_cancel_on_another_controller(client, stack, scripts_repo, tmp_path):
-    marker = tmp_path / "finished"
-    begun = tmp_path / "begun"
-    repo = scripts_repo("wait.sh", f"echo started\ntouch {begun}\nsleep 30\ntouch {marker}\n")
+    from test_sandbox import sleeps, wait_for  # a run's files stay in its sandbox
+    repo = scripts_repo("wait.sh", "echo started\nsleep 30.375\necho finished\n")
     client("create", "repository", "s", "--url", repo, check=0)
     client("create", "service", "executable", "wait", "--repository", "s", "--filename", "wait.sh",
            check=0)
@@ -306,14 +305,12 @@ def test_cancel_on_another_controller(client, stack, scripts_repo, tmp_path):
     assert st == 202 and ex["state"] == "accepted"
     wait_state(a, token, ex["id"], {"running"})
     # "running" is stored before the child starts: cancel once it has printed
-    deadline = time.monotonic() + 30
-    while not begun.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: sleeps("30.375") == 1)
     st, r = request(b, "POST", f"/api/v1/executions/{ex['id']}/cancel", token=token)
     assert st == 202 and r["cancel_requested"] is True
     done = wait_state(b, token, ex["id"], {"canceled", "failed", "succeeded"}, timeout=20)
     assert done["state"] == "canceled" and done["stdout"] == "started\n"
-    assert not marker.exists()
+    assert wait_for(lambda: sleeps("30.375") == 0, 10)
     assert request(a, "POST", f"/api/v1/executions/{ex['id']}/cancel", token=token)[0] == 409
 
 

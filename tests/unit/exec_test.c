@@ -1,5 +1,6 @@
 /* Child process execution: capture, exit status, timeouts, cancellation, process
- * groups, descriptor hygiene. Time bounds are generous on purpose: these run on a
+ * groups, descriptor hygiene, dying with the spawner, the bubblewrap sandbox and
+ * resource limits. Time bounds are generous on purpose: these run on a
  * loaded two-core machine, so they only check that nothing waits for the long sleeps. */
 #include <stdatomic.h>
 #include <dirent.h>
@@ -16,12 +17,14 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "exec.h"
+#include "sandbox.h"
 #include "util.h"
 
 /* Upper bound for anything that must not wait for a child's `sleep 100`. */
@@ -696,6 +699,429 @@ static void test_concurrent_threads(void **state)
     }
 }
 
+/* ---------- dying with the spawner, sandbox, limits ---------- */
+
+/* Processes alive (not zombies) whose argv is exactly {"sleep", arg}. */
+static int count_sleeps(const char *arg)
+{
+    int n = 0;
+    DIR *d = opendir("/proc");
+    assert_non_null(d);
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        char path[300], buf[256];
+        snprintf(path, sizeof path, "/proc/%.20s/cmdline", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue; /* zombies have an empty cmdline */
+        buf[len] = '\0';
+        if (strcmp(buf, "sleep") != 0 || (size_t)len < 7 || strcmp(buf + 6, arg) != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/%.20s/stat", de->d_name);
+        char *st = NULL;
+        if (gt_read_file(path, 4096, &st, NULL, NULL) == GT_OK) {
+            const char *rp = strrchr(st, ')');
+            if (rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X')
+                n++;
+        }
+        free(st);
+    }
+    closedir(d);
+    return n;
+}
+
+/* Polls (generously: the machine is shared) until count_sleeps(arg) == want. */
+static int wait_sleeps(const char *arg, int want)
+{
+    int n = -1;
+    for (int i = 0; i < 300 && (n = count_sleeps(arg)) != want; i++)
+        usleep(50 * 1000);
+    return n;
+}
+
+static bool sandbox_ok(void)
+{
+    gt_error err = {0};
+    if (gt_sandbox_check(&err) == GT_OK)
+        return true;
+    print_message("sandbox unavailable here: %s\n", err.message);
+    return false;
+}
+
+#define NEED_SANDBOX()                                                           \
+    do {                                                                         \
+        if (!sandbox_ok()) {                                                     \
+            print_message("SKIPPED: bubblewrap cannot run on this machine\n");   \
+            skip();                                                              \
+        }                                                                        \
+    } while (0)
+
+/* A helper process runs script (through gt_exec_run, sandboxed or not) and is SIGKILLed
+ * once `sleep <tag>.1` and `sleep <tag>.2` run; then neither may be left. */
+static void dies_with_spawner(const gt_sandbox *sb, const char *tag)
+{
+    char a1[32], a2[32];
+    snprintf(a1, sizeof a1, "%s.1", tag);
+    snprintf(a2, sizeof a2, "%s.2", tag);
+    char *script = gt_xasprintf("sleep %s & sleep %s", a1, a2);
+    pid_t helper = fork();
+    assert_true(helper >= 0);
+    if (helper == 0) {
+        char *const argv[] = {"/bin/sh", "-c", script, NULL};
+        gt_exec_spec spec = {.file = argv[0], .argv = argv, .envp = test_env, .sandbox = sb};
+        gt_exec_result res;
+        gt_exec_run(&spec, &res, NULL);
+        _exit(3);
+    }
+    assert_int_equal(wait_sleeps(a1, 1), 1);
+    assert_int_equal(wait_sleeps(a2, 1), 1);
+    kill(helper, SIGKILL);
+    int status = 0;
+    assert_int_equal(waitpid(helper, &status, 0), helper);
+    assert_true(WIFSIGNALED(status));
+    /* the child (sleep <tag>.2 is sh's exec'd last command or its child) and the
+     * background grandchild are both gone */
+    assert_int_equal(wait_sleeps(a1, 0), 0);
+    assert_int_equal(wait_sleeps(a2, 0), 0);
+    free(script);
+}
+
+static void test_dies_with_spawner(void **state)
+{
+    (void)state;
+    dies_with_spawner(NULL, "9131");
+}
+
+static void test_sandbox_dies_with_spawner(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    gt_sandbox sb = {0};
+    dies_with_spawner(&sb, "9132");
+}
+
+/* Runs script in a sandbox that shows writable (may be NULL). */
+static gt_err run_boxed(const char *script, const char *writable, char *const *env,
+                        const gt_exec_limits *lim, gt_exec_result *res, gt_error *err)
+{
+    char *const argv[] = {"/bin/sh", "-c", (char *)script, NULL};
+    char *rw[] = {(char *)writable, NULL};
+    gt_sandbox sb = {.writable = writable ? rw : NULL};
+    gt_exec_spec spec = {.argv = argv, .envp = env, .sandbox = &sb, .limits = lim,
+                         .cwd = writable, .timeout_ms = 120000};
+    return run_spec(&spec, res, err);
+}
+
+static void test_sandbox_sees_only_its_binds(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    char *outside = make_tmpdir();
+    char *inside = make_tmpdir();
+    char *key = gt_path_join(outside, "secrets.key");
+    write_file(key, "top secret\n", 0600);
+    char *script = gt_xasprintf(
+        "cat %s 2>/dev/null && echo LEAK-file; ls %s 2>/dev/null && echo LEAK-dir; "
+        "echo hello > %s/out.txt && echo wrote; touch /usr/x 2>/dev/null && echo LEAK-usr; "
+        "touch /x 2>/dev/null && echo LEAK-root; ls /etc/shadow 2>/dev/null && echo LEAK-shadow; "
+        "touch \"$HOME/h\" \"$TMPDIR/t\" && echo home-tmp-ok; "
+        "echo procs=$(ls /proc | grep -c '^[0-9]')",
+        key, outside, inside);
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_boxed(script, inside, test_env, NULL, &res, &err), GT_OK);
+    assert_null(strstr(res.out, "LEAK"));
+    assert_non_null(strstr(res.out, "wrote\n"));
+    assert_non_null(strstr(res.out, "home-tmp-ok\n"));
+    /* bwrap's init, sh, ls and grep (and $(...)'s subshell): not the host's processes */
+    const char *p = strstr(res.out, "procs=");
+    assert_non_null(p);
+    assert_true(strtol(p + 6, NULL, 10) <= 6);
+    assert_int_equal(res.exit_code, 0);
+    assert_true(res.sandboxed);
+    char *out = gt_path_join(inside, "out.txt");
+    assert_true(gt_file_exists(out));
+    gt_exec_result_clear(&res);
+
+    /* the host's HOME and /tmp are not the sandbox's */
+    char *probe = gt_xasprintf("ls %s >/dev/null 2>&1 && echo LEAK-tmp; echo done", outside);
+    assert_int_equal(run_boxed(probe, NULL, test_env, NULL, &res, &err), GT_OK);
+    assert_string_equal(res.out, "done\n");
+    gt_exec_result_clear(&res);
+
+    gt_rm_rf(outside, NULL);
+    gt_rm_rf(inside, NULL);
+    free(probe);
+    free(out);
+    free(script);
+    free(key);
+    free(inside);
+    free(outside);
+}
+
+static void test_sandbox_cannot_signal_parent(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    char *script = gt_xasprintf("kill -9 $PPID; kill -9 %ld 2>/dev/null || echo no-such; "
+                                "echo still-here",
+                                (long)getpid());
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_boxed(script, NULL, test_env, NULL, &res, &err), GT_OK);
+    /* $PPID is the sandbox's init (immune to its own namespace's SIGKILL); our pid does
+     * not exist in there; and we are evidently still running */
+    assert_non_null(strstr(res.out, "still-here\n"));
+    assert_int_equal(res.exit_code, 0);
+    gt_exec_result_clear(&res);
+    free(script);
+}
+
+static void test_sandbox_setsid_dies_with_run(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    gt_exec_result res;
+    gt_error err;
+    int64_t t0 = gt_mono_ms();
+    assert_int_equal(run_boxed("setsid sleep 91.41 & sleep 0.2; echo started", NULL, test_env,
+                               NULL, &res, &err),
+                     GT_OK);
+    assert_true(gt_mono_ms() - t0 < SLOW_MS);
+    assert_string_equal(res.out, "started\n");
+    assert_int_equal(wait_sleeps("91.41", 0), 0);
+    gt_exec_result_clear(&res);
+}
+
+static void read_cmdline(int64_t pid, void *arg)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%lld/cmdline", (long long)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    gt_buf *b = arg;
+    char chunk[4096];
+    ssize_t n;
+    while (fd >= 0 && (n = read(fd, chunk, sizeof chunk)) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            if (chunk[i] == '\0')
+                chunk[i] = ' ';
+        gt_buf_append(b, chunk, (size_t)n);
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
+static void test_sandbox_secret_not_in_cmdline(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    char *const env[] = {"PATH=/usr/bin:/bin", "API_TOKEN=s3cr3t-Value-42",
+                         "LD_LIBRARY_PATH=/nonexistent-lib", "HOME=/somewhere-else", NULL};
+    char *const argv[] = {"/bin/sh", "-c",
+                          "echo token=$API_TOKEN ld=$LD_LIBRARY_PATH home=$HOME; "
+                          "tr '\\0' ' ' < /proc/1/cmdline", NULL};
+    gt_sandbox sb = {0};
+    gt_buf cmdline = {0};
+    gt_exec_spec spec = {.argv = argv, .envp = env, .sandbox = &sb, .on_start = read_cmdline,
+                         .on_start_arg = &cmdline};
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_spec(&spec, &res, &err), GT_OK);
+    char *want = gt_xasprintf("token=s3cr3t-Value-42 ld=/nonexistent-lib home=%s\n",
+                              gt_sandbox_home());
+    assert_true(strncmp(res.out, want, strlen(want)) == 0);
+    /* bwrap's argv, seen from outside (on_start) and from inside (pid 1) */
+    assert_non_null(cmdline.data);
+    assert_non_null(strstr(cmdline.data, "--unshare-pid"));
+    assert_null(strstr(cmdline.data, "s3cr3t"));
+    assert_non_null(strstr(res.out + strlen(want), "--unshare-pid"));
+    assert_null(strstr(res.out + strlen(want), "s3cr3t"));
+    gt_exec_result_clear(&res);
+    gt_buf_free(&cmdline);
+    free(want);
+}
+
+static void test_sandbox_exit_status_and_errors(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_boxed("exit 3", NULL, test_env, NULL, &res, &err), GT_OK);
+    assert_int_equal(res.exit_code, 3);
+    assert_int_equal(res.term_signal, 0);
+    gt_exec_result_clear(&res);
+
+    assert_int_equal(run_boxed("kill -TERM $$", NULL, test_env, NULL, &res, &err), GT_OK);
+    assert_int_equal(res.exit_code, 128 + SIGTERM);
+    assert_int_equal(res.term_signal, SIGTERM);
+    gt_exec_result_clear(&res);
+
+    /* a program outside what the sandbox shows */
+    char *dir = make_tmpdir();
+    char *prog = gt_path_join(dir, "tool");
+    write_file(prog, "#!/bin/sh\necho hi\n", 0755);
+    char *const argv[] = {prog, NULL};
+    gt_sandbox sb = {0};
+    gt_exec_spec spec = {.argv = argv, .sandbox = &sb};
+    assert_int_equal(run_spec(&spec, &res, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "outside the run's sandbox"));
+    gt_exec_result_clear(&res);
+
+    /* bwrap itself failing (a bind whose source is gone) is an error, not an exit code */
+    char *gone = gt_path_join(dir, "gone");
+    char *rw[] = {gone, NULL};
+    gt_sandbox bad = {.writable = rw};
+    char *const sh[] = {"/bin/sh", "-c", "exit 0", NULL};
+    gt_exec_spec spec2 = {.argv = sh, .sandbox = &bad};
+    assert_int_equal(run_spec(&spec2, &res, &err), GT_EIO);
+    assert_non_null(strstr(err.message, "the sandbox could not start"));
+    gt_exec_result_clear(&res);
+
+    /* a PATH search skips what the sandbox does not show, as the run's own would */
+    char *fake = gt_path_join(dir, "echo");
+    write_file(fake, "#!/bin/sh\necho fake\n", 0755);
+    char *path = gt_xasprintf("PATH=%s:/usr/bin:/bin", dir);
+    char *const env[] = {path, NULL};
+    char *const echo[] = {"echo", "real", NULL};
+    gt_exec_spec spec3 = {.argv = echo, .envp = env, .sandbox = &sb};
+    assert_int_equal(run_spec(&spec3, &res, &err), GT_OK);
+    assert_string_equal(res.out, "real\n");
+    gt_exec_result_clear(&res);
+    char *solo = gt_xasprintf("PATH=%s", dir);
+    char *const env2[] = {solo, NULL};
+    gt_exec_spec spec4 = {.argv = echo, .envp = env2, .sandbox = &sb};
+    assert_int_equal(run_spec(&spec4, &res, &err), GT_ENOTFOUND);
+    assert_non_null(strstr(err.message, "sandbox shows"));
+    gt_exec_result_clear(&res);
+
+    gt_rm_rf(dir, NULL);
+    free(solo);
+    free(path);
+    free(fake);
+    free(gone);
+    free(prog);
+    free(dir);
+}
+
+/* A timeout reaches the program inside with SIGTERM first, so it can clean up. */
+static void test_sandbox_timeout_term_first(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    char *const argv[] = {"/bin/sh", "-c",
+                          "trap 'echo got-term; exit 7' TERM; echo ready; "
+                          "while :; do sleep 0.1; done", NULL};
+    gt_sandbox sb = {0};
+    gt_exec_spec spec = {.argv = argv, .sandbox = &sb, .timeout_ms = 1500, .kill_grace_ms = 20000};
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_spec(&spec, &res, &err), GT_OK);
+    assert_true(res.timed_out);
+    assert_string_equal(res.out, "ready\ngot-term\n");
+    assert_int_equal(res.exit_code, 7);
+    gt_exec_result_clear(&res);
+}
+
+static void test_sandbox_unavailable_message(void **state)
+{
+    (void)state;
+    gt_error err = {0};
+    char *bwrap = NULL;
+    assert_int_equal(gt_sandbox_probe("/nonexistent-dir", &bwrap, &err), GT_EUNAVAIL);
+    assert_null(bwrap);
+    assert_non_null(strstr(err.message, "bubblewrap"));
+    assert_non_null(strstr(err.message, "sandbox = none"));
+}
+
+static void check_cpu_limit(const gt_sandbox *sb)
+{
+    gt_exec_limits lim = {.cpu_ms = 1000};
+    char *const argv[] = {"/bin/sh", "-c", "while :; do :; done", NULL};
+    gt_exec_spec spec = {.argv = argv, .sandbox = sb, .limits = &lim, .timeout_ms = 120000};
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_spec(&spec, &res, &err), GT_OK);
+    assert_false(res.timed_out);
+    assert_int_equal(res.term_signal, SIGXCPU);
+    char *why = gt_exec_limit_reason(&lim, &res);
+    assert_non_null(why);
+    assert_string_equal(why, "killed by SIGXCPU: CPU time limit 1s reached");
+    free(why);
+    gt_exec_result_clear(&res);
+}
+
+static void check_memory_limit(const gt_sandbox *sb)
+{
+    gt_exec_limits lim = {.memory = 64 << 20};
+    char *const argv[] = {"python3", "-c", "x = bytearray(512 * 1024 * 1024)", NULL};
+    gt_exec_spec spec = {.argv = argv, .sandbox = sb, .limits = &lim, .timeout_ms = 120000};
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_spec(&spec, &res, &err), GT_OK);
+    assert_int_not_equal(res.exit_code, 0);
+    assert_non_null(strstr(res.err, "MemoryError"));
+    char *why = gt_exec_limit_reason(&lim, &res);
+    assert_non_null(why);
+    assert_string_equal(why, "out of memory: memory limit 64 MiB reached (an allocation failed)");
+    free(why);
+    gt_exec_result_clear(&res);
+}
+
+static void test_limits_direct(void **state)
+{
+    (void)state;
+    check_cpu_limit(NULL);
+    check_memory_limit(NULL);
+    gt_exec_limits lim = {.open_files = 20};
+    char *const argv[] = {"/bin/sh", "-c", "ulimit -n; ulimit -c", NULL};
+    gt_exec_spec spec = {.argv = argv, .limits = &lim};
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_spec(&spec, &res, &err), GT_OK);
+    assert_string_equal(res.out, "20\n0\n");
+    gt_exec_result_clear(&res);
+    /* nothing that points at a limit: no reason */
+    assert_int_equal(run_sh("echo fine >&2; exit 1", &res), GT_OK);
+    assert_null(gt_exec_limit_reason(&lim, &res));
+    gt_exec_result_clear(&res);
+}
+
+static void test_limits_sandboxed(void **state)
+{
+    (void)state;
+    NEED_SANDBOX();
+    gt_sandbox sb = {0};
+    check_cpu_limit(&sb);
+    check_memory_limit(&sb);
+
+    /* processes: counted in the sandbox's own user namespace, whatever uid runs us */
+    gt_exec_limits lim = {.processes = 16};
+    gt_exec_result res;
+    gt_error err;
+    assert_int_equal(run_boxed("for i in $(seq 40); do sleep 91.51 & done; wait", NULL, test_env,
+                               &lim, &res, &err),
+                     GT_OK);
+    assert_int_not_equal(res.exit_code, 0);
+    char *why = gt_exec_limit_reason(&lim, &res);
+    assert_non_null(why);
+    /* the kernel refused a fork, or (Gantry as root) the sandbox was counted and stopped */
+    assert_true(strncmp(why, "process limit 16 reached (", 26) == 0);
+    free(why);
+    assert_int_equal(wait_sleeps("91.51", 0), 0);
+    gt_exec_result_clear(&res);
+
+    gt_exec_limits files = {.open_files = 20};
+    assert_int_equal(run_boxed("ulimit -n", NULL, test_env, &files, &res, &err), GT_OK);
+    assert_string_equal(res.out, "20\n");
+    gt_exec_result_clear(&res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -722,6 +1148,17 @@ int main(void)
         cmocka_unit_test(test_no_fd_leak_into_child),
         cmocka_unit_test(test_no_fd_leak_in_parent),
         cmocka_unit_test(test_concurrent_threads),
+        cmocka_unit_test(test_dies_with_spawner),
+        cmocka_unit_test(test_sandbox_unavailable_message),
+        cmocka_unit_test(test_sandbox_dies_with_spawner),
+        cmocka_unit_test(test_sandbox_sees_only_its_binds),
+        cmocka_unit_test(test_sandbox_cannot_signal_parent),
+        cmocka_unit_test(test_sandbox_setsid_dies_with_run),
+        cmocka_unit_test(test_sandbox_secret_not_in_cmdline),
+        cmocka_unit_test(test_sandbox_exit_status_and_errors),
+        cmocka_unit_test(test_sandbox_timeout_term_first),
+        cmocka_unit_test(test_limits_direct),
+        cmocka_unit_test(test_limits_sandboxed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
