@@ -49,6 +49,13 @@ static const char *tail(const char *s, size_t len, size_t max)
 gt_err gt_run_tool(const gt_run_options *o, char *const *argv, char *const *env,
                    const char *cwd, const char *what, char **out, gt_error *err)
 {
+    return gt_run_tool_in(o, NULL, argv, env, cwd, what, out, err);
+}
+
+gt_err gt_run_tool_in(const gt_run_options *o, const gt_sandbox *sb, char *const *argv,
+                      char *const *env, const char *cwd, const char *what, char **out,
+                      gt_error *err)
+{
     gt_exec_result res = {0};
     gt_exec_spec spec = {
         .file = argv[0],
@@ -59,6 +66,7 @@ gt_err gt_run_tool(const gt_run_options *o, char *const *argv, char *const *env,
         .kill_grace_ms = o->kill_grace_ms,
         .output_cap = 256 * 1024,
         .cancel = o->cancel,
+        .sandbox = sb,
     };
     gt_err rc = gt_exec_run(&spec, &res, err);
     if (rc != GT_OK)

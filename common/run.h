@@ -102,3 +102,8 @@ void gt_run_env_base(const gt_run_options *o, gt_strv *env);
  * receives its stdout (caller frees). */
 gt_err gt_run_tool(const gt_run_options *o, char *const *argv, char *const *env,
                    const char *cwd, const char *what, char **out, gt_error *err);
+/* As gt_run_tool, inside the sandbox sb (NULL: directly). */
+struct gt_sandbox;
+gt_err gt_run_tool_in(const gt_run_options *o, const struct gt_sandbox *sb, char *const *argv,
+                      char *const *env, const char *cwd, const char *what, char **out,
+                      gt_error *err);

@@ -18,6 +18,7 @@
 #include "crypto.h"
 #include "log.h"
 #include "run.h"
+#include "sandbox.h"
 #include "util.h"
 
 static void pip_options(const gt_run_options *o, gt_strv *argv)
@@ -516,6 +517,16 @@ gt_err gt_venv_ensure(const gt_run_options *o, const char *repo_id, const char *
     if ((rc = gt_rm_rf(path, err)) != GT_OK)
         goto done;
     gt_info("building python virtual environment %s", path);
+    /* python -m venv and pip run the repository's code (setup.py): in the sandbox, seeing
+     * only the new venv and this run's own checkout (writable: pip builds local packages
+     * in place; the checkout is the run's and is thrown away after it) */
+    if ((rc = gt_mkdir_p(path, 0700, err)) != GT_OK)
+        goto fail;
+    char *rw[] = {path, (char *)root, NULL}, *ro[] = {NULL, NULL};
+    if (o->pip_find_links && o->pip_find_links[0] == '/' && gt_file_exists(o->pip_find_links))
+        ro[0] = (char *)o->pip_find_links;
+    gt_sandbox sb = {.writable = rw, .readonly = ro};
+    const gt_sandbox *in = o->sandbox_none ? NULL : &sb;
     gt_run_env_base(o, &env);
     gt_strv_push(&env, "PIP_DISABLE_PIP_VERSION_CHECK=1");
     gt_strv_push(&env, "PIP_NO_INPUT=1");
@@ -523,7 +534,7 @@ gt_err gt_venv_ensure(const gt_run_options *o, const char *repo_id, const char *
     gt_strv_push(&argv, "-m");
     gt_strv_push(&argv, "venv");
     gt_strv_push(&argv, path);
-    if ((rc = gt_run_tool(o, argv.v, env.v, cwd, "python -m venv", NULL, err)) != GT_OK)
+    if ((rc = gt_run_tool_in(o, in, argv.v, env.v, cwd, "python -m venv", NULL, err)) != GT_OK)
         goto fail;
     gt_strv_free(&argv);
     gt_strv_push(&argv, pybin);
@@ -535,8 +546,8 @@ gt_err gt_venv_ensure(const gt_run_options *o, const char *repo_id, const char *
         gt_strv_push(&argv, opts.v[i]);
     gt_strv_push(&argv, "-r");
     gt_strv_push(&argv, requirements);
-    if ((rc = gt_run_tool(o, argv.v, env.v, cwd, "pip install -r requirements.txt", NULL,
-                          err)) != GT_OK)
+    if ((rc = gt_run_tool_in(o, in, argv.v, env.v, cwd, "pip install -r requirements.txt", NULL,
+                             err)) != GT_OK)
         goto fail;
     /* Runs use the venv; only Gantry changes it. */
     if ((rc = no_group_write(path, err)) != GT_OK ||

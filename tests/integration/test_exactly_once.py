@@ -2,14 +2,16 @@
 execution run at the same time: fault injection on real servers (RabbitMQ stopped, frozen
 with SIGSTOP, runners and controllers SIGKILLed) under load, with the defaults users get.
 
-Each scenario's service writes a start and an end mark per attempt (execution id and
-GANTRY_ATTEMPT) and holds an exclusive flock on a per-execution lock file while it runs:
-a second attempt that starts while the first still runs records an overlap. Each test
+Each scenario's service reports to a mark server in the test over TCP (runs are
+sandboxed: they cannot write the test's files, but the network is theirs): it connects,
+says "start <execution id> <GANTRY_ATTEMPT>", does its work, says "end", and holds the
+connection for its whole life. The kernel closes it when the process dies, however it
+dies, so an attempt that starts while another attempt of the same execution still holds
+its connection is an overlap. Each test
 counts the terminal states of every accepted execution and appends a line to
 build/exactly-once.txt (scenario, accepted, histogram, stranded, duplicated, overlapping,
 seconds until all were terminal)."""
 import collections
-import fcntl
 import http.client
 import json
 import os
@@ -25,6 +27,62 @@ from testenv.stack import GantryStack
 
 TERMINAL = {"succeeded", "failed", "timed_out", "canceled", "lost"}
 REPORT = ROOT / "build" / "exactly-once.txt"
+
+
+class MarkServer:
+    """Counts attempts per execution and the overlaps between them (see the docstring)."""
+
+    def __init__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.starts = collections.Counter()   # (id, attempt) -> starts
+        self.active = collections.Counter()   # id -> connections open now
+        self.ended = collections.Counter()    # (id, attempt) -> ends
+        self.overlaps = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        f = conn.makefile("r")
+        ex_id = None
+        try:
+            for line in f:
+                words = line.split()
+                if words and words[0] == "start" and len(words) == 3 and ex_id is None:
+                    ex_id, attempt = words[1], words[2]
+                    with self.lock:
+                        self.starts[(ex_id, attempt)] += 1
+                        if self.active[ex_id] > 0:
+                            self.overlaps.append(f"{ex_id} attempt {attempt}")
+                        self.active[ex_id] += 1
+                elif words == ["end"] and ex_id is not None:
+                    with self.lock:
+                        self.ended[(ex_id, attempt)] += 1
+        except OSError:
+            pass
+        finally:
+            if ex_id is not None:
+                with self.lock:
+                    self.active[ex_id] -= 1
+            conn.close()
+
+    def holding(self, ex_id):
+        with self.lock:
+            return self.active[ex_id] > 0
+
+    def close(self):
+        self.sock.close()
 
 
 def request(port, method, path, body=None, token=None, timeout=30):
@@ -48,8 +106,7 @@ class Cluster:
         redis.wait_stable()
         self.rabbit = rabbit
         self.tmp = tmp_path
-        self.marks = tmp_path / "marks"
-        self.marks.mkdir()
+        self.marks = MarkServer()
         self.s = GantryStack(str(tmp_path / "cluster"), BIN_DIR, redis=redis, rabbit=rabbit,
                              env_extra={"GANTRY_SERVER_DISTRIBUTED_EXECUTION": "true",
                                         "GANTRY_APPLICATION_CLUSTER_ID":
@@ -85,19 +142,24 @@ class Cluster:
         git(self.repo, "commit", "-qm", name)
 
     def marked(self, name, work, retries=0):
-        """A service whose every attempt marks its start and end and holds the lock of its
-        execution while it runs."""
-        m = self.marks
-        self.add_script(f"{name}.sh", f"""\
-exec 9>>{m}/$GANTRY_EXECUTION_ID.lock
-flock -n 9 || echo "$GANTRY_EXECUTION_ID $GANTRY_ATTEMPT" >> {m}/overlaps
-echo "start $GANTRY_EXECUTION_ID $GANTRY_ATTEMPT" >> {m}/log
-{work}
-echo "end $GANTRY_EXECUTION_ID $GANTRY_ATTEMPT" >> {m}/log
+        """A service whose every attempt reports its start and end to the mark server and
+        holds its connection while it runs; work is a shell snippet."""
+        p = self.repo / f"{name}.py"
+        p.write_text(f"""\
+import os, socket, subprocess, sys
+s = socket.create_connection(("127.0.0.1", {self.marks.port}))
+s.sendall(("start %s %s\\n" % (os.environ["GANTRY_EXECUTION_ID"], os.environ["GANTRY_ATTEMPT"])).encode())
+rc = subprocess.run(["/bin/sh", "-c", {work!r}]).returncode
+s.sendall(b"end\\n")
+s.close()
+sys.exit(rc)
 """)
+        git(self.repo, "add", p.name)
+        git(self.repo, "commit", "-qm", name)
         st, b = request(self.port, "POST", "/api/v1/services",
                         {"name": name, "type": "executable", "repository": "scripts",
-                         "filename": f"{name}.sh", "retries": retries}, token=self.token)
+                         "filename": p.name, "interpreter": "/usr/bin/python3",
+                         "retries": retries}, token=self.token)
         assert st == 201, b
 
     def submit(self, name, port=None):
@@ -136,16 +198,12 @@ echo "end $GANTRY_EXECUTION_ID $GANTRY_ATTEMPT" >> {m}/log
         took = time.monotonic() - t0
         hist = collections.Counter(d["state"] for d in docs.values())
         stranded = [i for i in want if i not in docs or docs[i]["state"] not in TERMINAL]
-        starts = collections.Counter()
-        for line in (self.marks / "log").read_text().splitlines() if (self.marks / "log").exists() else []:
-            kind, ex_id, attempt = line.split()
-            if kind == "start" and ex_id in want:
-                starts[(ex_id, attempt)] += 1
+        with self.marks.lock:
+            starts = collections.Counter({k: n for k, n in self.marks.starts.items() if k[0] in want})
+            overlaps = [o for o in self.marks.overlaps if o.split()[0] in want]
         per_ex = collections.Counter(ex_id for ex_id, _ in starts)
         duplicated = sorted({ex_id for (ex_id, _), n in starts.items() if n > 1} |
                             {ex_id for ex_id, n in per_ex.items() if n > allowed_attempts})
-        overlaps = (self.marks / "overlaps").read_text().split("\n") if (self.marks / "overlaps").exists() else []
-        overlaps = [o for o in overlaps if o.strip()]
         line = (f"{scenario}: accepted {len(want)}, terminal {dict(sorted(hist.items()))}, "
                 f"stranded {len(stranded)}, duplicated {len(duplicated)}, "
                 f"overlapping {len(overlaps)}, all terminal after {took:.1f} s")
@@ -174,6 +232,7 @@ echo "end $GANTRY_EXECUTION_ID $GANTRY_ATTEMPT" >> {m}/log
 
     def stop(self):
         self.s.stop()
+        self.marks.close()
 
 
 @pytest.fixture
@@ -282,20 +341,12 @@ def test_sigkilled_runner_retries_never_overlap(cluster):
     victim = next(d for d in c.s.runners if d.runner_id in {r["runner"] for r in running})
     theirs = [r["id"] for r in running if r["state"] == "running" and r["runner"] == victim.runner_id]
     victim.kill()
-    # its scripts die with it: their locks are free within a second or two, long before the
-    # reaper may start attempt 2 (lease 3 heartbeats, then a grace)
-    held = set(theirs)
+    # its scripts die with it: their connections close within a second or two, long
+    # before the reaper may start attempt 2 (lease 3 heartbeats, then a grace)
     deadline = time.monotonic() + 2
-    while held and time.monotonic() < deadline:
-        for i in list(held):
-            with open(c.marks / f"{i}.lock", "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(f, fcntl.LOCK_UN)
-                    held.discard(i)
-                except BlockingIOError:
-                    pass
-        time.sleep(0.1)
+    while any(c.marks.holding(i) for i in theirs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = [i for i in theirs if c.marks.holding(i)]
     assert not held, f"scripts of the SIGKILLed runner still run: {held}"
     c.s.start_runner()
     docs = c.settle("runner SIGKILLed mid-run (retries 2)", ids, t0, allowed_attempts=3)

@@ -241,3 +241,36 @@ def test_service_limits_override_the_defaults(client, stack, scripts_repo):
     ex = client.json("run", "service", "hog", check=1)
     assert ex["state"] == "failed"
     assert ex["error"].startswith("out of memory: memory limit 256 MiB reached"), ex
+
+
+@needs_bwrap
+def test_package_build_cannot_read_gantry_files(gantry, tmp_path):
+    """pip runs the repository's setup.py while it builds the venv: that too happens in the
+    sandbox, so it sees neither the key file nor the store."""
+    from conftest import git
+    gantry("create", "secret", "s1", input="v\n", check=0)  # the key file exists now
+    key = gantry.work / "secrets.key"
+    assert key.exists()
+    repo = tmp_path / "evil-repo"
+    (repo / "evil").mkdir(parents=True)
+    # it installs only when neither file can be read
+    (repo / "evil" / "setup.py").write_text(
+        "import sys\n"
+        f"for p in [{str(key)!r}, {str(gantry.work / 'gantry.db')!r}]:\n"
+        "    try:\n"
+        "        open(p, 'rb').read()\n"
+        "        raise SystemExit('READ ' + p)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "from setuptools import setup\n"
+        "setup(name='evil', version='1', py_modules=[])\n")
+    (repo / "requirements.txt").write_text("./evil\n")
+    (repo / "main.py").write_text("print('never')\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "evil")
+    gantry("create", "repository", "evil", "--url", repo, check=0)
+    gantry("create", "service", "python-script", "evil", "--repository", "evil",
+           "--filename", "main.py", check=0)
+    ex = gantry.json("run", "service", "evil")
+    assert ex["state"] == "succeeded" and ex["stdout"] == "never\n", ex.get("error")
