@@ -317,7 +317,7 @@ static gt_err secret_open(req *r, const char *name, const char *field, char **pl
                           "%s has key id %s", name, key_id, r->api->d.key_file, fp);
         goto done;
     }
-    if ((rc = gt_secret_open(key, sealed ? sealed : "", plain, len, &e)) != GT_OK)
+    if ((rc = gt_secret_open(key, name, sealed ? sealed : "", plain, len, &e)) != GT_OK)
         gt_error_set(&r->err, rc, "secret \"%s\": %s", name, e.message);
 done:
     cJSON_Delete(doc);
@@ -335,8 +335,9 @@ static gt_err seal_value(req *r, cJSON *doc)
     gt_err rc = key_get(r, true, &key);
     char *sealed = NULL;
     gt_error e = {0};
-    if (rc == GT_OK && (rc = gt_secret_seal(key, v->valuestring, strlen(v->valuestring), &sealed,
-                                            &e)) != GT_OK)
+    const char *name = doc_str(doc, "name"); /* bound into the seal (validated by now) */
+    if (rc == GT_OK && (rc = gt_secret_seal(key, name, v->valuestring, strlen(v->valuestring),
+                                            &sealed, &e)) != GT_OK)
         gt_error_set(&r->err, rc, "%s", e.message);
     gt_wipe(v->valuestring, strlen(v->valuestring));
     cJSON_DeleteItemFromObjectCaseSensitive(doc, "value");
