@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -445,6 +446,11 @@ done:
     free(blob);
     free(aad);
     return rc;
+}
+
+bool gt_secret_protect_process(void)
+{
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0;
 }
 
 void gt_secret_wipe_free(void *p, size_t n)

@@ -44,6 +44,11 @@ gt_err gt_secret_seal(const gt_key *key, const char *name, const void *plain, si
  * GT_EINVAL when sealed is not in a known format, or a gt2 value comes without a name. */
 gt_err gt_secret_open(const gt_key *key, const char *name, const char *sealed, char **plain,
                       size_t *len, gt_error *err);
+/* Makes this process not dumpable (prctl PR_SET_DUMPABLE 0), for programs that hold the
+ * key or secret values: no core dump of it is written, and processes of the same uid
+ * without CAP_SYS_PTRACE can neither ptrace it nor read its /proc/<pid>/mem, environ
+ * and the like. Children become dumpable again when they exec. True on success. */
+bool gt_secret_protect_process(void);
 /* Zeroes n bytes of p (not optimized away) and frees p. */
 void gt_secret_wipe_free(void *p, size_t n);
 

@@ -257,7 +257,8 @@ static gt_err validate(cJSON *doc, gt_error *err)
         (rc = check_env(cJSON_GetObjectItemCaseSensitive(doc, "env"), err)) != GT_OK ||
         (rc = gt_service_check_secrets(cJSON_GetObjectItemCaseSensitive(doc, "secrets"),
                                        "$.secrets", err)) != GT_OK ||
-        (rc = check_allowed(cJSON_GetObjectItemCaseSensitive(doc, "allowed_secrets"), err)) != GT_OK ||
+        (rc = check_allowed(cJSON_GetObjectItemCaseSensitive(doc, "allowed_secrets"), err)) !=
+            GT_OK ||
         (rc = only_for(doc, type, "playbooks", "ansible-playbook", err)) != GT_OK ||
         (rc = only_for(doc, type, "inventory", "ansible-playbook", err)) != GT_OK ||
         (rc = only_for(doc, type, "extra_vars", "ansible-playbook", err)) != GT_OK ||

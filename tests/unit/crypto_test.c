@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -779,6 +781,30 @@ static void test_sha256(void **state)
     assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 }
 
+/* Last: it leaves this test process not dumpable. */
+static void test_protect_process(void **state)
+{
+    (void)state;
+    assert_true(gt_secret_protect_process());
+    assert_int_equal(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
+    /* a program the process starts is dumpable again once it execs (the kernel resets
+     * it): runs keep their core dumps, only the process holding the key loses them */
+    if (access("/usr/bin/python3", X_OK) == 0) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            execl("/usr/bin/python3", "python3", "-c",
+                  "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))",
+                  (char *)NULL);
+            _exit(99);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 1); /* PR_GET_DUMPABLE in the child */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -797,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_base64_vectors),
         cmocka_unit_test(test_base64_rejects),
         cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_protect_process),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
