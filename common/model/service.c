@@ -64,7 +64,7 @@ static const refused_var refused_vars[] = {
     {"_JAVA_OPTIONS", false, "read by the Java virtual machine"},
     {"JDK_JAVA_OPTIONS", false, "read by the Java launcher"},
     {"BASH_ENV", false, "a shell setting (a file every bash script runs first)"},
-    {"ENV", false, "a shell setting (a file sh runs first)"},
+    {"ENV", false, "a shell setting (a file an interactive sh runs first)"},
     {"BASHOPTS", false, "a shell setting"},
     {"SHELLOPTS", false, "a shell setting"},
     {"PS4", false, "a shell setting (printed by set -x)"},
