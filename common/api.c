@@ -15,6 +15,7 @@
 #include "json.h"
 #include "lifecycle.h"
 #include "log.h"
+#include "mask.h"
 #include "model/model.h"
 #include "output.h"
 #include "schema.h"
@@ -320,12 +321,20 @@ static gt_err secret_open(req *r, const char *name, const char *field, char **pl
                           "%s has key id %s", name, key_id, r->api->d.key_file, fp);
         goto done;
     }
-    if ((rc = gt_secret_open(key, sealed ? sealed : "", plain, len, &e)) != GT_OK)
+    if ((rc = gt_secret_open(key, name, sealed ? sealed : "", plain, len, &e)) != GT_OK)
         gt_error_set(&r->err, rc, "secret \"%s\": %s", name, e.message);
 done:
     cJSON_Delete(doc);
     free(body);
     return rc;
+}
+
+/* Wipes a secret's "value" in doc (a request body or a copy of it) before it is freed. */
+static void wipe_value(cJSON *doc)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "value");
+    if (cJSON_IsString(v))
+        gt_wipe(v->valuestring, strlen(v->valuestring));
 }
 
 /* Replaces "value" in a secret document with "sealed" and "key_id". */
@@ -338,8 +347,9 @@ static gt_err seal_value(req *r, cJSON *doc)
     gt_err rc = key_get(r, true, &key);
     char *sealed = NULL;
     gt_error e = {0};
-    if (rc == GT_OK && (rc = gt_secret_seal(key, v->valuestring, strlen(v->valuestring), &sealed,
-                                            &e)) != GT_OK)
+    const char *name = doc_str(doc, "name"); /* bound into the seal (validated by now) */
+    if (rc == GT_OK && (rc = gt_secret_seal(key, name, v->valuestring, strlen(v->valuestring),
+                                            &sealed, &e)) != GT_OK)
         gt_error_set(&r->err, rc, "%s", e.message);
     gt_wipe(v->valuestring, strlen(v->valuestring));
     cJSON_DeleteItemFromObjectCaseSensitive(doc, "value");
@@ -377,6 +387,14 @@ static gt_err check_refs(req *r, const gt_model_kind *k, const cJSON *doc)
             if (name && (rc = must_exist(r, &gt_model_secret, name, field)) != GT_OK)
                 return rc;
         }
+        i = 0;
+        cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(doc, "allowed_secrets")) {
+            char field[64];
+            snprintf(field, sizeof field, "$.allowed_secrets[%d]", i++);
+            if (cJSON_IsString(b) && (rc = must_exist(r, &gt_model_secret, b->valuestring,
+                                                      field)) != GT_OK)
+                return rc;
+        }
     } else if (k == &gt_model_repository) {
         if (gt_json_opt_str(doc, "$", "private_key_name", &s, NULL) == GT_OK && s &&
             (rc = must_exist(r, &gt_model_secret, s, "$.private_key_name")) != GT_OK)
@@ -403,6 +421,8 @@ static bool add_user(void *arg, const gt_store_item *it)
             const cJSON *n = cJSON_GetObjectItemCaseSensitive(b, "name");
             uses |= cJSON_IsString(n) && strcmp(n->valuestring, u->name) == 0;
         }
+        cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(doc, "allowed_secrets"))
+            uses |= cJSON_IsString(b) && strcmp(b->valuestring, u->name) == 0;
         cJSON_Delete(doc);
     }
     if (uses)
@@ -474,6 +494,7 @@ static gt_err create_resource(req *r)
         reply(r, 201, public_view(k, text, rev));
 done:
     free(text);
+    wipe_value(doc); /* when refused before seal_value took it */
     cJSON_Delete(doc);
     return rc;
 }
@@ -600,6 +621,7 @@ static gt_err update_resource(req *r)
         reply(r, 200, public_view(k, text, nrev));
 done:
     free(text);
+    wipe_value(doc);
     cJSON_Delete(doc);
     cJSON_Delete(stored);
     return rc;
@@ -814,6 +836,10 @@ static gt_err bind_secrets(req *r, const cJSON *lists[2], gt_strv *env)
     for (int l = 0; l < 2; l++) {
         const cJSON *b;
         int i = 0;
+        /* again at run time: documents stored before a check existed are not trusted */
+        gt_err vrc = gt_service_check_secrets(lists[l], paths[l], &r->err);
+        if (vrc != GT_OK)
+            return vrc;
         cJSON_ArrayForEach(b, lists[l]) {
             char field[64];
             snprintf(field, sizeof field, "%s[%d].name", paths[l], i++);
@@ -870,11 +896,37 @@ static void run_secrets_clear(run_secrets *s)
     s->ssh_key = NULL;
 }
 
+/* A run request binds only secrets its service grants (its own bindings' and its
+ * allowed_secrets): running a service must not read every stored secret. GT_EPERM
+ * naming the secret and the service; a secret that does not exist is GT_EINVAL. */
+static gt_err check_grants(req *r, const cJSON *svc, const cJSON *bindings)
+{
+    const cJSON *b;
+    int i = 0;
+    cJSON_ArrayForEach(b, bindings) {
+        char field[64];
+        snprintf(field, sizeof field, "$.secrets[%d].name", i++);
+        const char *name = doc_str(b, "name"), *svc_name = doc_str(svc, "name");
+        if (name == NULL || gt_service_grants_secret(svc, name))
+            continue;
+        gt_err rc = must_exist(r, &gt_model_secret, name, field);
+        if (rc == GT_OK)
+            rc = gt_error_setf(&r->err, GT_EPERM, field,
+                               "%s: secret \"%s\" is not granted to runs of service \"%s\" (an "
+                               "admin lists it in the service's allowed_secrets)", field, name,
+                               svc_name ? svc_name : "?");
+        return rc;
+    }
+    return GT_OK;
+}
+
 static gt_err open_run_secrets(req *r, const cJSON *svc, const cJSON *repo,
                                const cJSON *bindings, run_secrets *out)
 {
     const cJSON *lists[2] = {cJSON_GetObjectItemCaseSensitive(svc, "secrets"), bindings};
-    gt_err rc = bind_secrets(r, lists, &out->env);
+    gt_err rc = check_grants(r, svc, bindings); /* again: a grant may be gone since */
+    if (rc == GT_OK)
+        rc = bind_secrets(r, lists, &out->env);
     const cJSON *pk = cJSON_GetObjectItemCaseSensitive(repo, "private_key_name");
     if (rc == GT_OK && cJSON_IsString(pk))
         rc = secret_open(r, pk->valuestring, "repository.private_key_name", &out->ssh_key,
@@ -917,6 +969,29 @@ static gt_err record_end(req *r, cJSON *ex, int64_t *rev, const char *to)
         nanosleep(&ts, NULL);
         wait = wait * 2 > 5000 ? 5000 : wait * 2;
     }
+}
+
+/* Replaces the run's secret values and repository key lines by "***" in what it
+ * printed and in its error (mask.c); the unmasked text is wiped. */
+static void mask_result(cJSON *result, gt_error *e, const run_secrets *secrets)
+{
+    gt_mask *m = gt_mask_new(secrets->env.v, secrets->ssh_key);
+    static const char *const texts[] = {"stdout", "stderr", "error", NULL};
+    for (size_t i = 0; texts[i] && !gt_mask_empty(m); i++) {
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(result, texts[i]);
+        if (!cJSON_IsString(t))
+            continue;
+        char *masked = gt_mask_apply(m, t->valuestring);
+        gt_wipe(t->valuestring, strlen(t->valuestring));
+        cJSON_ReplaceItemInObjectCaseSensitive(result, texts[i], cJSON_CreateString(masked));
+        free(masked);
+    }
+    if (!gt_mask_empty(m) && e->message[0]) {
+        char *masked = gt_mask_apply(m, e->message);
+        snprintf(e->message, sizeof e->message, "%s", masked);
+        free(masked);
+    }
+    gt_mask_free(&m);
 }
 
 /* Runs an accepted execution to its end and records every transition. ex and *rev
@@ -963,7 +1038,9 @@ static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const c
         .cancel = a->d.cancel,
     };
     gt_error e = {0};
-    if (gt_run_execute(a->d.run, &rr, &result, &e) != GT_OK)
+    gt_err xrc = gt_run_execute(a->d.run, &rr, &result, &e);
+    mask_result(result, &e, secrets); /* before anything of it is recorded */
+    if (xrc != GT_OK)
         to = finish_execution(ex, NULL, "failed", e.message);
     else
         to = finish_execution(ex, result, NULL, NULL);
@@ -1175,7 +1252,8 @@ static gt_err run_service(req *r)
     }
     if ((rc = load(r, "repositories", "repository", repo_name, &repo, NULL)) != GT_OK ||
         (rc = check_inputs(r, svc, inputs)) != GT_OK ||
-        (rc = gt_run_check_inputs(svc, inputs, &r->err)) != GT_OK)
+        (rc = gt_run_check_inputs(svc, inputs, &r->err)) != GT_OK ||
+        (rc = check_grants(r, svc, req_secrets)) != GT_OK)
         goto done;
     /* Inline runs open their secrets before anything is recorded, so a wrong key is
      * an error of the request; dispatched runs open them on the worker. */
@@ -1685,6 +1763,7 @@ void gt_api_handle_key(gt_api *api, const char *method, const char *path, const 
         reply_error(resp, 500, GT_EINTERNAL, "handler produced no response", NULL);
     }
 done:
+    wipe_value(r.body); /* a secret's value, when the request carried one */
     cJSON_Delete(r.body);
     for (size_t i = 0; i < n; i++)
         free(segs[i]);

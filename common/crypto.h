@@ -1,7 +1,11 @@
-/* Secrets and tokens. Sealed format (text, safe to store):
- *   "gt1:<iterations>:<base64(salt[16] | nonce[12] | ciphertext | tag[16])>"
- * AES-256-GCM with the ASCII "gt1" as additional data; the key is
- * PBKDF2-HMAC-SHA256(key file contents, salt, iterations), iterations in [10000, 10000000].
+/* Secrets and tokens. Sealed formats (text, safe to store), both AES-256-GCM:
+ *   "gt2:<base64(salt[16] | nonce[12] | ciphertext | tag[16])>"   (every new seal)
+ *     key  = HKDF-SHA256(key file contents, salt, info "gantry secret v2"), 32 bytes
+ *     AAD  = "gt2:" + the secret's name, so a value copied to another secret's record
+ *            does not open there
+ *   "gt1:<iterations>:<base64(salt[16] | nonce[12] | ciphertext | tag[16])>"  (opened only)
+ *     key  = PBKDF2-HMAC-SHA256(key file contents, salt, iterations in [10000, 10000000])
+ *     AAD  = "gt1" (not bound to a name)
  * Plaintext buffers are wiped before they are freed. */
 #ifndef GT_CRYPTO_H
 #define GT_CRYPTO_H
@@ -30,14 +34,21 @@ void gt_key_free(gt_key **key);
 /* Short non-secret fingerprint of the key (hex of HMAC-SHA256(key,"gantry-key-id"), 16 chars), into buf[17]. */
 void gt_key_fingerprint(const gt_key *key, char buf[17]);
 
-/* Seals len bytes; *sealed is a new string the caller frees. */
-gt_err gt_secret_seal(const gt_key *key, const void *plain, size_t len, char **sealed,
-                      gt_error *err);
-/* Opens a sealed string; *plain is NUL-terminated, *len its length; free it with
- * gt_secret_wipe_free. GT_ECRYPTO when the key is wrong or the data was altered,
- * GT_EINVAL when sealed is not in the format. */
-gt_err gt_secret_open(const gt_key *key, const char *sealed, char **plain, size_t *len,
-                      gt_error *err);
+/* Seals len bytes for the secret called name (gt2); *sealed is a new string the caller
+ * frees. GT_EINVAL without a key or a name. */
+gt_err gt_secret_seal(const gt_key *key, const char *name, const void *plain, size_t len,
+                      char **sealed, gt_error *err);
+/* Opens a sealed string of the secret called name (ignored for gt1 values); *plain is
+ * NUL-terminated, *len its length; free it with gt_secret_wipe_free. GT_ECRYPTO when
+ * the key is wrong, the data was altered or (gt2) it was sealed under another name;
+ * GT_EINVAL when sealed is not in a known format, or a gt2 value comes without a name. */
+gt_err gt_secret_open(const gt_key *key, const char *name, const char *sealed, char **plain,
+                      size_t *len, gt_error *err);
+/* Makes this process not dumpable (prctl PR_SET_DUMPABLE 0), for programs that hold the
+ * key or secret values: no core dump of it is written, and processes of the same uid
+ * without CAP_SYS_PTRACE can neither ptrace it nor read its /proc/<pid>/mem, environ
+ * and the like. Children become dumpable again when they exec. True on success. */
+bool gt_secret_protect_process(void);
 /* Zeroes n bytes of p (not optimized away) and frees p. */
 void gt_secret_wipe_free(void *p, size_t n);
 

@@ -46,8 +46,15 @@ gt_err gt_model_check_ref(const cJSON *doc, const char *key, gt_error *err);
 bool gt_execution_state_terminal(const char *state);
 bool gt_execution_state_valid(const char *state);
 
-/* Checks a list of secret bindings [{name, type: "env", target}] at path. */
+/* Checks a list of secret bindings [{name, type: "env", target}] at path; a target that
+ * is a loader, interpreter or tool setting is refused (gt_service_env_refused). */
 gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *err);
+/* Why a run's environment may not set variable name (a static phrase), or NULL when it
+ * may; *pattern (may be NULL) receives the refused name or prefix ("LD_", "PATH"). */
+const char *gt_service_env_refused(const char *name, const char **pattern);
+/* True when service document svc lets run requests bind secret name: one of its own
+ * "secrets" bindings or listed in its "allowed_secrets". */
+bool gt_service_grants_secret(const cJSON *svc, const char *name);
 
 /* A service's "limits": {memory, processes, cpu_time, open_files}; each -1 when the
  * service does not set it (the [runner] default applies), 0 for no limit. memory is a

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
 #include "json.h"
@@ -11,7 +12,7 @@
 static const char *const fields[] = {
     "name", "description", "type", "repository", "filename", "working_dir", "decorator",
     "env", "secrets", "timeout", "playbooks", "inventory", "extra_vars", "arg_format",
-    "interpreter", "retries", "pool", "limits", NULL};
+    "interpreter", "retries", "pool", "limits", "allowed_secrets", NULL};
 static const char *const indexes[] = {"repository", "decorator", NULL};
 static const char *const hidden[] = {NULL};
 
@@ -25,6 +26,95 @@ static bool env_name_valid(const char *s)
         if (!isalnum((unsigned char)*s) && *s != '_')
             return false;
     return true;
+}
+
+/* Variables that configure the loader, an interpreter or a tool the run uses, or that
+ * Gantry sets itself. A secret there is executed, loaded or echoed in an error message
+ * (LD_PRELOAD=VALUE makes ld.so print "object 'VALUE' cannot be preloaded" on stderr),
+ * and a plain value there changes what the run executes. Compared ignoring case: no
+ * tool needs a lowercase spelling of these, and refusing one costs nothing. Proxy
+ * variables (http_proxy, ...) are fine: they carry credentials by design. */
+typedef struct refused_var {
+    const char *name;   /* the exact name, or a prefix */
+    bool prefix;
+    const char *why;
+} refused_var;
+
+static const refused_var refused_vars[] = {
+    {"LD_", true, "read by the dynamic loader"},
+    {"GCONV_PATH", false, "read by the C library"},
+    {"GLIBC_TUNABLES", false, "read by the C library"},
+    {"MALLOC_", true, "read by the C library"},
+    {"LOCPATH", false, "read by the C library"},
+    {"NLSPATH", false, "read by the C library"},
+    {"HOSTALIASES", false, "read by the C library"},
+    {"RESOLV_HOST_CONF", false, "read by the C library"},
+    {"RES_OPTIONS", false, "read by the C library"},
+    {"LOCALDOMAIN", false, "read by the C library"},
+    {"TZDIR", false, "read by the C library"},
+    {"GETCONF_DIR", false, "read by the C library"},
+    {"NIS_PATH", false, "read by the C library"},
+    {"PYTHON", true, "a Python interpreter setting"},
+    {"VIRTUAL_ENV", false, "a Python interpreter setting (set by Gantry)"},
+    {"PERL5", true, "a Perl interpreter setting"},
+    {"PERLLIB", false, "a Perl interpreter setting"},
+    {"PERLIO", true, "a Perl interpreter setting"},
+    {"RUBY", true, "a Ruby interpreter setting"},
+    {"NODE_", true, "a Node.js setting"},
+    {"JAVA_TOOL_OPTIONS", false, "read by the Java virtual machine"},
+    {"_JAVA_OPTIONS", false, "read by the Java virtual machine"},
+    {"JDK_JAVA_OPTIONS", false, "read by the Java launcher"},
+    {"BASH_ENV", false, "a shell setting (a file every bash script runs first)"},
+    {"ENV", false, "a shell setting (a file an interactive sh runs first)"},
+    {"BASHOPTS", false, "a shell setting"},
+    {"SHELLOPTS", false, "a shell setting"},
+    {"PS4", false, "a shell setting (printed by set -x)"},
+    {"IFS", false, "a shell setting"},
+    {"CDPATH", false, "a shell setting"},
+    {"PATH", false, "set by Gantry for the run (where programs are found)"},
+    {"HOME", false, "set by Gantry for the run"},
+    {"TMPDIR", false, "set by Gantry for the run"},
+    {"TZ", false, "a locale setting"},
+    {"LANG", false, "a locale setting"},
+    {"LANGUAGE", false, "a locale setting"},
+    {"LC_", true, "a locale setting"},
+    {"GIT_", true, "a Git setting"},
+    {"ANSIBLE_", true, "an Ansible setting"},
+    {"SSH_", true, "an SSH setting"},
+    {"GANTRY_", true, "reserved for Gantry"},
+    {"OPENSSL_", true, "an OpenSSL setting"},
+    {"SSL_", true, "an OpenSSL setting"},
+    {"CURL_", true, "a curl setting"},
+};
+
+static const refused_var *find_refused(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof refused_vars / sizeof refused_vars[0]; i++) {
+        const refused_var *v = &refused_vars[i];
+        if (v->prefix ? strncasecmp(name, v->name, strlen(v->name)) == 0
+                      : strcasecmp(name, v->name) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+const char *gt_service_env_refused(const char *name, const char **pattern)
+{
+    const refused_var *v = find_refused(name);
+    if (v && pattern)
+        *pattern = v->name;
+    return v ? v->why : NULL;
+}
+
+/* GT_EINVAL at field when variable name is refused, saying why; `what` is the verb
+ * phrase for the thing refused ("receive a secret"). */
+static gt_err check_refused(const char *name, const char *field, const char *what, gt_error *err)
+{
+    const refused_var *v = find_refused(name);
+    if (v == NULL)
+        return GT_OK;
+    return gt_error_setf(err, GT_EINVAL, field, "%s: \"%s\" cannot %s: %s%s is %s", field, name,
+                         what, v->name, v->prefix ? "*" : "", v->why);
 }
 
 static gt_err check_env(const cJSON *env, gt_error *err)
@@ -42,8 +132,49 @@ static gt_err check_env(const cJSON *env, gt_error *err)
                                  field);
         if (!cJSON_IsString(kv))
             return gt_error_setf(err, GT_EINVAL, field, "%s: expected a string", field);
+        gt_err rc = check_refused(kv->string, field, "be set by a service", err);
+        if (rc != GT_OK)
+            return rc;
     }
     return GT_OK;
+}
+
+/* allowed_secrets: names of secrets an admin grants to the service's run requests. */
+static gt_err check_allowed(const cJSON *list, gt_error *err)
+{
+    if (list == NULL || cJSON_IsNull(list))
+        return GT_OK;
+    if (!cJSON_IsArray(list))
+        return gt_error_setf(err, GT_EINVAL, "$.allowed_secrets",
+                             "$.allowed_secrets: expected a list of secret names");
+    int i = 0;
+    const cJSON *n;
+    cJSON_ArrayForEach(n, list) {
+        char f[64];
+        snprintf(f, sizeof f, "$.allowed_secrets[%d]", i++);
+        if (!cJSON_IsString(n))
+            return gt_error_setf(err, GT_EINVAL, f, "%s: expected a secret name", f);
+        if (!gt_name_valid(n->valuestring))
+            return gt_error_setf(err, GT_EINVAL, f, "%s: \"%s\" is not a valid secret name", f,
+                                 n->valuestring);
+    }
+    return GT_OK;
+}
+
+bool gt_service_grants_secret(const cJSON *svc, const char *name)
+{
+    const cJSON *it;
+    if (name == NULL)
+        return false;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(svc, "allowed_secrets"))
+        if (cJSON_IsString(it) && strcmp(it->valuestring, name) == 0)
+            return true;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(svc, "secrets")) {
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "name");
+        if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+            return true;
+    }
+    return false;
 }
 
 gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *err)
@@ -77,11 +208,12 @@ gt_err gt_service_check_secrets(const cJSON *list, const char *path, gt_error *e
             return gt_error_setf(err, GT_EINVAL, f, "%s: \"%s\" is not supported (only \"env\")", f,
                                  type);
         }
-        if (!env_name_valid(target)) {
-            snprintf(f, sizeof f, "%s.target", p);
+        snprintf(f, sizeof f, "%s.target", p);
+        if (!env_name_valid(target))
             return gt_error_setf(err, GT_EINVAL, f,
                                  "%s: \"%s\" is not a valid environment variable name", f, target);
-        }
+        if ((rc = check_refused(target, f, "receive a secret", err)) != GT_OK)
+            return rc;
     }
     return GT_OK;
 }
@@ -189,6 +321,8 @@ static gt_err validate(cJSON *doc, gt_error *err)
         (rc = check_env(cJSON_GetObjectItemCaseSensitive(doc, "env"), err)) != GT_OK ||
         (rc = gt_service_check_secrets(cJSON_GetObjectItemCaseSensitive(doc, "secrets"),
                                        "$.secrets", err)) != GT_OK ||
+        (rc = check_allowed(cJSON_GetObjectItemCaseSensitive(doc, "allowed_secrets"), err)) !=
+            GT_OK ||
         (rc = only_for(doc, type, "playbooks", "ansible-playbook", err)) != GT_OK ||
         (rc = only_for(doc, type, "inventory", "ansible-playbook", err)) != GT_OK ||
         (rc = only_for(doc, type, "extra_vars", "ansible-playbook", err)) != GT_OK ||

@@ -41,6 +41,7 @@ static const cli_flag repo_flags[] = {
     {"decorator", FLAG_STR, "NAME", "decorator (JSON Schema) that inputs must match", false}, \
     {"env", FLAG_LIST, "KEY=VALUE", "environment variable for the run", false}, \
     {"secret", FLAG_LIST, "name=S,type=env,target=VAR", "secret S exposed as environment variable VAR", false}, \
+    {"allow-secret", FLAG_LIST, "NAME", "a secret that run requests may bind (--set-secret); an update replaces the list", false}, \
     {"timeout", FLAG_STR, "SECONDS", "kill the run after this long (0: [runner] default_timeout)", false}, \
     {"playbook", FLAG_LIST, "FILE", "ansible-playbook: a playbook to run", false}, \
     {"inventory", FLAG_STR, "FILE", "ansible-playbook: inventory file or host list", false}, \
@@ -299,6 +300,15 @@ static int service_body(cli *c, const cli_args *a, cJSON *b)
         for (size_t i = 0; i < sec->n; i++)
             if ((rc = binding_arg(c, "secret", sec->v[i], l)) != CLI_OK)
                 return rc;
+    }
+    const gt_strv *allow = cli_flag_list(a, "allow-secret");
+    if (allow && allow->n) {
+        cJSON *l = cJSON_AddArrayToObject(b, "allowed_secrets");
+        for (size_t i = 0; i < allow->n; i++) {
+            if ((rc = check_name(c, allow->v[i])) != CLI_OK)
+                return rc;
+            cJSON_AddItemToArray(l, cJSON_CreateString(allow->v[i]));
+        }
     }
     const gt_strv *pbs = cli_flag_list(a, "playbook");
     if (pbs && pbs->n) {

@@ -13,6 +13,7 @@
 #include "http.h"
 #include "json.h"
 #include "config.h"
+#include "crypto.h"
 #include "log.h"
 #include "run.h"
 #include "setup.h"
@@ -184,6 +185,7 @@ static int open_backend(cli *c, main_ctx *m)
     }
     if (cfg->application.mode == GT_MODE_CLIENT)
         return open_client(c, m);
+    gt_secret_protect_process(); /* local mode opens the key: no core dumps, ptrace or /proc reads */
     gt_err rc = gt_setup_open_store(cfg, &m->store, &e);
     if (rc != GT_OK) {
         fprintf(c->err, "gantry: store: %s\n", e.message);

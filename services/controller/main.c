@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "controller.h"
+#include "crypto.h"
 #include "http.h"
 #include "log.h"
 #include "setup.h"
@@ -74,6 +75,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "gantry-controller: configuration: %s\n", e.message);
         return 2;
     }
+    gt_secret_protect_process(); /* holds keys: no core dumps, ptrace or /proc reads */
     if (cfg->application.mode != GT_MODE_SERVER) {
         fprintf(stderr, "gantry-controller: [application] mode is %s; the controller needs server\n",
                 gt_config_mode_name(cfg->application.mode));

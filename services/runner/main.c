@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "crypto.h"
 #include "log.h"
 #include "runner.h"
 #include "setup.h"
@@ -56,6 +57,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "gantry-runner: configuration: %s\n", e.message);
         return 2;
     }
+    gt_secret_protect_process(); /* holds keys: no core dumps, ptrace or /proc reads */
     if (cfg->application.mode != GT_MODE_RUNNER) {
         fprintf(stderr, "gantry-runner: [application] mode is %s; the runner needs runner\n",
                 gt_config_mode_name(cfg->application.mode));

@@ -11,6 +11,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "crypto.h"
 #include "dispatch.h"
 #include "log.h"
 #include "reaper.h"
@@ -52,6 +53,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "gantry-scheduler: configuration: %s\n", e.message);
         return 2;
     }
+    gt_secret_protect_process(); /* holds keys: no core dumps, ptrace or /proc reads */
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "scheduler");
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal};

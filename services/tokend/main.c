@@ -13,6 +13,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "crypto.h"
 #include "log.h"
 #include "setup.h"
 #include "sessions.h"
@@ -136,6 +137,7 @@ int main(int argc, char **argv)
     stage = "configuration";
     if (gt_setup_load(opt.config, environ, &cfg, &err) != GT_OK)
         goto fail;
+    gt_secret_protect_process(); /* holds keys: no core dumps, ptrace or /proc reads */
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "gantry-tokend");
     if (cfg->application.mode != GT_MODE_SERVER)
         gt_warn("[application] mode = %s: gantry-tokend belongs to server mode",

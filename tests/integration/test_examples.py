@@ -66,6 +66,7 @@ def test_executable_with_secret_and_arg_format(any_gantry, examples_repo):
     assert b"tok-123456" not in (gantry.data / "gantry.db").read_bytes()
     # a run-time secret binding overrides nothing else and reaches the child
     gantry("create", "secret", "other", "--value", "xyz", check=0)
+    gantry("update", "service", "report", "--allow-secret", "other", check=0)  # granted to runs
     p = gantry("run", "service", "report", "--set-secret", "name=other,type=env,target=API_TOKEN",
                check=0)
     assert "API_TOKEN is set (3 characters)" in p.stdout

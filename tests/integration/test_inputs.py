@@ -161,7 +161,8 @@ def test_bad_flags_and_names(gantry):
 
 
 def test_wrong_or_missing_key_file(gantry, tmp_path, scripts_repo):
-    repo = scripts_repo("env.sh", 'echo "K=$K"\n')
+    # printed as-is a secret is stored as ***: upper-cased, it shows which value arrived
+    repo = scripts_repo("env.sh", 'echo "K=$K" | tr a-z A-Z\n')
     key = tmp_path / "k1.key"
     key.write_text("a" * 64 + "\n")
     gantry.write_config(f"\n[secrets]\nencrypt_key_file = {key}\n")
@@ -169,7 +170,7 @@ def test_wrong_or_missing_key_file(gantry, tmp_path, scripts_repo):
     gantry("create", "repository", "r", "--url", repo, check=0)
     gantry("create", "service", "executable", "e", "--repository", "r", "--filename", "env.sh",
            "--secret", "name=s,type=env,target=K", check=0)
-    assert gantry.json("run", "service", "e")["stdout"] == "K=hunter2\n"
+    assert gantry.json("run", "service", "e")["stdout"] == "K=HUNTER2\n"
     db_before = (gantry.work / "gantry.db").read_bytes()
     # another key: a clear error, nothing ran, the secret is intact
     other = tmp_path / "k2.key"
@@ -183,21 +184,22 @@ def test_wrong_or_missing_key_file(gantry, tmp_path, scripts_repo):
     assert "missing.key" in p.stderr
     assert not (tmp_path / "missing.key").exists()
     gantry.write_config(f"\n[secrets]\nencrypt_key_file = {key}\n")
-    assert gantry.json("run", "service", "e")["stdout"] == "K=hunter2\n"
+    assert gantry.json("run", "service", "e")["stdout"] == "K=HUNTER2\n"
     assert len(gantry.json("get", "executions")["items"]) == 2
     del db_before
 
 
 def test_update_keeps_secret_and_validates(gantry, scripts_repo):
-    repo = scripts_repo("env.sh", 'echo "K=$K"\n')
+    # printed as-is a secret is stored as ***: upper-cased, it shows which value arrived
+    repo = scripts_repo("env.sh", 'echo "K=$K" | tr a-z A-Z\n')
     gantry("create", "secret", "s", "--value", "one", check=0)
     gantry("create", "repository", "r", "--url", repo, check=0)
     gantry("create", "service", "executable", "e", "--repository", "r", "--filename", "env.sh",
            "--secret", "name=s,type=env,target=K", check=0)
     gantry("update", "secret", "s", "--description", "renamed", check=0)
-    assert gantry.json("run", "service", "e")["stdout"] == "K=one\n"
+    assert gantry.json("run", "service", "e")["stdout"] == "K=ONE\n"
     gantry("update", "secret", "s", "--value", "two", check=0)
-    assert gantry.json("run", "service", "e")["stdout"] == "K=two\n"
+    assert gantry.json("run", "service", "e")["stdout"] == "K=TWO\n"
     p = gantry("update", "service", "e", "--timeout", "-5", check=2)
     assert "--timeout" in p.stderr
     p = gantry("update", "service", "e", "--decorator", "nope", check=2)

@@ -193,7 +193,7 @@ static void test_secrets_are_write_only(void **state)
     char *raw = NULL;
     assert_int_equal(gt_store_get(f->store, "secrets", "k", &raw, NULL, NULL), GT_OK);
     assert_null(strstr(raw, "p4ss"));
-    assert_non_null(strstr(raw, "\"sealed\":\"gt1:"));
+    assert_non_null(strstr(raw, "\"sealed\":\"gt2:")); /* new seals are gt2 */
     free(raw);
     assert_int_equal(req(f, "GET", "/api/v1/secrets", NULL, NULL, &b), 200);
     text = gt_json_print(b);
@@ -508,6 +508,278 @@ static void test_model_validation(void **state)
     assert_false(gt_execution_state_valid("paused"));
 }
 
+/* A run's environment never takes loader, interpreter or tool settings: not as a
+ * secret's target (service bindings and run requests), not as a service's env key. */
+static void test_env_denylist(void **state)
+{
+    (void)state;
+    static const char *const refused[] = {
+        "LD_PRELOAD", "LD_LIBRARY_PATH", "ld_audit", "PYTHONWARNINGS", "PYTHONPATH",
+        "PYTHONSTARTUP", "PERL5OPT", "PERLLIB", "RUBYOPT", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS", "BASH_ENV", "ENV", "BASHOPTS", "SHELLOPTS", "PS4", "IFS", "CDPATH",
+        "PATH", "Path", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL", "LANGUAGE", "GIT_SSH_COMMAND",
+        "ANSIBLE_CONFIG", "SSH_ASKPASS", "GANTRY_EXECUTION_ID", "GCONV_PATH", "GLIBC_TUNABLES",
+        "MALLOC_CHECK_", "OPENSSL_CONF", "SSL_CERT_FILE", "CURL_CA_BUNDLE", NULL};
+    static const char *const fine[] = {"API_TOKEN", "DB_PASSWORD", "http_proxy", "HTTPS_PROXY",
+                                       "no_proxy", "PATHS", "HOMER", "ENVIRONMENT", "LANGS",
+                                       "TZ_NAME", "MY_LD_PRELOAD", NULL};
+    for (size_t i = 0; refused[i]; i++) {
+        char *json = gt_xasprintf("{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\","
+                                  "\"filename\":\"a\",\"secrets\":[{\"name\":\"k\",\"target\":\"OK\"},"
+                                  "{\"name\":\"k\",\"type\":\"env\",\"target\":\"%s\"}]}", refused[i]);
+        cJSON *doc = cJSON_Parse(json);
+        gt_error e = {0};
+        assert_int_equal(gt_model_service.validate(doc, &e), GT_EINVAL);
+        assert_string_equal(e.field, "$.secrets[1].target");
+        char *quoted = gt_xasprintf("\"%s\" cannot receive a secret: ", refused[i]);
+        if (strstr(e.message, quoted) == NULL)
+            fail_msg("%s: message \"%s\"", refused[i], e.message);
+        free(quoted);
+        cJSON_Delete(doc);
+        free(json);
+        /* a run request's bindings go through the same check */
+        json = gt_xasprintf("[{\"name\":\"k\",\"target\":\"%s\"}]", refused[i]);
+        doc = cJSON_Parse(json);
+        gt_error_clear(&e);
+        assert_int_equal(gt_service_check_secrets(doc, "$.secrets", &e), GT_EINVAL);
+        assert_string_equal(e.field, "$.secrets[0].target");
+        cJSON_Delete(doc);
+        free(json);
+        /* and a service's plain env */
+        json = gt_xasprintf("{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\","
+                            "\"filename\":\"a\",\"env\":{\"%s\":\"x\"}}", refused[i]);
+        doc = cJSON_Parse(json);
+        gt_error_clear(&e);
+        assert_int_equal(gt_model_service.validate(doc, &e), GT_EINVAL);
+        char *field = gt_xasprintf("$.env.%s", refused[i]);
+        assert_string_equal(e.field, field);
+        assert_non_null(strstr(e.message, "cannot be set by a service"));
+        free(field);
+        cJSON_Delete(doc);
+        free(json);
+        assert_non_null(gt_service_env_refused(refused[i], NULL));
+    }
+    for (size_t i = 0; fine[i]; i++) {
+        char *json = gt_xasprintf("{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\","
+                                  "\"filename\":\"a\",\"env\":{\"%s\":\"x\"},"
+                                  "\"secrets\":[{\"name\":\"k\",\"target\":\"%s\"}]}", fine[i], fine[i]);
+        cJSON *doc = cJSON_Parse(json);
+        gt_error e = {0};
+        if (gt_model_service.validate(doc, &e) != GT_OK)
+            fail_msg("%s refused: %s", fine[i], e.message);
+        cJSON_Delete(doc);
+        free(json);
+        assert_null(gt_service_env_refused(fine[i], NULL));
+    }
+    /* the message says which rule and why */
+    const char *pattern = NULL;
+    assert_non_null(strstr(gt_service_env_refused("LD_PRELOAD", &pattern), "dynamic loader"));
+    assert_string_equal(pattern, "LD_");
+    cJSON *doc = cJSON_Parse("[{\"name\":\"dbpass\",\"type\":\"env\",\"target\":\"LD_PRELOAD\"}]");
+    gt_error e = {0};
+    assert_int_equal(gt_service_check_secrets(doc, "$.secrets", &e), GT_EINVAL);
+    assert_string_equal(e.message, "$.secrets[0].target: \"LD_PRELOAD\" cannot receive a secret: "
+                                   "LD_* is read by the dynamic loader");
+    cJSON_Delete(doc);
+}
+
+static void test_allowed_secrets_validation(void **state)
+{
+    (void)state;
+    struct { const char *allowed; const char *field; } bad[] = {
+        {"\"k\"", "$.allowed_secrets"},
+        {"{}", "$.allowed_secrets"},
+        {"[\"k\",1]", "$.allowed_secrets[1]"},
+        {"[\"bad/name\"]", "$.allowed_secrets[0]"},
+        {"[\"\"]", "$.allowed_secrets[0]"},
+        {"[null]", "$.allowed_secrets[0]"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *json = gt_xasprintf("{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\","
+                                  "\"filename\":\"a\",\"allowed_secrets\":%s}", bad[i].allowed);
+        cJSON *doc = cJSON_Parse(json);
+        gt_error e = {0};
+        assert_int_equal(gt_model_service.validate(doc, &e), GT_EINVAL);
+        if (strcmp(e.field, bad[i].field) != 0)
+            fail_msg("case %zu: field %s, want %s (%s)", i, e.field, bad[i].field, e.message);
+        cJSON_Delete(doc);
+        free(json);
+    }
+    cJSON *svc = cJSON_Parse("{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\","
+                             "\"filename\":\"a\",\"allowed_secrets\":[\"granted\"],"
+                             "\"secrets\":[{\"name\":\"own\",\"target\":\"OWN\"}]}");
+    assert_int_equal(gt_model_service.validate(svc, NULL), GT_OK);
+    assert_true(gt_service_grants_secret(svc, "granted"));
+    assert_true(gt_service_grants_secret(svc, "own"));
+    assert_false(gt_service_grants_secret(svc, "other"));
+    assert_false(gt_service_grants_secret(svc, "OWN"));
+    assert_false(gt_service_grants_secret(svc, NULL));
+    cJSON_Delete(svc);
+    svc = cJSON_Parse("{\"name\":\"s\",\"allowed_secrets\":null}");
+    assert_false(gt_service_grants_secret(svc, "granted"));
+    cJSON_Delete(svc);
+}
+
+static int run_with(fx *f, gt_api *api, const char *service, const char *body, cJSON **out)
+{
+    char *path = gt_xasprintf("/api/v1/services/%s/run", service);
+    gt_api_response r = {0};
+    gt_api_handle(api ? api : f->api, "POST", path, NULL, body, body ? strlen(body) : 0, &r);
+    free(path);
+    assert_non_null(r.body);
+    int status = r.status;
+    if (out)
+        *out = r.body;
+    else
+        cJSON_Delete(r.body);
+    return status;
+}
+
+/* A run request binds only secrets its service grants; the rest is 403, before anything
+ * is recorded, inline and dispatched; and again on the worker. */
+static void test_run_binds_only_granted_secrets(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"own\",\"value\":\"own-value\"}",
+                         NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL,
+                         "{\"name\":\"granted\",\"value\":\"granted-value\"}", NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"dbpass\",\"value\":\"hunter22\"}",
+                         NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/nonexistent\"}", NULL), 201);
+    /* a grant must name an existing secret */
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL,
+                         "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":"
+                         "\"x\",\"allowed_secrets\":[\"granted\",\"nope\"]}", &b), 400);
+    assert_string_equal(err_field(b), "$.allowed_secrets[1]");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL,
+                         "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":"
+                         "\"x\",\"secrets\":[{\"name\":\"own\",\"target\":\"OWN\"}],"
+                         "\"allowed_secrets\":[\"granted\"]}", NULL), 201);
+    /* not granted: 403 naming the secret and the service, nothing recorded */
+    assert_int_equal(run_with(f, NULL, "s", "{\"secrets\":[{\"name\":\"granted\",\"target\":\"G\"},"
+                                            "{\"name\":\"dbpass\",\"type\":\"env\",\"target\":\"X\"}]}",
+                              &b), 403);
+    assert_string_equal(err_field(b), "$.secrets[1].name");
+    assert_non_null(strstr(err_msg(b), "\"dbpass\""));
+    assert_non_null(strstr(err_msg(b), "service \"s\""));
+    cJSON_Delete(b);
+    /* the attack as reported: refused for its target before the grant is looked at */
+    assert_int_equal(run_with(f, NULL, "s", "{\"secrets\":[{\"name\":\"dbpass\",\"type\":\"env\","
+                                            "\"target\":\"LD_PRELOAD\"}]}", &b), 400);
+    assert_string_equal(err_field(b), "$.secrets[0].target");
+    assert_non_null(strstr(err_msg(b), "LD_PRELOAD"));
+    cJSON_Delete(b);
+    /* a secret that does not exist stays a 400 */
+    assert_int_equal(run_with(f, NULL, "s", "{\"secrets\":[{\"name\":\"missing\",\"target\":\"X\"}]}",
+                              &b), 400);
+    assert_string_equal(err_field(b), "$.secrets[0].name");
+    cJSON_Delete(b);
+    assert_int_equal(req(f, "GET", "/api/v1/executions", NULL, NULL, &b), 200);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "items")), 0);
+    cJSON_Delete(b);
+    /* granted ones (allowed_secrets, or the service's own) run */
+    assert_int_equal(run_with(f, NULL, "s", "{\"secrets\":[{\"name\":\"granted\",\"target\":\"G\"},"
+                                            "{\"name\":\"own\",\"target\":\"OWN2\"}]}", NULL), 201);
+    /* a granted secret cannot be deleted */
+    assert_int_equal(req(f, "DELETE", "/api/v1/secrets/granted", NULL, NULL, &b), 409);
+    assert_non_null(strstr(err_msg(b), "service s"));
+    cJSON_Delete(b);
+
+    /* dispatched: refused before it is stored or announced */
+    gt_strv ids = {0};
+    gt_api_deps d = {.store = f->store, .key_file = f->key, .run = &f->run,
+                     .dispatch = record_dispatch, .dispatch_arg = &ids};
+    gt_api *server = gt_api_new(&d, NULL);
+    assert_int_equal(run_with(f, server, "s", "{\"secrets\":[{\"name\":\"dbpass\",\"target\":\"X\"}]}",
+                              &b), 403);
+    assert_string_equal(err_field(b), "$.secrets[0].name");
+    cJSON_Delete(b);
+    assert_int_equal(ids.n, 0);
+    /* accepted while granted, revoked before the worker runs it: it fails, unopened */
+    assert_int_equal(run_with(f, server, "s", "{\"secrets\":[{\"name\":\"granted\",\"target\":\"G\"}]}",
+                              NULL), 202);
+    assert_int_equal(ids.n, 1);
+    assert_int_equal(req(f, "PATCH", "/api/v1/services/s", NULL, "{\"allowed_secrets\":null}", NULL),
+                     200);
+    assert_int_equal(gt_api_execute(f->api, ids.v[0], 0, NULL), GT_OK);
+    char *path = gt_xasprintf("/api/v1/executions/%s", ids.v[0]);
+    assert_int_equal(req(f, "GET", path, NULL, NULL, &b), 200);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "state")->valuestring, "failed");
+    assert_non_null(strstr(cJSON_GetObjectItemCaseSensitive(b, "error")->valuestring,
+                           "is not granted"));
+    cJSON_Delete(b);
+    free(path);
+    /* once revoked, the secret can be deleted */
+    assert_int_equal(req(f, "DELETE", "/api/v1/secrets/granted", NULL, NULL, NULL), 200);
+    gt_strv_free(&ids);
+    gt_api_free(&server);
+}
+
+/* A sealed value copied from one secret's record to another's does not open there. */
+static void test_sealed_value_bound_to_its_name(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"a\",\"value\":\"value-of-a\"}",
+                         NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"b\",\"value\":\"value-of-b\"}",
+                         NULL), 201);
+    char *raw_a = NULL, *raw_b = NULL;
+    int64_t rev_b = 0;
+    assert_int_equal(gt_store_get(f->store, "secrets", "a", &raw_a, NULL, NULL), GT_OK);
+    assert_int_equal(gt_store_get(f->store, "secrets", "b", &raw_b, &rev_b, NULL), GT_OK);
+    cJSON *da = cJSON_Parse(raw_a), *db = cJSON_Parse(raw_b);
+    gt_json_set_str(db, "sealed", cJSON_GetObjectItemCaseSensitive(da, "sealed")->valuestring);
+    char *moved = gt_json_print(db);
+    assert_int_equal(gt_store_put(f->store, "secrets", "b", moved, rev_b, NULL, NULL), GT_OK);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/nonexistent\"}", NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL,
+                         "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":"
+                         "\"x\",\"secrets\":[{\"name\":\"b\",\"target\":\"B\"}]}", NULL), 201);
+    assert_int_equal(run_with(f, NULL, "s", NULL, &b), 500);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(b, "error"),
+                                                         "code")->valuestring, "secret_key");
+    assert_non_null(strstr(err_msg(b), "secret \"b\""));
+    assert_non_null(strstr(err_msg(b), "sealed for another secret"));
+    assert_null(strstr(err_msg(b), "value-of-a"));
+    cJSON_Delete(b);
+    free(moved);
+    cJSON_Delete(da);
+    cJSON_Delete(db);
+    free(raw_a);
+    free(raw_b);
+}
+
+/* What a run prints or fails with is masked before it is recorded: here the failure
+ * message of a fetch, which quotes the repository URL that holds the secret's value. */
+static void test_run_error_is_masked(void **state)
+{
+    fx *f = *state;
+    cJSON *b = NULL;
+    assert_int_equal(req(f, "POST", "/api/v1/secrets", NULL, "{\"name\":\"k\",\"value\":\"t0p-s3cret\"}",
+                         NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/repositories", NULL,
+                         "{\"name\":\"r\",\"url\":\"/nonexistent/t0p-s3cret/repo\"}", NULL), 201);
+    assert_int_equal(req(f, "POST", "/api/v1/services", NULL,
+                         "{\"name\":\"s\",\"type\":\"executable\",\"repository\":\"r\",\"filename\":"
+                         "\"x\",\"secrets\":[{\"name\":\"k\",\"target\":\"K\"}]}", NULL), 201);
+    assert_int_equal(run_with(f, NULL, "s", NULL, &b), 201);
+    const char *error = cJSON_GetObjectItemCaseSensitive(b, "error")->valuestring;
+    assert_null(strstr(error, "t0p-s3cret"));
+    assert_non_null(strstr(error, "/nonexistent/***/repo"));
+    const char *id = cJSON_GetObjectItemCaseSensitive(b, "id")->valuestring;
+    char *raw = NULL;
+    assert_int_equal(gt_store_get(f->store, "executions", id, &raw, NULL, NULL), GT_OK);
+    assert_null(strstr(raw, "t0p-s3cret"));
+    free(raw);
+    cJSON_Delete(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -523,6 +795,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idempotency_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dispatched_runs, setup, teardown),
         cmocka_unit_test(test_model_validation),
+        cmocka_unit_test(test_env_denylist),
+        cmocka_unit_test(test_allowed_secrets_validation),
+        cmocka_unit_test_setup_teardown(test_run_binds_only_granted_secrets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_value_bound_to_its_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_error_is_masked, setup, teardown),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
-/* Secrets, key files, base64 and SHA-256. A small reference sealer written here directly
- * against OpenSSL checks the format from the outside, and makes cheap 10000-iteration
- * blobs for the exhaustive tamper test. */
+/* Secrets, key files, base64 and SHA-256. Small reference sealers written here directly
+ * against OpenSSL check both formats from the outside: gt2 through EVP_PKEY_HKDF (crypto.c
+ * uses EVP_KDF, another API) and gt1 through PKCS5_PBKDF2_HMAC, which also makes cheap
+ * 10000-iteration gt1 blobs for the exhaustive tamper test. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -10,11 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 
 #include "crypto.h"
 #include "util.h"
@@ -22,6 +26,10 @@
 #define MATERIAL32 "0123456789abcdef0123456789abcdef"
 static const char material32[] = MATERIAL32;
 static const char decrypt_msg[] = "cannot decrypt: wrong key file or the data was altered";
+static const char decrypt_msg_v2[] = "cannot decrypt: wrong key file, the data was altered, or "
+                                     "the value was sealed for another secret than";
+/* The name every test seals under unless it says otherwise. */
+#define NAME "db-password"
 
 static gt_key *test_key(const char *m)
 {
@@ -30,14 +38,39 @@ static gt_key *test_key(const char *m)
     return key;
 }
 
-/* The format, written independently of crypto.c: salt | nonce | ciphertext | tag. */
-static unsigned char *ref_blob(const char *material, const unsigned char salt[16],
-                               const unsigned char nonce[12], int iterations,
-                               const void *plain, size_t len, size_t *blob_len)
+/* HKDF-SHA256 through EVP_PKEY_HKDF (crypto.c uses EVP_KDF "HKDF"). */
+static void ref_hkdf(const void *ikm, size_t ikm_len, const void *salt, size_t salt_len,
+                     const void *info, size_t info_len, unsigned char *out, size_t out_len)
+{
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
+    assert_non_null(pctx);
+    assert_int_equal(EVP_PKEY_derive_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_hkdf_md(pctx, EVP_sha256()), 1);
+    assert_int_equal(EVP_PKEY_CTX_set1_hkdf_salt(pctx, salt, (int)salt_len), 1);
+    assert_int_equal(EVP_PKEY_CTX_set1_hkdf_key(pctx, ikm, (int)ikm_len), 1);
+    assert_int_equal(EVP_PKEY_CTX_add1_hkdf_info(pctx, info, (int)info_len), 1);
+    size_t n = out_len;
+    assert_int_equal(EVP_PKEY_derive(pctx, out, &n), 1);
+    assert_int_equal(n, out_len);
+    EVP_PKEY_CTX_free(pctx);
+}
+
+/* The formats, written independently of crypto.c: salt | nonce | ciphertext | tag.
+ * iterations > 0: gt1 (PBKDF2, AAD "gt1"); iterations == 0: gt2 (HKDF, AAD "gt2:" name). */
+static unsigned char *ref_blob_named(const char *material, const unsigned char salt[16],
+                                     const unsigned char nonce[12], int iterations,
+                                     const char *name, const void *plain, size_t len,
+                                     size_t *blob_len)
 {
     unsigned char dk[32];
-    assert_int_equal(PKCS5_PBKDF2_HMAC(material, (int)strlen(material), salt, 16, iterations,
-                                       EVP_sha256(), 32, dk), 1);
+    char aad[256] = "gt1";
+    if (iterations > 0) {
+        assert_int_equal(PKCS5_PBKDF2_HMAC(material, (int)strlen(material), salt, 16, iterations,
+                                           EVP_sha256(), 32, dk), 1);
+    } else {
+        ref_hkdf(material, strlen(material), salt, 16, "gantry secret v2", 16, dk, 32);
+        snprintf(aad, sizeof aad, "gt2:%s", name);
+    }
     size_t total = 16 + 12 + len + 16;
     unsigned char *blob = gt_xmalloc(total);
     memcpy(blob, salt, 16);
@@ -45,7 +78,8 @@ static unsigned char *ref_blob(const char *material, const unsigned char salt[16
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int n = 0;
     assert_int_equal(EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, dk, nonce), 1);
-    assert_int_equal(EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *)"gt1", 3), 1);
+    assert_int_equal(EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *)aad,
+                                       (int)strlen(aad)), 1);
     if (len > 0)
         assert_int_equal(EVP_EncryptUpdate(ctx, blob + 28, &n, plain, (int)len), 1);
     assert_int_equal(EVP_EncryptFinal_ex(ctx, blob + 28 + len, &n), 1);
@@ -53,6 +87,13 @@ static unsigned char *ref_blob(const char *material, const unsigned char salt[16
     EVP_CIPHER_CTX_free(ctx);
     *blob_len = total;
     return blob;
+}
+
+static unsigned char *ref_blob(const char *material, const unsigned char salt[16],
+                               const unsigned char nonce[12], int iterations,
+                               const void *plain, size_t len, size_t *blob_len)
+{
+    return ref_blob_named(material, salt, nonce, iterations, NULL, plain, len, blob_len);
 }
 
 static char *ref_seal(const char *material, int iterations, const void *plain, size_t len)
@@ -69,13 +110,28 @@ static char *ref_seal(const char *material, int iterations, const void *plain, s
     return s;
 }
 
-static void assert_opens_to(const gt_key *key, const char *sealed, const void *want,
-                            size_t want_len)
+/* A gt2 value sealed by the reference for name. */
+static char *ref_seal_v2(const char *material, const char *name, const void *plain, size_t len)
+{
+    unsigned char salt[16], nonce[12];
+    assert_int_equal(gt_random_bytes(salt, sizeof salt, NULL), GT_OK);
+    assert_int_equal(gt_random_bytes(nonce, sizeof nonce, NULL), GT_OK);
+    size_t blob_len;
+    unsigned char *blob = ref_blob_named(material, salt, nonce, 0, name, plain, len, &blob_len);
+    char *b64 = gt_base64_encode(blob, blob_len);
+    char *s = gt_xasprintf("gt2:%s", b64);
+    free(b64);
+    free(blob);
+    return s;
+}
+
+static void assert_opens_named(const gt_key *key, const char *name, const char *sealed,
+                               const void *want, size_t want_len)
 {
     char *plain = NULL;
     size_t len = 0;
     gt_error err = {0};
-    gt_err rc = gt_secret_open(key, sealed, &plain, &len, &err);
+    gt_err rc = gt_secret_open(key, name, sealed, &plain, &len, &err);
     if (rc != GT_OK)
         fail_msg("open failed: %s", err.message);
     assert_int_equal(len, want_len);
@@ -85,20 +141,34 @@ static void assert_opens_to(const gt_key *key, const char *sealed, const void *w
     gt_secret_wipe_free(plain, len);
 }
 
-static void assert_open_fails(const gt_key *key, const char *sealed, gt_err want)
+static void assert_opens_to(const gt_key *key, const char *sealed, const void *want,
+                            size_t want_len)
+{
+    assert_opens_named(key, NAME, sealed, want, want_len);
+}
+
+static void assert_open_named_fails(const gt_key *key, const char *name, const char *sealed,
+                                    gt_err want)
 {
     char *plain = (char *)"untouched";
     size_t len = 99;
     gt_error err = {0};
-    gt_err rc = gt_secret_open(key, sealed, &plain, &len, &err);
+    gt_err rc = gt_secret_open(key, name, sealed, &plain, &len, &err);
     if (rc != want)
         fail_msg("open of \"%.80s\": got %d (%s), want %d", sealed ? sealed : "(null)", rc,
                  err.message, want);
     assert_int_equal(err.code, want);
     assert_null(plain);
     assert_int_equal(len, 0);
-    if (want == GT_ECRYPTO)
+    if (want == GT_ECRYPTO && strncmp(sealed, "gt2:", 4) == 0)
+        assert_memory_equal(err.message, decrypt_msg_v2, strlen(decrypt_msg_v2));
+    else if (want == GT_ECRYPTO)
         assert_string_equal(err.message, decrypt_msg);
+}
+
+static void assert_open_fails(const gt_key *key, const char *sealed, gt_err want)
+{
+    assert_open_named_fails(key, NAME, sealed, want);
 }
 
 static void test_round_trip(void **state)
@@ -116,14 +186,14 @@ static void test_round_trip(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *sealed = NULL;
         gt_error err = {0};
-        assert_int_equal(gt_secret_seal(key, cases[i].p, cases[i].n, &sealed, &err), GT_OK);
-        assert_int_equal(strncmp(sealed, "gt1:210000:", 11), 0);
+        assert_int_equal(gt_secret_seal(key, NAME, cases[i].p, cases[i].n, &sealed, &err), GT_OK);
+        assert_int_equal(strncmp(sealed, "gt2:", 4), 0); /* new seals are always gt2 */
         assert_opens_to(key, sealed, cases[i].p, cases[i].n);
         free(sealed);
     }
     /* NULL data with zero length is the empty secret. */
     char *sealed = NULL;
-    assert_int_equal(gt_secret_seal(key, NULL, 0, &sealed, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, NAME, NULL, 0, &sealed, NULL), GT_OK);
     assert_opens_to(key, sealed, "", 0);
     free(sealed);
     free(mib);
@@ -138,14 +208,14 @@ static void test_seals_differ(void **state)
     (void)state;
     gt_key *key = test_key(material32);
     char *a = NULL, *b = NULL;
-    assert_int_equal(gt_secret_seal(key, "same", 4, &a, NULL), GT_OK);
-    assert_int_equal(gt_secret_seal(key, "same", 4, &b, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, NAME, "same", 4, &a, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, NAME, "same", 4, &b, NULL), GT_OK);
     assert_string_not_equal(a, b);
     /* Fresh salt and nonce each time. */
     unsigned char *ba = NULL, *bb = NULL;
     size_t na = 0, nb = 0;
-    assert_int_equal(gt_base64_decode(a + 11, &ba, &na, NULL), GT_OK);
-    assert_int_equal(gt_base64_decode(b + 11, &bb, &nb, NULL), GT_OK);
+    assert_int_equal(gt_base64_decode(a + 4, &ba, &na, NULL), GT_OK);
+    assert_int_equal(gt_base64_decode(b + 4, &bb, &nb, NULL), GT_OK);
     assert_int_equal(na, 16 + 12 + 4 + 16);
     assert_int_equal(nb, na);
     assert_memory_not_equal(ba, bb, 16);
@@ -163,23 +233,108 @@ static void test_format_matches_reference(void **state)
 {
     (void)state;
     gt_key *key = test_key(material32);
-    /* Ours opens the reference... */
+    /* Ours opens the references (gt1: any name, or none)... */
     char *ref = ref_seal(material32, 10000, "interop", 7);
+    assert_opens_to(key, ref, "interop", 7);
+    assert_opens_named(key, NULL, ref, "interop", 7);
+    free(ref);
+    ref = ref_seal_v2(material32, NAME, "interop", 7);
     assert_opens_to(key, ref, "interop", 7);
     free(ref);
     /* ...and the reference layout decrypts ours: rebuild our blob with its salt/nonce. */
     char *sealed = NULL;
-    assert_int_equal(gt_secret_seal(key, "interop", 7, &sealed, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, NAME, "interop", 7, &sealed, NULL), GT_OK);
     unsigned char *blob = NULL;
     size_t n = 0;
-    assert_int_equal(gt_base64_decode(sealed + 11, &blob, &n, NULL), GT_OK);
+    assert_int_equal(gt_base64_decode(sealed + 4, &blob, &n, NULL), GT_OK);
     size_t n2 = 0;
-    unsigned char *again = ref_blob(material32, blob, blob + 16, 210000, "interop", 7, &n2);
+    unsigned char *again = ref_blob_named(material32, blob, blob + 16, 0, NAME, "interop", 7, &n2);
     assert_int_equal(n, n2);
     assert_memory_equal(blob, again, n);
     free(again);
     free(blob);
     free(sealed);
+    gt_key_free(&key);
+}
+
+/* The reference HKDF itself, against RFC 5869 appendix A.1. */
+static void test_hkdf_reference_vector(void **state)
+{
+    (void)state;
+    unsigned char ikm[22], salt[13], info[10], okm[42];
+    memset(ikm, 0x0b, sizeof ikm);
+    for (int i = 0; i < 13; i++)
+        salt[i] = (unsigned char)i;
+    for (int i = 0; i < 10; i++)
+        info[i] = (unsigned char)(0xf0 + i);
+    ref_hkdf(ikm, sizeof ikm, salt, sizeof salt, info, sizeof info, okm, sizeof okm);
+    static const unsigned char want[42] = {
+        0x3c, 0xb2, 0x5f, 0x25, 0xfa, 0xac, 0xd5, 0x7a, 0x90, 0x43, 0x4f, 0x64, 0xd0, 0x36,
+        0x2f, 0x2a, 0x2d, 0x2d, 0x0a, 0x90, 0xcf, 0x1a, 0x5a, 0x4c, 0x5d, 0xb0, 0x2d, 0x56,
+        0xec, 0xc4, 0xc5, 0xbf, 0x34, 0x00, 0x72, 0x08, 0xd5, 0xb8, 0x87, 0x18, 0x58, 0x65};
+    assert_memory_equal(okm, want, sizeof want);
+}
+
+/* A gt2 value opens only under the name it was sealed for: copying the "sealed" field
+ * of secret A into secret B's record does not hand B's users A's value. */
+static void test_name_binding(void **state)
+{
+    (void)state;
+    gt_key *key = test_key(material32);
+    char *a = NULL;
+    gt_error err = {0};
+    assert_int_equal(gt_secret_seal(key, "secret-a", "value of A", 10, &a, &err), GT_OK);
+    assert_opens_named(key, "secret-a", a, "value of A", 10);
+    const char *others[] = {"secret-b", "secret-A", "secret-a ", "secret-", "secret-ab", "s"};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        assert_open_named_fails(key, others[i], a, GT_ECRYPTO);
+    /* the message says what may have happened, naming the secret it was opened as */
+    char *plain = NULL;
+    gt_error_clear(&err);
+    assert_int_equal(gt_secret_open(key, "secret-b", a, &plain, NULL, &err), GT_ECRYPTO);
+    assert_non_null(strstr(err.message, "sealed for another secret than \"secret-b\""));
+    assert_null(plain);
+    /* no name: refused before anything is derived */
+    assert_open_named_fails(key, NULL, a, GT_EINVAL);
+    assert_open_named_fails(key, "", a, GT_EINVAL);
+    char *s = (char *)"untouched";
+    assert_int_equal(gt_secret_seal(key, NULL, "x", 1, &s, NULL), GT_EINVAL);
+    assert_null(s);
+    assert_int_equal(gt_secret_seal(key, "", "x", 1, &s, NULL), GT_EINVAL);
+    assert_null(s);
+    /* the reference agrees: a blob sealed for B with A's bytes fails under A */
+    char *ref = ref_seal_v2(material32, "secret-b", "value of A", 10);
+    assert_opens_named(key, "secret-b", ref, "value of A", 10);
+    assert_open_named_fails(key, "secret-a", ref, GT_ECRYPTO);
+    free(ref);
+    /* gt1 values carry no name: they open under any */
+    ref = ref_seal(material32, 10000, "old", 3);
+    assert_opens_named(key, "secret-a", ref, "old", 3);
+    assert_opens_named(key, "anything", ref, "old", 3);
+    free(ref);
+    free(a);
+    gt_key_free(&key);
+}
+
+/* Sealed by the gt1 code (commit f61f2d2, before gt2 existed) with this key material;
+ * stores written then must keep opening. */
+static void test_gt1_fixture_still_opens(void **state)
+{
+    (void)state;
+    static const char material[] = "gantry gt1 fixture key material, 40+ bytes long";
+    static const char sealed[] = "gt1:210000:uZl0ChlX/pR3IBJhWg5t6dfg7TOCGgnxMVP72/B62ap3WmWma0mgK2"
+                                 "NIFZJEaAITs/d/lYh3T4EhVG4RvFLLuiyN";
+    gt_key *key = test_key(material);
+    char fp[17];
+    gt_key_fingerprint(key, fp);
+    assert_string_equal(fp, "e79f9bf92370f1fb"); /* as recorded by that code */
+    assert_opens_named(key, "any-name", sealed, "sealed by the gt1 code", 22);
+    assert_opens_named(key, NULL, sealed, "sealed by the gt1 code", 22);
+    /* and it still fails closed when touched */
+    char *bad = gt_xstrdup(sealed);
+    bad[20] = bad[20] == 'A' ? 'B' : 'A';
+    assert_open_fails(key, bad, GT_ECRYPTO);
+    free(bad);
     gt_key_free(&key);
 }
 
@@ -189,7 +344,7 @@ static void test_wrong_key(void **state)
     gt_key *key = test_key(material32);
     gt_key *other = test_key("another key of at least thirty-two bytes");
     char *sealed = NULL;
-    assert_int_equal(gt_secret_seal(key, "secret", 6, &sealed, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, NAME, "secret", 6, &sealed, NULL), GT_OK);
     assert_open_fails(other, sealed, GT_ECRYPTO);
     /* One byte of key material more (a trailing newline not trimmed) is another key. */
     gt_key *longer = gt_key_from_bytes(MATERIAL32 "\n", sizeof material32);
@@ -200,10 +355,11 @@ static void test_wrong_key(void **state)
     gt_key_free(&longer);
 }
 
+/* A gt1 value with that iteration count, or gt2 when iterations is 0. */
 static char *with_blob(int iterations, const unsigned char *blob, size_t n)
 {
     char *b64 = gt_base64_encode(blob, n);
-    char *s = gt_xasprintf("gt1:%d:%s", iterations, b64);
+    char *s = iterations ? gt_xasprintf("gt1:%d:%s", iterations, b64) : gt_xasprintf("gt2:%s", b64);
     free(b64);
     return s;
 }
@@ -248,17 +404,27 @@ static void test_tamper_every_byte(void **state)
     free(blob);
     free(sealed);
 
-    /* A few spots of a real seal, at full cost. */
-    assert_int_equal(gt_secret_seal(key, "x", 1, &sealed, NULL), GT_OK);
-    assert_int_equal(gt_base64_decode(sealed + 11, &blob, &n, NULL), GT_OK);
-    size_t spots[] = {0, 20, 28, n - 1};
-    for (size_t i = 0; i < 4; i++) {
-        blob[spots[i]] ^= 0x80;
-        bad = with_blob(210000, blob, n);
+    /* gt2 at full cost (HKDF is cheap): every byte of salt, nonce, ciphertext and tag. */
+    assert_int_equal(gt_secret_seal(key, NAME, "tamper me, please", 17, &sealed, NULL), GT_OK);
+    assert_int_equal(gt_base64_decode(sealed + 4, &blob, &n, NULL), GT_OK);
+    assert_int_equal(n, 16 + 12 + 17 + 16);
+    for (size_t i = 0; i < n; i++) {
+        blob[i] ^= (unsigned char)(1u << (i % 8));
+        bad = with_blob(0, blob, n);
         assert_open_fails(key, bad, GT_ECRYPTO);
         free(bad);
-        blob[spots[i]] ^= 0x80;
+        blob[i] ^= (unsigned char)(1u << (i % 8));
     }
+    bad = with_blob(0, blob, n - 1);
+    assert_open_fails(key, bad, GT_ECRYPTO);
+    free(bad);
+    bad = with_blob(0, blob, n);
+    assert_opens_to(key, bad, "tamper me, please", 17);
+    free(bad);
+    /* the same bytes presented as gt1 do not open either */
+    bad = with_blob(210000, blob, n);
+    assert_open_fails(key, bad, GT_ECRYPTO);
+    free(bad);
     free(blob);
     free(sealed);
     gt_key_free(&key);
@@ -293,6 +459,14 @@ static void test_malformed(void **state)
         gt_xasprintf("gt1:10000:%.*s", (int)strlen(b64) - 1, b64),
         gt_xstrdup("gt1:10000:not base64 at all!"),
         gt_xstrdup("gt1:10000:AAAA"),                   /* 3 bytes: shorter than the header */
+        gt_xstrdup("gt2"),
+        gt_xstrdup("gt2:"),                             /* empty blob */
+        gt_xstrdup("gt2:AAAA"),
+        gt_xstrdup("gt2:not base64!"),
+        gt_xasprintf("GT2:%s", b64),
+        gt_xasprintf("gt3:%s", b64),
+        gt_xasprintf("gt2:%s\n", b64),
+        gt_xasprintf("gt2: %s", b64),
         NULL,
     };
     for (size_t i = 0; cases[i]; i++) {
@@ -305,14 +479,20 @@ static void test_malformed(void **state)
     char *s = with_blob(10000, zeros, 43);
     assert_open_fails(key, s, GT_EINVAL);
     free(s);
+    s = with_blob(0, zeros, 43);
+    assert_open_fails(key, s, GT_EINVAL);
+    free(s);
     /* 44 bytes: the format holds, authentication fails. */
     s = with_blob(10000, zeros, 44);
+    assert_open_fails(key, s, GT_ECRYPTO);
+    free(s);
+    s = with_blob(0, zeros, 44);
     assert_open_fails(key, s, GT_ECRYPTO);
     free(s);
     free(good);
 
     char *plain = NULL;
-    assert_int_equal(gt_secret_open(NULL, "gt1:10000:AAAA", &plain, NULL, NULL), GT_EINVAL);
+    assert_int_equal(gt_secret_open(NULL, NAME, "gt1:10000:AAAA", &plain, NULL, NULL), GT_EINVAL);
     assert_null(plain);
     gt_key_free(&key);
 }
@@ -388,7 +568,7 @@ static void test_key_load(void **state)
     assert_string_equal(fa, fb);
     assert_string_equal(fa, "042a1524fcefad5b"); /* HMAC-SHA256(key, "gantry-key-id")[:8] */
     char *sealed = NULL;
-    assert_int_equal(gt_secret_seal(key, "from file", 9, &sealed, NULL), GT_OK);
+    assert_int_equal(gt_secret_seal(key, NAME, "from file", 9, &sealed, NULL), GT_OK);
     assert_opens_to(bare, sealed, "from file", 9);
     free(sealed);
     gt_key_free(&key);
@@ -601,12 +781,39 @@ static void test_sha256(void **state)
     assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 }
 
+/* Last: it leaves this test process not dumpable. */
+static void test_protect_process(void **state)
+{
+    (void)state;
+    assert_true(gt_secret_protect_process());
+    assert_int_equal(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
+    /* a program the process starts is dumpable again once it execs (the kernel resets
+     * it): runs keep their core dumps, only the process holding the key loses them */
+    if (access("/usr/bin/python3", X_OK) == 0) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            execl("/usr/bin/python3", "python3", "-c",
+                  "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))",
+                  (char *)NULL);
+            _exit(99);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 1); /* PR_GET_DUMPABLE in the child */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_seals_differ),
         cmocka_unit_test(test_format_matches_reference),
+        cmocka_unit_test(test_hkdf_reference_vector),
+        cmocka_unit_test(test_name_binding),
+        cmocka_unit_test(test_gt1_fixture_still_opens),
         cmocka_unit_test(test_wrong_key),
         cmocka_unit_test(test_tamper_every_byte),
         cmocka_unit_test(test_malformed),
@@ -616,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_base64_vectors),
         cmocka_unit_test(test_base64_rejects),
         cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_protect_process),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
