@@ -34,6 +34,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "json.h"
 #include "log.h"
 
 #ifndef GANTRY_VERSION
@@ -800,19 +801,6 @@ static void gt_http_write_reply(gt_http_sconn *c, int status, const char *ctype,
     bufferevent_enable(c->bev, EV_WRITE);
 }
 
-static void gt_http_json_escape(gt_buf *b, const char *s)
-{
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            gt_buf_printf(b, "\\%c", ch);
-        else if (ch < 0x20)
-            gt_buf_printf(b, "\\u%04x", ch);
-        else
-            gt_buf_append(b, s, 1);
-    }
-}
-
 /* Answers {"error":{"code":..,"message":..}} from the loop thread, dropping the request
  * being read. close: the connection ends after it (framing errors always do). */
 static void gt_http_reply_error(gt_http_sconn *c, int status, const char *code, const char *message,
@@ -827,12 +815,13 @@ static void gt_http_reply_error(gt_http_sconn *c, int status, const char *code, 
     event_del(c->timer);
     if (close)
         c->close_after = true;
-    gt_buf b = {0};
-    gt_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
-    gt_http_json_escape(&b, message);
-    gt_buf_puts(&b, "\"}}");
-    size_t len = b.len;
-    gt_http_write_reply(c, status, NULL, gt_buf_steal(&b), len, head_only, status == 503 ? "1" : NULL);
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(doc, "error");
+    gt_json_set_str(e, "code", code);
+    gt_json_set_str(e, "message", message);
+    char *body = gt_json_print(doc);
+    cJSON_Delete(doc);
+    gt_http_write_reply(c, status, NULL, body, strlen(body), head_only, status == 503 ? "1" : NULL);
     gt_http_charge(c);
 }
 

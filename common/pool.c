@@ -132,15 +132,7 @@ static void *watch_main(void *arg)
             pthread_cond_wait(&p->watch_cv, &p->mu);
             continue;
         }
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += every / 1000;
-        until.tv_nsec += (every % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&p->watch_cv, &p->mu, &until);
+        gt_cond_wait_ms(&p->watch_cv, &p->mu, every);
         for (int i = 0; i < p->c.workers && !p->stopping; i++) {
             char id[64];
             snprintf(id, sizeof id, "%s", p->w[i].current);

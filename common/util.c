@@ -473,3 +473,16 @@ size_t gt_utf8_cut(const char *p, size_t n)
     size_t l = utf8_seq(s + i - 1, n - (i - 1));
     return l == n - (i - 1) ? n : i - 1;
 }
+
+int gt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    return pthread_cond_timedwait(cv, mu, &until);
+}

@@ -3,6 +3,7 @@
 #ifndef GT_UTIL_H
 #define GT_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,6 +52,8 @@ bool gt_file_exists(const char *path);
 /* Time. */
 int64_t gt_now_ms(void);                          /* wall clock, ms since the epoch */
 int64_t gt_mono_ms(void);                         /* monotonic */
+/* Waits on cv (mu held) for at most ms (pthread_cond_timedwait's deadline, computed). */
+int gt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms);
 /* RFC 3339 UTC with milliseconds into buf (at least 32 bytes). */
 void gt_format_time(int64_t ms, char *buf, size_t n);
 

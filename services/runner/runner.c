@@ -116,16 +116,8 @@ static void *beat_main(void *arg)
     int64_t last_ok = gt_mono_ms();
     while (!r->beat_stop && !r->fenced) {
         pthread_mutex_lock(&r->mu);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += r->c.heartbeat_ms / 1000;
-        until.tv_nsec += (r->c.heartbeat_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
         if (!r->beat_stop)
-            pthread_cond_timedwait(&r->beat_cv, &r->mu, &until);
+            gt_cond_wait_ms(&r->beat_cv, &r->mu, r->c.heartbeat_ms);
         pthread_mutex_unlock(&r->mu);
         if (r->beat_stop)
             break;
