@@ -194,7 +194,10 @@ def readable(pid):
 
 def test_local_cli_is_not_readable_by_the_runs_it_starts(gantry, tmp_path):
     """A run's script, same uid, reads its parent's /proc/<ppid>/environ (the key is in
-    that process's memory, /proc/<ppid>/mem, under the same rule)."""
+    that process's memory, /proc/<ppid>/mem, under the same rule). In the sandbox a run
+    cannot see its parent at all (test_sandbox.py); this is the defence that remains with
+    [runner] sandbox = none: the CLI is not dumpable."""
+    gantry.write_config("sandbox = none\n")
     repo = repo_with(tmp_path, {"peek.sh": '#!/bin/sh\n'
                                            'if cat /proc/$PPID/environ >/dev/null 2>&1; then '
                                            'echo "parent readable"; else echo "parent refused"; fi\n'
