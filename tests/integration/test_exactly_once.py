@@ -18,11 +18,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import BIN_DIR, ROOT, git
+from test_runner import request
 from testenv.stack import GantryStack
 
 TERMINAL = {"succeeded", "failed", "timed_out", "canceled", "lost"}
@@ -83,18 +83,6 @@ class MarkServer:
 
     def close(self):
         self.sock.close()
-
-
-def request(port, method, path, body=None, token=None, timeout=30):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    h = {"Content-Type": "application/json"}
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, json.loads(data) if data else None
 
 
 class Cluster:

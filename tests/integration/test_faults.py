@@ -15,6 +15,17 @@ def service(g, add, name, body, *flags):
       "--filename", f"{name}.sh", *flags, check=0)
 
 
+def newest_running(gantry, timeout=30):
+    """Waits until the newest execution is running; returns it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = gantry.json("get", "executions")["items"]
+        if items and items[0]["state"] == "running":
+            return items[0]
+        time.sleep(0.2)
+    raise AssertionError("no execution started running")
+
+
 def test_timeout_kills_the_process_group(any_gantry, scripts_repo, tmp_path):
     gantry = any_gantry
     # the script ignores SIGTERM and leaves a grandchild behind; both must die
@@ -133,12 +144,7 @@ def test_sigint_cancels_the_run(gantry, scripts_repo):
 def test_sigkilled_cli_leaves_no_running_execution(gantry, scripts_repo, tmp_path):
     service(gantry, scripts_repo, "long", "sleep 30.0625\necho finished\n")
     p = gantry.popen("run", "service", "long")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        items = gantry.json("get", "executions")["items"]
-        if items and items[0]["state"] == "running":
-            break
-        time.sleep(0.2)
+    newest_running(gantry)
     assert wait_for(lambda: sleeps("30.0625") == 1)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -165,15 +171,7 @@ def test_parallel_runs_share_the_store(gantry, scripts_repo):
 def test_cancel_from_another_terminal(gantry, scripts_repo, tmp_path):
     service(gantry, scripts_repo, "wait", "echo started\nsleep 30.25\necho not-canceled\n")
     p = gantry.popen("run", "service", "wait", "-o", "json")
-    deadline = time.monotonic() + 30
-    ex = None
-    while time.monotonic() < deadline:
-        items = gantry.json("get", "executions")["items"]
-        if items and items[0]["state"] == "running":
-            ex = items[0]
-            break
-        time.sleep(0.2)
-    assert ex is not None
+    ex = newest_running(gantry)
     r = gantry.json("cancel", "execution", ex["id"])
     assert r["cancel_requested"] is True and "owner_pid" not in r
     out, err = p.communicate(timeout=30)
@@ -201,15 +199,7 @@ def test_cancel_stops_a_hanging_pip_install(gantry, tmp_path):
     gantry("create", "service", "python-script", "slow", "--repository", "slow",
            "--filename", "main.py", check=0)
     p = gantry.popen("run", "service", "slow", "-o", "json")
-    deadline = time.monotonic() + 30
-    ex = None
-    while time.monotonic() < deadline:
-        items = gantry.json("get", "executions")["items"]
-        if items and items[0]["state"] == "running":
-            ex = items[0]
-            break
-        time.sleep(0.2)
-    assert ex is not None
+    ex = newest_running(gantry)
     time.sleep(2)  # well inside pip install
     t0 = time.monotonic()
     gantry("cancel", "execution", ex["id"], check=0)
