@@ -100,7 +100,7 @@ static void *worker_main(void *arg)
             gt_errorlog("pool: store: %s", e.message);
         if (rc == GT_OK && (rc = gt_api_execute(w->api, j->id, j->attempt, &e)) != GT_OK)
             gt_errorlog("execution %s attempt %lld: %s", j->id, (long long)j->attempt, e.message);
-        if (rc != GT_OK && rc != GT_ECONFLICT && rc != GT_EPERM && w->api) {
+        if ((rc == GT_EUNAVAIL || rc == GT_EIO || rc == GT_EINTERNAL) && w->api) {
             /* a store error may have broken the handle: open a new one next time */
             gt_api_free(&w->api);
             gt_store_free(&w->store);
