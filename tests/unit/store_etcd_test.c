@@ -1,0 +1,156 @@
+/* The etcd driver against a real three-member cluster (GANTRY_TEST_ETCD, set by
+ * scripts/test-servers): the conformance suite with a new cluster id (key prefix) per
+ * test, and the concurrency checks with two handles, as two threads would have. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+#include "store_conformance.h"
+#include "util.h"
+
+typedef struct etcd_ctx {
+    gt_strv hosts;
+    char cluster[64];   /* the current test's cluster id */
+} etcd_ctx;
+
+static gt_store *open_cluster(etcd_ctx *c)
+{
+    gt_error err = {0};
+    gt_store_etcd_config cfg = {
+        .hosts = (const char *const *)c->hosts.v,
+        .n_hosts = c->hosts.n,
+        .cluster_id = c->cluster,
+        .timeout_ms = 10000,
+    };
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        print_error("open etcd store: %s\n", err.message);
+    return s;
+}
+
+static gt_store *open_fresh(void *ctx)
+{
+    etcd_ctx *c = ctx;
+    char *id = gt_id_new();
+    snprintf(c->cluster, sizeof c->cluster, "test-%s", id);
+    free(id);
+    return open_cluster(c);
+}
+
+typedef struct pair {
+    etcd_ctx *c;
+    gt_store *h[2];
+} pair;
+
+static int setup_pair(void **state)
+{
+    pair *p = *state;
+    p->h[0] = open_fresh(p->c);
+    p->h[1] = p->h[0] ? open_cluster(p->c) : NULL;
+    return p->h[1] ? 0 : -1;
+}
+
+static int teardown_pair(void **state)
+{
+    pair *p = *state;
+    gt_store_free(&p->h[0]);
+    gt_store_free(&p->h[1]);
+    return 0;
+}
+
+static void test_cas_race_two_handles(void **state)
+{
+    pair *p = *state;
+    gt_store_conformance_cas_race(p->h[0], p->h[1], 100);
+}
+
+static void test_counter_two_handles(void **state)
+{
+    pair *p = *state;
+    gt_store_conformance_counter(p->h, 2, 50);
+}
+
+/* A '/' in an indexed value cannot leak one value's entries into another's. */
+static void test_slash_in_values(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    gt_store_page page;
+    assert_int_equal(gt_store_index(s, "things", "kind", NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "a/b", "{\"kind\":\"x/y\"}", GT_REV_NONE, NULL,
+                                  NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "c", "{\"kind\":\"x\"}", GT_REV_NONE, NULL, NULL),
+                     GT_OK);
+    assert_int_equal(gt_store_query(s, "things", "kind", "x", NULL, 10, &page, NULL), GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].id, "c");
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_query(s, "things", "kind", "x/y", NULL, 10, &page, NULL), GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].id, "a/b");
+    gt_store_page_clear(&page);
+}
+
+/* A member that does not answer is skipped. */
+static void test_dead_member_first(void **state)
+{
+    pair *p = *state;
+    gt_strv hosts = {0};
+    gt_strv_push(&hosts, "127.0.0.1:1");
+    for (size_t i = 0; i < p->c->hosts.n; i++)
+        gt_strv_push(&hosts, p->c->hosts.v[i]);
+    gt_store_etcd_config cfg = {.hosts = (const char *const *)hosts.v, .n_hosts = hosts.n,
+                                .cluster_id = p->c->cluster};
+    gt_error err = {0};
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        fail_msg("open with a dead first member: %s", err.message);
+    assert_int_equal(gt_store_put(s, "things", "z", "{}", GT_REV_ANY, NULL, &err), GT_OK);
+    gt_store_free(&s);
+    /* only dead members: unavailable, with a message */
+    gt_strv dead = {0};
+    gt_strv_push(&dead, "127.0.0.1:1");
+    cfg.hosts = (const char *const *)dead.v;
+    cfg.n_hosts = dead.n;
+    gt_error_clear(&err);
+    assert_null(gt_store_open_etcd(&cfg, &err));
+    assert_int_equal(err.code, GT_EUNAVAIL);
+    gt_strv_free(&dead);
+    gt_strv_free(&hosts);
+}
+
+int main(void)
+{
+    const char *env = getenv("GANTRY_TEST_ETCD");
+    if (env == NULL || env[0] == '\0') {
+        printf("store/etcd: SKIPPED: GANTRY_TEST_ETCD is not set (run under scripts/test-servers)\n");
+        return 0;
+    }
+    etcd_ctx c = {0};
+    char *list = gt_xstrdup(env), *save = NULL;
+    for (char *h = strtok_r(list, ", ", &save); h; h = strtok_r(NULL, ", ", &save))
+        gt_strv_push(&c.hosts, h);
+    free(list);
+    pair p = {&c, {NULL, NULL}};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_prestate_setup_teardown(test_cas_race_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_counter_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_slash_in_values, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
+                                                 teardown_pair, &p),
+    };
+    int failed = gt_store_conformance_run("etcd", open_fresh, &c);
+    failed += cmocka_run_group_tests_name("store/etcd two handles", tests, NULL, NULL);
+    gt_strv_free(&c.hosts);
+    return failed ? 1 : 0;
+}
