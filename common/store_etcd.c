@@ -1074,6 +1074,7 @@ static void etcd_close(gt_store *gs)
     free(s->prefix);
     gt_buf_free(&s->resp);
     free(s);
+    curl_global_cleanup();
 }
 
 static const gt_store_ops etcd_ops = {
@@ -1091,18 +1092,16 @@ static const gt_store_ops etcd_ops = {
 
 gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
 {
-    static bool curl_ready;   /* set before any thread runs: opened from main at start-up */
     if (cfg == NULL || cfg->n_hosts == 0 || cfg->cluster_id == NULL || !cfg->cluster_id[0] ||
         strchr(cfg->cluster_id, '/')) {
         gt_error_set(err, GT_EINVAL, "etcd: need hosts and a cluster id without '/'");
         return NULL;
     }
-    if (!curl_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-            gt_error_set(err, GT_EINTERNAL, "etcd: curl_global_init failed");
-            return NULL;
-        }
-        curl_ready = true;
+    /* Reference-counted, and thread-safe since libcurl 7.84 (Debian 12 has 7.88); each
+     * handle's close calls curl_global_cleanup once. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        gt_error_set(err, GT_EINTERNAL, "etcd: curl_global_init failed");
+        return NULL;
     }
     etcd_store *s = gt_xcalloc(1, sizeof *s);
     s->base.ops = &etcd_ops;

@@ -98,6 +98,42 @@ static void test_slash_in_values(void **state)
     gt_store_page_clear(&page);
 }
 
+/* An index declared after its documents exist is built over them (several scan pages,
+ * and documents without the field or with a non-string one are left out). */
+static void test_index_after_documents(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    gt_error err = {0};
+    for (int i = 0; i < 230; i++) {
+        char id[16], body[64];
+        snprintf(id, sizeof id, "d%03d", i);
+        if (i % 10 == 9)
+            snprintf(body, sizeof body, "{\"kind\":%d}", i);
+        else
+            snprintf(body, sizeof body, "{\"kind\":\"%s\"}", i % 2 ? "odd" : "even");
+        assert_int_equal(gt_store_put(s, "many", id, body, GT_REV_NONE, NULL, &err), GT_OK);
+    }
+    gt_store_page page;
+    assert_int_equal(gt_store_query(s, "many", "kind", "odd", NULL, 10, &page, NULL), GT_EINVAL);
+    assert_int_equal(gt_store_index(s, "many", "kind", &err), GT_OK);
+    assert_int_equal(gt_store_index(s, "many", "kind", &err), GT_OK);   /* idempotent */
+    assert_int_equal(gt_store_query(s, "many", "kind", "odd", NULL, 1000, &page, &err), GT_OK);
+    assert_int_equal(page.n, 92);   /* 115 odd ids, less the 23 with a number */
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+    /* the new index follows later writes too, through the other handle */
+    assert_int_equal(gt_store_put(p->h[1], "many", "d001", "{\"kind\":\"even\"}", GT_REV_ANY,
+                                  NULL, &err), GT_OK);
+    assert_int_equal(gt_store_delete(p->h[1], "many", "d003", GT_REV_ANY, &err), GT_OK);
+    assert_int_equal(gt_store_query_order(s, "many", "kind", "odd", NULL, 1000, true, &page,
+                                          &err), GT_OK);
+    assert_int_equal(page.n, 90);
+    assert_string_equal(page.items[0].id, "d227");
+    assert_string_equal(page.items[89].id, "d005");
+    gt_store_page_clear(&page);
+}
+
 /* A member that does not answer is skipped. */
 static void test_dead_member_first(void **state)
 {
@@ -145,6 +181,8 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(test_counter_two_handles, setup_pair,
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_slash_in_values, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_index_after_documents, setup_pair,
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
                                                  teardown_pair, &p),
