@@ -80,6 +80,8 @@ class EtcdCluster:
 
 if __name__ == "__main__":
     tmp = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="gantry-etcd-")
+    # block them first, or sigwait never sees them and the members outlive this script
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     c = EtcdCluster(tmp)
     c.start()
     print(" ".join(f"{k}={v}" for k, v in c.env().items()), flush=True)
