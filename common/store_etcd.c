@@ -4,8 +4,9 @@
  * lease/revoke) over HTTP/1.1 with libcurl. Debian has no well-kept C gRPC client,
  * and the gateway is etcd's supported JSON API for the same RPCs: keys and values are
  * base64, 64-bit integers are decimal strings. One CURL easy handle per gt_store (a
- * store is used by one thread), with keep-alive; on a connection failure or a timeout
- * the next member of the host list is tried.
+ * store is used by one thread), with keep-alive and a per-request timeout; a member that
+ * cannot be reached is skipped for the next, and reads are also sent again elsewhere
+ * after a timeout (see call_ex).
  *
  * Layout, under P = /gantry/<cluster_id>/:
  *   P d/<coll>/<id>                      the document; its revision is etcd's mod_revision
@@ -209,9 +210,13 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* POSTs req (consumed) to /v3/<path>; *root and *rev are the parsed reply. */
-static gt_err call(etcd_store *s, const char *path, cJSON *req, cJSON **root, int64_t *rev,
-                   gt_error *err)
+/* POSTs req (consumed) to /v3/<path>; *root and *rev are the parsed reply. A request
+ * that never reached a member (no connection) goes to the next one; one that may have
+ * been applied (timeout, connection lost mid-way, 503) is sent again elsewhere only when
+ * resend says it is a read: resending a write could apply it twice or report a conflict
+ * with itself, so that is GT_EUNAVAIL and the caller decides. */
+static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, cJSON **root,
+                      int64_t *rev, gt_error *err)
 {
     char *text = gt_json_print(req);
     cJSON_Delete(req);
@@ -232,12 +237,13 @@ static gt_err call(etcd_store *s, const char *path, cJSON *req, cJSON **root, in
         status = 0;
         if (cc == CURLE_OK)
             curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &status);
-        bool next = cc == CURLE_COULDNT_CONNECT || cc == CURLE_OPERATION_TIMEDOUT ||
-                    cc == CURLE_COULDNT_RESOLVE_HOST || cc == CURLE_SEND_ERROR ||
-                    cc == CURLE_RECV_ERROR || cc == CURLE_GOT_NOTHING || status == 503;
-        if (!next)
+        bool unsent = cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST;
+        bool maybe_applied = cc == CURLE_OPERATION_TIMEDOUT || cc == CURLE_SEND_ERROR ||
+                             cc == CURLE_RECV_ERROR || cc == CURLE_GOT_NOTHING || status == 503;
+        if (unsent || maybe_applied)
+            s->cur = (s->cur + 1) % s->hosts.n;   /* the next call starts elsewhere */
+        if (!unsent && !(maybe_applied && resend))
             break;
-        s->cur = (s->cur + 1) % s->hosts.n;
     }
     if (cc != CURLE_OK) {
         rc = gt_error_set(err, GT_EUNAVAIL, "etcd: %s: %s", path,
@@ -257,6 +263,13 @@ done:
     free(text);
     gt_buf_free(&s->resp);
     return rc;
+}
+
+static gt_err call(etcd_store *s, const char *path, cJSON *req, cJSON **root, int64_t *rev,
+                   gt_error *err)
+{
+    bool read = strcmp(path, "kv/range") == 0;
+    return call_ex(s, path, req, read, root, rev, err);
 }
 
 /* ---- request builders ---- */
@@ -378,7 +391,14 @@ static void op_range(cJSON *ops, cJSON *range)
 static gt_err txn_commit(etcd_store *s, txn *t, bool *ok, cJSON **root, int64_t *rev,
                          gt_error *err)
 {
-    gt_err rc = call(s, "kv/txn", t->root, root, rev, err);
+    /* a Txn of nothing but ranges is a read (a consistent snapshot of several keys) */
+    bool read = cJSON_GetArraySize(t->compare) == 0;
+    const cJSON *op;
+    cJSON_ArrayForEach(op, t->success)
+        read = read && cJSON_GetObjectItemCaseSensitive(op, "request_range") != NULL;
+    cJSON_ArrayForEach(op, t->failure)
+        read = read && cJSON_GetObjectItemCaseSensitive(op, "request_range") != NULL;
+    gt_err rc = call_ex(s, "kv/txn", t->root, read, root, rev, err);
     t->root = NULL;
     if (rc == GT_OK && (rc = gt_etcd__txn_result(*root, ok, err)) != GT_OK) {
         cJSON_Delete(*root);

@@ -7,7 +7,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -162,6 +166,38 @@ static void test_dead_member_first(void **state)
     gt_strv_free(&hosts);
 }
 
+/* A member that accepts connections and never answers: reads time out there and go to
+ * the next member, and later calls start at the one that answered. */
+static void test_silent_member_first(void **state)
+{
+    pair *p = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    gt_strv hosts = {0};
+    gt_strv_push_owned(&hosts, gt_xasprintf("127.0.0.1:%d", ntohs(a.sin_port)));
+    for (size_t i = 0; i < p->c->hosts.n; i++)
+        gt_strv_push(&hosts, p->c->hosts.v[i]);
+    gt_store_etcd_config cfg = {.hosts = (const char *const *)hosts.v, .n_hosts = hosts.n,
+                                .cluster_id = p->c->cluster, .timeout_ms = 500};
+    gt_error err = {0};
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        fail_msg("open with a silent first member: %s", err.message);
+    int64_t rev = 0;
+    assert_int_equal(gt_store_put(s, "things", "q", "{}", GT_REV_NONE, &rev, &err), GT_OK);
+    char *body = NULL;
+    assert_int_equal(gt_store_get(s, "things", "q", &body, NULL, &err), GT_OK);
+    free(body);
+    gt_store_free(&s);
+    close(fd);
+    gt_strv_free(&hosts);
+}
+
 int main(void)
 {
     const char *env = getenv("GANTRY_TEST_ETCD");
@@ -183,6 +219,8 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(test_slash_in_values, setup_pair,
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_index_after_documents, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_silent_member_first, setup_pair,
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
                                                  teardown_pair, &p),
