@@ -199,6 +199,50 @@ static void test_silent_member_first(void **state)
     gt_strv_free(&hosts);
 }
 
+/* TLS with a client certificate (member 0's TLS listener, GANTRY_TEST_ETCD_TLS): the
+ * CA is checked, and without a client certificate the member refuses. */
+static void test_tls(void **state)
+{
+    pair *p = *state;
+    const char *host = getenv("GANTRY_TEST_ETCD_TLS"), *dir = getenv("GANTRY_TEST_ETCD_TLS_DIR");
+    if (host == NULL || dir == NULL) {
+        print_message("tls: SKIPPED: GANTRY_TEST_ETCD_TLS(_DIR) not set\n");
+        return;
+    }
+    char *ca = gt_xasprintf("%s/ca.pem", dir), *cert = gt_xasprintf("%s/client.pem", dir);
+    char *key = gt_xasprintf("%s/client.key", dir), *wrong_ca = gt_xasprintf("%s/other-ca.pem", dir);
+    const char *hosts[] = {host};
+    gt_store_etcd_config cfg = {.hosts = hosts, .n_hosts = 1, .cluster_id = p->c->cluster,
+                                .use_tls = true, .client_cert_auth = true, .ca_file = ca,
+                                .cert_file = cert, .key_file = key};
+    gt_error err = {0};
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        fail_msg("open over TLS: %s", err.message);
+    int64_t rev = 0;
+    assert_int_equal(gt_store_put(s, "things", "tls", "{\"over\":\"tls\"}", GT_REV_NONE, &rev,
+                                  &err), GT_OK);
+    gt_store_free(&s);
+    /* the same document through a plain member: one cluster */
+    char *body = NULL;
+    assert_int_equal(gt_store_get(p->h[0], "things", "tls", &body, NULL, &err), GT_OK);
+    assert_string_equal(body, "{\"over\":\"tls\"}");
+    free(body);
+    cfg.client_cert_auth = false;
+    gt_error_clear(&err);
+    assert_null(gt_store_open_etcd(&cfg, &err));
+    assert_int_equal(err.code, GT_EUNAVAIL);
+    cfg.client_cert_auth = true;
+    cfg.ca_file = wrong_ca;   /* not the CA that signed the member's certificate */
+    gt_error_clear(&err);
+    assert_null(gt_store_open_etcd(&cfg, &err));
+    assert_int_equal(err.code, GT_EUNAVAIL);
+    free(ca);
+    free(cert);
+    free(key);
+    free(wrong_ca);
+}
+
 /* The reply parser on its own (no server): anything unexpected is GT_EIO, with a message. */
 static void expect_bad_reply(const char *text)
 {
@@ -283,6 +327,7 @@ int main(void)
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_silent_member_first, setup_pair,
                                                  teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_tls, setup_pair, teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
                                                  teardown_pair, &p),
     };
