@@ -8,7 +8,7 @@ BUILD    ?= build
 SANITIZE ?=
 O        ?= -O2
 PKGS     := libcjson sqlite3 openssl libpcre2-8 libevent libevent_openssl libevent_pthreads \
-            hiredis librabbitmq libargon2 yaml-0.1
+            hiredis librabbitmq libargon2 yaml-0.1 libcurl
 TESTPKGS := cmocka
 
 V ?= 0

@@ -50,9 +50,23 @@ gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err
     case GT_BACKEND_MEMORY:
         *store = gt_store_open_memory(err);
         break;
+    case GT_BACKEND_ETCD: {
+        const gt_store_etcd_config ec = {
+            .hosts = (const char *const *)cfg->store.etcd_hosts.v,
+            .n_hosts = cfg->store.etcd_hosts.n,
+            .cluster_id = cfg->application.cluster_id,
+            .use_tls = cfg->store.etcd_use_tls,
+            .client_cert_auth = cfg->store.etcd_client_cert_auth,
+            .ca_file = cfg->store.etcd_ca_certificate_file,
+            .cert_file = cfg->store.etcd_certificate_file,
+            .key_file = cfg->store.etcd_private_key_file,
+        };
+        *store = gt_store_open_etcd(&ec, err);
+        break;
+    }
     default:
         return gt_error_set(err, GT_EINVAL, "[store] backend = %s has no driver in this build yet; "
-                                            "use local or memory",
+                                            "use local, memory or etcd",
                             gt_config_backend_name(cfg->store.backend));
     }
     return *store ? GT_OK : GT_EUNAVAIL;

@@ -337,6 +337,11 @@ const char *gt_store_driver(const gt_store *s)
     return s ? s->ops->name : "none";
 }
 
+int64_t gt_store_lease_granularity_ms(const gt_store *s)
+{
+    return s && s->ops->lease_granularity_ms > 0 ? s->ops->lease_granularity_ms : 1;
+}
+
 gt_err gt_store_index(gt_store *s, const char *coll, const char *field, gt_error *err)
 {
     gt_err rc;

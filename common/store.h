@@ -1,5 +1,5 @@
 /* The store: collections of JSON documents keyed by id, each with a revision.
- * Drivers: local (SQLite), memory; later etcd, mongodb. All pass one conformance
+ * Drivers: local (SQLite), memory, etcd; later mongodb. All pass one conformance
  * suite (tests/unit/store_conformance.c). Thread-safety: one gt_store per thread
  * unless a driver says otherwise. */
 #ifndef GT_STORE_H
@@ -21,6 +21,21 @@ typedef struct gt_store gt_store;
 gt_store *gt_store_open_local(const char *path, gt_error *err) __attribute__((warn_unused_result));
 /* Opens an empty in-memory store. */
 gt_store *gt_store_open_memory(gt_error *err) __attribute__((warn_unused_result));
+/* An etcd v3 cluster (3.4+), reached through its JSON gateway under /v3/. */
+typedef struct gt_store_etcd_config {
+    const char *const *hosts;   /* host:port, tried in order on a connection failure */
+    size_t n_hosts;
+    const char *cluster_id;     /* keys live under /gantry/<cluster_id>/ */
+    bool use_tls;
+    bool client_cert_auth;      /* present cert_file/key_file */
+    const char *ca_file;        /* NULL: the system's CAs */
+    const char *cert_file;
+    const char *key_file;
+    long timeout_ms;            /* per request; 0: 5000 */
+} gt_store_etcd_config;
+/* Opens an etcd store (checks that a member answers). One handle per thread. */
+gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
+    __attribute__((warn_unused_result));
 /* Closes and frees *s; sets it to NULL; accepts NULL. */
 void gt_store_free(gt_store **s);
 
@@ -101,7 +116,11 @@ gt_err gt_store_lease_acquire(gt_store *s, const char *name, const char *holder,
                               int64_t *epoch, gt_error *err);
 gt_err gt_store_lease_release(gt_store *s, const char *name, const char *holder, gt_error *err);
 
-/* Name of the driver ("local", "memory"). */
+/* The shortest lease the driver can time, in ms (1 for local and memory; 1000 for etcd,
+ * whose leases have whole-second TTLs): a shorter ttl_ms is rounded up to it. */
+int64_t gt_store_lease_granularity_ms(const gt_store *s);
+
+/* Name of the driver ("local", "memory", "etcd"). */
 const char *gt_store_driver(const gt_store *s);
 
 #endif

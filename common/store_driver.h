@@ -23,6 +23,7 @@
 
 typedef struct gt_store_ops {
     const char *name;
+    int64_t lease_granularity_ms;   /* 0: 1 ms */
     void (*close)(gt_store *s);   /* frees s and everything it holds */
     gt_err (*index)(gt_store *s, const char *coll, const char *field, gt_error *err);
     gt_err (*get)(gt_store *s, const char *coll, const char *id, char **body, int64_t *rev,

@@ -105,6 +105,14 @@ static void sleep_ms(int ms)
         ;
 }
 
+/* The short lease of the expiry tests: 30 ms, or the driver's granularity when that is
+ * coarser (etcd: 1 s). The tests wait 4 such TTLs for it to expire. */
+static int64_t short_ttl(gt_store *s)
+{
+    int64_t g = gt_store_lease_granularity_ms(s);
+    return g > 30 ? g : 30;
+}
+
 /* Walks a whole query page by page; returns the ids in order (caller frees with
  * gt_strv_free) and checks what every page must satisfy. */
 static gt_strv walk(gt_store *s, const char *coll, const char *field, const char *value,
@@ -779,19 +787,20 @@ static void test_lease_expiry(void **state)
     gt_store *s = store_of(state);
     gt_error err = {0};
     int64_t e1 = 0, e2 = 0, e3 = 0, e = 0;
-    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 30, &e1, &err), GT_OK);
-    sleep_ms(120);
+    int64_t ttl = short_ttl(s);
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", ttl, &e1, &err), GT_OK);
+    sleep_ms((int)(4 * ttl));
     /* Expired: another holder takes it with a higher epoch... */
     assert_int_equal(gt_store_lease_acquire(s, "leader", "node-b", 60000, &e2, &err), GT_OK);
     assert_true(e2 > e1);
     /* ...and the deposed holder can neither renew nor release it. */
-    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", 30, &e, &err), GT_ECONFLICT);
+    assert_int_equal(gt_store_lease_acquire(s, "leader", "node-a", ttl, &e, &err), GT_ECONFLICT);
     gt_error_clear(&err);
     assert_int_equal(gt_store_lease_release(s, "leader", "node-a", &err), GT_ECONFLICT);
     /* Re-acquiring one's own expired lease is a new term: new epoch. */
     gt_error_clear(&err);
-    assert_int_equal(gt_store_lease_acquire(s, "solo", "node-a", 30, &e1, &err), GT_OK);
-    sleep_ms(120);
+    assert_int_equal(gt_store_lease_acquire(s, "solo", "node-a", ttl, &e1, &err), GT_OK);
+    sleep_ms((int)(4 * ttl));
     assert_int_equal(gt_store_lease_acquire(s, "solo", "node-a", 60000, &e3, &err), GT_OK);
     assert_true(e3 > e1);
 }
@@ -825,9 +834,9 @@ static void test_fenced_writes(void **state)
                      GT_ECONFLICT);
     expect_missing(s, "executions", "y");
     /* once the lease expires and another holder takes it, the old holder is out */
-    assert_int_equal(gt_store_lease_acquire(s, "runner:b", "b", 30, &e2, &err), GT_OK);
+    assert_int_equal(gt_store_lease_acquire(s, "runner:b", "b", short_ttl(s), &e2, &err), GT_OK);
     gt_store_fence fb = {"runner:b", "b", e2};
-    sleep_ms(120);
+    sleep_ms((int)(4 * short_ttl(s)));
     assert_int_equal(gt_store_put_fenced(s, "executions", "x", "{\"n\":3}", rev, NULL, &fb, NULL),
                      GT_ECONFLICT);
     int64_t e3 = 0;

@@ -1,0 +1,130 @@
+"""A three-member etcd cluster on loopback ports of its own.
+
+    cluster = EtcdCluster(tmpdir)   # nothing runs yet
+    cluster.start()                 # returns once every member serves /health
+    os.environ.update(cluster.env())  # GANTRY_TEST_ETCD=host:port,host:port,host:port
+                                      # GANTRY_TEST_ETCD_TLS=localhost:port (member 0, TLS
+                                      # with client certificates), GANTRY_TEST_ETCD_TLS_DIR
+                                      # (ca.pem, client.pem, client.key, other-ca.pem)
+    cluster.stop()                  # SIGTERM by pid, then SIGKILL
+
+Each member has its own data directory and log (<name>.log) under tmpdir. Short
+heartbeat/election timings make etcd's minimum lease TTL 1 s (it is 1.5 * election
+timeout, rounded up to whole seconds), which the store's lease tests rely on.
+
+Manual use:
+    python3 scripts/testenv/etcd.py [TMPDIR]            # prints the env, runs until ^C
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from testenv.common import Proc, free_port  # noqa: E402
+else:
+    from .common import Proc, free_port
+
+HOST = "127.0.0.1"
+
+
+class EtcdCluster:
+    def __init__(self, tmp, members=3):
+        self.tmp = tmp
+        self.names = [f"etcd{i}" for i in range(members)]
+        self.client = {n: free_port() for n in self.names}
+        self.peer = {n: free_port() for n in self.names}
+        self.tls_port = free_port()   # member 0 also listens with TLS and client certificates
+        self.tls_dir = os.path.join(tmp, "tls")
+        self.procs = {}
+
+    def _argv(self, n):
+        initial = ",".join(f"{m}=http://{HOST}:{self.peer[m]}" for m in self.names)
+        return ["etcd", "--name", n, "--data-dir", os.path.join(self.tmp, n),
+                "--listen-client-urls", f"http://{HOST}:{self.client[n]}" + (
+                    f",https://{HOST}:{self.tls_port}" if n == self.names[0] else ""),
+                "--advertise-client-urls", f"http://{HOST}:{self.client[n]}",
+                "--listen-peer-urls", f"http://{HOST}:{self.peer[n]}",
+                "--initial-advertise-peer-urls", f"http://{HOST}:{self.peer[n]}",
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", os.path.basename(self.tmp) or "gantry-test",
+                "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-level", "warn"] + (self._tls_args() if n == self.names[0] else [])
+
+    def _tls_args(self):
+        # etcd's JSON gateway dials its own TLS listener with the server certificate as a
+        # client certificate, hence IP:127.0.0.1 and clientAuth in the server's.
+        d = self.tls_dir
+        return ["--cert-file", os.path.join(d, "server.pem"),
+                "--key-file", os.path.join(d, "server.key"),
+                "--trusted-ca-file", os.path.join(d, "ca.pem"), "--client-cert-auth"]
+
+    def _make_certs(self):
+        d = self.tls_dir
+        os.makedirs(d, exist_ok=True)
+
+        def ossl(*args):
+            subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for ca in ("ca", "other-ca"):   # other-ca: an unrelated CA, for "wrong CA" tests
+            ossl("req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "3",
+                 "-subj", f"/CN=gantry-test-etcd-{ca}")
+        for name, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                                     "extendedKeyUsage=serverAuth,clientAuth\n"),
+                          ("client", "extendedKeyUsage=clientAuth\n")):
+            with open(os.path.join(d, f"{name}.ext"), "w") as f:
+                f.write(ext)
+            ossl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN=gantry-test-etcd-{name}")
+            ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "3", "-extfile", f"{name}.ext")
+
+    def start(self, timeout=30.0):
+        os.makedirs(self.tmp, exist_ok=True)
+        self._make_certs()
+        for n in self.names:
+            self.procs[n] = Proc(n, self._argv(n), os.path.join(self.tmp, f"{n}.log"))
+        deadline = time.time() + timeout
+        for n in self.names:
+            while True:
+                if not self.procs[n].alive():
+                    raise RuntimeError(f"etcd member {n} exited:\n{self.procs[n].tail()}")
+                try:
+                    url = f"http://{HOST}:{self.client[n]}/health"
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        if json.loads(r.read()).get("health") in ("true", True):
+                            break
+                except Exception:
+                    pass
+                if time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"etcd member {n} not healthy after {timeout} s")
+                time.sleep(0.1)
+
+    def env(self):
+        return {"GANTRY_TEST_ETCD": ",".join(f"{HOST}:{self.client[n]}" for n in self.names),
+                "GANTRY_TEST_ETCD_TLS": f"localhost:{self.tls_port}",
+                "GANTRY_TEST_ETCD_TLS_DIR": self.tls_dir}
+
+    def stop(self):
+        for p in self.procs.values():
+            p.stop()
+
+
+if __name__ == "__main__":
+    tmp = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="gantry-etcd-")
+    # block them first, or sigwait never sees them and the members outlive this script
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    c = EtcdCluster(tmp)
+    c.start()
+    print(" ".join(f"{k}={v}" for k, v in c.env().items()), flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        c.stop()

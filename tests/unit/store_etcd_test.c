@@ -1,0 +1,338 @@
+/* The etcd driver against a real three-member cluster (GANTRY_TEST_ETCD, set by
+ * scripts/test-servers): the conformance suite with a new cluster id (key prefix) per
+ * test, and the concurrency checks with two handles, as two threads would have. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+#include "store_etcd.h"
+#include "store_conformance.h"
+#include "util.h"
+
+typedef struct etcd_ctx {
+    gt_strv hosts;
+    char cluster[64];   /* the current test's cluster id */
+} etcd_ctx;
+
+static gt_store *open_cluster(etcd_ctx *c)
+{
+    gt_error err = {0};
+    gt_store_etcd_config cfg = {
+        .hosts = (const char *const *)c->hosts.v,
+        .n_hosts = c->hosts.n,
+        .cluster_id = c->cluster,
+        .timeout_ms = 10000,
+    };
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        print_error("open etcd store: %s\n", err.message);
+    return s;
+}
+
+static gt_store *open_fresh(void *ctx)
+{
+    etcd_ctx *c = ctx;
+    char *id = gt_id_new();
+    snprintf(c->cluster, sizeof c->cluster, "test-%s", id);
+    free(id);
+    return open_cluster(c);
+}
+
+typedef struct pair {
+    etcd_ctx *c;
+    gt_store *h[2];
+} pair;
+
+static int setup_pair(void **state)
+{
+    pair *p = *state;
+    p->h[0] = open_fresh(p->c);
+    p->h[1] = p->h[0] ? open_cluster(p->c) : NULL;
+    return p->h[1] ? 0 : -1;
+}
+
+static int teardown_pair(void **state)
+{
+    pair *p = *state;
+    gt_store_free(&p->h[0]);
+    gt_store_free(&p->h[1]);
+    return 0;
+}
+
+static void test_cas_race_two_handles(void **state)
+{
+    pair *p = *state;
+    gt_store_conformance_cas_race(p->h[0], p->h[1], 100);
+}
+
+static void test_counter_two_handles(void **state)
+{
+    pair *p = *state;
+    gt_store_conformance_counter(p->h, 2, 50);
+}
+
+/* A '/' in an indexed value cannot leak one value's entries into another's. */
+static void test_slash_in_values(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    gt_store_page page;
+    assert_int_equal(gt_store_index(s, "things", "kind", NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "a/b", "{\"kind\":\"x/y\"}", GT_REV_NONE, NULL,
+                                  NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "c", "{\"kind\":\"x\"}", GT_REV_NONE, NULL, NULL),
+                     GT_OK);
+    assert_int_equal(gt_store_query(s, "things", "kind", "x", NULL, 10, &page, NULL), GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].id, "c");
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_query(s, "things", "kind", "x/y", NULL, 10, &page, NULL), GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].id, "a/b");
+    gt_store_page_clear(&page);
+}
+
+/* An index declared after its documents exist is built over them (several scan pages,
+ * and documents without the field or with a non-string one are left out). */
+static void test_index_after_documents(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    gt_error err = {0};
+    for (int i = 0; i < 230; i++) {
+        char id[16], body[64];
+        snprintf(id, sizeof id, "d%03d", i);
+        if (i % 10 == 9)
+            snprintf(body, sizeof body, "{\"kind\":%d}", i);
+        else
+            snprintf(body, sizeof body, "{\"kind\":\"%s\"}", i % 2 ? "odd" : "even");
+        assert_int_equal(gt_store_put(s, "many", id, body, GT_REV_NONE, NULL, &err), GT_OK);
+    }
+    gt_store_page page;
+    assert_int_equal(gt_store_query(s, "many", "kind", "odd", NULL, 10, &page, NULL), GT_EINVAL);
+    assert_int_equal(gt_store_index(s, "many", "kind", &err), GT_OK);
+    assert_int_equal(gt_store_index(s, "many", "kind", &err), GT_OK);   /* idempotent */
+    assert_int_equal(gt_store_query(s, "many", "kind", "odd", NULL, 1000, &page, &err), GT_OK);
+    assert_int_equal(page.n, 92);   /* 115 odd ids, less the 23 with a number */
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+    /* the new index follows later writes too, through the other handle */
+    assert_int_equal(gt_store_put(p->h[1], "many", "d001", "{\"kind\":\"even\"}", GT_REV_ANY,
+                                  NULL, &err), GT_OK);
+    assert_int_equal(gt_store_delete(p->h[1], "many", "d003", GT_REV_ANY, &err), GT_OK);
+    assert_int_equal(gt_store_query_order(s, "many", "kind", "odd", NULL, 1000, true, &page,
+                                          &err), GT_OK);
+    assert_int_equal(page.n, 90);
+    assert_string_equal(page.items[0].id, "d227");
+    assert_string_equal(page.items[89].id, "d005");
+    gt_store_page_clear(&page);
+}
+
+/* A member that does not answer is skipped. */
+static void test_dead_member_first(void **state)
+{
+    pair *p = *state;
+    gt_strv hosts = {0};
+    gt_strv_push(&hosts, "127.0.0.1:1");
+    for (size_t i = 0; i < p->c->hosts.n; i++)
+        gt_strv_push(&hosts, p->c->hosts.v[i]);
+    gt_store_etcd_config cfg = {.hosts = (const char *const *)hosts.v, .n_hosts = hosts.n,
+                                .cluster_id = p->c->cluster};
+    gt_error err = {0};
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        fail_msg("open with a dead first member: %s", err.message);
+    assert_int_equal(gt_store_put(s, "things", "z", "{}", GT_REV_ANY, NULL, &err), GT_OK);
+    gt_store_free(&s);
+    /* only dead members: unavailable, with a message */
+    gt_strv dead = {0};
+    gt_strv_push(&dead, "127.0.0.1:1");
+    cfg.hosts = (const char *const *)dead.v;
+    cfg.n_hosts = dead.n;
+    gt_error_clear(&err);
+    assert_null(gt_store_open_etcd(&cfg, &err));
+    assert_int_equal(err.code, GT_EUNAVAIL);
+    gt_strv_free(&dead);
+    gt_strv_free(&hosts);
+}
+
+/* A member that accepts connections and never answers: reads time out there and go to
+ * the next member, and later calls start at the one that answered. */
+static void test_silent_member_first(void **state)
+{
+    pair *p = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    gt_strv hosts = {0};
+    gt_strv_push_owned(&hosts, gt_xasprintf("127.0.0.1:%d", ntohs(a.sin_port)));
+    for (size_t i = 0; i < p->c->hosts.n; i++)
+        gt_strv_push(&hosts, p->c->hosts.v[i]);
+    gt_store_etcd_config cfg = {.hosts = (const char *const *)hosts.v, .n_hosts = hosts.n,
+                                .cluster_id = p->c->cluster, .timeout_ms = 500};
+    gt_error err = {0};
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        fail_msg("open with a silent first member: %s", err.message);
+    int64_t rev = 0;
+    assert_int_equal(gt_store_put(s, "things", "q", "{}", GT_REV_NONE, &rev, &err), GT_OK);
+    char *body = NULL;
+    assert_int_equal(gt_store_get(s, "things", "q", &body, NULL, &err), GT_OK);
+    free(body);
+    gt_store_free(&s);
+    close(fd);
+    gt_strv_free(&hosts);
+}
+
+/* TLS with a client certificate (member 0's TLS listener, GANTRY_TEST_ETCD_TLS): the
+ * CA is checked, and without a client certificate the member refuses. */
+static void test_tls(void **state)
+{
+    pair *p = *state;
+    const char *host = getenv("GANTRY_TEST_ETCD_TLS"), *dir = getenv("GANTRY_TEST_ETCD_TLS_DIR");
+    if (host == NULL || dir == NULL) {
+        print_message("tls: SKIPPED: GANTRY_TEST_ETCD_TLS(_DIR) not set\n");
+        return;
+    }
+    char *ca = gt_xasprintf("%s/ca.pem", dir), *cert = gt_xasprintf("%s/client.pem", dir);
+    char *key = gt_xasprintf("%s/client.key", dir), *wrong_ca = gt_xasprintf("%s/other-ca.pem", dir);
+    const char *hosts[] = {host};
+    gt_store_etcd_config cfg = {.hosts = hosts, .n_hosts = 1, .cluster_id = p->c->cluster,
+                                .use_tls = true, .client_cert_auth = true, .ca_file = ca,
+                                .cert_file = cert, .key_file = key};
+    gt_error err = {0};
+    gt_store *s = gt_store_open_etcd(&cfg, &err);
+    if (s == NULL)
+        fail_msg("open over TLS: %s", err.message);
+    int64_t rev = 0;
+    assert_int_equal(gt_store_put(s, "things", "tls", "{\"over\":\"tls\"}", GT_REV_NONE, &rev,
+                                  &err), GT_OK);
+    gt_store_free(&s);
+    /* the same document through a plain member: one cluster */
+    char *body = NULL;
+    assert_int_equal(gt_store_get(p->h[0], "things", "tls", &body, NULL, &err), GT_OK);
+    assert_string_equal(body, "{\"over\":\"tls\"}");
+    free(body);
+    cfg.client_cert_auth = false;
+    gt_error_clear(&err);
+    assert_null(gt_store_open_etcd(&cfg, &err));
+    assert_int_equal(err.code, GT_EUNAVAIL);
+    cfg.client_cert_auth = true;
+    cfg.ca_file = wrong_ca;   /* not the CA that signed the member's certificate */
+    gt_error_clear(&err);
+    assert_null(gt_store_open_etcd(&cfg, &err));
+    assert_int_equal(err.code, GT_EUNAVAIL);
+    free(ca);
+    free(cert);
+    free(key);
+    free(wrong_ca);
+}
+
+/* The reply parser on its own (no server): anything unexpected is GT_EIO, with a message. */
+static void expect_bad_reply(const char *text)
+{
+    cJSON *root = NULL;
+    int64_t rev = 0;
+    gt_error err = {0};
+    gt_err rc = gt_etcd__parse_reply(text, strlen(text), &root, &rev, &err);
+    if (rc == GT_OK) {   /* the envelope is fine: the kvs must not be */
+        gt_etcd_kvs kvs = {0};
+        rc = gt_etcd__range_kvs(root, &kvs, &err);
+        gt_etcd__kvs_free(&kvs);
+        cJSON_Delete(root);
+    }
+    if (rc != GT_EIO)
+        fail_msg("accepted or misreported (%d): %s", rc, text);
+    assert_int_equal(err.code, GT_EIO);
+    assert_true(err.message[0] != '\0');
+}
+
+static void test_reply_parser(void **state)
+{
+    (void)state;
+    expect_bad_reply("");
+    expect_bad_reply("<html>proxy error</html>");
+    expect_bad_reply("[]");
+    expect_bad_reply("{}");
+    expect_bad_reply("{\"header\":{}}");
+    expect_bad_reply("{\"header\":{\"revision\":5}}");
+    expect_bad_reply("{\"header\":{\"revision\":\"-3\"}}");
+    expect_bad_reply("{\"header\":{\"revision\":\"12x\"}}");
+    expect_bad_reply("{\"header\":{\"revision\":\"99999999999999999999\"}}");
+    expect_bad_reply("{\"header\":{\"revision\":\"2\"},\"kvs\":{}}");
+    expect_bad_reply("{\"header\":{\"revision\":\"2\"},\"kvs\":[1]}");
+    expect_bad_reply("{\"header\":{\"revision\":\"2\"},\"kvs\":[{\"key\":\"!!\","
+                     "\"mod_revision\":\"2\",\"create_revision\":\"2\"}]}");
+    expect_bad_reply("{\"header\":{\"revision\":\"2\"},\"kvs\":[{\"key\":\"AA==\","
+                     "\"mod_revision\":\"2\",\"create_revision\":\"2\"}]}");   /* NUL */
+    expect_bad_reply("{\"header\":{\"revision\":\"2\"},\"kvs\":[{\"key\":\"Zm9v\"}]}");
+    /* and a good one decodes */
+    const char *good = "{\"header\":{\"revision\":\"7\"},\"kvs\":[{\"key\":\"Zm9v\","
+                       "\"create_revision\":\"3\",\"mod_revision\":\"7\",\"value\":\"e30=\","
+                       "\"lease\":\"42\"}],\"count\":\"1\"}";
+    cJSON *root = NULL;
+    int64_t rev = 0;
+    gt_etcd_kvs kvs = {0};
+    assert_int_equal(gt_etcd__parse_reply(good, strlen(good), &root, &rev, NULL), GT_OK);
+    assert_int_equal(rev, 7);
+    assert_int_equal(gt_etcd__range_kvs(root, &kvs, NULL), GT_OK);
+    assert_int_equal(kvs.n, 1);
+    assert_string_equal(kvs.v[0].key, "foo");
+    assert_string_equal(kvs.v[0].value, "{}");
+    assert_int_equal(kvs.v[0].mod_revision, 7);
+    assert_int_equal(kvs.v[0].lease, 42);
+    gt_etcd__kvs_free(&kvs);
+    cJSON_Delete(root);
+}
+
+int main(void)
+{
+    const struct CMUnitTest offline[] = {cmocka_unit_test(test_reply_parser)};
+    if (cmocka_run_group_tests_name("store/etcd reply parser", offline, NULL, NULL) != 0)
+        return 1;
+    const char *env = getenv("GANTRY_TEST_ETCD");
+    if (env == NULL || env[0] == '\0') {
+        printf("store/etcd: SKIPPED: GANTRY_TEST_ETCD is not set (run under scripts/test-servers)\n");
+        return 0;
+    }
+    etcd_ctx c = {0};
+    char *list = gt_xstrdup(env), *save = NULL;
+    for (char *h = strtok_r(list, ", ", &save); h; h = strtok_r(NULL, ", ", &save))
+        gt_strv_push(&c.hosts, h);
+    free(list);
+    pair p = {&c, {NULL, NULL}};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_prestate_setup_teardown(test_cas_race_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_counter_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_slash_in_values, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_index_after_documents, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_silent_member_first, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_tls, setup_pair, teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
+                                                 teardown_pair, &p),
+    };
+    int failed = gt_store_conformance_run("etcd", open_fresh, &c);
+    failed += cmocka_run_group_tests_name("store/etcd two handles", tests, NULL, NULL);
+    gt_strv_free(&c.hosts);
+    return failed ? 1 : 0;
+}
