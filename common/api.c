@@ -936,8 +936,6 @@ static gt_err open_run_secrets(req *r, const cJSON *svc, const cJSON *repo,
 
 static int64_t doc_attempt(const cJSON *ex)
 {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
-    (void)a;
     int64_t n = gt_json_member_i64(ex, "attempt", 1);
     return n >= 1 && n <= 1000000 ? n : 1;
 }
