@@ -4,6 +4,7 @@
 #include "store.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -492,6 +493,148 @@ void gt_store_page_clear(gt_store_page *page)
     memset(page, 0, sizeof *page);
 }
 
+/* A bound of a range: any UTF-8 string of at most an id's length (NULL: none). */
+static gt_err check_bound(const char *coll, const char *what, const char *v, gt_error *err)
+{
+    if (v == NULL)
+        return GT_OK;
+    size_t n = strlen(v);
+    if (n > GT_STORE__MAX_ID || !utf8_valid((const unsigned char *)v, n))
+        return gt_error_setf(err, GT_EINVAL, what, "%s: range %s: expected at most %d bytes of "
+                             "UTF-8", coll, what, GT_STORE__MAX_ID);
+    return GT_OK;
+}
+
+gt_err gt_store_query_range(gt_store *s, const char *coll, const char *field, const char *lo,
+                            const char *hi, const char *cursor, size_t limit,
+                            gt_store_page *page, gt_error *err)
+{
+    gt_err rc;
+    if (page)
+        memset(page, 0, sizeof *page);
+    if ((rc = check_store(s, err)) || (rc = check_coll(coll, err)))
+        return rc;
+    if (page == NULL)
+        return gt_error_setf(err, GT_EINVAL, "page", "%s: nowhere to put the page", coll);
+    if (limit < 1 || limit > GT_STORE__MAX_LIMIT)
+        return gt_error_setf(err, GT_EINVAL, "limit", "%s: limit %zu not in 1..%d", coll, limit,
+                             GT_STORE__MAX_LIMIT);
+    if ((field && (rc = check_field(coll, field, err))) ||
+        (rc = check_bound(coll, "lo", lo, err)) || (rc = check_bound(coll, "hi", hi, err)))
+        return rc;
+    if (cursor && cursor[0] == '\0')
+        cursor = NULL;
+    rc = s->ops->query_range(s, coll, field, lo, hi, cursor, limit, page, err);
+    if (rc != GT_OK)
+        gt_store_page_clear(page);
+    return rc;
+}
+
+gt_err gt_store_count(gt_store *s, const char *coll, const gt_store_filter *f, int64_t *n,
+                      gt_error *err)
+{
+    static const gt_store_filter all = {0};
+    gt_err rc;
+    if (n)
+        *n = 0;
+    if ((rc = check_store(s, err)) || (rc = check_coll(coll, err)))
+        return rc;
+    if (n == NULL)
+        return gt_error_setf(err, GT_EINVAL, "n", "%s: nowhere to put the count", coll);
+    if (f == NULL)
+        f = &all;
+    if (f->eq && f->field == NULL)
+        return gt_error_setf(err, GT_EINVAL, "eq", "%s: count by value without a field", coll);
+    if (f->eq && (f->lo || f->hi))
+        return gt_error_setf(err, GT_EINVAL, "eq", "%s: count by value and by range at once",
+                             coll);
+    if ((f->field && (rc = check_field(coll, f->field, err))) ||
+        (rc = check_bound(coll, "eq", f->eq, err)) || (rc = check_bound(coll, "lo", f->lo, err)) ||
+        (rc = check_bound(coll, "hi", f->hi, err)))
+        return rc;
+    return s->ops->count(s, coll, f, n, err);
+}
+
+gt_err gt_store_apply(gt_store *s, gt_store_op *ops, size_t n, const gt_store_fence *fence,
+                      gt_error *err)
+{
+    gt_err rc;
+    if ((rc = check_store(s, err)))
+        return rc;
+    if (ops == NULL || n < 1 || n > GT_STORE_MAX_OPS)
+        return gt_error_setf(err, GT_EINVAL, "ops", "store: apply: %zu operations (1..%d)", n,
+                             GT_STORE_MAX_OPS);
+    for (size_t i = 0; i < n; i++) {
+        gt_store_op *o = &ops[i];
+        char field[24];
+        snprintf(field, sizeof field, "ops[%zu]", i);
+        o->new_rev = 0;
+        if ((rc = check_coll(o->coll, err)) || (rc = check_id(o->coll, o->id, err)))
+            return gt_store__at_op(err, rc, i);
+        bool put = o->kind == GT_STORE_OP_PUT;
+        if (o->kind != GT_STORE_OP_PUT && o->kind != GT_STORE_OP_DELETE &&
+            o->kind != GT_STORE_OP_CHECK)
+            return gt_error_setf(err, GT_EINVAL, field, "store: apply: %s/%s: unknown operation %d",
+                                 o->coll, o->id, (int)o->kind);
+        if (put && (rc = check_body(o->coll, o->id, o->body, err)))
+            return gt_store__at_op(err, rc, i);
+        if (o->expect_rev < GT_REV_ANY ||
+            (o->kind == GT_STORE_OP_DELETE && o->expect_rev == GT_REV_NONE))
+            return gt_error_setf(err, GT_EINVAL, field,
+                                 "%s/%s: bad expected revision %" PRId64, o->coll, o->id,
+                                 o->expect_rev);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(ops[j].coll, o->coll) == 0 && strcmp(ops[j].id, o->id) == 0)
+                return gt_error_setf(err, GT_EINVAL, field, "store: apply: %s/%s twice", o->coll,
+                                     o->id);
+    }
+    if (fence && ((rc = check_name("fence name", fence->name, err)) ||
+                  (rc = check_name("fence holder", fence->holder, err))))
+        return rc;
+    rc = s->ops->apply(s, ops, n, fence, err);
+    if (rc != GT_OK)
+        for (size_t i = 0; i < n; i++)
+            ops[i].new_rev = 0;
+    return rc;
+}
+
+gt_err gt_store_changes_wait(gt_store *s, const char *const *colls, size_t n_colls,
+                             int64_t since, long wait_ms, gt_store_changes *out, gt_error *err)
+{
+    gt_err rc;
+    if (out)
+        memset(out, 0, sizeof *out);
+    if ((rc = check_store(s, err)))
+        return rc;
+    if (out == NULL)
+        return gt_error_setf(err, GT_EINVAL, "out", "store: changes: nowhere to put them");
+    if (n_colls > 0 && colls == NULL)
+        return gt_error_setf(err, GT_EINVAL, "colls", "store: changes: no collection names");
+    for (size_t i = 0; i < n_colls; i++)
+        if ((rc = check_coll(colls[i], err)))
+            return rc;
+    if (since < 0 || wait_ms < 0 || wait_ms > 60000)
+        return gt_error_setf(err, GT_EINVAL, since < 0 ? "since" : "wait_ms",
+                             "store: changes: since %" PRId64 " must be >= 0 and wait %ld ms "
+                             "in 0..60000", since, wait_ms);
+    rc = s->ops->changes_wait(s, colls, n_colls, since, wait_ms, out, err);
+    if (rc != GT_OK)
+        gt_store_changes_clear(out);
+    return rc;
+}
+
+void gt_store_changes_clear(gt_store_changes *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->n; i++) {
+        free(c->v[i].coll);
+        free(c->v[i].id);
+    }
+    free(c->v);
+    memset(c, 0, sizeof *c);
+}
+
 gt_err gt_store_lease_acquire(gt_store *s, const char *name, const char *holder, int64_t ttl_ms,
                               int64_t *epoch, gt_error *err)
 {
@@ -521,6 +664,13 @@ gt_err gt_store_lease_release(gt_store *s, const char *name, const char *holder,
 }
 
 /* ---- helpers for drivers ---- */
+
+gt_err gt_store__at_op(gt_error *err, gt_err rc, size_t i)
+{
+    if (err)
+        snprintf(err->field, sizeof err->field, "ops[%zu]", i);
+    return rc;
+}
 
 gt_err gt_store__check_rev(const char *coll, const char *id, bool exists, int64_t cur_rev,
                            int64_t expect_rev, bool is_delete, gt_error *err)

@@ -108,6 +108,83 @@ gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, co
                             const char *cursor, size_t limit, bool descending,
                             gt_store_page *page, gt_error *err);
 
+/* Range queries and counts on an indexed field (or on the id, field NULL).
+ * Values compare as bytes, so fixed-width UTC times ("2026-12-01T21:25:01.757Z") and
+ * ULID ids sort by time: due times, created-before for retention. */
+
+/* Lists documents of coll whose indexed field value v (field NULL: the id) has
+ * lo <= v < hi (lo NULL: no lower bound; hi NULL: no upper bound), ordered by
+ * (v, id) ascending, starting after cursor (an opaque string from next_cursor; NULL:
+ * from the start), at most limit (1..10000). A document without the field (or with a
+ * non-string value there) is in no range. */
+gt_err gt_store_query_range(gt_store *s, const char *coll, const char *field, const char *lo,
+                            const char *hi, const char *cursor, size_t limit,
+                            gt_store_page *page, gt_error *err);
+
+/* What gt_store_count counts: every document of the collection (field NULL and no
+ * bounds), those whose indexed field equals eq, or those in [lo, hi) as above (eq
+ * NULL; field NULL then bounds the id). */
+typedef struct gt_store_filter {
+    const char *field;
+    const char *eq;
+    const char *lo;
+    const char *hi;
+} gt_store_filter;
+/* *n = the number of documents of coll matching f (NULL: all), read without fetching
+ * their bodies. */
+gt_err gt_store_count(gt_store *s, const char *coll, const gt_store_filter *f, int64_t *n,
+                      gt_error *err);
+
+/* Small atomic multi-document writes: all ops apply, or none (an execution and its
+ * dispatch record; a schedule and its next firing). */
+typedef enum gt_store_op_kind {
+    GT_STORE_OP_PUT,      /* coll/id = body if its revision is expect_rev (as gt_store_put) */
+    GT_STORE_OP_DELETE,   /* delete coll/id if its revision is expect_rev (GT_REV_ANY: any;
+                           * an absent document is GT_ENOTFOUND, as gt_store_delete) */
+    GT_STORE_OP_CHECK     /* write nothing; require coll/id's revision to be expect_rev
+                           * (GT_REV_NONE: absent) */
+} gt_store_op_kind;
+typedef struct gt_store_op {
+    gt_store_op_kind kind;
+    const char *coll;
+    const char *id;
+    const char *body;     /* PUT only */
+    int64_t expect_rev;
+    int64_t new_rev;      /* out: a PUT's new revision on success, else 0 */
+} gt_store_op;
+#define GT_STORE_MAX_OPS 8
+/* Applies ops[0..n) (1..GT_STORE_MAX_OPS, no coll/id twice) in one atomic step, fenced
+ * by fence (NULL: unfenced). On a revision mismatch nothing is written and the result
+ * is the one the single-document call would give, naming that document; err->field
+ * is then "ops[i]". */
+gt_err gt_store_apply(gt_store *s, gt_store_op *ops, size_t n, const gt_store_fence *fence,
+                      gt_error *err);
+
+/* Change notification. Every write has a position in the store's order of writes (an
+ * etcd revision, SQLite's revision sequence, a MongoDB cluster time): positions only
+ * grow. */
+typedef struct gt_store_change {
+    char *coll;
+    char *id;
+    int64_t rev;      /* the revision written; 0 when the document was deleted */
+} gt_store_change;
+typedef struct gt_store_changes {
+    gt_store_change *v;
+    size_t n;
+    int64_t next;     /* pass as since next time */
+    bool reset;       /* the changes after since are no longer known (etcd compaction, a
+                       * trimmed log): re-read what you watch, then go on from next */
+} gt_store_changes;
+/* Waits up to wait_ms (0..60000) for writes after position since to the collections
+ * colls[0..n_colls) (n_colls 0: every collection), and fills out with them: one entry
+ * per document, its latest change, in position order, at most 1000 (next then points
+ * inside the backlog). since 0 returns at once with no changes and next = the current
+ * position, which starts a watch. A change is seen within about 100 ms of its write,
+ * from any process sharing the store. Release out with gt_store_changes_clear. */
+gt_err gt_store_changes_wait(gt_store *s, const char *const *colls, size_t n_colls,
+                             int64_t since, long wait_ms, gt_store_changes *out, gt_error *err);
+void gt_store_changes_clear(gt_store_changes *c);
+
 /* Leases: a named singleton duty held by holder until now + ttl_ms.
  * Acquire takes a free or expired lease (epoch incremented) or renews one holder
  * already holds (epoch unchanged); *epoch is the fencing epoch. GT_ECONFLICT when

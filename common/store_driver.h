@@ -41,6 +41,19 @@ typedef struct gt_store_ops {
     gt_err (*lease_acquire)(gt_store *s, const char *name, const char *holder, int64_t ttl_ms,
                             int64_t *epoch, gt_error *err);
     gt_err (*lease_release)(gt_store *s, const char *name, const char *holder, gt_error *err);
+    /* field NULL: the id; lo/hi NULL: unbounded; cursor NULL or from this driver */
+    gt_err (*query_range)(gt_store *s, const char *coll, const char *field, const char *lo,
+                          const char *hi, const char *cursor, size_t limit,
+                          gt_store_page *page, gt_error *err);
+    /* f is non-NULL (store.c passes an all-NULL filter for "all") */
+    gt_err (*count)(gt_store *s, const char *coll, const gt_store_filter *f, int64_t *n,
+                    gt_error *err);
+    /* ops checked: 1..GT_STORE_MAX_OPS, valid names and bodies, no coll/id twice */
+    gt_err (*apply)(gt_store *s, gt_store_op *ops, size_t n, const gt_store_fence *fence,
+                    gt_error *err);
+    /* colls checked; out zeroed; since >= 0 */
+    gt_err (*changes_wait)(gt_store *s, const char *const *colls, size_t n_colls, int64_t since,
+                           long wait_ms, gt_store_changes *out, gt_error *err);
 } gt_store_ops;
 
 /* Every driver's handle starts with this member, so a gt_store * is the driver's. */
@@ -53,6 +66,9 @@ struct gt_store {
  * absent document) or GT_ECONFLICT. */
 gt_err gt_store__check_rev(const char *coll, const char *id, bool exists, int64_t cur_rev,
                            int64_t expect_rev, bool is_delete, gt_error *err);
+
+/* Sets err's field to "ops[i]" (the operation of gt_store_apply it is about); returns rc. */
+gt_err gt_store__at_op(gt_error *err, gt_err rc, size_t i);
 
 /* A lease as stored. holder "" means free; epoch 0 means never taken. */
 typedef struct gt_store_lease {
