@@ -6,6 +6,8 @@
                                       # GANTRY_TEST_ETCD_TLS=localhost:port (member 0, TLS
                                       # with client certificates), GANTRY_TEST_ETCD_TLS_DIR
                                       # (ca.pem, client.pem, client.key, other-ca.pem)
+    cluster.kill_leader()           # SIGKILL the member that leads now; returns its name
+    cluster.start_member(name)      # starts a stopped member again on its data directory
     cluster.stop()                  # SIGTERM by pid, then SIGKILL
 
 Each member has its own data directory and log (<name>.log) under tmpdir. Short
@@ -92,20 +94,66 @@ class EtcdCluster:
             self.procs[n] = Proc(n, self._argv(n), os.path.join(self.tmp, f"{n}.log"))
         deadline = time.time() + timeout
         for n in self.names:
-            while True:
+            try:
+                self._wait_healthy(n, deadline)
+            except RuntimeError:
+                self.stop()
+                raise
+
+    def _status(self, n):
+        req = urllib.request.Request(f"http://{HOST}:{self.client[n]}/v3/maintenance/status",
+                                     data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return json.loads(r.read())
+
+    def leader(self, timeout=15.0):
+        """The name of the member that leads now (after an election, the new one)."""
+        deadline = time.time() + timeout
+        while True:
+            for n in self.names:
                 if not self.procs[n].alive():
-                    raise RuntimeError(f"etcd member {n} exited:\n{self.procs[n].tail()}")
+                    continue
                 try:
-                    url = f"http://{HOST}:{self.client[n]}/health"
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        if json.loads(r.read()).get("health") in ("true", True):
-                            break
+                    st = self._status(n)
                 except Exception:
-                    pass
-                if time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"etcd member {n} not healthy after {timeout} s")
-                time.sleep(0.1)
+                    continue
+                if st.get("leader") and st.get("leader") == st.get("header", {}).get("member_id"):
+                    return n
+            if time.time() > deadline:
+                raise RuntimeError(f"no etcd leader within {timeout} s")
+            time.sleep(0.05)
+
+    def kill_leader(self):
+        n = self.leader()
+        self.procs[n].kill()
+        return n
+
+    def start_member(self, n, timeout=30.0):
+        if n not in self.procs:
+            raise RuntimeError(f"no etcd member {n!r}")
+        if self.procs[n].alive():
+            return
+        self.procs[n].start()
+        self._wait_healthy(n, time.time() + timeout)
+
+    def _wait_healthy(self, n, deadline):
+        while True:
+            if not self.procs[n].alive():
+                raise RuntimeError(f"etcd member {n} exited:\n{self.procs[n].tail()}")
+            try:
+                url = f"http://{HOST}:{self.client[n]}/health"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if json.loads(r.read()).get("health") in ("true", True):
+                        return
+            except Exception:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"etcd member {n} not healthy in time")
+            time.sleep(0.1)
+
+    def control_commands(self):
+        """For a control socket: kill-leader (answers the name), start NAME."""
+        return {"kill-leader": self.kill_leader, "start": self.start_member}
 
     def env(self):
         return {"GANTRY_TEST_ETCD": ",".join(f"{HOST}:{self.client[n]}" for n in self.names),
