@@ -226,6 +226,11 @@ static const cfg_key keys[] = {
     KPATH("store", store, etcd_ca_certificate_file, "", 0, "CA of the etcd cluster"),
     KPATH("store", store, etcd_certificate_file, "", 0, "client certificate for etcd"),
     KPATH("store", store, etcd_private_key_file, "", 0, "client private key for etcd"),
+    /* Gantry */
+    KSTR("store", store, etcd_username, "", NULL, 0,
+         "etcd user (etcd's auth); empty: no authentication"),
+    KSTR("store", store, etcd_password, "", NULL, F_SECRET,
+         "that user's password (better from GANTRY_STORE_ETCD_PASSWORD)"),
     KSTR("store", store, dynamodb_table_name, "", NULL, 0,
          "accepted from seed files; Gantry has no DynamoDB driver"),
     /* Gantry */
@@ -1592,6 +1597,10 @@ gt_err gt_config_finish(gt_config *cfg, gt_error *err)
         if (cfg->store.etcd_hosts.n == 0)
             return gt_error_setf(err, GT_EINVAL, "store.etcd_hosts",
                                  "[store] backend = etcd needs etcd_hosts");
+        if ((cfg->store.etcd_username == NULL) != (cfg->store.etcd_password == NULL))
+            return gt_error_setf(err, GT_EINVAL, cfg->store.etcd_username ? "store.etcd_password"
+                                                                          : "store.etcd_username",
+                                 "[store] etcd_username and etcd_password go together");
         if (cfg->store.etcd_use_tls && cfg->store.etcd_client_cert_auth &&
             cfg->store.etcd_certificate_file == NULL)
             return gt_error_setf(err, GT_EINVAL, "store.etcd_certificate_file",

@@ -150,6 +150,8 @@ typedef struct gt_config {
         char *etcd_ca_certificate_file;
         char *etcd_certificate_file;
         char *etcd_private_key_file;
+        char *etcd_username;          /* etcd auth; NULL: none */
+        char *etcd_password;          /* secret */
         char *dynamodb_table_name;    /* accepted from seed files; no driver */
         char *mongodb_uri;            /* secret (its password is masked) */
         char *mongodb_database;

@@ -60,6 +60,8 @@ gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err
             .ca_file = cfg->store.etcd_ca_certificate_file,
             .cert_file = cfg->store.etcd_certificate_file,
             .key_file = cfg->store.etcd_private_key_file,
+            .username = cfg->store.etcd_username,
+            .password = cfg->store.etcd_password,
         };
         *store = gt_store_open_etcd(&ec, err);
         break;

@@ -31,6 +31,8 @@ typedef struct gt_store_etcd_config {
     const char *ca_file;        /* NULL: the system's CAs */
     const char *cert_file;
     const char *key_file;
+    const char *username;       /* etcd's auth (NULL: none); the token is renewed when */
+    const char *password;       /* etcd says it expired */
     long timeout_ms;            /* per request; 0: 5000 */
 } gt_store_etcd_config;
 /* Opens an etcd store (checks that a member answers). One handle per thread. */

@@ -52,6 +52,8 @@ typedef struct etcd_store {
     char *prefix;
     gt_buf resp;
     char curl_err[CURL_ERROR_SIZE];
+    char *user;       /* etcd auth, or NULL */
+    char *password;   /* kept to renew the token; never in a message */
 } etcd_store;
 
 /* ---- reply parsing (outside input) ---- */
@@ -215,6 +217,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
  * been applied (timeout, connection lost mid-way, 503) is sent again elsewhere only when
  * resend says it is a read: resending a write could apply it twice or report a conflict
  * with itself, so that is GT_EUNAVAIL and the caller decides. */
+static gt_err authenticate(etcd_store *s, gt_error *err);
+
 static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, cJSON **root,
                       int64_t *rev, gt_error *err)
 {
@@ -224,6 +228,8 @@ static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, 
     gt_err rc = GT_OK;
     CURLcode cc = CURLE_OK;
     long status = 0;
+    bool renewed = false;
+again:
     for (size_t tries = 0; tries < s->hosts.n; tries++) {
         const char *host = s->hosts.v[s->cur];
         char *url = gt_xasprintf("%s://%s/v3/%s", s->tls ? "https" : "http", host, path);
@@ -253,8 +259,24 @@ static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, 
     if (status != 200) {
         cJSON *e = cJSON_ParseWithLength(s->resp.data ? s->resp.data : "", s->resp.len);
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: %s: HTTP %ld: %s", path, status,
-                          cJSON_IsString(m) ? m->valuestring : "(no message)");
+        const char *msg = cJSON_IsString(m) ? m->valuestring : "(no message)";
+        /* etcd refuses a request with an expired token before applying it, so it is
+         * safe to send again once, with a new token */
+        bool expired = s->user && strstr(msg, "invalid auth token") != NULL;
+        bool denied = status == 401 || status == 403 || strstr(msg, "permission denied") ||
+                      strstr(msg, "authentication failed") || strstr(msg, "user name is empty");
+        if (expired && !renewed && strcmp(path, "auth/authenticate") != 0) {
+            cJSON_Delete(e);
+            gt_error why = {0};
+            if ((rc = authenticate(s, &why)) != GT_OK) {
+                rc = gt_error_set(err, rc, "%s", why.message);
+                goto done;
+            }
+            renewed = true;
+            goto again;
+        }
+        rc = gt_error_set(err, denied ? GT_EPERM : GT_EUNAVAIL, "etcd: %s: HTTP %ld: %s", path,
+                          status, msg);
         cJSON_Delete(e);
         goto done;
     }
@@ -1084,6 +1106,48 @@ static gt_err etcd_lease_release(gt_store *gs, const char *name, const char *hol
 
 /* ---- open / close ---- */
 
+/* The headers of every request: JSON, no 100-continue round trip, and the auth token. */
+static void set_headers(etcd_store *s, const char *token)
+{
+    curl_slist_free_all(s->headers);
+    s->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    s->headers = curl_slist_append(s->headers, "Expect:");
+    if (token) {
+        char *h = gt_xasprintf("Authorization: %s", token);
+        s->headers = curl_slist_append(s->headers, h);
+        gt_wipe(h, strlen(h));
+        free(h);
+    }
+    curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, s->headers);
+}
+
+/* etcd's auth: a user and password buy a token (simple tokens expire after
+ * --auth-token-ttl, 300 s by default; call_ex renews it when etcd says so). */
+static gt_err authenticate(etcd_store *s, gt_error *err)
+{
+    set_headers(s, NULL);
+    cJSON *req = cJSON_CreateObject();
+    gt_json_set_str(req, "name", s->user);
+    gt_json_set_str(req, "password", s->password);
+    cJSON *root = NULL;
+    int64_t rev = 0;
+    gt_error why = {0};
+    gt_err rc = call_ex(s, "auth/authenticate", req, true, &root, &rev, &why);
+    if (rc != GT_OK) {
+        cJSON_Delete(root);
+        return gt_error_set(err, rc, "etcd: signing in as %s: %s", s->user, why.message);
+    }
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "token");
+    if (!cJSON_IsString(t) || t->valuestring[0] == '\0' || strpbrk(t->valuestring, "\r\n")) {
+        cJSON_Delete(root);
+        return gt_error_set(err, GT_EIO, "etcd: signing in as %s: no token in the reply",
+                            s->user);
+    }
+    set_headers(s, t->valuestring);
+    cJSON_Delete(root);
+    return GT_OK;
+}
+
 static void etcd_close(gt_store *gs)
 {
     etcd_store *s = (etcd_store *)gs;
@@ -1092,6 +1156,10 @@ static void etcd_close(gt_store *gs)
     curl_slist_free_all(s->headers);
     gt_strv_free(&s->hosts);
     free(s->prefix);
+    free(s->user);
+    if (s->password)
+        gt_wipe(s->password, strlen(s->password));
+    free(s->password);
     gt_buf_free(&s->resp);
     free(s);
     curl_global_cleanup();
@@ -1134,9 +1202,7 @@ gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
         gt_error_set(err, GT_EINTERNAL, "etcd: curl_easy_init failed");
         goto fail;
     }
-    s->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    s->headers = curl_slist_append(s->headers, "Expect:");   /* no 100-continue round trip */
-    curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, s->headers);
+    set_headers(s, NULL);
     curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, s->curl_err);
@@ -1155,12 +1221,18 @@ gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
             curl_easy_setopt(s->curl, CURLOPT_SSLKEY, cfg->key_file);
         }
     }
+    gt_err rc;
+    if (cfg->username && cfg->username[0]) {
+        s->user = gt_xstrdup(cfg->username);
+        s->password = gt_xstrdup(cfg->password ? cfg->password : "");
+        if ((rc = authenticate(s, err)) != GT_OK)
+            goto fail;
+    }
     /* One round trip now, so a wrong host list fails at start-up, not at first use. */
     cJSON *root = NULL;
     int64_t rev;
     char *probe = gt_xasprintf("%sprobe", s->prefix);
-    gt_err rc = call(s, "kv/range", range_req(probe, strlen(probe), NULL, 0, 1, false), &root,
-                     &rev, err);
+    rc = call(s, "kv/range", range_req(probe, strlen(probe), NULL, 0, 1, false), &root, &rev, err);
     free(probe);
     cJSON_Delete(root);
     if (rc != GT_OK)

@@ -814,6 +814,8 @@ static void test_finish_checks(void **state)
                         "needs etcd_hosts");
     expect_finish_error(f, "[store]\nbackend = etcd\netcd_client_cert_auth = true\n",
                         "store.etcd_certificate_file", "etcd_client_cert_auth needs");
+    expect_finish_error(f, "[store]\nbackend = etcd\netcd_username = gantry\n",
+                        "store.etcd_password", "etcd_username and etcd_password go together");
     expect_finish_error(f, "[store]\nbackend = mongodb\n", "store.mongodb_uri",
                         "backend = mongodb needs mongodb_uri");
     expect_finish_error(f, "[application]\nmode = client\n", "client.host",

@@ -480,6 +480,68 @@ static void test_leader_killed_under_load(void **state)
     assert_int_equal(start_rc, 0);
 }
 
+/* ---- etcd's auth (GANTRY_TEST_ETCD_AUTH: one member with auth on, tokens of 2 s) ---- */
+
+typedef struct auth_ctx {
+    etcd_ctx c;
+    const char *password;
+} auth_ctx;
+
+static gt_store *open_auth(auth_ctx *a, const char *user, const char *password, gt_error *err)
+{
+    gt_store_etcd_config cfg = {
+        .hosts = (const char *const *)a->c.hosts.v,
+        .n_hosts = a->c.hosts.n,
+        .cluster_id = a->c.cluster,
+        .username = user,
+        .password = password,
+        .timeout_ms = 10000,
+    };
+    return gt_store_open_etcd(&cfg, err);
+}
+
+static gt_store *open_auth_fresh(void *ctx)
+{
+    auth_ctx *a = ctx;
+    char *id = gt_id_new();
+    snprintf(a->c.cluster, sizeof a->c.cluster, "test-%s", id);
+    free(id);
+    gt_error err = {0};
+    gt_store *s = open_auth(a, "gantry", a->password, &err);
+    if (s == NULL)
+        print_error("open etcd store with auth: %s\n", err.message);
+    return s;
+}
+
+static void test_auth(void **state)
+{
+    auth_ctx *a = *state;
+    gt_store *s = open_auth_fresh(a);
+    assert_non_null(s);
+    assert_int_equal(gt_store_put(s, "things", "one", "{\"a\":1}", GT_REV_NONE, NULL, NULL), GT_OK);
+    /* past the token's TTL: the driver signs in again by itself */
+    const char *ttl = getenv("GANTRY_TEST_ETCD_AUTH_TOKEN_TTL");
+    usleep((useconds_t)((ttl ? atoi(ttl) : 2) * 1000 + 1500) * 1000);
+    char *body = NULL;
+    gt_error err = {0};
+    assert_int_equal(gt_store_get(s, "things", "one", &body, NULL, &err), GT_OK);
+    assert_string_equal(body, "{\"a\":1}");
+    free(body);
+    assert_int_equal(gt_store_put(s, "things", "two", "{}", GT_REV_NONE, NULL, &err), GT_OK);
+    gt_store_free(&s);
+
+    /* a wrong password: refused, named, and the password is not in the message */
+    gt_error e1 = {0};
+    assert_null(open_auth(a, "gantry", "not-the-password-42", &e1));
+    assert_int_equal(e1.code, GT_EPERM);
+    assert_non_null(strstr(e1.message, "gantry"));
+    assert_null(strstr(e1.message, "not-the-password-42"));
+    /* no user at all against a cluster that requires one */
+    gt_error e2 = {0};
+    assert_null(open_auth(a, NULL, NULL, &e2));
+    assert_int_equal(e2.code, GT_EPERM);
+}
+
 int main(void)
 {
     const struct CMUnitTest offline[] = {cmocka_unit_test(test_reply_parser)};
@@ -519,6 +581,19 @@ int main(void)
                                                  teardown_pair, &p),
     };
     failed += cmocka_run_group_tests_name("store/etcd faults", faults, NULL, NULL);
+
+    const char *auth_env = getenv("GANTRY_TEST_ETCD_AUTH");
+    if (auth_env == NULL || auth_env[0] == '\0' || getenv("GANTRY_TEST_ETCD_AUTH_PASSWORD") == NULL) {
+        printf("store/etcd auth: SKIPPED: GANTRY_TEST_ETCD_AUTH is not set\n");
+    } else {
+        auth_ctx a = {.password = getenv("GANTRY_TEST_ETCD_AUTH_PASSWORD")};
+        gt_strv_push(&a.c.hosts, auth_env);
+        const struct CMUnitTest auth[] = {cmocka_unit_test_prestate(test_auth, &a)};
+        failed += cmocka_run_group_tests_name("store/etcd auth", auth, NULL, NULL);
+        printf("store/etcd: the conformance suite again, signed in through etcd's auth:\n");
+        failed += gt_store_conformance_run("etcd", open_auth_fresh, &a);
+        gt_strv_free(&a.c.hosts);
+    }
     gt_strv_free(&c.hosts);
     return failed ? 1 : 0;
 }
