@@ -139,7 +139,11 @@ $(BUILD)/bench/spawn_rate: bench/spawn_rate.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) $< -lpthread -o $@
 
-BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate
+$(BUILD)/bench/store_bench: $(BUILD)/bench/store_bench.o $(LIB)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate $(BUILD)/bench/store_bench
 bench-bins: all $(BENCH_BINS)
 # bench/run and bench/runner.py install and build what they need themselves
 bench:
