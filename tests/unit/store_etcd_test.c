@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
+#include "output.h"
 #include "store.h"
 #include "store_etcd.h"
 #include "store_conformance.h"
@@ -304,6 +306,53 @@ static void test_reply_parser(void **state)
     cJSON_Delete(root);
 }
 
+/* 1 MiB of stdout and 1 MiB of stderr, of the bytes that grow most when escaped as JSON
+ * (a control character becomes \u0001: six bytes), fit etcd's 1.5 MiB request limit:
+ * output.c stores them apart in chunks, and they read back exactly. */
+static void test_big_output(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    size_t n = (size_t)1 << 20;
+    char *out = gt_xmalloc(n + 1), *errs = gt_xmalloc(n + 1);
+    memset(out, 0x01, n);
+    out[n] = '\0';
+    for (size_t i = 0; i < n; i++)
+        errs[i] = "\"\\\n"[i % 3];
+    errs[n] = '\0';
+    cJSON *ex = cJSON_CreateObject();
+    gt_json_set_str(ex, "id", "01EXAMPLEBIGOUTPUT");
+    cJSON_AddNumberToObject(ex, "attempt", 1);
+    gt_json_set_str(ex, "stdout", out);
+    gt_json_set_str(ex, "stderr", errs);
+    gt_error err = {0};
+    assert_int_equal(gt_output_put(s, ex, NULL, &err), GT_OK);
+    char *doc = gt_json_print(ex);
+    assert_true(strlen(doc) < 64 * 1024);
+    assert_int_equal(gt_store_put(s, "executions", "01EXAMPLEBIGOUTPUT", doc, GT_REV_NONE, NULL,
+                                  &err), GT_OK);
+    free(doc);
+    cJSON_Delete(ex);
+
+    char *body = NULL;
+    assert_int_equal(gt_store_get(s, "executions", "01EXAMPLEBIGOUTPUT", &body, NULL, &err),
+                     GT_OK);
+    cJSON *back = cJSON_Parse(body);
+    free(body);
+    assert_non_null(back);
+    assert_int_equal(gt_output_load(s, back, &err), GT_OK);
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(back, "stdout");
+    const cJSON *se = cJSON_GetObjectItemCaseSensitive(back, "stderr");
+    assert_true(cJSON_IsString(so) && cJSON_IsString(se));
+    assert_int_equal(strlen(so->valuestring), n);
+    assert_int_equal(strlen(se->valuestring), n);
+    assert_memory_equal(so->valuestring, out, n);
+    assert_memory_equal(se->valuestring, errs, n);
+    cJSON_Delete(back);
+    free(out);
+    free(errs);
+}
+
 /* ---- the leader dies under a load of writes ----
  * Writers create documents with fresh ids and increment counters by compare-and-set
  * while the harness SIGKILLs the etcd leader. Every acknowledged write must be there
@@ -570,6 +619,7 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(test_silent_member_first, setup_pair,
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_tls, setup_pair, teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_big_output, setup_pair, teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
                                                  teardown_pair, &p),
     };
