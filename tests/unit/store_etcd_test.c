@@ -82,6 +82,54 @@ static void test_cas_race_two_handles(void **state)
     gt_store_conformance_cas_race(p->h[0], p->h[1], 100);
 }
 
+static void test_apply_race_two_handles(void **state)
+{
+    pair *p = *state;
+    gt_store_conformance_apply_race(p->h[0], p->h[1], 100);
+}
+
+/* An apply whose documents and index entries need more than etcd's 128 operations per
+ * Txn (--max-txn-ops, the default) is refused up front, naming the limit; nothing is
+ * written. Each document here has 20 indexed fields whose values all change. */
+static void test_apply_txn_ops_limit(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    gt_error err = {0};
+    char old[512] = "{", neu[512] = "{";
+    for (int k = 0; k < 20; k++) {
+        char field[8];
+        snprintf(field, sizeof field, "f%d", k);
+        assert_int_equal(gt_store_index(s, "wide", field, &err), GT_OK);
+        size_t n = strlen(old);
+        snprintf(old + n, sizeof old - n, "%s\"%s\":\"a\"", k ? "," : "", field);
+        n = strlen(neu);
+        snprintf(neu + n, sizeof neu - n, "%s\"%s\":\"b\"", k ? "," : "", field);
+    }
+    strcat(old, "}");
+    strcat(neu, "}");
+    gt_store_op ops[4];
+    char ids[4][16];
+    for (int i = 0; i < 4; i++) {
+        snprintf(ids[i], sizeof ids[i], "w%d", i);
+        assert_int_equal(gt_store_put(s, "wide", ids[i], old, GT_REV_NONE, NULL, &err), GT_OK);
+        ops[i] = (gt_store_op){GT_STORE_OP_PUT, "wide", ids[i], neu, GT_REV_ANY, 0};
+    }
+    /* 3 documents: 3 x (1 + 20 deletes + 20 puts) = 123 operations, which fit */
+    assert_int_equal(gt_store_apply(s, ops, 3, NULL, &err), GT_OK);
+    for (int i = 0; i < 3; i++)
+        ops[i].body = old;
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_apply(s, ops, 4, NULL, &err), GT_EINVAL);
+    assert_non_null(strstr(err.message, "128"));
+    gt_store_filter fa = {"f7", "a", NULL, NULL}, fb = {"f7", "b", NULL, NULL};
+    int64_t na = -1, nb = -1;
+    assert_int_equal(gt_store_count(s, "wide", &fa, &na, &err), GT_OK);
+    assert_int_equal(gt_store_count(s, "wide", &fb, &nb, &err), GT_OK);
+    assert_int_equal(na, 1);
+    assert_int_equal(nb, 3);
+}
+
 static void test_counter_two_handles(void **state)
 {
     pair *p = *state;
@@ -609,6 +657,10 @@ int main(void)
     pair p = {&c, {NULL, NULL}};
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_prestate_setup_teardown(test_cas_race_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_apply_race_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_apply_txn_ops_limit, setup_pair,
                                                  teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_counter_two_handles, setup_pair,
                                                  teardown_pair, &p),
