@@ -144,7 +144,7 @@ typedef enum gt_store_op_kind {
     GT_STORE_OP_DELETE,   /* delete coll/id if its revision is expect_rev (GT_REV_ANY: any;
                            * an absent document is GT_ENOTFOUND, as gt_store_delete) */
     GT_STORE_OP_CHECK     /* write nothing; require coll/id's revision to be expect_rev
-                           * (GT_REV_NONE: absent) */
+                           * (GT_REV_NONE: absent; GT_REV_ANY: present, else GT_ENOTFOUND) */
 } gt_store_op_kind;
 typedef struct gt_store_op {
     gt_store_op_kind kind;
