@@ -785,8 +785,8 @@ static int hex_digit(char c)
     return -1;
 }
 
-gt_err gt_store__range_cursor_parse(const char *coll, const char *cursor, char **value,
-                                    char **id, gt_error *err)
+gt_err gt_store__range_cursor_parse(const char *coll, const char *field, const char *cursor,
+                                    char **value, char **id, gt_error *err)
 {
     *value = *id = NULL;
     const char *slash = strchr(cursor, '/');
@@ -804,6 +804,11 @@ gt_err gt_store__range_cursor_parse(const char *coll, const char *cursor, char *
         return gt_error_setf(err, GT_EINVAL, "cursor", "%s: not a range query cursor", coll);
     }
     v[hn / 2] = '\0';
+    if (field == NULL && strcmp(v, slash + 1) != 0) {
+        free(v);
+        return gt_error_setf(err, GT_EINVAL, "cursor", "%s: not a cursor of a range on ids",
+                             coll);
+    }
     *value = v;
     *id = gt_xstrdup(slash + 1);
     return GT_OK;

@@ -104,9 +104,9 @@ void gt_store__page_more(gt_store_page *page);
  * etcd uses it as an index key suffix. Caller frees. */
 char *gt_store__range_cursor(const char *value, const char *id);
 /* Splits a cursor made by gt_store__range_cursor (caller frees *value and *id);
- * GT_EINVAL naming coll when it is not one. */
-gt_err gt_store__range_cursor_parse(const char *coll, const char *cursor, char **value,
-                                    char **id, gt_error *err);
+ * GT_EINVAL naming coll when it is not one, or not an id range's when field is NULL. */
+gt_err gt_store__range_cursor_parse(const char *coll, const char *field, const char *cursor,
+                                    char **value, char **id, gt_error *err);
 /* Decides op i of an apply given what is stored now, as the single-document call
  * would (a CHECK at GT_REV_ANY requires the document to exist: GT_ENOTFOUND), with
  * err->field "ops[i]". */

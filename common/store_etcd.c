@@ -1013,9 +1013,7 @@ static gt_err cursor_suffix(const char *coll, const char *field, const char *cur
 {
     char *v = NULL, *id = NULL;
     *suffix = NULL;
-    gt_err rc = gt_store__range_cursor_parse(coll, cursor, &v, &id, err);
-    if (rc == GT_OK && field == NULL && strcmp(v, id) != 0)
-        rc = gt_error_setf(err, GT_EINVAL, "cursor", "%s: not an id range cursor", coll);
+    gt_err rc = gt_store__range_cursor_parse(coll, field, cursor, &v, &id, err);
     if (rc == GT_OK)
         *suffix = field ? gt_store__range_cursor(v, id) : gt_xstrdup(id);
     free(v);
@@ -1078,7 +1076,7 @@ static gt_err etcd_query_range(gt_store *gs, const char *coll, const char *field
             continue;
         }
         char *v = NULL, *id = NULL;
-        if (gt_store__range_cursor_parse(coll, suffix, &v, &id, NULL) != GT_OK) {
+        if (gt_store__range_cursor_parse(coll, field, suffix, &v, &id, NULL) != GT_OK) {
             rc = gt_error_set(err, GT_EIO, "etcd: %s: a malformed index key", coll);
             goto done;
         }

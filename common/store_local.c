@@ -606,13 +606,10 @@ static gt_err local_query_range(gt_store *s, const char *coll, const char *field
     bool indexed = true;
     gt_err rc = GT_OK;
     pthread_mutex_lock(&ls->mu);
-    if (cursor && (rc = gt_store__range_cursor_parse(coll, cursor, &cv, &cid, err)) != GT_OK)
+    if (cursor &&
+        (rc = gt_store__range_cursor_parse(coll, field, cursor, &cv, &cid, err)) != GT_OK)
         goto done;
     if (field == NULL) {
-        if (cv && strcmp(cv, cid) != 0) {
-            rc = gt_error_setf(err, GT_EINVAL, "cursor", "%s: not an id range cursor", coll);
-            goto done;
-        }
         sql = gt_xasprintf("SELECT id, rev, body, id FROM documents WHERE coll = ?1"
                            " AND id >= ?2%s%s ORDER BY id LIMIT ?6",
                            hi ? " AND id < ?3" : "", cv ? " AND id > ?5" : "");

@@ -321,7 +321,8 @@ static gt_err mem_query_range(gt_store *s, const char *coll, const char *field, 
         rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll, field);
         goto done;
     }
-    if (cursor && (rc = gt_store__range_cursor_parse(coll, cursor, &cv, &cid, err)) != GT_OK)
+    if (cursor &&
+        (rc = gt_store__range_cursor_parse(coll, field, cursor, &cv, &cid, err)) != GT_OK)
         goto done;
     mem_doc after_doc = {cid, NULL, 0};
     range_hit after = {cv, &after_doc};   /* the cursor's (value, id) */

@@ -1055,6 +1055,15 @@ static void test_range_by_field(void **state)
     assert_int_equal(gt_store_query_range(s, "timers", "due", NULL, NULL, "not a cursor", 10,
                                           &page, &err), GT_EINVAL);
     assert_int_equal(err.code, GT_EINVAL);
+    /* nor does a field's cursor resume a range on ids */
+    assert_int_equal(gt_store_query_range(s, "timers", "due", NULL, NULL, NULL, 1, &page, &err),
+                     GT_OK);
+    assert_non_null(page.next_cursor);
+    char *cursor = gt_xstrdup(page.next_cursor);
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_query_range(s, "timers", NULL, NULL, NULL, cursor, 10, &page, NULL),
+                     GT_EINVAL);
+    free(cursor);
 }
 
 /* The cursor resumes exactly after the last item, inside a run of equal values, and
