@@ -580,9 +580,10 @@ done:
 
 /* ---- range queries, counts, apply ---- */
 
-/* The field's value as a query expression; it must match the index text for the
- * planner, and INDEXED BY names the (collection, field) partial index so a range on
- * it is not planned over the primary key (SQLite has no statistics here). */
+/* FROM and WHERE of a query on a field (format args: field, coll, coll). The coll term
+ * matches the partial index's, and INDEXED BY names that index, so a range on the
+ * field is not planned over the primary key (SQLite keeps no statistics here). The
+ * field's expression must be written as in the index: json_extract(body, '$.<field>'). */
 #define FIELD_FROM "documents INDEXED BY \"gt_ix:%s:%s\" WHERE coll = '%s'"
 
 /* Whether strings in [lo, hi) can start with '[' or '{': json_extract gives an object
