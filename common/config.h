@@ -81,6 +81,9 @@ typedef struct gt_config {
         int64_t worker_threads;
         int64_t max_connections;
         int64_t max_buffered_bytes;
+        bool ha_enabled;              /* also [connect] server_ha_enabled */
+        int64_t ha_lease_ttl;         /* ms */
+        char *advertise_address;      /* host:port; NULL: host name and port */
     } server;
     gt_config_client client;
     struct {

@@ -520,8 +520,40 @@ static void h_health(ctx *x)
             }
         }
     }
+    if (ctl->c.ha) {
+        cJSON *h = cJSON_AddObjectToObject(b, "ha");
+        gt_json_set_str(h, "role", "active");
+        gt_json_set_num(h, "epoch", (double)gt_ha_epoch(ctl->c.ha));
+    }
     gt_json_set_str(b, "status", ok ? "ok" : "unavailable");
     respond(x->resp, ok ? 200 : 503, b);
+}
+
+/* A standby serves nothing: the load balancer's health check gets 503 and the active
+ * controller's address, and so does a call that reached it anyway (nothing of it ran,
+ * so a client may send it to the active one as it is). */
+static bool standby(gt_ctl *ctl, const gt_http_request *req, gt_http_response *resp)
+{
+    char active[256] = "";
+    if (ctl->c.ha == NULL || gt_ha_is_active(ctl->c.ha, active, sizeof active))
+        return false;
+    cJSON *b = cJSON_CreateObject();
+    gt_json_set_str(b, "status", "standby");
+    gt_json_set_str(b, "active", active);
+    if (strcmp(req->path, "/health/status") != 0) {
+        cJSON *e = cJSON_AddObjectToObject(b, "error");
+        gt_json_set_str(e, "code", "standby");
+        char *m = active[0] ? gt_xasprintf("this controller is a standby; the active one is %s",
+                                           active)
+                            : gt_xstrdup("this controller is a standby; no active one is known "
+                                         "yet (a failover is under way)");
+        gt_json_set_str(e, "message", m);
+        free(m);
+    }
+    respond(resp, 503, b);
+    free(resp->retry_after);
+    resp->retry_after = gt_xstrdup("1");
+    return true;
 }
 
 static int method_index(const char *m)
@@ -655,6 +687,10 @@ void gt_ctl_handle(void *arg, int worker_index, const gt_http_request *req, gt_h
     gt_ctl *ctl = arg;
     int64_t t0 = gt_mono_ms();
     ctx x = {.ctl = ctl, .w = &ctl->workers[worker_index], .req = req, .resp = resp};
+    if (strcmp(req->path, "/metrics") != 0 && standby(ctl, req, resp)) {
+        observe(ctl, req->method, resp->status, (double)(gt_mono_ms() - t0) / 1000.0);
+        return;
+    }
     const route *found = NULL;
     bool path_known = false;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !found; i++) {
