@@ -1574,9 +1574,31 @@ static gt_err list_runners(req *r)
     return GT_OK;
 }
 
+/* Controllers (HA) and schedulers as they recorded themselves: role, lease epoch, last
+ * renewal; one that has not renewed for two of its periods is "gone" (killed, or cut
+ * off from the store). */
+static cJSON *members_view(req *r, const char *coll, const char *period_key)
+{
+    cJSON *items = all_docs(r, coll, NULL, NULL);
+    int64_t now = gt_now_ms();
+    cJSON *it;
+    cJSON_ArrayForEach(it, items) {
+        int64_t at = gt_json_member_i64(it, "renewed_ms", 0);
+        int64_t period = gt_json_member_i64(it, period_key, 5000);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
+        const char *st = cJSON_IsString(role) ? role->valuestring : "unknown";
+        bool stopped = strcmp(st, "stopped") == 0;
+        gt_json_set_str(it, "status", !stopped && now - at > 2 * period ? "gone" : st);
+        gt_json_set_num(it, "renewal_age_ms", (double)(now - at));
+    }
+    return items;
+}
+
 static gt_err cluster_health(req *r)
 {
     cJSON *runners = runners_view(r), *out = cJSON_CreateObject();
+    gt_json_set(out, "controllers", members_view(r, "controllers", "lease_ttl_ms"));
+    gt_json_set(out, "schedulers", members_view(r, "schedulers", "lease_ttl_ms"));
     cJSON *counts = cJSON_AddObjectToObject(out, "runners");
     int capacity = 0, in_flight = 0;
     const cJSON *it;

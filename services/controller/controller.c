@@ -473,6 +473,40 @@ static void dep(cJSON *deps, const char *name, gt_err rc, const gt_error *e, con
     *ok &= rc == GT_OK;
 }
 
+/* The store, the broker and Redis, each "ok" or "unavailable" (*ok false then); with
+ * detail, their addresses and error messages too. */
+static cJSON *check_deps(ctx *x, bool detail, bool *ok)
+{
+    gt_ctl *ctl = x->ctl;
+    cJSON *deps = cJSON_CreateObject();
+    gt_error e = {0};
+    gt_err rc = worker_store(ctl, x->w, &e);
+    char *body = NULL;
+    if (rc == GT_OK) {
+        rc = gt_store_get(x->w->store, "health", "probe", &body, NULL, &e);
+        free(body);
+        if (rc == GT_ENOTFOUND)
+            rc = GT_OK;
+    }
+    dep(deps, "store", rc, &e, NULL, ok);
+    e = (gt_error){0};
+    rc = worker_bus(ctl, x->w, &e);
+    dep(deps, "broker", rc, &e, NULL, ok);
+    e = (gt_error){0};
+    rc = worker_sessions(ctl, x->w, &e);
+    if (rc == GT_OK && (rc = gt_sessions_ping(x->w->sess, &e)) != GT_OK)
+        gt_sessions_free(&x->w->sess);
+    dep(deps, "sessions", rc, &e, x->w->sess ? gt_sessions_master(x->w->sess) : NULL, ok);
+    if (!detail) {
+        cJSON *d;
+        cJSON_ArrayForEach(d, deps) {
+            cJSON_DeleteItemFromObjectCaseSensitive(d, "error");
+            cJSON_DeleteItemFromObjectCaseSensitive(d, "address");
+        }
+    }
+    return deps;
+}
+
 static void h_health(ctx *x)
 {
     gt_ctl *ctl = x->ctl;
@@ -492,34 +526,8 @@ static void h_health(ctx *x)
         gt_json_set_str(b, "node", ctl->c.node);
     bool exclude = x->req->query && strstr(x->req->query, "exclude-services=true");
     bool ok = true;
-    if (!exclude) {
-        cJSON *deps = cJSON_AddObjectToObject(b, "dependencies");
-        gt_error e = {0};
-        gt_err rc = worker_store(ctl, x->w, &e);
-        char *body = NULL;
-        if (rc == GT_OK) {
-            rc = gt_store_get(x->w->store, "health", "probe", &body, NULL, &e);
-            free(body);
-            if (rc == GT_ENOTFOUND)
-                rc = GT_OK;
-        }
-        dep(deps, "store", rc, &e, NULL, &ok);
-        e = (gt_error){0};
-        rc = worker_bus(ctl, x->w, &e);
-        dep(deps, "broker", rc, &e, NULL, &ok);
-        e = (gt_error){0};
-        rc = worker_sessions(ctl, x->w, &e);
-        if (rc == GT_OK && (rc = gt_sessions_ping(x->w->sess, &e)) != GT_OK)
-            gt_sessions_free(&x->w->sess);
-        dep(deps, "sessions", rc, &e, x->w->sess ? gt_sessions_master(x->w->sess) : NULL, &ok);
-        if (!detail) {
-            cJSON *d;
-            cJSON_ArrayForEach(d, deps) {
-                cJSON_DeleteItemFromObjectCaseSensitive(d, "error");
-                cJSON_DeleteItemFromObjectCaseSensitive(d, "address");
-            }
-        }
-    }
+    if (!exclude)
+        cJSON_AddItemToObject(b, "dependencies", check_deps(x, detail, &ok));
     if (ctl->c.ha) {
         cJSON *h = cJSON_AddObjectToObject(b, "ha");
         gt_json_set_str(h, "role", "active");
@@ -722,6 +730,11 @@ void gt_ctl_handle(void *arg, int worker_index, const gt_http_request *req, gt_h
             gt_api_response ar = {0};
             gt_api_handle_key(x.w->api, req->method, req->path, req->query, req->body,
                               req->body_len, req->idempotency_key, &ar);
+            /* the cluster's health includes what only a controller can see */
+            if (ar.status == 200 && strcmp(req->path, "/api/v1/cluster/health") == 0) {
+                bool ok = true;
+                cJSON_AddItemToObject(ar.body, "dependencies", check_deps(&x, true, &ok));
+            }
             respond(resp, ar.status, ar.body);
         }
     }

@@ -8,6 +8,7 @@
 
 #include "json.h"
 #include "log.h"
+#include "presence.h"
 #include "util.h"
 
 /* Where the active controller says who it is, for standbys to name in their 503s. */
@@ -30,26 +31,9 @@ struct gt_ha {
 /* This controller's entry in "controllers"; the active one's also as cluster/active. */
 static void record(gt_ha *ha, const char *role, int64_t epoch)
 {
-    cJSON *d = cJSON_CreateObject();
-    char ts[40];
-    gt_format_time(gt_now_ms(), ts, sizeof ts);
-    gt_json_set_str(d, "node", ha->c.node);
-    gt_json_set_str(d, "address", ha->c.address);
-    gt_json_set_str(d, "role", role);
-    gt_json_set_num(d, "epoch", (double)epoch);
-    gt_json_set_str(d, "renewed_at", ts);
-    gt_json_set_num(d, "lease_ttl_ms", (double)ha->c.ttl_ms);
-    char *body = gt_json_print(d);
-    cJSON_Delete(d);
-    gt_error e = {0};
-    gt_store_fence f = {GT_HA_LEASE, ha->c.node, epoch};
-    const gt_store_fence *fence = epoch > 0 ? &f : NULL;
-    if (gt_store_put_fenced(ha->store, GT_HA_COLLECTION, ha->c.node, body, GT_REV_ANY, NULL,
-                            fence, &e) != GT_OK ||
-        (epoch > 0 && gt_store_put_fenced(ha->store, ACTIVE_COLL, ACTIVE_ID, body, GT_REV_ANY,
-                                          NULL, fence, &e) != GT_OK))
-        gt_debug("ha: recording this controller: %s", e.message);
-    free(body);
+    gt_presence p = {GT_HA_COLLECTION, ha->c.node, ha->c.address, role, epoch, ha->c.ttl_ms,
+                     GT_HA_LEASE};
+    gt_presence_record(ha->store, &p, epoch > 0 ? ACTIVE_COLL : NULL, ACTIVE_ID);
 }
 
 /* A standby learns where the active controller is. */

@@ -212,3 +212,26 @@ def test_cli_tries_the_next_host(ha, tmp_path):
     assert "is a standby; trying the next host" in p.stderr, p.stderr
     p = c("get", "services", check=0)
     assert "ok" in p.stdout
+
+
+def test_inspect_cluster_health_lists_every_member(ha, tmp_path):
+    from conftest import ClientGantry
+    act = active(ha)
+    c = ClientGantry(tmp_path, ha, act)
+    c("login", "admin", "--password-stdin", input="admin-password-1\n", check=0)
+    h = c.json("inspect", "cluster", "health")
+    roles_seen = sorted(m["status"] for m in h["controllers"])
+    assert roles_seen == ["active", "standby"], h["controllers"]
+    assert any(m["status"] == "active" and m["epoch"] >= 1 for m in h["schedulers"]), h["schedulers"]
+    assert {k: v["state"] for k, v in h["dependencies"].items()} == {
+        "store": "up", "broker": "up", "sessions": "up"}, h["dependencies"]
+    assert [r["status"] for r in h["items"]] == ["up"]
+    text = c("inspect", "cluster", "health", check=0).stdout
+    assert "controllers:" in text and "schedulers:" in text and "runners:" in text
+    # a controller that died shows as gone once it missed two renewals
+    standby = next(x for x in ha.controllers if x is not act)
+    standby.kill()
+    def gone():
+        h = c.json("inspect", "cluster", "health")
+        return any(m["status"] == "gone" for m in h["controllers"])
+    wait_for(gone, timeout=20, step=0.5)
