@@ -1652,6 +1652,7 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
     mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYREADS, true);
     ms->pool = pool_ref(uri, &e);
     mongoc_uri_destroy(uri);
+    uri = NULL;
     if (ms->pool == NULL) {
         fail(ms, err, &e, "client pool");
         goto fail;
@@ -1679,6 +1680,7 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
         goto fail;
     return &ms->base;
 fail:
+    mongoc_uri_destroy(uri);
     mongo_close(&ms->base);
     return NULL;
 }
