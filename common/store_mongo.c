@@ -1002,7 +1002,9 @@ static gt_err run_txn(mongo_store *ms, gt_store_op *ops, size_t n, const gt_stor
         }
         if (t.rc == GT_EAGAIN && attempt < MAX_RETRIES)
             continue;
-        if (t.rc != GT_OK && t.rc != GT_EAGAIN) {
+        if (t.rc == GT_EAGAIN) {
+            rc = gt_error_set(err, GT_ECONFLICT, "%s: write contended, not applied", ms->where);
+        } else if (t.rc != GT_OK) {
             rc = t.rc;
             if (err && err->code == GT_OK)
                 *err = t.err;
@@ -1419,59 +1421,39 @@ static gt_err mongo_changes_wait(gt_store *s, const char *const *colls, size_t n
         return position_now(ms, &out->next, err);
     /* which events: inserts, replaces and deletes of the cluster's store collections,
      * and whatever ends the stream's history (drops, invalidate) */
-    bson_t pipeline, arr, match, or_arr, o0, o1, nsc, ops;
-    bson_init(&pipeline);
-    BSON_APPEND_ARRAY_BEGIN(&pipeline, "pipeline", &arr);
-    BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &match);
-    bson_t m;
-    BSON_APPEND_DOCUMENT_BEGIN(&match, "$match", &m);
-    BSON_APPEND_ARRAY_BEGIN(&m, "$or", &or_arr);
-    BSON_APPEND_DOCUMENT_BEGIN(&or_arr, "0", &o0);
-    BSON_APPEND_DOCUMENT_BEGIN(&o0, "ns.coll", &nsc);
+    bson_t names;
+    bson_init(&names);
     if (n_colls > 0) {
         bson_t in;
-        BSON_APPEND_ARRAY_BEGIN(&nsc, "$in", &in);
-        for (size_t i = 0; i < n_colls; i++) {
+        BSON_APPEND_ARRAY_BEGIN(&names, "$in", &in);
+        for (size_t k = 0; k < n_colls; k++) {
             char idx[24];
-            char *full = gt_xasprintf("%s%s", ms->prefix, colls[i]);
-            snprintf(idx, sizeof idx, "%zu", i);
+            char *full = gt_xasprintf("%s%s", ms->prefix, colls[k]);
+            snprintf(idx, sizeof idx, "%zu", k);
             BSON_APPEND_UTF8(&in, idx, full);
             free(full);
         }
-        bson_append_array_end(&nsc, &in);
+        bson_append_array_end(&names, &in);
     } else {
         char *q = regex_quote(ms->prefix);
         char *re = gt_xasprintf("^%s[A-Za-z0-9]", q);
-        BSON_APPEND_REGEX(&nsc, "$regex", re, "");
+        BSON_APPEND_REGEX(&names, "$regex", re, "");
         free(re);
         free(q);
     }
-    bson_append_document_end(&o0, &nsc);
-    BSON_APPEND_UTF8(&o0, "ns.db", ms->dbname);
-    bson_t *types = BCON_NEW("$in", "[", BCON_UTF8("insert"), BCON_UTF8("replace"),
-                             BCON_UTF8("delete"), BCON_UTF8("drop"), BCON_UTF8("rename"), "]");
-    BSON_APPEND_DOCUMENT(&o0, "operationType", types);
-    bson_destroy(types);
-    bson_append_document_end(&or_arr, &o0);
-    BSON_APPEND_DOCUMENT_BEGIN(&or_arr, "1", &o1);
-    BSON_APPEND_DOCUMENT_BEGIN(&o1, "operationType", &ops);
-    bson_t in2;
-    BSON_APPEND_ARRAY_BEGIN(&ops, "$in", &in2);
-    BSON_APPEND_UTF8(&in2, "0", "dropDatabase");
-    BSON_APPEND_UTF8(&in2, "1", "invalidate");
-    bson_append_array_end(&ops, &in2);
-    bson_append_document_end(&o1, &ops);
-    bson_append_document_end(&or_arr, &o1);
-    bson_append_array_end(&m, &or_arr);
-    bson_append_document_end(&match, &m);
-    bson_append_document_end(&arr, &match);
-    /* only what a change needs: not the bodies */
-    bson_t *proj = BCON_NEW("$project", "{", "operationType", BCON_INT32(1), "ns", BCON_INT32(1),
-                            "documentKey", BCON_INT32(1), "clusterTime", BCON_INT32(1),
-                            "fullDocument.rev", BCON_INT32(1), "}");
-    BSON_APPEND_DOCUMENT(&arr, "1", proj);
-    bson_destroy(proj);
-    bson_append_array_end(&pipeline, &arr);
+    bson_t *pipeline = BCON_NEW(
+        "pipeline", "[",
+        "{", "$match", "{", "$or", "[",
+        "{", "ns.db", BCON_UTF8(ms->dbname), "ns.coll", BCON_DOCUMENT(&names), "operationType",
+        "{", "$in", "[", BCON_UTF8("insert"), BCON_UTF8("replace"), BCON_UTF8("delete"),
+        BCON_UTF8("drop"), BCON_UTF8("rename"), "]", "}", "}",
+        "{", "operationType", "{", "$in", "[", BCON_UTF8("dropDatabase"), BCON_UTF8("invalidate"),
+        "]", "}", "}", "]", "}", "}",
+        /* only what a change needs: not the bodies */
+        "{", "$project", "{", "operationType", BCON_INT32(1), "ns", BCON_INT32(1), "documentKey",
+        BCON_INT32(1), "clusterTime", BCON_INT32(1), "fullDocument.rev", BCON_INT32(1), "}", "}",
+        "]");
+    bson_destroy(&names);
 
     uint32_t t, i;
     gt_mongo__ts_from_pos(since + 1, &t, &i);   /* startAtOperationTime is inclusive */
@@ -1479,7 +1461,7 @@ static gt_err mongo_changes_wait(gt_store *s, const char *const *colls, size_t n
     bson_t *opts = BCON_NEW("startAtOperationTime", BCON_TIMESTAMP(t, i), "maxAwaitTimeMS",
                             BCON_INT64(await), "batchSize", BCON_INT32(MAX_CHANGES));
     mongoc_database_t *db = mongoc_client_get_database(ms->client, ms->dbname);
-    mongoc_change_stream_t *cs = mongoc_database_watch(db, &pipeline, opts);
+    mongoc_change_stream_t *cs = mongoc_database_watch(db, pipeline, opts);
     int64_t deadline = gt_mono_ms() + wait_ms;
     seen_list got = {0};
     gt_err rc = GT_OK;
@@ -1545,7 +1527,7 @@ static gt_err mongo_changes_wait(gt_store *s, const char *const *colls, size_t n
     mongoc_change_stream_destroy(cs);
     mongoc_database_destroy(db);
     bson_destroy(opts);
-    bson_destroy(&pipeline);
+    bson_destroy(pipeline);
     return rc;
 }
 
@@ -1648,6 +1630,10 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
     mongoc_read_concern_set_level(rcn, MONGOC_READ_CONCERN_LEVEL_MAJORITY);
     mongoc_uri_set_read_concern(uri, rcn);
     mongoc_read_concern_destroy(rcn);
+    /* a secondary's majority snapshot may not hold this client's last write yet */
+    mongoc_read_prefs_t *rp = mongoc_read_prefs_new(MONGOC_READ_PRIMARY);
+    mongoc_uri_set_read_prefs_t(uri, rp);
+    mongoc_read_prefs_destroy(rp);
     mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYWRITES, true);
     mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYREADS, true);
     ms->pool = pool_ref(uri, &e);
@@ -1666,7 +1652,8 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
         goto fail;
     }
     const char *type = mongoc_server_description_type(sd);
-    bool rs = strcmp(type, "RSPrimary") == 0 || strcmp(type, "Mongos") == 0;
+    bool rs = strcmp(type, "RSPrimary") == 0 || strcmp(type, "Mongos") == 0 ||
+              strcmp(type, "LoadBalancer") == 0;
     char *type_copy = gt_xstrdup(type);
     mongoc_server_description_destroy(sd);
     if (!rs) {
