@@ -404,7 +404,8 @@ typedef struct mongo_store {
 
 static const gt_store_ops mongo_ops;
 
-/* Is code one that says the server cannot serve now (elections, shutdown, network)? */
+/* Is a server error code one that says it cannot serve now (an election, a shutdown,
+ * the network)? */
 static bool code_unavailable(uint32_t code)
 {
     static const uint32_t codes[] = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602,
@@ -443,14 +444,15 @@ static gt_err fail(const mongo_store *ms, gt_error *err, const bson_error_t *e, 
                    ...)
 {
     gt_err rc = GT_EIO;
+    bool server = e->domain == MONGOC_ERROR_SERVER;
     if (e->domain == MONGOC_ERROR_SERVER_SELECTION || e->domain == MONGOC_ERROR_STREAM ||
-        e->domain == MONGOC_ERROR_WRITE_CONCERN || code_unavailable(e->code))
+        e->domain == MONGOC_ERROR_WRITE_CONCERN || (server && code_unavailable(e->code)))
         rc = GT_EUNAVAIL;
     else if ((e->domain == MONGOC_ERROR_CLIENT && e->code == MONGOC_ERROR_CLIENT_AUTHENTICATE) ||
-             e->code == 13 || e->code == 18)
-        rc = GT_EPERM;
-    else if (e->code == 50)
-        rc = GT_ETIMEDOUT;
+             (server && (e->code == 13 || e->code == 18)))
+        rc = GT_EPERM;   /* Unauthorized, AuthenticationFailed */
+    else if (server && e->code == 50)
+        rc = GT_ETIMEDOUT;   /* MaxTimeMSExpired */
     char what[512];
     va_list ap;
     va_start(ap, fmt);
