@@ -1457,8 +1457,18 @@ static gt_err mongo_changes_wait(gt_store *s, const char *const *colls, size_t n
         "]");
     bson_destroy(&names);
 
+    /* A stream that comes back empty has read the oplog past this point, so the next
+     * call may start here even when nothing was seen: a quiet cluster's watchers do not
+     * fall behind until their history is lost. */
+    int64_t quiet = 0;
+    gt_err rc = position_now(ms, &quiet, err);
+    if (rc != GT_OK) {
+        bson_destroy(pipeline);
+        return rc;
+    }
     uint32_t t, i;
-    gt_mongo__ts_from_pos(since + 1, &t, &i);   /* startAtOperationTime is inclusive */
+    /* startAtOperationTime is inclusive */
+    gt_mongo__ts_from_pos(since < INT64_MAX ? since + 1 : since, &t, &i);
     long await = wait_ms < 1 ? 1 : wait_ms < 100 ? wait_ms : 100;
     bson_t *opts = BCON_NEW("startAtOperationTime", BCON_TIMESTAMP(t, i), "maxAwaitTimeMS",
                             BCON_INT64(await), "batchSize", BCON_INT32(MAX_CHANGES));
@@ -1466,7 +1476,6 @@ static gt_err mongo_changes_wait(gt_store *s, const char *const *colls, size_t n
     mongoc_change_stream_t *cs = mongoc_database_watch(db, pipeline, opts);
     int64_t deadline = gt_mono_ms() + wait_ms;
     seen_list got = {0};
-    gt_err rc = GT_OK;
     bool full = false, reset = false;
     int64_t next = since, cut = 0;
     const bson_t *ev;
@@ -1513,6 +1522,8 @@ static gt_err mongo_changes_wait(gt_store *s, const char *const *colls, size_t n
             free(got.v[got.n].c.id);
         }
         next = got.n > 0 ? got.v[got.n - 1].pos : since;
+    } else if (quiet > next) {
+        next = quiet;
     }
     if (rc == GT_OK && reset) {
         out->reset = true;
