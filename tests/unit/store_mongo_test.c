@@ -398,6 +398,14 @@ static void test_open_unreachable(void **state)
     assert_int_equal(err.code, GT_EINVAL);
     assert_non_null(strstr(err.message, "mongodb_uri"));
     assert_null(strstr(err.message, "hunter2"));
+    /* mongoc quotes a password with unescaped characters in its message: scrubbed */
+    cfg.uri = "mongodb://gantry:p:w0rd-secret@127.0.0.1/";
+    gt_error_clear(&err);
+    assert_null(gt_store_open_mongo(&cfg, &err));
+    assert_int_equal(err.code, GT_EINVAL);
+    print_message("unescaped password: %s\n", err.message);
+    assert_non_null(strstr(err.message, "****"));
+    assert_null(strstr(err.message, "w0rd"));
     cfg.uri = "mongodb://u:hunter2-pw@127.0.0.1:1/?serverSelectionTimeoutMS=100&authSource=x&"
               "appname=gantry-test";
     cfg.cluster_id = "";
