@@ -1661,7 +1661,7 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
      * streams); then the driver's own collections */
     mongoc_server_description_t *sd = mongoc_client_select_server(ms->client, true, NULL, &e);
     if (sd == NULL) {
-        fail(ms, err, &e, "no primary");
+        fail(ms, err, &e, "select the primary");
         goto fail;
     }
     const char *type = mongoc_server_description_type(sd);
