@@ -33,8 +33,13 @@
  * so the fence holds at commit, not only when it was read. A CHECK op likewise bumps
  * the checked document (or inserts and deletes a placeholder for "absent").
  *
- * Change positions are cluster times (Timestamp(t, i) = t << 32 | i); changes_wait is
- * a database change stream filtered to the cluster's collections, started at since + 1.
+ * Change positions are cluster times (Timestamp(t, i) = t << 32 | i, so they end in
+ * 2038, when t reaches 2^31); changes_wait is a database change stream filtered to the
+ * cluster's collections, started at since + 1. A CHECK of an absent document shows
+ * there as a delete (rev 0) of that id: watchers re-read and find nothing.
+ *
+ * Timeouts are the URI's (serverSelectionTimeoutMS, socketTimeoutMS); handles of one
+ * URI share a mongoc_client_pool_t (maxPoolSize bounds the handles open at once).
  *
  * Every message names the store by its hosts and database only: the URI's password
  * (and a TLS key password) never appear; they are scrubbed from driver messages too. */
