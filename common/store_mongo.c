@@ -295,28 +295,6 @@ gt_err gt_mongo__change_read(const bson_t *ev, const char *prefix, gt_mongo_even
     return GT_OK;
 }
 
-char *gt_mongo__range_cursor(const char *value, const char *id)
-{
-    return gt_xasprintf("%zu:%s%s", strlen(value), value, id);
-}
-
-gt_err gt_mongo__range_cursor_parse(const char *cursor, char **value, char **id, gt_error *err)
-{
-    *value = *id = NULL;
-    size_t vlen = 0, k = 0;
-    while (cursor[k] >= '0' && cursor[k] <= '9' && k < 8)
-        vlen = vlen * 10 + (size_t)(cursor[k++] - '0');
-    size_t rest = k > 0 && cursor[k] == ':' ? strlen(cursor + k + 1) : 0;
-    const char *v = cursor + k + 1;
-    if (k == 0 || cursor[k] != ':' || (k > 1 && cursor[0] == '0') || vlen >= rest ||
-        !bson_utf8_validate(v, vlen, false) || !bson_utf8_validate(v + vlen, rest - vlen, false))
-        return gt_error_setf(err, GT_EINVAL, "cursor", "store: range cursor \"%.64s\" did not "
-                             "come from this driver", cursor);
-    *value = gt_xstrndup(v, vlen);
-    *id = gt_xstrdup(v + vlen);
-    return GT_OK;
-}
-
 /* ---- the process's client pools: one per URI, shared by its handles ---- */
 
 typedef struct mongo_pool {
@@ -697,13 +675,11 @@ static gt_err doc_delete(mongo_store *ms, mongoc_client_session_t *session, txn_
 }
 
 /* A CHECK inside a transaction. It writes, so that a concurrent change of the document
- * conflicts with the transaction: a bump of k on the document at expect_rev, or for
- * "absent" a placeholder inserted and deleted again. */
+ * conflicts with the transaction: a bump of k on the document at expect_rev (any
+ * revision for GT_REV_ANY), or for "absent" a placeholder inserted and deleted again. */
 static gt_err doc_check(mongo_store *ms, mongoc_client_session_t *session, txn_note *note,
                         const char *coll, const char *id, int64_t expect_rev, gt_error *err)
 {
-    if (expect_rev == GT_REV_ANY)
-        return GT_OK;
     mongoc_collection_t *c = coll_of(ms, coll);
     bson_t *opts = op_opts(session, false);
     bson_t reply;
@@ -721,11 +697,14 @@ static gt_err doc_check(mongo_store *ms, mongoc_client_session_t *session, txn_n
         if (!ok && is_code(&e, CODE_DUPKEY))
             rc = rev_refused(ms, coll, id, expect_rev, false, err);
     } else {
-        bson_t *filter = BCON_NEW("_id", BCON_UTF8(id), "rev", BCON_INT64(expect_rev));
+        /* GT_REV_ANY asks that the document exist, as a delete would */
+        bool any = expect_rev == GT_REV_ANY;
+        bson_t *filter = any ? BCON_NEW("_id", BCON_UTF8(id))
+                             : BCON_NEW("_id", BCON_UTF8(id), "rev", BCON_INT64(expect_rev));
         bson_t *bump = BCON_NEW("$inc", "{", "k", BCON_INT64(1), "}");
         ok = mongoc_collection_update_one(c, filter, bump, opts, &reply, &e);
         if (ok && reply_count(&reply, "matchedCount") == 0)
-            rc = rev_refused(ms, coll, id, expect_rev, false, err);
+            rc = rev_refused(ms, coll, id, expect_rev, any, err);
         bson_destroy(bump);
         bson_destroy(filter);
     }
@@ -1144,10 +1123,11 @@ static gt_err check_indexed(mongo_store *ms, const char *coll, const char *field
 }
 
 /* Runs a find and fills page with at most limit items (limit + 1 asked for, so the
- * page knows whether more follow). value_key: for range cursors, the x field whose
- * value goes into next_cursor with the last id. */
+ * page knows whether more follow). A range's next_cursor is the shared (value, id)
+ * cursor, its value from value_key (an x field; NULL: a range on ids). */
 static gt_err find_page(mongo_store *ms, const char *coll, const bson_t *filter, const bson_t *sort,
-                        size_t limit, const char *value_key, gt_store_page *page, gt_error *err)
+                        size_t limit, bool range, const char *value_key, gt_store_page *page,
+                        gt_error *err)
 {
     mongoc_collection_t *c = coll_of(ms, coll);
     bson_t opts, proj;
@@ -1158,7 +1138,7 @@ static gt_err find_page(mongo_store *ms, const char *coll, const bson_t *filter,
     BSON_APPEND_INT32(&proj, "b", 1);
     BSON_APPEND_INT32(&proj, "rev", 1);
     if (value_key)
-        BSON_APPEND_INT32(&proj, "x", 1);
+        BSON_APPEND_INT32(&proj, value_key, 1);
     bson_append_document_end(&opts, &proj);
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, filter, &opts, NULL);
     const bson_t *doc;
@@ -1167,11 +1147,11 @@ static gt_err find_page(mongo_store *ms, const char *coll, const bson_t *filter,
     char *last_value = NULL;
     while (rc == GT_OK && mongoc_cursor_next(cur, &doc)) {
         if (page->n == limit) {
-            if (value_key)
-                page->next_cursor = gt_mongo__range_cursor(last_value,
-                                                           page->items[page->n - 1].id);
-            else
+            const char *last = page->items[page->n - 1].id;
+            if (!range)
                 gt_store__page_more(page);
+            else
+                page->next_cursor = gt_store__range_cursor(value_key ? last_value : last, last);
             break;
         }
         char *id = NULL, *body = NULL;
@@ -1226,7 +1206,7 @@ static gt_err mongo_query(gt_store *s, const char *coll, const char *field, cons
         bson_append_document_end(&filter, &idc);
     }
     bson_t *sort = BCON_NEW("_id", BCON_INT32(descending ? -1 : 1));
-    rc = find_page(ms, coll, &filter, sort, limit, NULL, page, err);
+    rc = find_page(ms, coll, &filter, sort, limit, false, NULL, page, err);
     bson_destroy(sort);
     bson_destroy(&filter);
     return rc;
@@ -1261,7 +1241,8 @@ static gt_err mongo_query_range(gt_store *s, const char *coll, const char *field
     char *cv = NULL, *cid = NULL;
     if (field && (rc = check_indexed(ms, coll, field, err)) != GT_OK)
         return rc;
-    if (field && cursor && (rc = gt_mongo__range_cursor_parse(cursor, &cv, &cid, err)) != GT_OK)
+    if (cursor &&
+        (rc = gt_store__range_cursor_parse(coll, field, cursor, &cv, &cid, err)) != GT_OK)
         return rc;
     char *key = field ? gt_xasprintf("x.%s", field) : gt_xstrdup("_id");
     bson_t filter, and_arr;
@@ -1270,7 +1251,7 @@ static gt_err mongo_query_range(gt_store *s, const char *coll, const char *field
     int k = 0;
     append_bounds(&and_arr, &k, key, lo, hi);
     if (cursor && !field) {
-        bson_t *after = BCON_NEW("_id", "{", "$gt", BCON_UTF8(cursor), "}");
+        bson_t *after = BCON_NEW("_id", "{", "$gt", BCON_UTF8(cid), "}");
         BSON_APPEND_DOCUMENT(&and_arr, "1", after);
         bson_destroy(after);
     } else if (cursor) {
@@ -1284,7 +1265,7 @@ static gt_err mongo_query_range(gt_store *s, const char *coll, const char *field
     bson_append_array_end(&filter, &and_arr);
     bson_t *sort = field ? BCON_NEW(key, BCON_INT32(1), "_id", BCON_INT32(1))
                          : BCON_NEW("_id", BCON_INT32(1));
-    rc = find_page(ms, coll, &filter, sort, limit, field ? key : NULL, page, err);
+    rc = find_page(ms, coll, &filter, sort, limit, true, field ? key : NULL, page, err);
     bson_destroy(sort);
     bson_destroy(&filter);
     free(key);

@@ -54,10 +54,4 @@ typedef enum gt_mongo_event {
 gt_err gt_mongo__change_read(const bson_t *ev, const char *prefix, gt_mongo_event *kind,
                              int64_t *pos, gt_store_change *out, gt_error *err);
 
-/* The opaque cursor of a range query on a field: after (value, id). *cursor is a new
- * string. Decoding a cursor that did not come from encode is GT_EINVAL; *value and *id
- * are then NULL, else copies the caller frees. */
-char *gt_mongo__range_cursor(const char *value, const char *id);
-gt_err gt_mongo__range_cursor_parse(const char *cursor, char **value, char **id, gt_error *err);
-
 #endif

@@ -1,6 +1,6 @@
 /* The MongoDB driver. Without a server (none can be installed here): its conversions
- * of what a server sends (stored documents, leases, change events, positions, range
- * cursors) and what opening an unreachable or bad URI says. With
+ * of what a server sends (stored documents, leases, change events, positions) and
+ * what opening an unreachable or bad URI says. With
  * GANTRY_TEST_MONGODB_URI (a replica set): the conformance suite with a new cluster id
  * per test in a database of its own, dropped at the end, and the new operations. */
 #include <setjmp.h>
@@ -334,38 +334,6 @@ static void test_change_events(void **state)
     read_event(ev, &c, GT_EIO);   /* no operationType */
 }
 
-static void test_range_cursor(void **state)
-{
-    (void)state;
-    static const char *const pairs[][2] = {
-        {"2026-12-01T21:25:01.757Z", "01J..."}, {"", "a"}, {"12:3", "4:5"},
-        {"caf\xc3\xa9", "\xe6\x97\xa5"}, {"x", "0"},
-    };
-    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
-        char *cur = gt_mongo__range_cursor(pairs[k][0], pairs[k][1]);
-        char *v = NULL, *id = NULL;
-        assert_int_equal(gt_mongo__range_cursor_parse(cur, &v, &id, NULL), GT_OK);
-        assert_string_equal(v, pairs[k][0]);
-        assert_string_equal(id, pairs[k][1]);
-        free(v);
-        free(id);
-        free(cur);
-    }
-    static const char *const bad[] = {
-        "", "x", ":a", "3", "3:", "3:abc", "01:ab", "2:\xc3\xa9", "1:\xc3\xa9x",
-        "2:ab\xff", "99999999:a", "123456789:a", "-1:ab",
-    };
-    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
-        char *v = (char *)"x", *id = (char *)"x";
-        gt_error err = {0};
-        if (gt_mongo__range_cursor_parse(bad[k], &v, &id, &err) != GT_EINVAL)
-            fail_msg("cursor #%zu <%s> accepted", k, bad[k]);
-        assert_null(v);
-        assert_null(id);
-        assert_string_equal(err.field, "cursor");
-    }
-}
-
 /* Opening a store that cannot be reached: GT_EUNAVAIL naming the store and where, and
  * no password, neither in the error nor in the log. */
 static void test_open_unreachable(void **state)
@@ -501,6 +469,12 @@ static void test_cas_race_two_handles(void **state)
 {
     pair *p = *state;
     gt_store_conformance_cas_race(p->h[0], p->h[1], 50);
+}
+
+static void test_apply_race_two_handles(void **state)
+{
+    pair *p = *state;
+    gt_store_conformance_apply_race(p->h[0], p->h[1], 50);
 }
 
 static void test_counter_two_handles(void **state)
@@ -662,7 +636,6 @@ int main(void)
         cmocka_unit_test(test_lease_read_and_decide),
         cmocka_unit_test(test_positions),
         cmocka_unit_test(test_change_events),
-        cmocka_unit_test(test_range_cursor),
         cmocka_unit_test(test_open_unreachable),
         cmocka_unit_test(test_setup_opens_mongodb),
     };
@@ -681,8 +654,9 @@ int main(void)
     pair p = {&l, {NULL, NULL}};
 #define P(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_pair, teardown_pair, &p)
     const struct CMUnitTest tests[] = {
-        P(test_cas_race_two_handles), P(test_counter_two_handles), P(test_index_across_handles),
-        P(test_range_and_count),      P(test_apply),               P(test_changes),
+        P(test_cas_race_two_handles), P(test_apply_race_two_handles), P(test_counter_two_handles),
+        P(test_index_across_handles), P(test_range_and_count),       P(test_apply),
+        P(test_changes),
     };
 #undef P
     int failed = gt_store_conformance_run("mongodb", open_fresh, &l);
