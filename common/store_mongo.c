@@ -38,8 +38,9 @@
  * cluster's collections, started at since + 1. A CHECK of an absent document shows
  * there as a delete (rev 0) of that id: watchers re-read and find nothing.
  *
- * Timeouts are the URI's (serverSelectionTimeoutMS, socketTimeoutMS); handles of one
- * URI share a mongoc_client_pool_t (maxPoolSize bounds the handles open at once).
+ * Timeouts are the URI's (serverSelectionTimeoutMS, socketTimeoutMS, wtimeoutMS, which
+ * is 10 s when the URI names none); handles of one URI share a mongoc_client_pool_t
+ * (maxPoolSize bounds the handles open at once).
  *
  * Every message names the store by its hosts and database only: the URI's password
  * (and a TLS key password) never appear; they are scrubbed from driver messages too. */
@@ -65,6 +66,7 @@ enum {
     CODE_DUPKEY = 11000,
     CODE_NS_EXISTS = 48,
     CODE_NS_NOT_FOUND = 26,
+    DEFAULT_WTIMEOUT_MS = 10000,
 };
 
 /* ---- conversions (outside input: server replies) ---- */
@@ -293,6 +295,28 @@ gt_err gt_mongo__change_read(const bson_t *ev, const char *prefix, gt_mongo_even
     out->rev = rev;
     *kind = GT_MONGO_EV_DOC;
     return GT_OK;
+}
+
+void gt_mongo__uri_guarantees(mongoc_uri_t *uri)
+{
+    mongoc_write_concern_t *wc = mongoc_write_concern_new();
+    mongoc_write_concern_set_w(wc, MONGOC_WRITE_CONCERN_W_MAJORITY);
+    /* without a bound, a write waits for a lost majority until the socket times out
+     * (5 minutes); after wtimeoutMS it is GT_EUNAVAIL, its outcome unknown */
+    int64_t wt = mongoc_write_concern_get_wtimeout_int64(mongoc_uri_get_write_concern(uri));
+    mongoc_write_concern_set_wtimeout_int64(wc, wt > 0 ? wt : DEFAULT_WTIMEOUT_MS);
+    mongoc_uri_set_write_concern(uri, wc);
+    mongoc_write_concern_destroy(wc);
+    mongoc_read_concern_t *rcn = mongoc_read_concern_new();
+    mongoc_read_concern_set_level(rcn, MONGOC_READ_CONCERN_LEVEL_MAJORITY);
+    mongoc_uri_set_read_concern(uri, rcn);
+    mongoc_read_concern_destroy(rcn);
+    /* a secondary's majority snapshot may not hold this client's last write yet */
+    mongoc_read_prefs_t *rp = mongoc_read_prefs_new(MONGOC_READ_PRIMARY);
+    mongoc_uri_set_read_prefs_t(uri, rp);
+    mongoc_read_prefs_destroy(rp);
+    mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYWRITES, true);
+    mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYREADS, true);
 }
 
 /* ---- the process's client pools: one per URI, shared by its handles ---- */
@@ -1620,21 +1644,7 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
                      (size_t)(255 - 1 - 1 - 64));
         goto fail;
     }
-    /* the design's guarantees, whatever the URI says */
-    mongoc_write_concern_t *wc = mongoc_write_concern_new();
-    mongoc_write_concern_set_w(wc, MONGOC_WRITE_CONCERN_W_MAJORITY);
-    mongoc_uri_set_write_concern(uri, wc);
-    mongoc_write_concern_destroy(wc);
-    mongoc_read_concern_t *rcn = mongoc_read_concern_new();
-    mongoc_read_concern_set_level(rcn, MONGOC_READ_CONCERN_LEVEL_MAJORITY);
-    mongoc_uri_set_read_concern(uri, rcn);
-    mongoc_read_concern_destroy(rcn);
-    /* a secondary's majority snapshot may not hold this client's last write yet */
-    mongoc_read_prefs_t *rp = mongoc_read_prefs_new(MONGOC_READ_PRIMARY);
-    mongoc_uri_set_read_prefs_t(uri, rp);
-    mongoc_read_prefs_destroy(rp);
-    mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYWRITES, true);
-    mongoc_uri_set_option_as_bool(uri, MONGOC_URI_RETRYREADS, true);
+    gt_mongo__uri_guarantees(uri);
     ms->pool = pool_ref(uri, &e);
     mongoc_uri_destroy(uri);
     uri = NULL;

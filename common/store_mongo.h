@@ -6,6 +6,7 @@
 #define GT_STORE_MONGO_H
 
 #include <bson/bson.h>
+#include <mongoc/mongoc.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -53,5 +54,10 @@ typedef enum gt_mongo_event {
  * (copies; free them) and out->rev (0 for a delete). GT_EIO on a malformed event. */
 gt_err gt_mongo__change_read(const bson_t *ev, const char *prefix, gt_mongo_event *kind,
                              int64_t *pos, gt_store_change *out, gt_error *err);
+
+/* Sets on uri what the store's design requires, whatever it said: majority write
+ * concern (keeping its wtimeoutMS, 10 s when it had none), majority read concern,
+ * primary reads, retryable writes and reads. */
+void gt_mongo__uri_guarantees(mongoc_uri_t *uri);
 
 #endif

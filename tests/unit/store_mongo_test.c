@@ -334,6 +334,35 @@ static void test_change_events(void **state)
     read_event(ev, &c, GT_EIO);   /* no operationType */
 }
 
+/* Majority writes and reads, primary reads and retries, whatever the URI asked for. */
+static void test_uri_guarantees(void **state)
+{
+    (void)state;
+    static const char *const uris[] = {
+        "mongodb://h1,h2/?replicaSet=rs0",
+        "mongodb://h1/?w=1&readConcernLevel=local&readPreference=secondary&retryWrites=false"
+        "&retryReads=false",
+        "mongodb://h1/?w=0&wtimeoutMS=2500",
+    };
+    static const int64_t wtimeout[] = {10000, 10000, 2500};
+    for (size_t k = 0; k < sizeof uris / sizeof uris[0]; k++) {
+        bson_error_t e;
+        mongoc_uri_t *uri = mongoc_uri_new_with_error(uris[k], &e);
+        assert_non_null(uri);
+        gt_mongo__uri_guarantees(uri);
+        const mongoc_write_concern_t *wc = mongoc_uri_get_write_concern(uri);
+        assert_true(mongoc_write_concern_get_wmajority(wc));
+        assert_int_equal(mongoc_write_concern_get_wtimeout_int64(wc), wtimeout[k]);
+        assert_string_equal(mongoc_read_concern_get_level(mongoc_uri_get_read_concern(uri)),
+                            "majority");
+        assert_int_equal(mongoc_read_prefs_get_mode(mongoc_uri_get_read_prefs_t(uri)),
+                         MONGOC_READ_PRIMARY);
+        assert_true(mongoc_uri_get_option_as_bool(uri, MONGOC_URI_RETRYWRITES, false));
+        assert_true(mongoc_uri_get_option_as_bool(uri, MONGOC_URI_RETRYREADS, false));
+        mongoc_uri_destroy(uri);
+    }
+}
+
 /* Opening a store that cannot be reached: GT_EUNAVAIL naming the store and where, and
  * no password, neither in the error nor in the log. */
 static void test_open_unreachable(void **state)
@@ -630,12 +659,14 @@ static void test_changes(void **state)
 
 int main(void)
 {
+    mongoc_init();   /* the driver also does, once; the offline tests call mongoc first */
     const struct CMUnitTest offline[] = {
         cmocka_unit_test(test_doc_roundtrip),
         cmocka_unit_test(test_doc_read_malformed),
         cmocka_unit_test(test_lease_read_and_decide),
         cmocka_unit_test(test_positions),
         cmocka_unit_test(test_change_events),
+        cmocka_unit_test(test_uri_guarantees),
         cmocka_unit_test(test_open_unreachable),
         cmocka_unit_test(test_setup_opens_mongodb),
     };
