@@ -40,7 +40,7 @@
  *
  * Timeouts are the URI's (serverSelectionTimeoutMS, socketTimeoutMS, wtimeoutMS, which
  * is 10 s when the URI names none); handles of one URI share a mongoc_client_pool_t
- * (maxPoolSize bounds the handles open at once).
+ * (maxPoolSize, 100 by default, bounds the handles open at once).
  *
  * Every message names the store by its hosts and database only: the URI's password
  * (and a TLS key password) never appear; they are scrubbed from driver messages too. */
@@ -1652,7 +1652,13 @@ gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
         fail(ms, err, &e, "client pool");
         goto fail;
     }
-    ms->client = mongoc_client_pool_pop(ms->pool->pool);
+    /* pop would wait for a handle to close: say so instead */
+    ms->client = mongoc_client_pool_try_pop(ms->pool->pool);
+    if (ms->client == NULL) {
+        gt_error_set(err, GT_EUNAVAIL, "%s: every client of the pool is in use (maxPoolSize "
+                     "in the URI bounds the handles open at once)", ms->where);
+        goto fail;
+    }
     /* the primary must answer, and be part of a replica set (transactions, change
      * streams); then the driver's own collections */
     mongoc_server_description_t *sd = mongoc_client_select_server(ms->client, true, NULL, &e);
