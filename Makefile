@@ -8,7 +8,7 @@ BUILD    ?= build
 SANITIZE ?=
 O        ?= -O2
 PKGS     := libcjson sqlite3 openssl libpcre2-8 libevent libevent_openssl libevent_pthreads \
-            hiredis librabbitmq libargon2 yaml-0.1 libcurl
+            hiredis librabbitmq libargon2 yaml-0.1 libcurl libmongoc-1.0 libbson-1.0
 TESTPKGS := cmocka
 
 V ?= 0

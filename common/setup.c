@@ -66,9 +66,17 @@ gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err
         *store = gt_store_open_etcd(&ec, err);
         break;
     }
+    case GT_BACKEND_MONGODB: {
+        const gt_store_mongo_config mc = {
+            .uri = cfg->store.mongodb_uri,
+            .database = cfg->store.mongodb_database,
+            .cluster_id = cfg->application.cluster_id,
+        };
+        *store = gt_store_open_mongo(&mc, err);
+        break;
+    }
     default:
-        return gt_error_set(err, GT_EINVAL, "[store] backend = %s has no driver in this build yet; "
-                                            "use local, memory or etcd",
+        return gt_error_set(err, GT_EINVAL, "[store] backend = %s: no such driver",
                             gt_config_backend_name(cfg->store.backend));
     }
     return *store ? GT_OK : GT_EUNAVAIL;
