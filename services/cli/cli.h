@@ -119,6 +119,10 @@ int cli_request(cli *c, const char *method, const char *path, const char *query,
 /* commands.c */
 void cli_print_doc(cli *c, const cJSON *doc);
 
+/* db.c: service files (gantry db export, gantry db import) */
+int cli_cmd_db_export(cli *c, const cli_cmd *cmd, const cli_args *a);
+int cli_cmd_db_import(cli *c, const cli_cmd *cmd, const cli_args *a);
+
 /* completion.c */
 int cli_completion(cli *c, const char *shell);
 

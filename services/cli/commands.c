@@ -100,6 +100,18 @@ static const cli_flag version_flags[] = {
 
 static const cli_flag no_flags[] = {F_END};
 
+static const cli_flag db_export_flags[] = {
+    {"file", FLAG_STR, "FILE", "write the service file here (default: standard output); -o json for JSON, YAML otherwise", false},
+    F_END,
+};
+
+static const cli_flag db_import_flags[] = {
+    {"validate", FLAG_BOOL, NULL, "only check the file (fields, schemas, references to the file and the store); write nothing", false},
+    {"check", FLAG_BOOL, NULL, "show what an import would do to each resource (add, conflict, replacement, unchanged); write nothing", false},
+    {"force", FLAG_BOOL, NULL, "replace resources that exist and differ from the file (conflicts otherwise)", false},
+    F_END,
+};
+
 static const cli_flag login_flags[] = {
     {"change-password", FLAG_BOOL, NULL, "change the password (asks for the current and the new one)", false},
     {"password-stdin", FLAG_BOOL, NULL, "read the password(s) from standard input, one per line", false},
@@ -855,6 +867,8 @@ const cli_cmd cli_commands[] = {
     {"create", "user", "NAME", 1, 1, user_flags, cli_cmd_create_user, "users", "Create a user (client mode, admin)"},
     {"delete", "user", "NAME", 1, 1, no_flags, cmd_delete, "users", "Delete a user (client mode, admin)"},
     {"create", "apikey", NULL, 0, 0, apikey_flags, cli_cmd_create_apikey, "apikeys", "Create an API key for yourself (client mode)"},
+    {"db", "export", NULL, 0, 0, db_export_flags, cli_cmd_db_export, NULL, "Export decorators, repositories and services to a service file (YAML; -o json)"},
+    {"db", "import", "FILE", 1, 1, db_import_flags, cli_cmd_db_import, NULL, "Import a service file (YAML or JSON): checked whole first, then written in order"},
     {"version", NULL, NULL, 0, 0, version_flags, cmd_version, NULL, "Print the version (and the configuration)"},
     {"completion", NULL, "bash|zsh|fish", 1, 1, no_flags, cmd_completion, NULL, "Print a shell completion script"},
     {"help", NULL, "[COMMAND [KIND]]", 0, 2, no_flags, cmd_help, NULL, "Show help"},
