@@ -556,20 +556,68 @@ static void syntax_error(loader *L)
 {
     const yaml_parser_t *p = &L->p;
     int line, col;
+    char msg[512];
     if (p->error == YAML_READER_ERROR) {
         offset_line_col(L->text, L->len, p->problem_offset, &line, &col);
-        report(L->r, 0, "", "%d:%d: not valid text: %s", line, col,
-               p->problem ? p->problem : "unreadable");
-    } else if (p->error == YAML_MEMORY_ERROR) {
-        report(L->r, 0, "", "out of memory reading the file");
+        snprintf(msg, sizeof msg, "not valid text: %s", p->problem ? p->problem : "unreadable");
     } else {
-        report(L->r, 0, "", "%d:%d: invalid YAML: %s%s%s", (int)p->problem_mark.line + 1,
-               (int)p->problem_mark.column + 1, p->problem ? p->problem : "syntax error",
-               p->context ? " " : "", p->context ? p->context : "");
+        line = (int)p->problem_mark.line + 1;
+        col = (int)p->problem_mark.column + 1;
+        snprintf(msg, sizeof msg, "invalid YAML: %s%s%s",
+                 p->error == YAML_MEMORY_ERROR ? "out of memory"
+                 : p->problem                  ? p->problem
+                                               : "syntax error",
+                 p->context ? " " : "", p->context ? p->context : "");
     }
+    if (L->r->n++ < GT_DBFILE_MAX_ERRORS && L->r->errors)
+        gt_strv_push_owned(L->r->errors, gt_xasprintf("%s:%d:%d: %s", L->r->file, line, col, msg));
 }
 
-static cJSON *load(report_ctx *r, const char *text, size_t len, postab *pos)
+/* The checks the loader makes, on a tree cJSON read: values, depth, duplicate keys. */
+static bool json_checks(report_ctx *r, const cJSON *v, const char *path, int depth, size_t *nodes)
+{
+    if (++*nodes > GT_DBFILE_MAX_NODES) {
+        report(r, 0, path_or_top(path), "the file holds more than %d values, the limit for a "
+               "service file", GT_DBFILE_MAX_NODES);
+        return false;
+    }
+    if (depth > GT_DBFILE_MAX_DEPTH) {
+        report(r, 0, path_or_top(path), "nested more than %d levels deep, the limit for a "
+               "service file", GT_DBFILE_MAX_DEPTH);
+        return false;
+    }
+    if (cJSON_IsNumber(v) && (!isfinite(v->valuedouble) ||
+                              (v->valuedouble == floor(v->valuedouble) &&
+                               fabs(v->valuedouble) > MAX_EXACT))) {
+        report(r, 0, path_or_top(path), "a number too large to keep exactly");
+        return false;
+    }
+    bool ok = true;
+    if (cJSON_IsObject(v)) {
+        size_t n = (size_t)cJSON_GetArraySize(v), i = 0;
+        const char **keys = gt_xcalloc(n + 1, sizeof *keys);
+        for (const cJSON *c = v->child; c; c = c->next)
+            keys[i++] = c->string;
+        qsort(keys, n, sizeof *keys, cmp_str);
+        for (i = 1; i < n && ok; i++)
+            if (strcmp(keys[i], keys[i - 1]) == 0) {
+                report(r, 0, path_or_top(path), "key \"%.128s\" appears twice", keys[i]);
+                ok = false;
+            }
+        free(keys);
+    }
+    int i = 0;
+    for (const cJSON *c = v->child; c && ok; c = c->next, i++) {
+        char *p = cJSON_IsArray(v) ? gt_xasprintf("%s[%d]", path, i)
+                  : path[0]        ? gt_xasprintf("%s.%s", path, c->string)
+                                   : gt_xstrdup(c->string);
+        ok = json_checks(r, c, p, depth + 1, nodes);
+        free(p);
+    }
+    return ok;
+}
+
+static cJSON *load(report_ctx *r, const char *text, size_t len, postab *pos, bool *syntax)
 {
     loader L = {.r = r, .text = text, .len = len, .pos = pos};
     bool ok = true, done = false;
@@ -583,6 +631,7 @@ static cJSON *load(report_ctx *r, const char *text, size_t len, postab *pos)
         yaml_event_t ev;
         if (!yaml_parser_parse(&L.p, &ev)) {
             syntax_error(&L);
+            *syntax = true;
             ok = false;
             break;
         }
@@ -1025,10 +1074,10 @@ gt_dbfile *gt_dbfile_parse(const char *name, const char *text, size_t len, gt_st
     }
     /* JSON (it starts with '{'): JSON's own syntax errors, at JSON's line:column */
     size_t ws = 0;
+    cJSON *json = NULL;
     while (ws < len && text[ws] && strchr(" \t\r\n", text[ws]))
         ws++;
     if (ws < len && text[ws] == '{') {
-        cJSON *json = NULL;
         gt_error e = {0};
         if (gt_json_parse(text, len, name, &json, &e) != GT_OK) {
             c.r.n++;
@@ -1036,9 +1085,26 @@ gt_dbfile *gt_dbfile_parse(const char *name, const char *text, size_t len, gt_st
                 gt_strv_push(errors, e.message); /* "name:line:col: invalid JSON" */
             goto fail;
         }
-        cJSON_Delete(json);
     }
-    if ((f->root = load(&c.r, text, len, &f->pos)) == NULL)
+    size_t before = errors ? errors->n : 0;
+    bool syntax = false;
+    f->root = load(&c.r, text, len, &f->pos, &syntax);
+    if (f->root == NULL && json && syntax) {
+        /* valid JSON that libyaml refuses (it rejects \uD83D\uDE00, the escapes of a
+         * surrogate pair): use cJSON's reading, without line numbers */
+        while (errors && errors->n > before)
+            free(errors->v[--errors->n]);
+        if (errors && errors->v)
+            errors->v[errors->n] = NULL;
+        c.r.n = 0;
+        size_t nodes = 0;
+        if (json_checks(&c.r, json, "", 1, &nodes)) {
+            f->root = json;
+            json = NULL;
+        }
+    }
+    cJSON_Delete(json);
+    if (f->root == NULL)
         goto fail;
     if (!cJSON_IsObject(f->root)) {
         err_at(&c, f->root, "", "expected a mapping with decorators, repositories and services");
@@ -1425,7 +1491,7 @@ static gt_err emit_string(emitter *em, const char *s)
     size_t n = strlen(s);
     const char *why = NULL;
     cJSON *as = resolve_plain(s, n, &why);
-    bool quote = as == NULL || !cJSON_IsString(as);
+    bool quote = as == NULL || !cJSON_IsString(as) || strcmp(s, "<<") == 0; /* a merge key */
     cJSON_Delete(as);
     if (n > INT_MAX)
         return gt_error_set(em->err, GT_EINVAL, "a string too long to write");
