@@ -593,7 +593,17 @@ static bool json_checks(report_ctx *r, const cJSON *v, const char *path, int dep
         return false;
     }
     bool ok = true;
-    if (cJSON_IsObject(v)) {
+    const char *texts[2] = {v->string, cJSON_IsString(v) ? v->valuestring : NULL};
+    for (size_t t = 0; t < 2 && ok; t++)
+        if (texts[t]) {
+            size_t n = strlen(texts[t]), cl = 0;
+            char *clean = gt_utf8_clean(texts[t], n, &cl);
+            ok = cl == n && memcmp(clean, texts[t], n) == 0;
+            free(clean);
+            if (!ok)
+                report(r, 0, path_or_top(path), "not valid UTF-8 text");
+        }
+    if (ok && cJSON_IsObject(v)) {
         size_t n = (size_t)cJSON_GetArraySize(v), i = 0;
         const char **keys = gt_xcalloc(n + 1, sizeof *keys);
         for (const cJSON *c = v->child; c; c = c->next)
@@ -631,7 +641,7 @@ static cJSON *load(report_ctx *r, const char *text, size_t len, postab *pos, boo
         yaml_event_t ev;
         if (!yaml_parser_parse(&L.p, &ev)) {
             syntax_error(&L);
-            *syntax = true;
+            *syntax = L.p.error != YAML_READER_ERROR; /* not text at all: no second try */
             ok = false;
             break;
         }
