@@ -312,6 +312,26 @@ static const char *path_or_top(const char *p)
     return p[0] ? p : "(top level)";
 }
 
+static bool utf8_ok(const char *s)
+{
+    size_t n = strlen(s), cl = 0;
+    char *clean = gt_utf8_clean(s, n, &cl);
+    bool ok = cl == n && memcmp(clean, s, n) == 0;
+    free(clean);
+    return ok;
+}
+
+/* Whether every key and string in v is UTF-8 text (JSON and YAML carry nothing else). */
+static bool all_utf8(const cJSON *v)
+{
+    if ((v->string && !utf8_ok(v->string)) || (cJSON_IsString(v) && !utf8_ok(v->valuestring)))
+        return false;
+    for (const cJSON *c = v->child; c; c = c->next)
+        if (!all_utf8(c))
+            return false;
+    return true;
+}
+
 static bool count(loader *L, size_t n, int line)
 {
     if (L->nodes + n > GT_DBFILE_MAX_NODES) {
@@ -595,14 +615,8 @@ static bool json_checks(report_ctx *r, const cJSON *v, const char *path, int dep
     bool ok = true;
     const char *texts[2] = {v->string, cJSON_IsString(v) ? v->valuestring : NULL};
     for (size_t t = 0; t < 2 && ok; t++)
-        if (texts[t]) {
-            size_t n = strlen(texts[t]), cl = 0;
-            char *clean = gt_utf8_clean(texts[t], n, &cl);
-            ok = cl == n && memcmp(clean, texts[t], n) == 0;
-            free(clean);
-            if (!ok)
-                report(r, 0, path_or_top(path), "not valid UTF-8 text");
-        }
+        if (texts[t] && !(ok = utf8_ok(texts[t])))
+            report(r, 0, path_or_top(path), "not valid UTF-8 text");
     if (ok && cJSON_IsObject(v)) {
         size_t n = (size_t)cJSON_GetArraySize(v), i = 0;
         const char **keys = gt_xcalloc(n + 1, sizeof *keys);
@@ -641,7 +655,7 @@ static cJSON *load(report_ctx *r, const char *text, size_t len, postab *pos, boo
         yaml_event_t ev;
         if (!yaml_parser_parse(&L.p, &ev)) {
             syntax_error(&L);
-            *syntax = L.p.error != YAML_READER_ERROR; /* not text at all: no second try */
+            *syntax = true;
             ok = false;
             break;
         }
@@ -1101,7 +1115,9 @@ gt_dbfile *gt_dbfile_parse(const char *name, const char *text, size_t len, gt_st
     f->root = load(&c.r, text, len, &f->pos, &syntax);
     if (f->root == NULL && json && syntax) {
         /* valid JSON that libyaml refuses (it rejects \uD83D\uDE00, the escapes of a
-         * surrogate pair): use cJSON's reading, without line numbers */
+         * surrogate pair, and raw DEL and C1 control characters, which YAML wants
+         * escaped): use cJSON's reading, without line numbers; json_checks makes the
+         * checks the loader would have made, UTF-8 included */
         while (errors && errors->n > before)
             free(errors->v[--errors->n]);
         if (errors && errors->v)
@@ -1440,6 +1456,10 @@ static cJSON *to_file(const gt_model_kind *k, const cJSON *doc, gt_error *err)
         return NULL;
     }
     const cJSON *m;
+    if (!all_utf8(doc)) {
+        gt_error_set(err, GT_EINVAL, "%s: holds text that is not UTF-8", what);
+        return NULL;
+    }
     cJSON_ArrayForEach(m, doc)
         if (!is_server_field(m->string) && gt_dbfile_field_name(k, m->string) == NULL) {
             gt_error_set(err, GT_EINVAL, "%s: field \"%s\" has no place in a service file", what,

@@ -2,7 +2,7 @@
  * (gantry db import / export). Each input is read as a service file; a file that reads
  * must write (as YAML and as JSON) to text that reads back to the same resources, and a
  * file that does not read must say why, naming the file. The raw bytes are also put in
- * a decorator's description and schema key and written: text that is not UTF-8 must be
+ * a decorator's description and a property of its schema and written: text that is not UTF-8 must be
  * refused, anything else must come back unchanged. */
 #include <stddef.h>
 #include <stdint.h>
@@ -84,7 +84,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cJSON_AddStringToObject(d, "name", "d");
     cJSON_AddStringToObject(d, "description", text);
     cJSON *schema = cJSON_AddObjectToObject(d, "schema");
-    cJSON_AddStringToObject(schema, text, text);
+    cJSON *props = cJSON_AddObjectToObject(schema, "properties");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(props, text), "description", text);
     cJSON_AddItemToArray(decs, d);
     cJSON *lists[3] = {decs, NULL, NULL};
     round_trip(lists);
