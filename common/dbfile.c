@@ -1379,9 +1379,10 @@ gt_err gt_dbfile_apply(gt_dbfile *f, gt_dbfile_call call, void *arg, size_t *wri
             gt_buf_printf(&conflicts, "%s%s %s", conflicts.len ? ", " : "",
                           f->items[i].kind->singular, f->items[i].name);
     if (nconf) {
-        rc = gt_error_set(err, GT_ECONFLICT, "%zu resource%s already exist%s and differ from the "
-                          "file (%s%s); nothing was written: --check shows them, --force replaces "
-                          "them", nconf, nconf == 1 ? "" : "s", nconf == 1 ? "s" : "",
+        rc = gt_error_set(err, GT_ECONFLICT, "%zu %s from the file (%s%s); nothing was written: "
+                          "--check shows them, --force replaces them", nconf,
+                          nconf == 1 ? "resource already exists and differs"
+                                     : "resources already exist and differ",
                           conflicts.data, nconf > 10 ? ", ..." : "");
         goto out;
     }
