@@ -272,6 +272,7 @@ def test_etcd_backed_store(gantry, examples_repo, tmp_path):
         [store]
         backend = etcd
         etcd_hosts = {hosts}
+        etcd_use_tls = false
         """))
     e("create", "secret", "token", input="t\n", check=0)
     e("create", "secret", "deploy-key", input="k\n", check=0)
