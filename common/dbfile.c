@@ -69,6 +69,67 @@ static void pos_free(postab *t)
     *t = (postab){0};
 }
 
+/* ---------- a string -> number map (anchors, names, the store's answers) ---------- */
+
+typedef struct strmap {
+    char **keys;
+    long *vals;
+    size_t cap, n;
+} strmap;
+
+static size_t sm_slot(const strmap *m, const char *k)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (const unsigned char *p = (const unsigned char *)k; *p; p++)
+        h = (h ^ *p) * UINT64_C(1099511628211);
+    size_t i = (size_t)h & (m->cap - 1);
+    while (m->keys[i] && strcmp(m->keys[i], k) != 0)
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static void sm_put(strmap *m, const char *k, long v)
+{
+    if ((m->n + 1) * 2 > m->cap) {
+        strmap bigger = {.cap = m->cap ? m->cap * 2 : 64};
+        bigger.keys = gt_xcalloc(bigger.cap, sizeof *bigger.keys);
+        bigger.vals = gt_xcalloc(bigger.cap, sizeof *bigger.vals);
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->keys[i]) {
+                size_t j = sm_slot(&bigger, m->keys[i]);
+                bigger.keys[j] = m->keys[i];
+                bigger.vals[j] = m->vals[i];
+                bigger.n++;
+            }
+        free(m->keys);
+        free(m->vals);
+        *m = bigger;
+    }
+    size_t i = sm_slot(m, k);
+    if (m->keys[i] == NULL) {
+        m->keys[i] = gt_xstrdup(k);
+        m->n++;
+    }
+    m->vals[i] = v;
+}
+
+static long sm_get(const strmap *m, const char *k, long dflt)
+{
+    if (m->cap == 0)
+        return dflt;
+    size_t i = sm_slot(m, k);
+    return m->keys[i] ? m->vals[i] : dflt;
+}
+
+static void sm_free(strmap *m)
+{
+    for (size_t i = 0; i < m->cap; i++)
+        free(m->keys[i]);
+    free(m->keys);
+    free(m->vals);
+    *m = (strmap){0};
+}
+
 /* ---------- errors: "file:line: path: message", at most GT_DBFILE_MAX_ERRORS ---------- */
 
 typedef struct report_ctx {
@@ -273,7 +334,8 @@ typedef struct loader {
     frame stack[GT_DBFILE_MAX_DEPTH];
     int depth;
     anchor_def *anchors;
-    size_t nanchors;
+    size_t nanchors, anchors_cap;
+    strmap anchor_index;   /* name -> the latest anchor of that name */
     size_t nodes;
     cJSON *root;
 } loader;
@@ -364,7 +426,11 @@ static void attach(loader *L, cJSON *v, int line)
 
 static void add_anchor(loader *L, const yaml_char_t *name, const cJSON *node, size_t n, int height)
 {
-    L->anchors = gt_xrealloc(L->anchors, (L->nanchors + 1) * sizeof *L->anchors);
+    if (L->nanchors == L->anchors_cap) {
+        L->anchors_cap = L->anchors_cap ? L->anchors_cap * 2 : 16;
+        L->anchors = gt_xrealloc(L->anchors, L->anchors_cap * sizeof *L->anchors);
+    }
+    sm_put(&L->anchor_index, (const char *)name, (long)L->nanchors);
     L->anchors[L->nanchors++] = (anchor_def){gt_xstrdup((const char *)name), node, n, height};
 }
 
@@ -533,10 +599,8 @@ static bool on_alias(loader *L, const yaml_event_t *ev)
     const char *name = (const char *)ev->data.alias.anchor;
     char *path = is_key_slot(L) ? gt_xstrdup(top(L)->path) : child_path(L);
     bool ok = false;
-    const anchor_def *a = NULL;
-    for (size_t i = L->nanchors; i > 0 && a == NULL; i--)
-        if (strcmp(L->anchors[i - 1].name, name) == 0)
-            a = &L->anchors[i - 1];
+    long ai = sm_get(&L->anchor_index, name, -1);
+    const anchor_def *a = ai >= 0 ? &L->anchors[ai] : NULL;
     if (is_key_slot(L))
         fail(L, line, path_or_top(path), "an alias cannot be a key");
     else if (a == NULL)
@@ -685,6 +749,7 @@ static cJSON *load(report_ctx *r, const char *text, size_t len, postab *pos, boo
     for (size_t i = 0; i < L.nanchors; i++)
         free(L.anchors[i].name);
     free(L.anchors);
+    sm_free(&L.anchor_index);
     yaml_parser_delete(&L.p);
     if (!ok) {
         cJSON_Delete(L.root);
@@ -802,7 +867,7 @@ struct gt_dbfile {
     cJSON *root;
     postab pos;
     gt_dbfile_item *items;
-    size_t n;
+    size_t n, cap;
 };
 
 typedef struct pctx {
@@ -1034,7 +1099,10 @@ static void add_item(pctx *c, const gt_model_kind *k, const cJSON *node, int ind
         cJSON_Delete(doc);
     } else {
         gt_dbfile *f = c->f;
-        f->items = gt_xrealloc(f->items, (f->n + 1) * sizeof *f->items);
+        if (f->n == f->cap) {
+            f->cap = f->cap ? f->cap * 2 : 16;
+            f->items = gt_xrealloc(f->items, f->cap * sizeof *f->items);
+        }
         f->items[f->n++] = (gt_dbfile_item){
             .kind = k,
             .name = cJSON_GetObjectItemCaseSensitive(doc, "name")->valuestring,
@@ -1247,32 +1315,30 @@ typedef struct plan_ctx {
     gt_dbfile_call call;
     void *arg;
     gt_error *err;
-    cJSON *seen;           /* "kind/name" -> true/false: the store's answers */
+    strmap seen;           /* "kind/name" -> 1 or 0: the store's answers */
+    strmap in_file;        /* "kind/name" of the file's resources */
     bool failed;           /* err is set */
 } plan_ctx;
-
-static bool in_file(gt_dbfile *f, const gt_model_kind *k, const char *name)
-{
-    for (size_t i = 0; i < f->n; i++)
-        if (f->items[i].kind == k && strcmp(f->items[i].name, name) == 0)
-            return true;
-    return false;
-}
 
 static bool in_store(plan_ctx *p, const gt_model_kind *k, const char *name)
 {
     char *key = gt_xasprintf("%s/%s", k->plural, name);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(p->seen, key);
-    bool found = false;
-    if (v) {
-        found = cJSON_IsTrue(v);
-    } else if (!p->failed) {
+    long v = sm_get(&p->seen, key, -1);
+    if (v < 0 && !p->failed) {
         int rc = fetch(p->call, p->arg, k, name, NULL, p->err);
         if (rc < 0)
             p->failed = true;
-        found = rc == 1;
-        cJSON_AddBoolToObject(p->seen, key, found);
+        v = rc == 1;
+        sm_put(&p->seen, key, v);
     }
+    free(key);
+    return v == 1;
+}
+
+static bool in_file(plan_ctx *p, const gt_model_kind *k, const char *name)
+{
+    char *key = gt_xasprintf("%s/%s", k->plural, name);
+    bool found = sm_get(&p->in_file, key, 0) == 1;
     free(key);
     return found;
 }
@@ -1281,7 +1347,7 @@ static bool in_store(plan_ctx *p, const gt_model_kind *k, const char *name)
 static void check_ref(plan_ctx *p, const gt_dbfile_item *it, const char *lname, const char *where,
                       const gt_model_kind *k, const char *name, bool file_too)
 {
-    if ((file_too && in_file(p->c.f, k, name)) || in_store(p, k, name) || p->failed)
+    if ((file_too && in_file(p, k, name)) || in_store(p, k, name) || p->failed)
         return;
     char *path = gt_xasprintf("%s[%d]%s", lname, it->index, where);
     if (k == &gt_model_secret)
@@ -1341,7 +1407,12 @@ gt_err gt_dbfile_plan(gt_dbfile *f, gt_dbfile_call call, void *arg, bool force,
                       gt_strv *errors, gt_error *err)
 {
     plan_ctx p = {.c = {.r = {.file = f->name, .errors = errors}, .f = f},
-                  .call = call, .arg = arg, .err = err, .seen = cJSON_CreateObject()};
+                  .call = call, .arg = arg, .err = err};
+    for (size_t i = 0; i < f->n; i++) {
+        char *key = gt_xasprintf("%s/%s", f->items[i].kind->plural, f->items[i].name);
+        sm_put(&p.in_file, key, 1);
+        free(key);
+    }
     for (size_t i = 0; i < f->n && !p.failed; i++)
         check_refs(&p, &f->items[i]);
     for (size_t i = 0; i < f->n && !p.failed && p.c.r.n == 0; i++) {
@@ -1360,7 +1431,8 @@ gt_err gt_dbfile_plan(gt_dbfile *f, gt_dbfile_call call, void *arg, bool force,
             it->action = same ? GT_DBFILE_UNCHANGED : force ? GT_DBFILE_REPLACE : GT_DBFILE_CONFLICT;
         }
     }
-    cJSON_Delete(p.seen);
+    sm_free(&p.seen);
+    sm_free(&p.in_file);
     if (p.failed)
         return err && err->code ? err->code : GT_EINTERNAL;
     return p.c.r.n ? GT_EINVAL : GT_OK;
