@@ -964,9 +964,12 @@ static void service_specials(pctx *c, const cJSON *node, const char *path, cJSON
                     gt_json_set_str(doc, "inventory", inv->child->valuestring);
                 else if (n == 0)
                     cJSON_DeleteItemFromObjectCaseSensitive(doc, "inventory");
-                else
-                    err_at(c, inv, p, "inventory: Gantry runs a playbook with one inventory (a "
-                           "file or a host list): give a list of one");
+                else {
+                    char *ip = gt_xasprintf("%s.inventory", p);
+                    err_at(c, inv, ip, "Gantry runs a playbook with one inventory (a file or a "
+                           "host list): give a list of one");
+                    free(ip);
+                }
             }
         }
         free(p);

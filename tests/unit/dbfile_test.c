@@ -374,7 +374,7 @@ static void test_seed_only_fields_refused(void **state)
     assert_string_equal(errs.v[0], "f.yml:4: repositories[0].tags: \"tags\" is a field of Itential "
                         "Automation Gateway's format that Gantry does not support: remove it");
     assert_contains(errs.v[1], "f.yml:11: services[0].runtime.check: \"check\" is a field of Itential");
-    assert_contains(errs.v[2], "f.yml:12: services[0].runtime: inventory: Gantry runs a playbook with one inventory");
+    assert_contains(errs.v[2], "f.yml:12: services[0].runtime.inventory: Gantry runs a playbook with one inventory");
     gt_strv_free(&errs);
 }
 
