@@ -52,6 +52,8 @@ typedef struct etcd_store {
     char *prefix;
     gt_buf resp;
     char curl_err[CURL_ERROR_SIZE];
+    CURL *watch_curl;   /* changes_wait's own, so aborting a watch keeps curl's connection */
+    char watch_err[CURL_ERROR_SIZE];
 } etcd_store;
 
 /* ---- reply parsing (outside input) ---- */
@@ -1082,6 +1084,307 @@ static gt_err etcd_lease_release(gt_store *gs, const char *name, const char *hol
     return rc;
 }
 
+/* ---- change notification ---- */
+
+/* A watch reply line may carry many documents (a backlog): refuse only what no store
+ * of this driver's limits could need, and report it as a reset rather than fail. */
+enum { WATCH_MAX_LINE = 64 << 20, CHANGES_MAX = 1000, WATCH_MIN_MS = 100 };
+
+static gt_err watch_event(gt_etcd_watch *w, const cJSON *ev, size_t pl, gt_error *err)
+{
+    if (!cJSON_IsObject(ev))
+        return gt_error_set(err, GT_EIO, "etcd: watch: event: expected an object");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(ev, "kv");
+    if ((type && !cJSON_IsString(type)) || !cJSON_IsObject(kv))
+        return gt_error_set(err, GT_EIO, "etcd: watch: event without a kv");
+    bool del = type && strcmp(type->valuestring, "DELETE") == 0;
+    if (type && !del && strcmp(type->valuestring, "PUT") != 0)
+        return gt_error_set(err, GT_EIO, "etcd: watch: event type %.32s", type->valuestring);
+    int64_t rev = 0;
+    char *key = NULL;
+    size_t klen = 0;
+    gt_err rc;
+    if ((rc = gt_etcd__int(kv, "mod_revision", &rev, err)) != GT_OK)
+        return rc;
+    if (rev < 1)
+        return gt_error_set(err, GT_EIO, "etcd: watch: event at revision %" PRId64, rev);
+    if ((rc = b64_field(kv, "key", &key, &klen, err)) != GT_OK)
+        return rc;
+    if (rev <= w->since)   /* not asked for: start_revision is since + 1 */
+        goto done;
+    if (rev > w->out.next)
+        w->out.next = rev;
+    /* P d/<coll>/<id>: anything else under the watched range is not a document */
+    if (klen <= pl + 2 || memcmp(key, w->prefix, pl) != 0 || memcmp(key + pl, "d/", 2) != 0)
+        goto done;
+    const char *coll = key + pl + 2, *slash = strchr(coll, '/');
+    if (slash == NULL || slash == coll || slash[1] == '\0')
+        goto done;
+    size_t cl = (size_t)(slash - coll);
+    bool wanted = w->n_colls == 0;
+    for (size_t i = 0; i < w->n_colls && !wanted; i++)
+        wanted = strlen(w->colls[i]) == cl && memcmp(w->colls[i], coll, cl) == 0;
+    if (!wanted)
+        goto done;
+    gt_store_changes *o = &w->out;
+    size_t i = 0;   /* coalesce: the document's older entry goes, the new one is last */
+    while (i < o->n && !(strlen(o->v[i].coll) == cl && memcmp(o->v[i].coll, coll, cl) == 0 &&
+                         strcmp(o->v[i].id, slash + 1) == 0))
+        i++;
+    gt_store_change c;
+    if (i < o->n) {
+        c = o->v[i];
+        memmove(&o->v[i], &o->v[i + 1], (o->n - i - 1) * sizeof *o->v);
+        memmove(&w->pos[i], &w->pos[i + 1], (o->n - i - 1) * sizeof *w->pos);
+        o->n--;
+    } else if (o->n == CHANGES_MAX) {
+        /* full: end before this event's revision, dropping what else it wrote, so the
+         * next call starts with the whole revision */
+        while (o->n > 0 && w->pos[o->n - 1] >= rev) {
+            o->n--;
+            free(o->v[o->n].coll);
+            free(o->v[o->n].id);
+        }
+        o->next = rev - 1;
+        w->done = true;
+        goto done;
+    } else {
+        c = (gt_store_change){gt_xstrndup(coll, cl), gt_xstrdup(slash + 1), 0};
+        if (o->v == NULL) {
+            o->v = gt_xcalloc(CHANGES_MAX, sizeof *o->v);
+            w->pos = gt_xcalloc(CHANGES_MAX, sizeof *w->pos);
+        }
+    }
+    c.rev = del ? 0 : rev;
+    w->pos[o->n] = rev;
+    o->v[o->n++] = c;
+done:
+    free(key);
+    return GT_OK;
+}
+
+static gt_err watch_line(gt_etcd_watch *w, const char *p, size_t n, gt_error *err)
+{
+    cJSON *root = NULL;
+    gt_error why = {0};
+    gt_err rc = GT_OK;
+    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == ' '))
+        n--;
+    if (n == 0)
+        return GT_OK;
+    if (gt_json_parse(p, n, "etcd watch reply", &root, &why) != GT_OK)
+        return gt_error_set(err, GT_EIO, "etcd: %s", why.message);
+    const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (e || !cJSON_IsObject(res)) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(e) ? e : root, "message");
+        rc = e ? gt_error_set(err, GT_EUNAVAIL, "etcd: watch: %s",
+                              cJSON_IsString(m) ? m->valuestring : "an error without a message")
+               : gt_error_set(err, GT_EIO, "etcd: watch: a reply without a result");
+        goto done;
+    }
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(res, "header");
+    int64_t hrev = 0;
+    if (h && !cJSON_IsObject(h)) {
+        rc = gt_error_set(err, GT_EIO, "etcd: watch: header: expected an object");
+        goto done;
+    }
+    if ((rc = gt_etcd__int(h, "revision", &hrev, err)) != GT_OK ||
+        (rc = gt_etcd__int(res, "compact_revision", &w->compact_rev, err)) != GT_OK)
+        goto done;
+    if (w->compact_rev > 0) {
+        w->done = true;
+        goto done;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"))) {
+        if (hrev < 1) {
+            rc = gt_error_set(err, GT_EIO, "etcd: watch: created at revision %" PRId64, hrev);
+            goto done;
+        }
+        w->created_rev = hrev;
+        if (w->stop_when_created && hrev <= w->since)
+            w->done = true;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
+        const cJSON *why_c = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch canceled: %s",
+                          cJSON_IsString(why_c) ? why_c->valuestring : "no reason given");
+        goto done;
+    }
+    const cJSON *evs = cJSON_GetObjectItemCaseSensitive(res, "events"), *ev;
+    if (evs && !cJSON_IsNull(evs) && !cJSON_IsArray(evs)) {
+        rc = gt_error_set(err, GT_EIO, "etcd: watch: events: expected an array");
+        goto done;
+    }
+    size_t pl = strlen(w->prefix);
+    cJSON_ArrayForEach(ev, evs)
+    {
+        if ((rc = watch_event(w, ev, pl, err)) != GT_OK || w->done)
+            break;
+    }
+    if (w->out.n > 0)
+        w->done = true;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+gt_err gt_etcd__watch_feed(gt_etcd_watch *w, const char *p, size_t n, gt_error *err)
+{
+    if (w->out.next < w->since)
+        w->out.next = w->since;
+    while (n > 0 && !w->done) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) : n;
+        if (w->line.len + take > WATCH_MAX_LINE) {
+            w->overflow = w->done = true;
+            break;
+        }
+        gt_buf_append(&w->line, p, take);
+        if (nl == NULL)
+            break;
+        p += take + 1;
+        n -= take + 1;
+        gt_err rc = watch_line(w, w->line.data, w->line.len, err);
+        gt_buf_free(&w->line);
+        if (rc != GT_OK)
+            return rc;
+    }
+    return GT_OK;
+}
+
+gt_err gt_etcd__watch_end(gt_etcd_watch *w, gt_error *err)
+{
+    gt_err rc = GT_OK;
+    if (w->out.next < w->since)
+        w->out.next = w->since;
+    if (!w->done && w->line.len > 0)
+        rc = watch_line(w, w->line.data, w->line.len, err);
+    gt_buf_free(&w->line);
+    return rc;
+}
+
+void gt_etcd__watch_clear(gt_etcd_watch *w)
+{
+    gt_store_changes_clear(&w->out);
+    free(w->pos);
+    w->pos = NULL;
+    gt_buf_free(&w->line);
+}
+
+typedef struct watch_call {
+    gt_etcd_watch w;
+    gt_err rc;
+    gt_error err;
+} watch_call;
+
+static size_t on_watch(char *p, size_t size, size_t n, void *arg)
+{
+    watch_call *c = arg;
+    if (c->rc == GT_OK)
+        c->rc = gt_etcd__watch_feed(&c->w, p, size * n, &c->err);
+    return c->rc == GT_OK && !c->w.done ? size * n : 0;   /* 0 ends the transfer */
+}
+
+/* The store's revision now, from a one-key read. */
+static gt_err current_rev(etcd_store *s, int64_t *rev, gt_error *err)
+{
+    cJSON *root = NULL;
+    char *probe = gt_xasprintf("%sprobe", s->prefix);
+    gt_err rc = call(s, "kv/range", range_req(probe, strlen(probe), NULL, 0, 1, false), &root,
+                     rev, err);
+    free(probe);
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* One watch request, read until it has changes or wait_ms passes: the gateway has no
+ * way to end a stream from this side but closing it, so every call is a new request
+ * on the watch handle. (Keeping one stream open across calls would save a connect and
+ * need a thread of its own.) */
+static gt_err etcd_changes_wait(gt_store *gs, const char *const *colls, size_t n_colls,
+                                int64_t since, long wait_ms, gt_store_changes *out,
+                                gt_error *err)
+{
+    etcd_store *s = (etcd_store *)gs;
+    if (since == 0)
+        return current_rev(s, &out->next, err);
+    if (s->watch_curl == NULL) {
+        if ((s->watch_curl = curl_easy_duphandle(s->curl)) == NULL)
+            return gt_error_set(err, GT_EINTERNAL, "etcd: curl_easy_duphandle failed");
+        curl_easy_setopt(s->watch_curl, CURLOPT_WRITEFUNCTION, on_watch);
+        curl_easy_setopt(s->watch_curl, CURLOPT_ERRORBUFFER, s->watch_err);
+    }
+    char *key = n_colls == 1 ? gt_xasprintf("%sd/%s/", s->prefix, colls[0])
+                             : gt_xasprintf("%sd/", s->prefix);
+    size_t endl;
+    char *end = prefix_end(key, &endl);
+    cJSON *req = cJSON_CreateObject(), *cr = cJSON_AddObjectToObject(req, "create_request");
+    add_b64(cr, "key", key, strlen(key));
+    add_b64(cr, "range_end", end, endl);
+    add_i64(cr, "start_revision", since + 1);
+    char *text = gt_json_print(req);
+    cJSON_Delete(req);
+    watch_call c = {.w = {.prefix = s->prefix, .colls = colls, .n_colls = n_colls,
+                          .since = since, .stop_when_created = wait_ms == 0}};
+    int64_t deadline = gt_mono_ms() + (wait_ms > WATCH_MIN_MS ? wait_ms : WATCH_MIN_MS);
+    CURLcode cc = CURLE_OK;
+    gt_err rc = GT_OK;
+    curl_easy_setopt(s->watch_curl, CURLOPT_WRITEDATA, &c);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDSIZE, (long)strlen(text));
+    /* a member that cannot be reached is skipped for the next, while time is left */
+    for (size_t tries = 0; tries < s->hosts.n; tries++) {
+        int64_t left = deadline - gt_mono_ms();
+        if (left < 1)
+            left = 1;
+        char *url = gt_xasprintf("%s://%s/v3/watch", s->tls ? "https" : "http",
+                                 s->hosts.v[s->cur]);
+        s->watch_err[0] = '\0';
+        curl_easy_setopt(s->watch_curl, CURLOPT_URL, url);
+        curl_easy_setopt(s->watch_curl, CURLOPT_TIMEOUT_MS, (long)left);
+        cc = curl_easy_perform(s->watch_curl);
+        free(url);
+        if (cc != CURLE_COULDNT_CONNECT && cc != CURLE_COULDNT_RESOLVE_HOST)
+            break;
+        s->cur = (s->cur + 1) % s->hosts.n;
+    }
+    long status = 0;
+    curl_easy_getinfo(s->watch_curl, CURLINFO_RESPONSE_CODE, &status);
+    if (c.rc != GT_OK) {
+        rc = gt_error_set(err, c.rc, "%s", c.err.message);
+    } else if (cc != CURLE_OK && cc != CURLE_OPERATION_TIMEDOUT &&
+               !(cc == CURLE_WRITE_ERROR && c.w.done)) {
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: %s",
+                          s->watch_err[0] ? s->watch_err : curl_easy_strerror(cc));
+    } else if ((rc = gt_etcd__watch_end(&c.w, err)) == GT_OK && status != 200 && status != 0) {
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: HTTP %ld", status);
+    } else if (rc == GT_OK && cc == CURLE_OPERATION_TIMEDOUT && c.w.created_rev == 0) {
+        /* nothing came back, not even the creation: nothing is lost (next stays), and
+         * the next call tries another member in case this one is stuck */
+        s->cur = (s->cur + 1) % s->hosts.n;
+    }
+    if (rc == GT_OK && (c.w.compact_rev > 0 || c.w.overflow)) {
+        /* what happened after since is gone (or too big to read): start over from now */
+        int64_t now = 0;
+        if ((rc = current_rev(s, &now, err)) == GT_OK) {
+            gt_etcd__watch_clear(&c.w);
+            out->reset = true;
+            out->next = now > c.w.compact_rev ? now : c.w.compact_rev;
+        }
+    } else if (rc == GT_OK) {
+        *out = c.w.out;
+        c.w.out = (gt_store_changes){0};
+    }
+    gt_etcd__watch_clear(&c.w);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDS, NULL);
+    free(text);
+    free(key);
+    free(end);
+    return rc;
+}
+
 /* ---- open / close ---- */
 
 static void etcd_close(gt_store *gs)
@@ -1089,6 +1392,8 @@ static void etcd_close(gt_store *gs)
     etcd_store *s = (etcd_store *)gs;
     if (s->curl)
         curl_easy_cleanup(s->curl);
+    if (s->watch_curl)
+        curl_easy_cleanup(s->watch_curl);
     curl_slist_free_all(s->headers);
     gt_strv_free(&s->hosts);
     free(s->prefix);
@@ -1108,6 +1413,7 @@ static const gt_store_ops etcd_ops = {
     .query = etcd_query,
     .lease_acquire = etcd_lease_acquire,
     .lease_release = etcd_lease_release,
+    .changes_wait = etcd_changes_wait,
 };
 
 gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)

@@ -1166,6 +1166,7 @@ void gt_store_conformance_changes_wake(gt_store *waiter, gt_store *writer, int r
 {
     int64_t since = changes_start(waiter);
     int64_t *lat = gt_xcalloc((size_t)rounds, sizeof *lat);
+    int64_t *put = gt_xcalloc((size_t)rounds, sizeof *put);   /* the write's own time */
     for (int i = 0; i < rounds; i++) {
         waker k = {.s = waiter, .since = since, .wait_ms = 10000};
         pthread_t t;
@@ -1176,6 +1177,7 @@ void gt_store_conformance_changes_wake(gt_store *waiter, gt_store *writer, int r
         snprintf(id, sizeof id, "w%d", i);
         int64_t t0 = mono_us();
         int64_t rev = put_ok(writer, "c_wake", id, "{}", GT_REV_NONE);
+        put[i] = mono_us() - t0;
         pthread_join(t, NULL);
         put_ok(writer, "c_wake_other", id, "{}", GT_REV_NONE);
         assert_int_equal(k.rc, GT_OK);
@@ -1193,11 +1195,14 @@ void gt_store_conformance_changes_wake(gt_store *waiter, gt_store *writer, int r
         gt_store_changes_clear(&k.ch);
     }
     qsort(lat, (size_t)rounds, sizeof *lat, cmp_i64);
-    print_message("changes wake (%s): %d rounds, write to wake p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-                  gt_store_driver(waiter), rounds, lat[rounds / 2] / 1000.0,
-                  lat[(rounds * 99) / 100 < rounds ? (rounds * 99) / 100 : rounds - 1] / 1000.0,
-                  lat[rounds - 1] / 1000.0);
+    qsort(put, (size_t)rounds, sizeof *put, cmp_i64);
+    int p99 = (rounds * 99) / 100;
+    print_message("changes wake (%s): %d rounds, from the start of the write to the waiter "
+                  "waking: p50 %.2f ms, p99 %.2f ms, max %.2f ms (the write itself: p50 %.2f ms)\n",
+                  gt_store_driver(waiter), rounds, lat[rounds / 2] / 1000.0, lat[p99] / 1000.0,
+                  lat[rounds - 1] / 1000.0, put[rounds / 2] / 1000.0);
     free(lat);
+    free(put);
 }
 
 /* ---- concurrency helpers (no cmocka assertions off the main thread) ---- */
