@@ -7,9 +7,11 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "store.h"
 #include "store_conformance.h"
+#include "util.h"
 
 static gt_store *open_fresh(void *ctx)
 {
@@ -50,7 +52,11 @@ static void test_counter_shared_handle(void **state)
 /* One handle shared by threads: a write wakes a waiter. */
 static void test_changes_wake_shared_handle(void **state)
 {
-    gt_store_conformance_changes_wake(*state, *state, 20);
+    const char *e = getenv("GANTRY_TEST_WAKE_ROUNDS");   /* raise it to measure */
+    int64_t rounds = 20;
+    if (e && gt_parse_int64(e, 1, 100000, &rounds, "GANTRY_TEST_WAKE_ROUNDS", NULL) != GT_OK)
+        rounds = 20;
+    gt_store_conformance_changes_wake(*state, *state, (int)rounds);
 }
 
 /* The log keeps the last 10000 documents' changes: a watcher further behind is reset. */
