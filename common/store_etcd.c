@@ -1352,15 +1352,21 @@ static gt_err etcd_changes_wait(gt_store *gs, const char *const *colls, size_t n
     }
     long status = 0;
     curl_easy_getinfo(s->watch_curl, CURLINFO_RESPONSE_CODE, &status);
-    if (c.rc != GT_OK) {
+    bool http_error = status != 200 && status != 0;
+    /* a last line without its newline: an error body, or the end of a closed stream (a
+     * line cut by the timeout is dropped: next only moves past whole lines) */
+    if (c.rc == GT_OK && (cc == CURLE_OK || http_error))
+        c.rc = gt_etcd__watch_end(&c.w, &c.err);
+    if (http_error) {
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: HTTP %ld (%s)", status,
+                          c.rc != GT_OK ? c.err.message : "no message");
+    } else if (c.rc != GT_OK) {
         rc = gt_error_set(err, c.rc, "%s", c.err.message);
     } else if (cc != CURLE_OK && cc != CURLE_OPERATION_TIMEDOUT &&
                !(cc == CURLE_WRITE_ERROR && c.w.done)) {
         rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: %s",
                           s->watch_err[0] ? s->watch_err : curl_easy_strerror(cc));
-    } else if ((rc = gt_etcd__watch_end(&c.w, err)) == GT_OK && status != 200 && status != 0) {
-        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: HTTP %ld", status);
-    } else if (rc == GT_OK && cc == CURLE_OPERATION_TIMEDOUT && c.w.created_rev == 0) {
+    } else if (cc == CURLE_OPERATION_TIMEDOUT && c.w.created_rev == 0) {
         /* nothing came back, not even the creation: nothing is lost (next stays), and
          * the next call tries another member in case this one is stuck */
         s->cur = (s->cur + 1) % s->hosts.n;
