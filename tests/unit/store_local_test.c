@@ -396,6 +396,56 @@ static void test_changes_two_handles(void **state)
     free(path);
 }
 
+/* Child: after 200 ms, writes things/from-child and deletes things/doomed, as another
+ * gantry process would. */
+static int child_writes(const char *path)
+{
+    struct timespec ts = {0, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    gt_store *s = gt_store_open_local(path, NULL);
+    int bad = s == NULL ||
+              gt_store_put(s, "things", "from-child", "{}", GT_REV_NONE, NULL, NULL) != GT_OK ||
+              gt_store_delete(s, "things", "doomed", GT_REV_ANY, NULL) != GT_OK;
+    gt_store_free(&s);
+    return bad;
+}
+
+/* A waiter in this process sees what another process writes, before its wait ends. */
+static void test_changes_from_another_process(void **state)
+{
+    char *path = tmp_path(*state);
+    gt_store *s = open_path(path);
+    assert_non_null(s);
+    put_ok(s, "things", "doomed", "{}", NULL);
+    gt_store_changes ch;
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, 0, 0, &ch, NULL), GT_OK);
+    int64_t since = ch.next;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(child_writes(path));
+    const char *colls[] = {"things"};
+    int64_t t0 = gt_mono_ms();
+    size_t seen = 0;
+    while (seen < 2 && gt_mono_ms() - t0 < 10000) {
+        assert_int_equal(gt_store_changes_wait(s, colls, 1, since, 10000, &ch, NULL), GT_OK);
+        for (size_t i = 0; i < ch.n; i++)
+            seen += strcmp(ch.v[i].id, "from-child") == 0 ? ch.v[i].rev > 0
+                                                          : strcmp(ch.v[i].id, "doomed") == 0 &&
+                                                                ch.v[i].rev == 0;
+        since = ch.next;
+        gt_store_changes_clear(&ch);
+    }
+    int64_t took = gt_mono_ms() - t0;
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(seen, 2);
+    assert_true(took < 5000);   /* the child writes at 200 ms; the waits were 10 s */
+    gt_store_free(&s);
+    free(path);
+}
+
 static void sql_ok(const char *path, const char *sql)
 {
     sqlite3 *db = NULL;
@@ -508,6 +558,7 @@ int main(void)
         cmocka_unit_test_prestate(test_corrupt_file, &t),
         cmocka_unit_test_prestate(test_bad_paths, &t),
         cmocka_unit_test_prestate(test_changes_two_handles, &t),
+        cmocka_unit_test_prestate(test_changes_from_another_process, &t),
         cmocka_unit_test_prestate(test_changes_trimmed, &t),
         cmocka_unit_test_prestate(test_changes_schema_upgrade, &t),
     };
