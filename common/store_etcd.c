@@ -52,7 +52,10 @@ typedef struct etcd_store {
     char *prefix;
     gt_buf resp;
     char curl_err[CURL_ERROR_SIZE];
-    CURL *watch_curl;   /* changes_wait's own, so aborting a watch keeps curl's connection */
+    /* changes_wait's stream, kept open across calls (see etcd_changes_wait) */
+    CURL *watch_curl;
+    CURLM *watch_multi;
+    struct watch_stream *watch;   /* NULL: no stream open */
     char watch_err[CURL_ERROR_SIZE];
 } etcd_store;
 
@@ -1223,7 +1226,7 @@ static gt_err watch_line(gt_etcd_watch *w, const char *p, size_t n, gt_error *er
         if ((rc = watch_event(w, ev, pl, err)) != GT_OK || w->done)
             break;
     }
-    if (w->out.n > 0)
+    if (w->out.n > 0 && !w->keep_reading)
         w->done = true;
 done:
     cJSON_Delete(root);
@@ -1273,20 +1276,6 @@ void gt_etcd__watch_clear(gt_etcd_watch *w)
     gt_buf_free(&w->line);
 }
 
-typedef struct watch_call {
-    gt_etcd_watch w;
-    gt_err rc;
-    gt_error err;
-} watch_call;
-
-static size_t on_watch(char *p, size_t size, size_t n, void *arg)
-{
-    watch_call *c = arg;
-    if (c->rc == GT_OK)
-        c->rc = gt_etcd__watch_feed(&c->w, p, size * n, &c->err);
-    return c->rc == GT_OK && !c->w.done ? size * n : 0;   /* 0 ends the transfer */
-}
-
 /* The store's revision now, from a one-key read. */
 static gt_err current_rev(etcd_store *s, int64_t *rev, gt_error *err)
 {
@@ -1299,10 +1288,128 @@ static gt_err current_rev(etcd_store *s, int64_t *rev, gt_error *err)
     return rc;
 }
 
-/* One watch request, read until it has changes or wait_ms passes: the gateway has no
- * way to end a stream from this side but closing it, so every call is a new request
- * on the watch handle. (Keeping one stream open across calls would save a connect and
- * need a thread of its own.) */
+/* An open watch: the request, the parser (what has come since the last call), and what
+ * went wrong on curl's side of it. */
+typedef struct watch_stream {
+    char *key;          /* the watched prefix */
+    gt_strv colls;      /* the filter (the parser points into it) */
+    char *body;         /* the request; curl reads it from here */
+    gt_etcd_watch w;
+    gt_err rc;          /* the parser's verdict */
+    gt_error err;
+    int64_t opened_ms;
+    bool ended;         /* the transfer is over (cc says how) */
+    CURLcode cc;
+} watch_stream;
+
+static size_t on_watch(char *p, size_t size, size_t n, void *arg)
+{
+    watch_stream *ws = arg;
+    if (ws->rc == GT_OK)
+        ws->rc = gt_etcd__watch_feed(&ws->w, p, size * n, &ws->err);
+    return ws->rc == GT_OK && !ws->w.done ? size * n : 0;   /* 0 ends the transfer */
+}
+
+static void watch_stop(etcd_store *s)
+{
+    watch_stream *ws = s->watch;
+    if (ws == NULL)
+        return;
+    curl_multi_remove_handle(s->watch_multi, s->watch_curl);
+    gt_etcd__watch_clear(&ws->w);
+    gt_strv_free(&ws->colls);
+    free(ws->key);
+    free(ws->body);
+    free(ws);
+    s->watch = NULL;
+}
+
+static gt_err watch_start(etcd_store *s, char *key, const char *const *colls, size_t n_colls,
+                          int64_t since, gt_error *err)
+{
+    if (s->watch_curl == NULL) {
+        if ((s->watch_curl = curl_easy_duphandle(s->curl)) == NULL ||
+            (s->watch_multi = curl_multi_init()) == NULL) {
+            free(key);
+            return gt_error_set(err, GT_EINTERNAL, "etcd: watch: curl handle setup failed");
+        }
+        curl_easy_setopt(s->watch_curl, CURLOPT_WRITEFUNCTION, on_watch);
+        curl_easy_setopt(s->watch_curl, CURLOPT_ERRORBUFFER, s->watch_err);
+        curl_easy_setopt(s->watch_curl, CURLOPT_TIMEOUT_MS, 0L);   /* a stream: no end */
+    }
+    watch_stream *ws = gt_xcalloc(1, sizeof *ws);
+    ws->key = key;
+    for (size_t i = 0; i < n_colls; i++)
+        gt_strv_push(&ws->colls, colls[i]);
+    ws->w = (gt_etcd_watch){.prefix = s->prefix, .colls = (const char *const *)ws->colls.v,
+                            .n_colls = ws->colls.n, .since = since, .keep_reading = true};
+    size_t endl;
+    char *end = prefix_end(key, &endl);
+    cJSON *req = cJSON_CreateObject(), *cr = cJSON_AddObjectToObject(req, "create_request");
+    add_b64(cr, "key", key, strlen(key));
+    add_b64(cr, "range_end", end, endl);
+    add_i64(cr, "start_revision", since + 1);
+    free(end);
+    ws->body = gt_json_print(req);
+    cJSON_Delete(req);
+    char *url = gt_xasprintf("%s://%s/v3/watch", s->tls ? "https" : "http", s->hosts.v[s->cur]);
+    s->watch_err[0] = '\0';
+    curl_easy_setopt(s->watch_curl, CURLOPT_URL, url);   /* curl copies it */
+    curl_easy_setopt(s->watch_curl, CURLOPT_WRITEDATA, ws);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDS, ws->body);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDSIZE, (long)strlen(ws->body));
+    free(url);
+    ws->opened_ms = gt_mono_ms();
+    s->watch = ws;
+    if (curl_multi_add_handle(s->watch_multi, s->watch_curl) != CURLM_OK) {
+        watch_stop(s);
+        return gt_error_set(err, GT_EINTERNAL, "etcd: watch: curl_multi_add_handle failed");
+    }
+    return GT_OK;
+}
+
+/* Whether the open stream is the one this call continues: same range, same filter,
+ * and since where the last call left off. */
+static bool watch_continues(const etcd_store *s, const char *key, const char *const *colls,
+                            size_t n_colls, int64_t since)
+{
+    const watch_stream *ws = s->watch;
+    if (ws == NULL || ws->ended || strcmp(ws->key, key) != 0 || ws->w.since != since ||
+        ws->colls.n != n_colls)
+        return false;
+    for (size_t i = 0; i < n_colls; i++)
+        if (strcmp(ws->colls.v[i], colls[i]) != 0)
+            return false;
+    return true;
+}
+
+/* Reads the stream until it has changes, ends, or deadline passes. */
+static void watch_pump(etcd_store *s, int64_t deadline)
+{
+    watch_stream *ws = s->watch;
+    for (;;) {
+        int running = 0, queued = 0;
+        curl_multi_perform(s->watch_multi, &running);
+        CURLMsg *m;
+        while ((m = curl_multi_info_read(s->watch_multi, &queued)) != NULL) {
+            if (m->msg == CURLMSG_DONE) {
+                ws->ended = true;
+                ws->cc = m->data.result;
+            }
+        }
+        if (ws->ended || ws->rc != GT_OK || ws->w.done || ws->w.out.n > 0)
+            return;
+        int64_t left = deadline - gt_mono_ms();
+        if (left <= 0)
+            return;
+        curl_multi_poll(s->watch_multi, NULL, 0, (int)(left < 1000 ? left : 1000), NULL);
+    }
+}
+
+/* One stream per handle, kept open across calls: a call that goes on from where the
+ * last one stopped reads on (a new watch would start behind etcd's current revision
+ * and wait for its 100 ms catch-up loop). Another range, filter or since opens a new
+ * one. The gateway cannot be told to end a stream but by closing it. */
 static gt_err etcd_changes_wait(gt_store *gs, const char *const *colls, size_t n_colls,
                                 int64_t since, long wait_ms, gt_store_changes *out,
                                 gt_error *err)
@@ -1310,85 +1417,84 @@ static gt_err etcd_changes_wait(gt_store *gs, const char *const *colls, size_t n
     etcd_store *s = (etcd_store *)gs;
     if (since == 0)
         return current_rev(s, &out->next, err);
-    if (s->watch_curl == NULL) {
-        if ((s->watch_curl = curl_easy_duphandle(s->curl)) == NULL)
-            return gt_error_set(err, GT_EINTERNAL, "etcd: curl_easy_duphandle failed");
-        curl_easy_setopt(s->watch_curl, CURLOPT_WRITEFUNCTION, on_watch);
-        curl_easy_setopt(s->watch_curl, CURLOPT_ERRORBUFFER, s->watch_err);
-    }
     char *key = n_colls == 1 ? gt_xasprintf("%sd/%s/", s->prefix, colls[0])
                              : gt_xasprintf("%sd/", s->prefix);
-    size_t endl;
-    char *end = prefix_end(key, &endl);
-    cJSON *req = cJSON_CreateObject(), *cr = cJSON_AddObjectToObject(req, "create_request");
-    add_b64(cr, "key", key, strlen(key));
-    add_b64(cr, "range_end", end, endl);
-    add_i64(cr, "start_revision", since + 1);
-    char *text = gt_json_print(req);
-    cJSON_Delete(req);
-    watch_call c = {.w = {.prefix = s->prefix, .colls = colls, .n_colls = n_colls,
-                          .since = since, .stop_when_created = wait_ms == 0}};
-    int64_t deadline = gt_mono_ms() + (wait_ms > WATCH_MIN_MS ? wait_ms : WATCH_MIN_MS);
-    CURLcode cc = CURLE_OK;
     gt_err rc = GT_OK;
-    curl_easy_setopt(s->watch_curl, CURLOPT_WRITEDATA, &c);
-    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDS, text);
-    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDSIZE, (long)strlen(text));
+    int64_t deadline = gt_mono_ms() + wait_ms;
+    if (!watch_continues(s, key, colls, n_colls, since)) {
+        watch_stop(s);
+        if ((rc = watch_start(s, key, colls, n_colls, since, err)) != GT_OK)
+            return rc;
+        /* a new stream: give the member time to create it and send what is past */
+        if (wait_ms < WATCH_MIN_MS)
+            deadline = gt_mono_ms() + WATCH_MIN_MS;
+        s->watch->w.stop_when_created = wait_ms == 0;
+    } else {
+        free(key);
+    }
+    watch_stream *ws = s->watch;
     /* a member that cannot be reached is skipped for the next, while time is left */
-    for (size_t tries = 0; tries < s->hosts.n; tries++) {
-        int64_t left = deadline - gt_mono_ms();
-        if (left < 1)
-            left = 1;
-        char *url = gt_xasprintf("%s://%s/v3/watch", s->tls ? "https" : "http",
-                                 s->hosts.v[s->cur]);
-        s->watch_err[0] = '\0';
-        curl_easy_setopt(s->watch_curl, CURLOPT_URL, url);
-        curl_easy_setopt(s->watch_curl, CURLOPT_TIMEOUT_MS, (long)left);
-        cc = curl_easy_perform(s->watch_curl);
-        free(url);
-        if (cc != CURLE_COULDNT_CONNECT && cc != CURLE_COULDNT_RESOLVE_HOST)
+    for (size_t tries = 1;; tries++) {
+        watch_pump(s, deadline);
+        if (!ws->ended || ws->w.created_rev != 0 || tries >= s->hosts.n ||
+            (ws->cc != CURLE_COULDNT_CONNECT && ws->cc != CURLE_COULDNT_RESOLVE_HOST) ||
+            gt_mono_ms() >= deadline)
             break;
         s->cur = (s->cur + 1) % s->hosts.n;
+        key = gt_xstrdup(ws->key);
+        watch_stop(s);
+        if ((rc = watch_start(s, key, colls, n_colls, since, err)) != GT_OK)
+            return rc;
+        ws = s->watch;
     }
     long status = 0;
     curl_easy_getinfo(s->watch_curl, CURLINFO_RESPONSE_CODE, &status);
-    bool http_error = status != 200 && status != 0;
-    /* a last line without its newline: an error body, or the end of a closed stream (a
-     * line cut by the timeout is dropped: next only moves past whole lines) */
-    if (c.rc == GT_OK && (cc == CURLE_OK || http_error))
-        c.rc = gt_etcd__watch_end(&c.w, &c.err);
+    bool http_error = ws->ended && status != 200 && status != 0;
+    /* a last line without its newline: an error body, or the end of a closed stream */
+    if (ws->rc == GT_OK && ws->ended && (ws->cc == CURLE_OK || http_error))
+        ws->rc = gt_etcd__watch_end(&ws->w, &ws->err);
     if (http_error) {
         rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: HTTP %ld (%s)", status,
-                          c.rc != GT_OK ? c.err.message : "no message");
-    } else if (c.rc != GT_OK) {
-        rc = gt_error_set(err, c.rc, "%s", c.err.message);
-    } else if (cc != CURLE_OK && cc != CURLE_OPERATION_TIMEDOUT &&
-               !(cc == CURLE_WRITE_ERROR && c.w.done)) {
+                          ws->rc != GT_OK ? ws->err.message : "no message");
+    } else if (ws->rc != GT_OK) {
+        rc = gt_error_set(err, ws->rc, "%s", ws->err.message);
+    } else if (ws->ended && ws->cc != CURLE_OK && !(ws->cc == CURLE_WRITE_ERROR && ws->w.done)) {
         rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: %s",
-                          s->watch_err[0] ? s->watch_err : curl_easy_strerror(cc));
-    } else if (cc == CURLE_OPERATION_TIMEDOUT && c.w.created_rev == 0) {
-        /* nothing came back, not even the creation: nothing is lost (next stays), and
-         * the next call tries another member in case this one is stuck */
+                          s->watch_err[0] ? s->watch_err : curl_easy_strerror(ws->cc));
+    } else if (!ws->ended && ws->w.created_rev == 0 &&
+               gt_mono_ms() - ws->opened_ms >= 2 * WATCH_MIN_MS + 1000) {
+        /* accepted, never answered: nothing is lost (next stays); try another member */
         s->cur = (s->cur + 1) % s->hosts.n;
+        watch_stop(s);
+        out->next = since;
+        return GT_OK;
     }
-    if (rc == GT_OK && (c.w.compact_rev > 0 || c.w.overflow)) {
+    if (rc == GT_OK && (ws->w.compact_rev > 0 || ws->w.overflow)) {
         /* what happened after since is gone (or too big to read): start over from now */
-        int64_t now = 0;
+        int64_t compact = ws->w.compact_rev, now = 0;
+        watch_stop(s);
         if ((rc = current_rev(s, &now, err)) == GT_OK) {
-            gt_etcd__watch_clear(&c.w);
             out->reset = true;
-            out->next = now > c.w.compact_rev ? now : c.w.compact_rev;
+            out->next = now > compact ? now : compact;
         }
-    } else if (rc == GT_OK) {
-        *out = c.w.out;
-        c.w.out = (gt_store_changes){0};
+        return rc;
     }
-    gt_etcd__watch_clear(&c.w);
-    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDS, NULL);
-    free(text);
-    free(key);
-    free(end);
-    return rc;
+    if (rc != GT_OK) {
+        watch_stop(s);
+        return rc;
+    }
+    /* hand over what came; the stream goes on from there */
+    *out = ws->w.out;
+    if (out->next < since)
+        out->next = since;
+    ws->w.out = (gt_store_changes){0};
+    free(ws->w.pos);
+    ws->w.pos = NULL;
+    ws->w.since = out->next;
+    ws->w.stop_when_created = false;
+    if (ws->ended || ws->w.done)   /* closed, or stopped at a full reply */
+        watch_stop(s);
+    return GT_OK;
 }
 
 /* ---- open / close ---- */
@@ -1398,6 +1504,9 @@ static void etcd_close(gt_store *gs)
     etcd_store *s = (etcd_store *)gs;
     if (s->curl)
         curl_easy_cleanup(s->curl);
+    watch_stop(s);
+    if (s->watch_multi)
+        curl_multi_cleanup(s->watch_multi);
     if (s->watch_curl)
         curl_easy_cleanup(s->watch_curl);
     curl_slist_free_all(s->headers);

@@ -49,7 +49,8 @@ void gt_etcd__kvs_free(gt_etcd_kvs *kvs);
 /* The reply stream of POST /v3/watch: one JSON object a line, {"result": {...}} or
  * {"error": ...}. The parser keeps each document's latest change under prefix d/
  * (other keys: index entries, leases, epochs, are not changes) for the collections
- * asked for, and stops at the first reply line that holds any, or at a compaction. */
+ * asked for, and stops at the first reply line that holds any (unless keep_reading),
+ * at a compaction, or when 1000 documents are held. */
 typedef struct gt_etcd_watch {
     /* set by the caller */
     const char *prefix;          /* the cluster's "/gantry/<id>/" */
@@ -57,6 +58,8 @@ typedef struct gt_etcd_watch {
     size_t n_colls;
     int64_t since;
     bool stop_when_created;      /* stop at creation when nothing can be in the past */
+    bool keep_reading;           /* read every whole line (a stream kept across calls)
+                                  * rather than stop at the first with changes */
     /* results */
     gt_store_changes out;        /* next: the newest position read, since when none */
     int64_t *pos;                /* out.v[i]'s position */

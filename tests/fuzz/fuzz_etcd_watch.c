@@ -13,11 +13,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    /* the first byte picks the piece size, the second the filter */
+    /* the first byte picks the piece size, the second the filter and the mode */
     size_t step = (size_t)data[0] % 64 + 1;
     const char *colls[] = {"jobs", "x"};
     gt_etcd_watch w = {.prefix = "/gantry/c/", .colls = colls, .n_colls = data[1] % 3,
-                       .since = 5, .stop_when_created = data[1] & 4};
+                       .since = 5, .stop_when_created = data[1] & 4,
+                       .keep_reading = data[1] & 8};
     const char *p = (const char *)data + 2;
     size_t n = size - 2;
     gt_err rc = GT_OK;

@@ -1198,9 +1198,10 @@ void gt_store_conformance_changes_wake(gt_store *waiter, gt_store *writer, int r
     qsort(put, (size_t)rounds, sizeof *put, cmp_i64);
     int p99 = (rounds * 99) / 100;
     print_message("changes wake (%s): %d rounds, from the start of the write to the waiter "
-                  "waking: p50 %.2f ms, p99 %.2f ms, max %.2f ms (the write itself: p50 %.2f ms)\n",
+                  "waking: p50 %.2f ms, p99 %.2f ms, max %.2f ms (the write itself: p50 %.2f ms, "
+                  "p99 %.2f ms)\n",
                   gt_store_driver(waiter), rounds, lat[rounds / 2] / 1000.0, lat[p99] / 1000.0,
-                  lat[rounds - 1] / 1000.0, put[rounds / 2] / 1000.0);
+                  lat[rounds - 1] / 1000.0, put[rounds / 2] / 1000.0, put[p99] / 1000.0);
     free(lat);
     free(put);
 }

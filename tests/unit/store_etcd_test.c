@@ -441,6 +441,25 @@ static void test_watch_parser(void **state)
         gt_etcd__watch_clear(&w);
     }
     free(all);
+    /* a stream kept open reads every whole line: both replies, coalesced */
+    const char *k2[] = {"/gantry/c1/d/jobs/3", "/gantry/c1/d/jobs/2"};
+    int r2[] = {18, 19};
+    bool d2[] = {false, false};
+    char *ev2 = events_line(k2, r2, d2, 2);
+    all = gt_xasprintf("%s%s%s{\"result\":{\"header\":{\"revision\":\"2", created, ev, ev2);
+    gt_etcd_watch kw = {.prefix = "/gantry/c1/", .colls = colls, .n_colls = 1, .since = 9,
+                        .keep_reading = true};
+    assert_int_equal(gt_etcd__watch_feed(&kw, all, strlen(all), NULL), GT_OK);
+    assert_false(kw.done);
+    assert_int_equal(kw.out.n, 4);   /* 1 (deleted), a/b, 3, 2 */
+    assert_string_equal(kw.out.v[0].id, "1");
+    assert_string_equal(kw.out.v[3].id, "2");
+    assert_int_equal(kw.out.v[3].rev, 19);
+    assert_int_equal(kw.out.next, 19);
+    assert_true(kw.line.len > 0);    /* the cut line waits for the rest */
+    gt_etcd__watch_clear(&kw);
+    free(all);
+    free(ev2);
     free(ev);
     /* a compaction */
     gt_etcd_watch w = {.prefix = "/gantry/c1/", .since = 3};
