@@ -1,6 +1,7 @@
 /* watch.c: subscribers hear the writes to their collection made through another handle
  * (as another process would), first an id NULL call, nothing after unsubscribing, and
- * a re-read call after the store failed to open for a while. */
+ * a re-read call after the store failed to open for a while. On a local file, and on
+ * etcd when scripts/test-servers provides one (GANTRY_TEST_ETCD). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +28,8 @@ typedef struct heard {
 typedef struct fx {
     char dir[64];
     char *db;
+    const gt_strv *etcd;   /* NULL: the local file db */
+    char cluster[64];
     int fail_opens;   /* the next this many opens fail */
     int opens;
     gt_store *writer;
@@ -38,7 +41,13 @@ static int open_store(void *arg, gt_store **store, gt_error *err)
     fx *f = arg;
     if (__atomic_fetch_add(&f->opens, 1, __ATOMIC_SEQ_CST) < f->fail_opens)
         return gt_error_set(err, GT_EUNAVAIL, "test: the store is away");
-    *store = gt_store_open_local(f->db, err);
+    if (f->etcd) {
+        gt_store_etcd_config c = {.hosts = (const char *const *)f->etcd->v,
+                                  .n_hosts = f->etcd->n, .cluster_id = f->cluster};
+        *store = gt_store_open_etcd(&c, err);
+    } else {
+        *store = gt_store_open_local(f->db, err);
+    }
     return *store ? GT_OK : GT_EUNAVAIL;
 }
 
@@ -80,11 +89,17 @@ static size_t heard_n(heard *h)
 static int setup(void **state)
 {
     fx *f = gt_xcalloc(1, sizeof *f);
+    f->etcd = *state;   /* the prestate */
     snprintf(f->dir, sizeof f->dir, "/tmp/gt-watch-XXXXXX");
     if (mkdtemp(f->dir) == NULL)
         return -1;
     f->db = gt_xasprintf("%s/gantry.db", f->dir);
-    f->writer = gt_store_open_local(f->db, NULL);
+    char *id = gt_id_new();
+    snprintf(f->cluster, sizeof f->cluster, "watch-%s", id);
+    free(id);
+    f->fail_opens = 0;
+    open_store(f, &f->writer, NULL);
+    f->opens = 0;
     pthread_mutex_init(&f->h.mu, NULL);
     pthread_cond_init(&f->h.cv, NULL);
     *state = f;
@@ -127,7 +142,7 @@ static void test_subscribers_hear_writes(void **state)
     assert_string_equal(heard_at(&f->h, 2), "a@0");
     gt_watch_unsubscribe(w, sub);
     assert_int_equal(gt_store_put(f->writer, "jobs", "b", "{}", GT_REV_ANY, NULL, NULL), GT_OK);
-    usleep(300 * 1000);   /* three polls of the local store */
+    usleep(300 * 1000);   /* many polls of the local store; etcd delivers in ms */
     assert_int_equal(heard_n(&f->h), 3);
     gt_watch_free(&w);
     assert_null(w);
@@ -155,8 +170,28 @@ int main(void)
 {
     gt_log_setup(NULL, GT_LOG_OFF, false, "test");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_subscribers_hear_writes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_store_away_at_first, setup, teardown),
+        cmocka_unit_test_prestate_setup_teardown(test_subscribers_hear_writes, setup, teardown,
+                                                 NULL),
+        cmocka_unit_test_prestate_setup_teardown(test_store_away_at_first, setup, teardown, NULL),
     };
-    return cmocka_run_group_tests_name("watch", tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("watch/local", tests, NULL, NULL);
+    const char *env = getenv("GANTRY_TEST_ETCD");
+    if (env == NULL || env[0] == '\0') {
+        printf("watch/etcd: SKIPPED: GANTRY_TEST_ETCD is not set (run under scripts/test-servers)\n");
+        return failed ? 1 : 0;
+    }
+    gt_strv hosts = {0};
+    char *list = gt_xstrdup(env), *save = NULL;
+    for (char *h = strtok_r(list, ", ", &save); h; h = strtok_r(NULL, ", ", &save))
+        gt_strv_push(&hosts, h);
+    free(list);
+    const struct CMUnitTest on_etcd[] = {
+        cmocka_unit_test_prestate_setup_teardown(test_subscribers_hear_writes, setup, teardown,
+                                                 &hosts),
+        cmocka_unit_test_prestate_setup_teardown(test_store_away_at_first, setup, teardown,
+                                                 &hosts),
+    };
+    failed += cmocka_run_group_tests_name("watch/etcd", on_etcd, NULL, NULL);
+    gt_strv_free(&hosts);
+    return failed ? 1 : 0;
 }
