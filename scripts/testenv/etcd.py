@@ -6,6 +6,8 @@
                                       # GANTRY_TEST_ETCD_TLS=localhost:port (member 0, TLS
                                       # with client certificates), GANTRY_TEST_ETCD_TLS_DIR
                                       # (ca.pem, client.pem, client.key, other-ca.pem)
+    cluster.kill_leader()           # SIGKILL the member that leads now; returns its name
+    cluster.start_member(name)      # starts a stopped member again on its data directory
     cluster.stop()                  # SIGTERM by pid, then SIGKILL
 
 Each member has its own data directory and log (<name>.log) under tmpdir. Short
@@ -34,7 +36,10 @@ HOST = "127.0.0.1"
 
 
 class EtcdCluster:
-    def __init__(self, tmp, members=3):
+    """auth=True: after start, etcd's auth is on, with a root user and a "gantry" user that
+    may read and write /gantry/ (passwords in env()); tokens expire after token_ttl s."""
+
+    def __init__(self, tmp, members=3, auth=False, token_ttl=300):
         self.tmp = tmp
         self.names = [f"etcd{i}" for i in range(members)]
         self.client = {n: free_port() for n in self.names}
@@ -42,19 +47,24 @@ class EtcdCluster:
         self.tls_port = free_port()   # member 0 also listens with TLS and client certificates
         self.tls_dir = os.path.join(tmp, "tls")
         self.procs = {}
+        self.auth = auth
+        self.token_ttl = token_ttl
+        self.passwords = {}
 
     def _argv(self, n):
         initial = ",".join(f"{m}=http://{HOST}:{self.peer[m]}" for m in self.names)
         return ["etcd", "--name", n, "--data-dir", os.path.join(self.tmp, n),
                 "--listen-client-urls", f"http://{HOST}:{self.client[n]}" + (
-                    f",https://{HOST}:{self.tls_port}" if n == self.names[0] else ""),
+                    f",https://{HOST}:{self.tls_port}" if n == self.names[0] and not self.auth else ""),
                 "--advertise-client-urls", f"http://{HOST}:{self.client[n]}",
                 "--listen-peer-urls", f"http://{HOST}:{self.peer[n]}",
                 "--initial-advertise-peer-urls", f"http://{HOST}:{self.peer[n]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", os.path.basename(self.tmp) or "gantry-test",
                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-level", "warn"] + (self._tls_args() if n == self.names[0] else [])
+                "--logger", "zap", "--log-level", "warn",
+                "--auth-token-ttl", str(self.token_ttl)] + (
+                    self._tls_args() if n == self.names[0] and not self.auth else [])
 
     def _tls_args(self):
         # etcd's JSON gateway dials its own TLS listener with the server certificate as a
@@ -85,6 +95,25 @@ class EtcdCluster:
             ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.pem", "-days", "3", "-extfile", f"{name}.ext")
 
+    def _etcdctl(self, *args, user=None):
+        env = dict(os.environ, ETCDCTL_API="3")
+        argv = ["etcdctl", "--endpoints", f"{HOST}:{self.client[self.names[0]]}"]
+        if user:
+            argv += ["--user", f"{user}:{self.passwords[user]}"]
+        subprocess.run(argv + list(args), check=True, capture_output=True, env=env, timeout=30)
+
+    def _enable_auth(self):
+        import secrets
+        for u in ("root", "gantry"):
+            self.passwords[u] = secrets.token_hex(12)
+            self._etcdctl("user", "add", u, "--new-user-password", self.passwords[u])
+        self._etcdctl("role", "add", "gantry-rw")
+        self._etcdctl("role", "grant-permission", "gantry-rw", "--prefix=true", "readwrite",
+                      "/gantry/")
+        self._etcdctl("user", "grant-role", "gantry", "gantry-rw")
+        self._etcdctl("user", "grant-role", "root", "root")
+        self._etcdctl("auth", "enable")
+
     def start(self, timeout=30.0):
         os.makedirs(self.tmp, exist_ok=True)
         self._make_certs()
@@ -92,22 +121,74 @@ class EtcdCluster:
             self.procs[n] = Proc(n, self._argv(n), os.path.join(self.tmp, f"{n}.log"))
         deadline = time.time() + timeout
         for n in self.names:
-            while True:
+            try:
+                self._wait_healthy(n, deadline)
+            except RuntimeError:
+                self.stop()
+                raise
+        if self.auth:
+            self._enable_auth()
+
+    def _status(self, n):
+        req = urllib.request.Request(f"http://{HOST}:{self.client[n]}/v3/maintenance/status",
+                                     data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return json.loads(r.read())
+
+    def leader(self, timeout=15.0):
+        """The name of the member that leads now (after an election, the new one)."""
+        deadline = time.time() + timeout
+        while True:
+            for n in self.names:
                 if not self.procs[n].alive():
-                    raise RuntimeError(f"etcd member {n} exited:\n{self.procs[n].tail()}")
+                    continue
                 try:
-                    url = f"http://{HOST}:{self.client[n]}/health"
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        if json.loads(r.read()).get("health") in ("true", True):
-                            break
+                    st = self._status(n)
                 except Exception:
-                    pass
-                if time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"etcd member {n} not healthy after {timeout} s")
-                time.sleep(0.1)
+                    continue
+                if st.get("leader") and st.get("leader") == st.get("header", {}).get("member_id"):
+                    return n
+            if time.time() > deadline:
+                raise RuntimeError(f"no etcd leader within {timeout} s")
+            time.sleep(0.05)
+
+    def kill_leader(self):
+        n = self.leader()
+        self.procs[n].kill()
+        return n
+
+    def start_member(self, n, timeout=30.0):
+        if n not in self.procs:
+            raise RuntimeError(f"no etcd member {n!r}")
+        if self.procs[n].alive():
+            return
+        self.procs[n].start()
+        self._wait_healthy(n, time.time() + timeout)
+
+    def _wait_healthy(self, n, deadline):
+        while True:
+            if not self.procs[n].alive():
+                raise RuntimeError(f"etcd member {n} exited:\n{self.procs[n].tail()}")
+            try:
+                url = f"http://{HOST}:{self.client[n]}/health"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if json.loads(r.read()).get("health") in ("true", True):
+                        return
+            except Exception:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"etcd member {n} not healthy in time")
+            time.sleep(0.1)
+
+    def control_commands(self):
+        """For a control socket: kill-leader (answers the name), start NAME."""
+        return {"kill-leader": self.kill_leader, "start": self.start_member}
 
     def env(self):
+        if self.auth:
+            return {"GANTRY_TEST_ETCD_AUTH": ",".join(f"{HOST}:{self.client[n]}" for n in self.names),
+                    "GANTRY_TEST_ETCD_AUTH_PASSWORD": self.passwords["gantry"],
+                    "GANTRY_TEST_ETCD_AUTH_TOKEN_TTL": str(self.token_ttl)}
         return {"GANTRY_TEST_ETCD": ",".join(f"{HOST}:{self.client[n]}" for n in self.names),
                 "GANTRY_TEST_ETCD_TLS": f"localhost:{self.tls_port}",
                 "GANTRY_TEST_ETCD_TLS_DIR": self.tls_dir}
