@@ -1034,6 +1034,29 @@ static void test_changes_put_and_delete(void **state)
     seen_clear(&w);
 }
 
+/* The documents one apply writes are changes like any other. */
+static void test_changes_apply(void **state)
+{
+    gt_store *s = store_of(state);
+    put_ok(s, "c_ap", "old", "{}", GT_REV_NONE);
+    int64_t since = changes_start(s);
+    gt_store_op ops[] = {
+        {.kind = GT_STORE_OP_PUT, .coll = "c_ap", .id = "x", .body = "{}", .expect_rev = GT_REV_NONE},
+        {.kind = GT_STORE_OP_PUT, .coll = "c_ap2", .id = "y", .body = "{}", .expect_rev = GT_REV_NONE},
+        {.kind = GT_STORE_OP_DELETE, .coll = "c_ap", .id = "old", .expect_rev = GT_REV_ANY},
+    };
+    gt_error err = {0};
+    if (gt_store_apply(s, ops, 3, NULL, &err) != GT_OK)
+        fail_msg("apply: %s", err.message);
+    seen_changes w;
+    watch_until(s, NULL, 0, since, 3, &w);
+    assert_int_equal(w.keys.n, 3);
+    assert_int_equal(seen_rev(&w, "c_ap", "x"), ops[0].new_rev);
+    assert_int_equal(seen_rev(&w, "c_ap2", "y"), ops[1].new_rev);
+    assert_int_equal(seen_rev(&w, "c_ap", "old"), 0);
+    seen_clear(&w);
+}
+
 static void test_changes_filter(void **state)
 {
     gt_store *s = store_of(state);
@@ -2013,6 +2036,7 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
         T(test_error_messages),
         T(test_changes_since_zero),
         T(test_changes_put_and_delete),
+        T(test_changes_apply),
         T(test_changes_filter),
         T(test_changes_coalesce),
         T(test_changes_timeout),
