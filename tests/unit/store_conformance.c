@@ -1041,8 +1041,10 @@ static void test_changes_apply(void **state)
     put_ok(s, "c_ap", "old", "{}", GT_REV_NONE);
     int64_t since = changes_start(s);
     gt_store_op ops[] = {
-        {.kind = GT_STORE_OP_PUT, .coll = "c_ap", .id = "x", .body = "{}", .expect_rev = GT_REV_NONE},
-        {.kind = GT_STORE_OP_PUT, .coll = "c_ap2", .id = "y", .body = "{}", .expect_rev = GT_REV_NONE},
+        {.kind = GT_STORE_OP_PUT, .coll = "c_ap", .id = "x", .body = "{}",
+         .expect_rev = GT_REV_NONE},
+        {.kind = GT_STORE_OP_PUT, .coll = "c_ap2", .id = "y", .body = "{}",
+         .expect_rev = GT_REV_NONE},
         {.kind = GT_STORE_OP_DELETE, .coll = "c_ap", .id = "old", .expect_rev = GT_REV_ANY},
     };
     gt_error err = {0};

@@ -177,7 +177,8 @@ int main(void)
     int failed = cmocka_run_group_tests_name("watch/local", tests, NULL, NULL);
     const char *env = getenv("GANTRY_TEST_ETCD");
     if (env == NULL || env[0] == '\0') {
-        printf("watch/etcd: SKIPPED: GANTRY_TEST_ETCD is not set (run under scripts/test-servers)\n");
+        printf("watch/etcd: SKIPPED: GANTRY_TEST_ETCD is not set "
+               "(run under scripts/test-servers)\n");
         return failed ? 1 : 0;
     }
     gt_strv hosts = {0};
