@@ -650,7 +650,7 @@ static gt_err delete_resource(req *r)
 
 /* ---------- executions ---------- */
 
-#define CANCELS "cancels"
+#define CANCELS GT_API_CANCELS
 
 /* Every write of an execution goes through the lifecycle: the move is checked against
  * its table and stored on the revision read, fenced by this process's lease if it has

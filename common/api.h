@@ -67,6 +67,10 @@ void gt_api_handle_key(gt_api *api, const char *method, const char *path, const 
  * message never runs or records twice. */
 gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err);
 
+/* The store collection of cancel requests: one document per execution id, written when
+ * a cancel is asked for and deleted when the execution ends (watch it to notice them). */
+#define GT_API_CANCELS "cancels"
+
 /* True when someone asked to cancel this (running) execution; runners poll it. */
 bool gt_api_cancel_requested(gt_api *api, const char *execution_id);
 

@@ -40,7 +40,11 @@ struct gt_pool {
     int queued, running;
     bool stopping;
     bool killing;              /* cancel_all(KILL) was called: nothing new starts */
+    int watch_sub;             /* subscription to GT_API_CANCELS on c.watch; 0: none */
+    bool cancels_changed;      /* a cancel request of a run here may have come */
 };
+
+enum { CANCEL_POLL_MS = 300, CANCEL_SAFETY_POLL_MS = 5000 };
 
 static gt_err open_api(gt_pool *p, gt_store **store, gt_api **api, atomic_int *cancel,
                        gt_error *err)
@@ -118,21 +122,44 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* The change watcher's call: a cancel request (or any change, id NULL) for a run here
+ * wakes the cancel watcher. Runs on the change watcher's thread. */
+static void on_cancels(void *arg, const char *coll, const char *id, int64_t rev)
+{
+    gt_pool *p = arg;
+    (void)coll;
+    pthread_mutex_lock(&p->mu);
+    bool ours = id == NULL;
+    for (int i = 0; i < p->c.workers && !ours && rev != 0; i++)   /* a delete cancels nothing */
+        ours = strcmp(p->w[i].current, id) == 0;
+    if (ours) {
+        p->cancels_changed = true;
+        pthread_cond_signal(&p->watch_cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* Looks for cancel requests of the executions running here: a request may reach any
- * controller, and the store is what they share. */
+ * controller, and the store is what they share. With a change watcher it looks when
+ * GT_API_CANCELS changes, and every few seconds in case the watcher fails; without one it
+ * polls. */
 static void *watch_main(void *arg)
 {
     gt_pool *p = arg;
     gt_store *store = NULL;
     gt_api *api = NULL;
-    int64_t every = p->c.cancel_poll_ms > 0 ? p->c.cancel_poll_ms : 300;
+    int64_t every = p->c.cancel_poll_ms > 0 ? p->c.cancel_poll_ms
+                    : p->c.watch            ? CANCEL_SAFETY_POLL_MS
+                                            : CANCEL_POLL_MS;
     pthread_mutex_lock(&p->mu);
     while (!p->stopping) {
         if (p->running == 0) {
             pthread_cond_wait(&p->watch_cv, &p->mu);
             continue;
         }
-        gt_cond_wait_ms(&p->watch_cv, &p->mu, every);
+        if (!p->cancels_changed)
+            gt_cond_wait_ms(&p->watch_cv, &p->mu, every);
+        p->cancels_changed = false;
         for (int i = 0; i < p->c.workers && !p->stopping; i++) {
             char id[64];
             snprintf(id, sizeof id, "%s", p->w[i].current);
@@ -169,6 +196,8 @@ gt_pool *gt_pool_new(const gt_pool_config *cfg, gt_error *err)
     pthread_cond_init(&p->cv, NULL);
     pthread_cond_init(&p->watch_cv, NULL);
     p->w = gt_xcalloc((size_t)p->c.workers, sizeof *p->w);
+    if (p->c.watch)
+        p->watch_sub = gt_watch_subscribe(p->c.watch, GT_API_CANCELS, on_cancels, p);
     for (int i = 0; i < p->c.workers; i++) {
         p->w[i].p = p;
         int e = pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i]);
@@ -269,6 +298,8 @@ void gt_pool_free(gt_pool **pp)
     if (pp == NULL || *pp == NULL)
         return;
     gt_pool *p = *pp;
+    if (p->watch_sub)   /* first: on_cancels takes p->mu */
+        gt_watch_unsubscribe(p->c.watch, p->watch_sub);
     pthread_mutex_lock(&p->mu);
     p->stopping = true;
     pthread_cond_broadcast(&p->cv);

@@ -13,6 +13,7 @@
 #include "error.h"
 #include "run.h"
 #include "store.h"
+#include "watch.h"
 
 typedef struct gt_pool gt_pool;
 
@@ -30,12 +31,17 @@ typedef struct gt_pool_config {
     const gt_run_options *run;
     const char *runner_name;       /* recorded on executions */
     const gt_store_fence *fence;   /* every execution write is fenced by it; may be NULL */
-    int64_t cancel_poll_ms;        /* how often cancel requests are looked for; 0 = 300 */
+    gt_watch *watch;               /* the process's change watcher: cancel requests are
+                                    * looked for when "cancels" changes; may be NULL */
+    int64_t cancel_poll_ms;        /* how often cancel requests are looked for anyway;
+                                    * 0 = 300 ms without a watch, 5 s with one (in case it
+                                    * fails) */
     gt_pool_done_fn done;          /* may be NULL */
     void *done_arg;
 } gt_pool_config;
 
-/* Starts the workers and the watcher; cfg's pointers must outlive the pool. */
+/* Starts the workers and the cancel watcher; cfg's pointers (watch too) must outlive
+ * the pool. */
 gt_pool *gt_pool_new(const gt_pool_config *cfg, gt_error *err) __attribute__((warn_unused_result));
 
 /* Queues one attempt (attempt 0: whatever is stored); job is handed back to done.

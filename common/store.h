@@ -194,7 +194,7 @@ typedef struct gt_store_changes {
  * colls[0..n_colls) (n_colls 0: every collection), and fills out with them: one entry
  * per document, its latest change, in position order, at most 1000 (next then points
  * inside the backlog). since 0 returns at once with no changes and next = the current
- * position, which starts a watch. A change is seen within about 100 ms of its write,
+ * position (>= 1 even on an empty store: 0 is never a position), which starts a watch. A change is seen within about 100 ms of its write,
  * from any process sharing the store. Release out with gt_store_changes_clear. */
 gt_err gt_store_changes_wait(gt_store *s, const char *const *colls, size_t n_colls,
                              int64_t since, long wait_ms, gt_store_changes *out, gt_error *err);

@@ -52,6 +52,11 @@ typedef struct etcd_store {
     char *prefix;
     gt_buf resp;
     char curl_err[CURL_ERROR_SIZE];
+    /* changes_wait's stream, kept open across calls (see etcd_changes_wait) */
+    CURL *watch_curl;
+    CURLM *watch_multi;
+    struct watch_stream *watch;   /* NULL: no stream open */
+    char watch_err[CURL_ERROR_SIZE];
     char *user;       /* etcd auth, or NULL */
     char *password;   /* kept to renew the token; never in a message */
 } etcd_store;
@@ -1459,6 +1464,422 @@ static gt_err etcd_lease_release(gt_store *gs, const char *name, const char *hol
     return rc;
 }
 
+/* ---- change notification ---- */
+
+/* A watch reply line may carry many documents (a backlog): refuse only what no store
+ * of this driver's limits could need, and report it as a reset rather than fail. */
+enum { WATCH_MAX_LINE = 64 << 20, CHANGES_MAX = 1000, WATCH_MIN_MS = 100 };
+
+static gt_err watch_event(gt_etcd_watch *w, const cJSON *ev, size_t pl, gt_error *err)
+{
+    if (!cJSON_IsObject(ev))
+        return gt_error_set(err, GT_EIO, "etcd: watch: event: expected an object");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(ev, "kv");
+    if ((type && !cJSON_IsString(type)) || !cJSON_IsObject(kv))
+        return gt_error_set(err, GT_EIO, "etcd: watch: event without a kv");
+    bool del = type && strcmp(type->valuestring, "DELETE") == 0;
+    if (type && !del && strcmp(type->valuestring, "PUT") != 0)
+        return gt_error_set(err, GT_EIO, "etcd: watch: event type %.32s", type->valuestring);
+    int64_t rev = 0;
+    char *key = NULL;
+    size_t klen = 0;
+    gt_err rc;
+    if ((rc = gt_etcd__int(kv, "mod_revision", &rev, err)) != GT_OK)
+        return rc;
+    if (rev < 1)
+        return gt_error_set(err, GT_EIO, "etcd: watch: event at revision %" PRId64, rev);
+    if ((rc = b64_field(kv, "key", &key, &klen, err)) != GT_OK)
+        return rc;
+    if (rev <= w->since)   /* not asked for: start_revision is since + 1 */
+        goto done;
+    if (rev > w->out.next)
+        w->out.next = rev;
+    /* P d/<coll>/<id>: anything else under the watched range is not a document */
+    if (klen <= pl + 2 || memcmp(key, w->prefix, pl) != 0 || memcmp(key + pl, "d/", 2) != 0)
+        goto done;
+    const char *coll = key + pl + 2, *slash = strchr(coll, '/');
+    if (slash == NULL || slash == coll || slash[1] == '\0')
+        goto done;
+    size_t cl = (size_t)(slash - coll);
+    bool wanted = w->n_colls == 0;
+    for (size_t i = 0; i < w->n_colls && !wanted; i++)
+        wanted = strlen(w->colls[i]) == cl && memcmp(w->colls[i], coll, cl) == 0;
+    if (!wanted)
+        goto done;
+    gt_store_changes *o = &w->out;
+    size_t i = 0;   /* coalesce: the document's older entry goes, the new one is last */
+    while (i < o->n && !(strlen(o->v[i].coll) == cl && memcmp(o->v[i].coll, coll, cl) == 0 &&
+                         strcmp(o->v[i].id, slash + 1) == 0))
+        i++;
+    gt_store_change c;
+    if (i < o->n) {
+        c = o->v[i];
+        memmove(&o->v[i], &o->v[i + 1], (o->n - i - 1) * sizeof *o->v);
+        memmove(&w->pos[i], &w->pos[i + 1], (o->n - i - 1) * sizeof *w->pos);
+        o->n--;
+    } else if (o->n == CHANGES_MAX) {
+        /* full: end before this event's revision, dropping what else it wrote, so the
+         * next call starts with the whole revision */
+        while (o->n > 0 && w->pos[o->n - 1] >= rev) {
+            o->n--;
+            free(o->v[o->n].coll);
+            free(o->v[o->n].id);
+        }
+        o->next = rev - 1;
+        w->done = true;
+        goto done;
+    } else {
+        c = (gt_store_change){gt_xstrndup(coll, cl), gt_xstrdup(slash + 1), 0};
+        if (o->v == NULL) {
+            o->v = gt_xcalloc(CHANGES_MAX, sizeof *o->v);
+            w->pos = gt_xcalloc(CHANGES_MAX, sizeof *w->pos);
+        }
+    }
+    c.rev = del ? 0 : rev;
+    w->pos[o->n] = rev;
+    o->v[o->n++] = c;
+done:
+    free(key);
+    return GT_OK;
+}
+
+static gt_err watch_line(gt_etcd_watch *w, const char *p, size_t n, gt_error *err)
+{
+    cJSON *root = NULL;
+    gt_error why = {0};
+    gt_err rc = GT_OK;
+    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == ' '))
+        n--;
+    if (n == 0)
+        return GT_OK;
+    if (gt_json_parse(p, n, "etcd watch reply", &root, &why) != GT_OK)
+        return gt_error_set(err, GT_EIO, "etcd: %s", why.message);
+    const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (e || !cJSON_IsObject(res)) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(e) ? e : root, "message");
+        rc = e ? gt_error_set(err, GT_EUNAVAIL, "etcd: watch: %s",
+                              cJSON_IsString(m) ? m->valuestring : "an error without a message")
+               : gt_error_set(err, GT_EIO, "etcd: watch: a reply without a result");
+        goto done;
+    }
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(res, "header");
+    int64_t hrev = 0;
+    if (h && !cJSON_IsObject(h)) {
+        rc = gt_error_set(err, GT_EIO, "etcd: watch: header: expected an object");
+        goto done;
+    }
+    if ((rc = gt_etcd__int(h, "revision", &hrev, err)) != GT_OK ||
+        (rc = gt_etcd__int(res, "compact_revision", &w->compact_rev, err)) != GT_OK)
+        goto done;
+    if (w->compact_rev > 0) {
+        w->done = true;
+        goto done;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"))) {
+        if (hrev < 1) {
+            rc = gt_error_set(err, GT_EIO, "etcd: watch: created at revision %" PRId64, hrev);
+            goto done;
+        }
+        w->created_rev = hrev;
+        if (w->stop_when_created && hrev <= w->since)
+            w->done = true;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
+        const cJSON *why_c = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch canceled: %s",
+                          cJSON_IsString(why_c) ? why_c->valuestring : "no reason given");
+        goto done;
+    }
+    const cJSON *evs = cJSON_GetObjectItemCaseSensitive(res, "events"), *ev;
+    if (evs && !cJSON_IsNull(evs) && !cJSON_IsArray(evs)) {
+        rc = gt_error_set(err, GT_EIO, "etcd: watch: events: expected an array");
+        goto done;
+    }
+    size_t pl = strlen(w->prefix);
+    cJSON_ArrayForEach(ev, evs)
+    {
+        if ((rc = watch_event(w, ev, pl, err)) != GT_OK || w->done)
+            break;
+    }
+    if (w->out.n > 0 && !w->keep_reading)
+        w->done = true;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+gt_err gt_etcd__watch_feed(gt_etcd_watch *w, const char *p, size_t n, gt_error *err)
+{
+    if (w->out.next < w->since)
+        w->out.next = w->since;
+    while (n > 0 && !w->done) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) : n;
+        if (w->line.len + take > WATCH_MAX_LINE) {
+            w->overflow = w->done = true;
+            break;
+        }
+        gt_buf_append(&w->line, p, take);
+        if (nl == NULL)
+            break;
+        p += take + 1;
+        n -= take + 1;
+        gt_err rc = watch_line(w, w->line.data, w->line.len, err);
+        gt_buf_free(&w->line);
+        if (rc != GT_OK)
+            return rc;
+    }
+    return GT_OK;
+}
+
+gt_err gt_etcd__watch_end(gt_etcd_watch *w, gt_error *err)
+{
+    gt_err rc = GT_OK;
+    if (w->out.next < w->since)
+        w->out.next = w->since;
+    if (!w->done && w->line.len > 0)
+        rc = watch_line(w, w->line.data, w->line.len, err);
+    gt_buf_free(&w->line);
+    return rc;
+}
+
+void gt_etcd__watch_clear(gt_etcd_watch *w)
+{
+    gt_store_changes_clear(&w->out);
+    free(w->pos);
+    w->pos = NULL;
+    gt_buf_free(&w->line);
+}
+
+/* The store's revision now, from a one-key read. */
+static gt_err current_rev(etcd_store *s, int64_t *rev, gt_error *err)
+{
+    cJSON *root = NULL;
+    char *probe = gt_xasprintf("%sprobe", s->prefix);
+    gt_err rc = call(s, "kv/range", range_req(probe, strlen(probe), NULL, 0, 1, false), &root,
+                     rev, err);
+    free(probe);
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* An open watch: the request, the parser (what has come since the last call), and what
+ * went wrong on curl's side of it. */
+typedef struct watch_stream {
+    char *key;          /* the watched prefix */
+    gt_strv colls;      /* the filter (the parser points into it) */
+    char *body;         /* the request; curl reads it from here */
+    struct curl_slist *headers;   /* a copy: a token renewal replaces the handle's */
+    gt_etcd_watch w;
+    gt_err rc;          /* the parser's verdict */
+    gt_error err;
+    int64_t opened_ms;
+    bool ended;         /* the transfer is over (cc says how) */
+    CURLcode cc;
+} watch_stream;
+
+static size_t on_watch(char *p, size_t size, size_t n, void *arg)
+{
+    watch_stream *ws = arg;
+    if (ws->rc == GT_OK)
+        ws->rc = gt_etcd__watch_feed(&ws->w, p, size * n, &ws->err);
+    return ws->rc == GT_OK && !ws->w.done ? size * n : 0;   /* 0 ends the transfer */
+}
+
+static void watch_stop(etcd_store *s)
+{
+    watch_stream *ws = s->watch;
+    if (ws == NULL)
+        return;
+    curl_multi_remove_handle(s->watch_multi, s->watch_curl);
+    curl_easy_setopt(s->watch_curl, CURLOPT_HTTPHEADER, NULL);
+    curl_slist_free_all(ws->headers);
+    gt_etcd__watch_clear(&ws->w);
+    gt_strv_free(&ws->colls);
+    free(ws->key);
+    free(ws->body);
+    free(ws);
+    s->watch = NULL;
+}
+
+static gt_err watch_start(etcd_store *s, char *key, const char *const *colls, size_t n_colls,
+                          int64_t since, gt_error *err)
+{
+    if (s->watch_curl == NULL) {
+        if ((s->watch_curl = curl_easy_duphandle(s->curl)) == NULL ||
+            (s->watch_multi = curl_multi_init()) == NULL) {
+            free(key);
+            return gt_error_set(err, GT_EINTERNAL, "etcd: watch: curl handle setup failed");
+        }
+        curl_easy_setopt(s->watch_curl, CURLOPT_WRITEFUNCTION, on_watch);
+        curl_easy_setopt(s->watch_curl, CURLOPT_ERRORBUFFER, s->watch_err);
+        curl_easy_setopt(s->watch_curl, CURLOPT_TIMEOUT_MS, 0L);   /* a stream: no end */
+    }
+    watch_stream *ws = gt_xcalloc(1, sizeof *ws);
+    ws->key = key;
+    for (size_t i = 0; i < n_colls; i++)
+        gt_strv_push(&ws->colls, colls[i]);
+    ws->w = (gt_etcd_watch){.prefix = s->prefix, .colls = (const char *const *)ws->colls.v,
+                            .n_colls = ws->colls.n, .since = since, .keep_reading = true};
+    size_t endl;
+    char *end = prefix_end(key, &endl);
+    cJSON *req = cJSON_CreateObject(), *cr = cJSON_AddObjectToObject(req, "create_request");
+    add_b64(cr, "key", key, strlen(key));
+    add_b64(cr, "range_end", end, endl);
+    add_i64(cr, "start_revision", since + 1);
+    free(end);
+    ws->body = gt_json_print(req);
+    cJSON_Delete(req);
+    char *url = gt_xasprintf("%s://%s/v3/watch", s->tls ? "https" : "http", s->hosts.v[s->cur]);
+    s->watch_err[0] = '\0';
+    curl_easy_setopt(s->watch_curl, CURLOPT_URL, url);   /* curl copies it */
+    curl_easy_setopt(s->watch_curl, CURLOPT_WRITEDATA, ws);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDS, ws->body);
+    curl_easy_setopt(s->watch_curl, CURLOPT_POSTFIELDSIZE, (long)strlen(ws->body));
+    free(url);
+    for (const struct curl_slist *h = s->headers; h; h = h->next)
+        ws->headers = curl_slist_append(ws->headers, h->data);
+    curl_easy_setopt(s->watch_curl, CURLOPT_HTTPHEADER, ws->headers);
+    ws->opened_ms = gt_mono_ms();
+    s->watch = ws;
+    if (curl_multi_add_handle(s->watch_multi, s->watch_curl) != CURLM_OK) {
+        watch_stop(s);
+        return gt_error_set(err, GT_EINTERNAL, "etcd: watch: curl_multi_add_handle failed");
+    }
+    return GT_OK;
+}
+
+/* Whether the open stream is the one this call continues: same range, same filter,
+ * and since where the last call left off. */
+static bool watch_continues(const etcd_store *s, const char *key, const char *const *colls,
+                            size_t n_colls, int64_t since)
+{
+    const watch_stream *ws = s->watch;
+    if (ws == NULL || ws->ended || strcmp(ws->key, key) != 0 || ws->w.since != since ||
+        ws->colls.n != n_colls)
+        return false;
+    for (size_t i = 0; i < n_colls; i++)
+        if (strcmp(ws->colls.v[i], colls[i]) != 0)
+            return false;
+    return true;
+}
+
+/* Reads the stream until it has changes, ends, or deadline passes. */
+static void watch_pump(etcd_store *s, int64_t deadline)
+{
+    watch_stream *ws = s->watch;
+    for (;;) {
+        int running = 0, queued = 0;
+        curl_multi_perform(s->watch_multi, &running);
+        CURLMsg *m;
+        while ((m = curl_multi_info_read(s->watch_multi, &queued)) != NULL) {
+            if (m->msg == CURLMSG_DONE) {
+                ws->ended = true;
+                ws->cc = m->data.result;
+            }
+        }
+        if (ws->ended || ws->rc != GT_OK || ws->w.done || ws->w.out.n > 0)
+            return;
+        int64_t left = deadline - gt_mono_ms();
+        if (left <= 0)
+            return;
+        curl_multi_poll(s->watch_multi, NULL, 0, (int)(left < 1000 ? left : 1000), NULL);
+    }
+}
+
+/* One stream per handle, kept open across calls: a call that goes on from where the
+ * last one stopped reads on (a new watch would start behind etcd's current revision
+ * and wait for its 100 ms catch-up loop). Another range, filter or since opens a new
+ * one. The gateway cannot be told to end a stream but by closing it. */
+static gt_err etcd_changes_wait(gt_store *gs, const char *const *colls, size_t n_colls,
+                                int64_t since, long wait_ms, gt_store_changes *out,
+                                gt_error *err)
+{
+    etcd_store *s = (etcd_store *)gs;
+    if (since == 0)
+        return current_rev(s, &out->next, err);
+    char *key = n_colls == 1 ? gt_xasprintf("%sd/%s/", s->prefix, colls[0])
+                             : gt_xasprintf("%sd/", s->prefix);
+    gt_err rc = GT_OK;
+    int64_t deadline = gt_mono_ms() + wait_ms;
+    if (!watch_continues(s, key, colls, n_colls, since)) {
+        watch_stop(s);
+        if ((rc = watch_start(s, key, colls, n_colls, since, err)) != GT_OK)
+            return rc;
+        /* a new stream: give the member time to create it and send what is past */
+        if (wait_ms < WATCH_MIN_MS)
+            deadline = gt_mono_ms() + WATCH_MIN_MS;
+        s->watch->w.stop_when_created = wait_ms == 0;
+    } else {
+        free(key);
+    }
+    watch_stream *ws = s->watch;
+    /* a member that cannot be reached is skipped for the next, while time is left */
+    for (size_t tries = 1;; tries++) {
+        watch_pump(s, deadline);
+        if (!ws->ended || ws->w.created_rev != 0 || tries >= s->hosts.n ||
+            (ws->cc != CURLE_COULDNT_CONNECT && ws->cc != CURLE_COULDNT_RESOLVE_HOST) ||
+            gt_mono_ms() >= deadline)
+            break;
+        s->cur = (s->cur + 1) % s->hosts.n;
+        key = gt_xstrdup(ws->key);
+        watch_stop(s);
+        if ((rc = watch_start(s, key, colls, n_colls, since, err)) != GT_OK)
+            return rc;
+        ws = s->watch;
+    }
+    long status = 0;
+    curl_easy_getinfo(s->watch_curl, CURLINFO_RESPONSE_CODE, &status);
+    bool http_error = ws->ended && status != 200 && status != 0;
+    /* a last line without its newline: an error body, or the end of a closed stream */
+    if (ws->rc == GT_OK && ws->ended && (ws->cc == CURLE_OK || http_error))
+        ws->rc = gt_etcd__watch_end(&ws->w, &ws->err);
+    if (http_error) {
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: HTTP %ld (%s)", status,
+                          ws->rc != GT_OK ? ws->err.message : "no message");
+    } else if (ws->rc != GT_OK) {
+        rc = gt_error_set(err, ws->rc, "%s", ws->err.message);
+    } else if (ws->ended && ws->cc != CURLE_OK && !(ws->cc == CURLE_WRITE_ERROR && ws->w.done)) {
+        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: watch: %s",
+                          s->watch_err[0] ? s->watch_err : curl_easy_strerror(ws->cc));
+    } else if (!ws->ended && ws->w.created_rev == 0 &&
+               gt_mono_ms() - ws->opened_ms >= 2 * WATCH_MIN_MS + 1000) {
+        /* accepted, never answered: nothing is lost (next stays); try another member */
+        s->cur = (s->cur + 1) % s->hosts.n;
+        watch_stop(s);
+        out->next = since;
+        return GT_OK;
+    }
+    if (rc == GT_OK && (ws->w.compact_rev > 0 || ws->w.overflow)) {
+        /* what happened after since is gone (or too big to read): start over from now */
+        int64_t compact = ws->w.compact_rev, now = 0;
+        watch_stop(s);
+        if ((rc = current_rev(s, &now, err)) == GT_OK) {
+            out->reset = true;
+            out->next = now > compact ? now : compact;
+        }
+        return rc;
+    }
+    if (rc != GT_OK) {
+        watch_stop(s);
+        return rc;
+    }
+    /* hand over what came; the stream goes on from there */
+    *out = ws->w.out;
+    if (out->next < since)
+        out->next = since;
+    ws->w.out = (gt_store_changes){0};
+    free(ws->w.pos);
+    ws->w.pos = NULL;
+    ws->w.since = out->next;
+    ws->w.stop_when_created = false;
+    if (ws->ended || ws->w.done)   /* closed, or stopped at a full reply */
+        watch_stop(s);
+    return GT_OK;
+}
+
 /* ---- open / close ---- */
 
 /* The headers of every request: JSON, no 100-continue round trip, and the auth token. */
@@ -1508,6 +1929,11 @@ static void etcd_close(gt_store *gs)
     etcd_store *s = (etcd_store *)gs;
     if (s->curl)
         curl_easy_cleanup(s->curl);
+    watch_stop(s);
+    if (s->watch_multi)
+        curl_multi_cleanup(s->watch_multi);
+    if (s->watch_curl)
+        curl_easy_cleanup(s->watch_curl);
     curl_slist_free_all(s->headers);
     gt_strv_free(&s->hosts);
     free(s->prefix);
@@ -1534,6 +1960,7 @@ static const gt_store_ops etcd_ops = {
     .query_range = etcd_query_range,
     .count = etcd_count,
     .apply = etcd_apply,
+    .changes_wait = etcd_changes_wait,
 };
 
 gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)

@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "store_driver.h"
@@ -30,7 +31,7 @@
 #define GT_STORE_LOCAL_SYNCHRONOUS "FULL"   /* overridable only to measure NORMAL */
 #endif
 
-enum { BUSY_TIMEOUT_MS = 5000, SCHEMA_VERSION = 1 };
+enum { BUSY_TIMEOUT_MS = 5000, SCHEMA_VERSION = 2 };
 
 static const char SCHEMA_SQL[] =
     "CREATE TABLE IF NOT EXISTS documents ("
@@ -43,6 +44,43 @@ static const char SCHEMA_SQL[] =
     "CREATE TABLE IF NOT EXISTS leases ("
     " name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL,"
     " expires_ms INTEGER NOT NULL);";
+
+/* Schema version 2: the changes log read by changes_wait. Triggers write it in the
+ * transaction of every document write (whatever statement makes it), one row per
+ * document holding its latest change: pos is the write's position in the revision
+ * sequence (a delete takes a sequence value of its own, so it has a position too).
+ * Rows more than changes_keep positions behind the newest are trimmed, and
+ * changes_floor records up to where: a watcher further behind gets reset. */
+#define CHANGES_TRIM                                                                      \
+    " UPDATE sequence SET value = (SELECT max(pos) FROM changes) -"                       \
+    "  (SELECT value FROM sequence WHERE name = 'changes_keep')"                          \
+    "  WHERE name = 'changes_floor' AND value < (SELECT max(pos) FROM changes) -"         \
+    "  (SELECT value FROM sequence WHERE name = 'changes_keep');"                         \
+    " DELETE FROM changes WHERE pos <= (SELECT value FROM sequence WHERE name = 'changes_floor');"
+#define CHANGES_PUT                                                                       \
+    " DELETE FROM changes WHERE coll = NEW.coll AND id = NEW.id;"                         \
+    " INSERT INTO changes (pos, coll, id, rev) VALUES (NEW.rev, NEW.coll, NEW.id, NEW.rev);" \
+    CHANGES_TRIM
+static const char CHANGES_SQL[] =
+    "CREATE TABLE IF NOT EXISTS changes ("
+    " pos INTEGER PRIMARY KEY, coll TEXT NOT NULL, id TEXT NOT NULL, rev INTEGER NOT NULL);"
+    "CREATE UNIQUE INDEX IF NOT EXISTS changes_doc ON changes (coll, id);"
+    "INSERT OR IGNORE INTO sequence (name, value) VALUES ('changes_floor', 0);"
+    "INSERT OR IGNORE INTO sequence (name, value) VALUES ('changes_keep', 10000);"
+    /* positions start at 1: since 0 asks for the current one, so it is none */
+    "UPDATE sequence SET value = 1 WHERE name = 'rev' AND value = 0;"
+    "CREATE TRIGGER IF NOT EXISTS changes_on_insert AFTER INSERT ON documents BEGIN"
+    CHANGES_PUT " END;"
+    "CREATE TRIGGER IF NOT EXISTS changes_on_update AFTER UPDATE ON documents BEGIN"
+    CHANGES_PUT " END;"
+    "CREATE TRIGGER IF NOT EXISTS changes_on_delete AFTER DELETE ON documents BEGIN"
+    " UPDATE sequence SET value = value + 1 WHERE name = 'rev';"
+    " DELETE FROM changes WHERE coll = OLD.coll AND id = OLD.id;"
+    " INSERT INTO changes (pos, coll, id, rev) VALUES"
+    "  ((SELECT value FROM sequence WHERE name = 'rev'), OLD.coll, OLD.id, 0);"
+    CHANGES_TRIM " END;";
+#undef CHANGES_PUT
+#undef CHANGES_TRIM
 
 static const char SQL_BEGIN[] = "BEGIN IMMEDIATE";
 static const char SQL_COMMIT[] = "COMMIT";
@@ -237,7 +275,9 @@ static gt_err open_schema(local_store *ls, gt_error *err)
     if (version < SCHEMA_VERSION) {
         src = sqlite3_exec(ls->db, SCHEMA_SQL, NULL, NULL, &errmsg);
         if (src == SQLITE_OK)
-            src = sqlite3_exec(ls->db, "PRAGMA user_version = 1", NULL, NULL, &errmsg);
+            src = sqlite3_exec(ls->db, CHANGES_SQL, NULL, NULL, &errmsg);
+        if (src == SQLITE_OK)
+            src = sqlite3_exec(ls->db, "PRAGMA user_version = 2", NULL, NULL, &errmsg);
         if (src != SQLITE_OK) {
             rc = db_fail(ls, src, "create schema", err);
             goto done;
@@ -855,6 +895,125 @@ unlock:
     return rc;
 }
 
+/* ---- change notification ---- */
+
+enum { CHANGES_POLL_MS = 25, CHANGES_MAX = 1000 };
+
+static const char SQL_CHANGES_POS[] = "SELECT value FROM sequence WHERE name = 'rev'";
+static const char SQL_CHANGES_FLOOR[] =
+    "SELECT value FROM sequence WHERE name = 'changes_floor'";
+
+/* Reads one integer (the first column of the first row) of a cached statement. */
+static gt_err read_int(local_store *ls, const char *sql, int64_t *out, gt_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    gt_err rc = prepare(ls, sql, &st, err);
+    if (rc != GT_OK)
+        goto done;
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(ls, src == SQLITE_DONE ? SQLITE_CORRUPT : src, "read changes", err);
+done:
+    release(st);
+    return rc;
+}
+
+/* One look at the log, in one read transaction so the position and the rows agree.
+ * *pos is the current position; out gets the rows after since (reset when the log no
+ * longer reaches back to since). */
+static gt_err changes_read(local_store *ls, const char *const *colls, size_t n_colls,
+                           int64_t since, int64_t *pos, gt_store_changes *out, gt_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    gt_buf sql = {0};
+    int64_t floor = 0;
+    gt_err rc = exec_simple(ls, "BEGIN", "begin", err);
+    if (rc != GT_OK)
+        return rc;
+    if ((rc = read_int(ls, SQL_CHANGES_POS, pos, err)) != GT_OK || since == 0 || *pos <= since)
+        goto done;
+    if ((rc = read_int(ls, SQL_CHANGES_FLOOR, &floor, err)) != GT_OK)
+        goto done;
+    if (since < floor) {
+        out->reset = true;
+        goto done;
+    }
+    gt_buf_puts(&sql, "SELECT pos, coll, id, rev FROM changes WHERE pos > ?1");
+    for (size_t i = 0; i < n_colls; i++)   /* numbered: a bare ? would take number 2 */
+        gt_buf_printf(&sql, "%s?%zu", i == 0 ? " AND coll IN (" : ", ", i + 3);
+    gt_buf_puts(&sql, n_colls ? ") ORDER BY pos LIMIT ?2" : " ORDER BY pos LIMIT ?2");
+    rc = prepare(ls, sql.data, &st, err);
+    if (rc != GT_OK)
+        goto done;
+    sqlite3_bind_int64(st, 1, since);
+    sqlite3_bind_int64(st, 2, CHANGES_MAX + 1);
+    for (size_t i = 0; i < n_colls; i++)
+        bind_str(st, (int)i + 3, colls[i]);
+    size_t cap = 0;
+    int src;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (out->n == CHANGES_MAX) {   /* more follow: go on after the last one given */
+            *pos = out->next;
+            break;
+        }
+        if (out->n == cap) {
+            cap = cap ? cap * 2 : 16;
+            out->v = gt_xrealloc(out->v, cap * sizeof *out->v);
+        }
+        const char *coll = (const char *)sqlite3_column_text(st, 1);
+        const char *id = (const char *)sqlite3_column_text(st, 2);
+        out->v[out->n++] = (gt_store_change){gt_xstrdup(coll ? coll : ""),
+                                             gt_xstrdup(id ? id : ""),
+                                             sqlite3_column_int64(st, 3)};
+        out->next = sqlite3_column_int64(st, 0);
+    }
+    if (src != SQLITE_ROW && src != SQLITE_DONE)
+        rc = db_fail(ls, src, "read changes", err);
+done:
+    release(st);
+    gt_buf_free(&sql);
+    return tx_end(ls, rc, err);
+}
+
+/* Polls the log: another process's commit shows only in the file, and a look costs
+ * one indexed read of the sequence row (the rows are read only when it moved). */
+static gt_err local_changes_wait(gt_store *s, const char *const *colls, size_t n_colls,
+                                 int64_t since, long wait_ms, gt_store_changes *out,
+                                 gt_error *err)
+{
+    local_store *ls = (local_store *)s;
+    int64_t deadline = gt_mono_ms() + wait_ms, pos = 0, seen = -1;
+    gt_err rc = GT_OK;
+    for (;;) {
+        pthread_mutex_lock(&ls->mu);
+        if (seen < 0 || since == 0) {
+            rc = changes_read(ls, colls, n_colls, since, &pos, out, err);
+        } else {
+            rc = read_int(ls, SQL_CHANGES_POS, &pos, err);
+            if (rc == GT_OK && pos != seen)
+                rc = changes_read(ls, colls, n_colls, since, &pos, out, err);
+        }
+        pthread_mutex_unlock(&ls->mu);
+        if (rc != GT_OK)
+            return rc;
+        seen = pos;
+        if (since == 0 || out->reset || out->n > 0) {
+            out->next = pos > out->next ? pos : out->next;
+            return GT_OK;
+        }
+        int64_t left = deadline - gt_mono_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts = {0, (left < CHANGES_POLL_MS ? left : CHANGES_POLL_MS) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    /* nothing for these collections: the writes to others up to pos are behind us */
+    out->next = pos > since ? pos : since;
+    return GT_OK;
+}
+
 static const gt_store_ops local_ops = {
     .name = "local",
     .close = local_close,
@@ -868,4 +1027,5 @@ static const gt_store_ops local_ops = {
     .query_range = local_query_range,
     .count = local_count,
     .apply = local_apply,
+    .changes_wait = local_changes_wait,
 };

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store_driver.h"
 #include "util.h"
@@ -40,9 +41,18 @@ typedef struct mem_store {
     size_t ncolls, colls_cap;
     mem_lease *leases;
     size_t nleases, leases_cap;
+    /* change notification (see mem_changes_wait) */
+    pthread_cond_t changed;
+    struct mem_change *log;
+    size_t nlog, log_cap;
+    int64_t log_floor;
 } mem_store;
 
 static const gt_store_ops mem_ops;
+static void changes_init(mem_store *ms);
+static void changes_free(mem_store *ms);
+static void changes_add(mem_store *ms, const char *coll, const char *id, int64_t pos,
+                        int64_t rev);
 
 gt_store *gt_store_open_memory(gt_error *err)
 {
@@ -50,6 +60,8 @@ gt_store *gt_store_open_memory(gt_error *err)
     mem_store *ms = gt_xcalloc(1, sizeof *ms);
     ms->base.ops = &mem_ops;
     pthread_mutex_init(&ms->mu, NULL);
+    ms->seq = 1;   /* positions start at 1: since 0 asks for the current one, so it is none */
+    changes_init(ms);
     return &ms->base;
 }
 
@@ -73,6 +85,7 @@ static void mem_close(gt_store *s)
         free(ms->leases[i].holder);
     }
     free(ms->leases);
+    changes_free(ms);
     pthread_mutex_destroy(&ms->mu);
     free(ms);
 }
@@ -186,6 +199,7 @@ static int64_t doc_write(mem_store *ms, const char *coll, const char *id, const 
     free(d->body);
     d->body = gt_xstrdup(body);
     d->rev = ++ms->seq;
+    changes_add(ms, coll, id, d->rev, d->rev);
     return d->rev;
 }
 
@@ -195,6 +209,7 @@ static void doc_remove(mem_store *ms, const char *coll, const char *id)
     size_t pos;
     mem_coll *c = coll_find(ms, coll, false);
     mem_doc *d = doc_find(c, id, &pos);
+    changes_add(ms, coll, id, ++ms->seq, 0);   /* a delete takes a position of its own */
     free(d->id);
     free(d->body);
     memmove(&c->docs[pos], &c->docs[pos + 1], (c->n - pos - 1) * sizeof *c->docs);
@@ -460,6 +475,136 @@ done:
     return rc;
 }
 
+/* ---- change notification ---- */
+
+/* The log holds each document's latest change in position order, at most
+ * CHANGES_KEEP rows; log_floor is the newest position trimmed away. */
+enum { CHANGES_KEEP = 10000, CHANGES_MAX = 1000 };
+
+typedef struct mem_change {
+    char *coll;
+    char *id;
+    int64_t pos;
+    int64_t rev;
+} mem_change;
+
+static void changes_init(mem_store *ms)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&ms->changed, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void changes_free(mem_store *ms)
+{
+    for (size_t i = 0; i < ms->nlog; i++) {
+        free(ms->log[i].coll);
+        free(ms->log[i].id);
+    }
+    free(ms->log);
+    pthread_cond_destroy(&ms->changed);
+}
+
+/* Records a write (mu held) and wakes the waiters. The scan for the document's older
+ * row is linear: this driver is for tests and small runs. */
+static void changes_add(mem_store *ms, const char *coll, const char *id, int64_t pos,
+                        int64_t rev)
+{
+    mem_change c = {NULL, NULL, pos, rev};
+    for (size_t i = 0; i < ms->nlog; i++) {
+        if (strcmp(ms->log[i].id, id) == 0 && strcmp(ms->log[i].coll, coll) == 0) {
+            c.coll = ms->log[i].coll;
+            c.id = ms->log[i].id;
+            memmove(&ms->log[i], &ms->log[i + 1], (ms->nlog - i - 1) * sizeof *ms->log);
+            ms->nlog--;
+            break;
+        }
+    }
+    if (c.coll == NULL) {
+        c.coll = gt_xstrdup(coll);
+        c.id = gt_xstrdup(id);
+    }
+    if (ms->nlog == CHANGES_KEEP) {
+        ms->log_floor = ms->log[0].pos;
+        free(ms->log[0].coll);
+        free(ms->log[0].id);
+        memmove(&ms->log[0], &ms->log[1], (ms->nlog - 1) * sizeof *ms->log);
+        ms->nlog--;
+    }
+    if (ms->nlog == ms->log_cap) {
+        ms->log_cap = ms->log_cap ? ms->log_cap * 2 : 64;
+        ms->log = gt_xrealloc(ms->log, ms->log_cap * sizeof *ms->log);
+    }
+    ms->log[ms->nlog++] = c;
+    pthread_cond_broadcast(&ms->changed);
+}
+
+static bool coll_wanted(const char *const *colls, size_t n_colls, const char *coll)
+{
+    for (size_t i = 0; i < n_colls; i++)
+        if (strcmp(colls[i], coll) == 0)
+            return true;
+    return n_colls == 0;
+}
+
+/* Fills out from the log (mu held); false when nothing is there for the caller. */
+static bool changes_collect(mem_store *ms, const char *const *colls, size_t n_colls,
+                            int64_t since, gt_store_changes *out)
+{
+    if (since < ms->log_floor) {
+        out->reset = true;
+        out->next = ms->seq;
+        return true;
+    }
+    size_t i = ms->nlog;
+    while (i > 0 && ms->log[i - 1].pos > since)   /* the first row after since */
+        i--;
+    int64_t last = 0;
+    for (; i < ms->nlog; i++) {
+        const mem_change *c = &ms->log[i];
+        if (!coll_wanted(colls, n_colls, c->coll))
+            continue;
+        if (out->n == CHANGES_MAX) {   /* more follow: go on after the last one given */
+            out->next = last;
+            return true;
+        }
+        if (out->n == 0)
+            out->v = gt_xcalloc(CHANGES_MAX, sizeof *out->v);
+        out->v[out->n++] = (gt_store_change){gt_xstrdup(c->coll), gt_xstrdup(c->id), c->rev};
+        last = c->pos;
+    }
+    out->next = ms->seq > since ? ms->seq : since;
+    return out->n > 0;
+}
+
+static gt_err mem_changes_wait(gt_store *s, const char *const *colls, size_t n_colls,
+                               int64_t since, long wait_ms, gt_store_changes *out,
+                               gt_error *err)
+{
+    (void)err;
+    mem_store *ms = (mem_store *)s;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&ms->mu);
+    if (since == 0) {
+        out->next = ms->seq;
+    } else {
+        while (!changes_collect(ms, colls, n_colls, since, out) &&
+               pthread_cond_timedwait(&ms->changed, &ms->mu, &until) == 0)
+            ;
+    }
+    pthread_mutex_unlock(&ms->mu);
+    return GT_OK;
+}
+
 static const gt_store_ops mem_ops = {
     .name = "memory",
     .close = mem_close,
@@ -473,4 +618,5 @@ static const gt_store_ops mem_ops = {
     .query_range = mem_query_range,
     .count = mem_count,
     .apply = mem_apply,
+    .changes_wait = mem_changes_wait,
 };

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "model/model.h"
 #include "pool.h"
+#include "watch.h"
 #include "util.h"
 
 typedef enum role { ROLE_NONE = 0, ROLE_VIEWER, ROLE_OPERATOR, ROLE_ADMIN } role;
@@ -59,6 +60,7 @@ struct gt_ctl {
     char *queue_name;          /* tokend's request queue */
     worker *workers;
     gt_pool *pool;             /* runs executions on this node (not distributed) */
+    gt_watch *watch;           /* the process's change watcher: the pool's cancels */
     metrics m;
 };
 
@@ -789,6 +791,10 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
         ctl->workers[i].ctl = ctl;
     }
     if (!cfg->distributed) {
+        if ((ctl->watch = gt_watch_new(cfg->open_store, cfg->open_store_arg, err)) == NULL) {
+            gt_ctl_free(&ctl);
+            return NULL;
+        }
         gt_pool_config pc = {
             .workers = cfg->exec_workers > 0 ? cfg->exec_workers : 4,
             .open_store = cfg->open_store,
@@ -797,6 +803,7 @@ gt_ctl *gt_ctl_new(const gt_ctl_config *cfg, gt_error *err)
             .key_file_explicit = cfg->key_file_explicit,
             .run = cfg->run,
             .runner_name = cfg->node,
+            .watch = ctl->watch,
         };
         if ((ctl->pool = gt_pool_new(&pc, err)) == NULL) {
             gt_ctl_free(&ctl);
@@ -827,6 +834,7 @@ void gt_ctl_free(gt_ctl **pctl)
     /* runs in progress finish; queued ones stay "accepted" and the next controller
      * start dispatches them again */
     gt_pool_free(&ctl->pool);
+    gt_watch_free(&ctl->watch);
     for (int i = 0; i < (ctl->c.http_workers > 0 ? ctl->c.http_workers : 1); i++)
         worker_close(&ctl->workers[i]);
     pthread_mutex_destroy(&ctl->m.mu);

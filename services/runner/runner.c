@@ -12,6 +12,7 @@
 #include "model/model.h"
 #include "pool.h"
 #include "util.h"
+#include "watch.h"
 
 /* A delivery taken from a work queue, until it is settled (acked or handed back). */
 typedef struct job {
@@ -27,6 +28,7 @@ struct gt_runner {
     gt_runner_config c;
     gt_store *store;        /* the main thread's: registration */
     gt_pool *pool;
+    gt_watch *watch;        /* the process's change watcher: the pool's cancels */
     char *lease_name;
     gt_store_fence fence;   /* every execution write carries it */
     int64_t lease_ttl_ms;
@@ -371,6 +373,8 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
     }
     r->fence.name = r->lease_name;
     r->fence.holder = r->c.id;
+    if ((r->watch = gt_watch_new(r->c.open_store, r->c.open_store_arg, err)) == NULL)
+        goto fail;
     gt_pool_config pc = {
         .workers = r->c.capacity,
         .open_store = r->c.open_store,
@@ -380,6 +384,7 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
         .run = r->c.run,
         .runner_name = r->c.id,
         .fence = &r->fence,
+        .watch = r->watch,
         .done = job_done,
         .done_arg = r,
     };
@@ -417,6 +422,7 @@ void gt_runner_free(gt_runner **pr)
     }
     bool idle = r->pool == NULL || gt_pool_busy(r->pool) == 0;
     gt_pool_free(&r->pool);
+    gt_watch_free(&r->watch);
     for (size_t i = 0; i < r->ndone; i++)
         job_free(r->done[i]);
     /* a clean stop gives the lease back at once; a runner fenced out, or one that still

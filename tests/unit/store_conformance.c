@@ -929,6 +929,313 @@ static void test_error_messages(void **state)
     assert_non_null(strstr(err.message, "services/bar"));
 }
 
+/* ---- change notification ---- */
+
+/* The position a watch starts from (since 0). */
+static int64_t changes_start(gt_store *s)
+{
+    gt_store_changes ch;
+    gt_error err = {0};
+    gt_err rc = gt_store_changes_wait(s, NULL, 0, 0, 0, &ch, &err);
+    if (rc != GT_OK)
+        fail_msg("changes since 0: %s: %s", gt_strerror(rc), err.message);
+    assert_int_equal(ch.n, 0);
+    assert_false(ch.reset);
+    assert_true(ch.next >= 0);
+    int64_t next = ch.next;
+    gt_store_changes_clear(&ch);
+    return next;
+}
+
+/* What a watcher saw: each document's latest change, merged over calls. */
+typedef struct seen_changes {
+    gt_strv keys;       /* "coll/id" */
+    int64_t revs[64];
+    int64_t next;
+    int calls;
+} seen_changes;
+
+static int64_t seen_rev(const seen_changes *w, const char *coll, const char *id)
+{
+    char key[256];
+    snprintf(key, sizeof key, "%s/%s", coll, id);
+    for (size_t i = 0; i < w->keys.n; i++)
+        if (strcmp(w->keys.v[i], key) == 0)
+            return w->revs[i];
+    return -1;
+}
+
+/* Waits from since for changes to colls until want documents have been seen or 10 s
+ * passed (a driver may deliver one write's changes per call). Checks what every reply
+ * must satisfy: one entry per document, in position order, next never going back. */
+static void watch_until(gt_store *s, const char *const *colls, size_t n_colls, int64_t since,
+                        size_t want, seen_changes *w)
+{
+    memset(w, 0, sizeof *w);
+    w->next = since;
+    int64_t deadline = gt_mono_ms() + 10000;
+    while (w->keys.n < want && gt_mono_ms() < deadline) {
+        gt_store_changes ch;
+        gt_error err = {0};
+        gt_err rc = gt_store_changes_wait(s, colls, n_colls, w->next, 2000, &ch, &err);
+        if (rc != GT_OK)
+            fail_msg("changes since %" PRId64 ": %s: %s", w->next, gt_strerror(rc), err.message);
+        assert_false(ch.reset);
+        assert_true(ch.next >= w->next);
+        /* (revisions and positions are apart: a MongoDB position is a cluster time) */
+        for (size_t i = 0; i < ch.n; i++) {
+            for (size_t k = 0; k < i; k++)
+                if (strcmp(ch.v[k].coll, ch.v[i].coll) == 0 && strcmp(ch.v[k].id, ch.v[i].id) == 0)
+                    fail_msg("%s/%s twice in one reply", ch.v[i].coll, ch.v[i].id);
+            char key[256];
+            snprintf(key, sizeof key, "%s/%s", ch.v[i].coll, ch.v[i].id);
+            size_t k = 0;
+            while (k < w->keys.n && strcmp(w->keys.v[k], key) != 0)
+                k++;
+            if (k == w->keys.n) {
+                assert_true(k < 64);
+                gt_strv_push(&w->keys, key);
+            }
+            w->revs[k] = ch.v[i].rev;
+        }
+        w->next = ch.next;
+        w->calls++;
+        gt_store_changes_clear(&ch);
+    }
+}
+
+static void seen_clear(seen_changes *w)
+{
+    gt_strv_free(&w->keys);
+}
+
+static void test_changes_since_zero(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t p0 = changes_start(s);
+    put_ok(s, "c_pos", "a", "{}", GT_REV_NONE);
+    int64_t p1 = changes_start(s);
+    assert_true(p1 > p0);   /* positions grow with writes */
+}
+
+static void test_changes_put_and_delete(void **state)
+{
+    gt_store *s = store_of(state);
+    put_ok(s, "c_pd", "old", "{}", GT_REV_NONE);
+    int64_t since = changes_start(s);
+    int64_t rev = put_ok(s, "c_pd", "new", "{\"v\":1}", GT_REV_NONE);
+    assert_int_equal(gt_store_delete(s, "c_pd", "old", GT_REV_ANY, NULL), GT_OK);
+    seen_changes w;
+    watch_until(s, NULL, 0, since, 2, &w);
+    assert_int_equal(w.keys.n, 2);
+    assert_int_equal(seen_rev(&w, "c_pd", "new"), rev);
+    assert_int_equal(seen_rev(&w, "c_pd", "old"), 0);
+    assert_true(w.next > since);
+    seen_clear(&w);
+}
+
+/* The documents one apply writes are changes like any other. */
+static void test_changes_apply(void **state)
+{
+    gt_store *s = store_of(state);
+    put_ok(s, "c_ap", "old", "{}", GT_REV_NONE);
+    int64_t since = changes_start(s);
+    gt_store_op ops[] = {
+        {.kind = GT_STORE_OP_PUT, .coll = "c_ap", .id = "x", .body = "{}",
+         .expect_rev = GT_REV_NONE},
+        {.kind = GT_STORE_OP_PUT, .coll = "c_ap2", .id = "y", .body = "{}",
+         .expect_rev = GT_REV_NONE},
+        {.kind = GT_STORE_OP_DELETE, .coll = "c_ap", .id = "old", .expect_rev = GT_REV_ANY},
+    };
+    gt_error err = {0};
+    if (gt_store_apply(s, ops, 3, NULL, &err) != GT_OK)
+        fail_msg("apply: %s", err.message);
+    seen_changes w;
+    watch_until(s, NULL, 0, since, 3, &w);
+    assert_int_equal(w.keys.n, 3);
+    assert_int_equal(seen_rev(&w, "c_ap", "x"), ops[0].new_rev);
+    assert_int_equal(seen_rev(&w, "c_ap2", "y"), ops[1].new_rev);
+    assert_int_equal(seen_rev(&w, "c_ap", "old"), 0);
+    seen_clear(&w);
+}
+
+static void test_changes_filter(void **state)
+{
+    gt_store *s = store_of(state);
+    int64_t since = changes_start(s);
+    put_ok(s, "c_f_a", "x", "{}", GT_REV_NONE);
+    int64_t rb = put_ok(s, "c_f_b", "y", "{}", GT_REV_NONE);
+    put_ok(s, "c_f_c", "z", "{}", GT_REV_NONE);
+    int64_t last = put_ok(s, "c_f_a", "w", "{}", GT_REV_NONE);
+    const char *only_b[] = {"c_f_b"};
+    seen_changes w;
+    watch_until(s, only_b, 1, since, 1, &w);
+    assert_int_equal(w.keys.n, 1);
+    assert_int_equal(seen_rev(&w, "c_f_b", "y"), rb);
+    seen_clear(&w);
+    const char *a_and_c[] = {"c_f_a", "c_f_c"};
+    watch_until(s, a_and_c, 2, since, 3, &w);
+    assert_int_equal(w.keys.n, 3);
+    assert_int_equal(seen_rev(&w, "c_f_b", "y"), -1);
+    assert_int_equal(seen_rev(&w, "c_f_a", "w"), last);
+    seen_clear(&w);
+}
+
+static void test_changes_coalesce(void **state)
+{
+    gt_store *s = store_of(state);
+    put_ok(s, "c_co", "gone", "{}", GT_REV_NONE);
+    int64_t since = changes_start(s);
+    int64_t r = 0;
+    for (int i = 0; i < 5; i++)
+        r = put_ok(s, "c_co", "hot", "{}", GT_REV_ANY);
+    assert_int_equal(gt_store_delete(s, "c_co", "gone", GT_REV_ANY, NULL), GT_OK);
+    int64_t again = put_ok(s, "c_co", "gone", "{\"back\":true}", GT_REV_NONE);
+    /* all of it is in the past now: one reply gives each document once, its latest */
+    gt_store_changes ch;
+    gt_error err = {0};
+    gt_err rc = gt_store_changes_wait(s, NULL, 0, since, 5000, &ch, &err);
+    if (rc != GT_OK)
+        fail_msg("changes: %s", err.message);
+    assert_int_equal(ch.n, 2);
+    assert_string_equal(ch.v[0].id, "hot");
+    assert_int_equal(ch.v[0].rev, r);
+    assert_string_equal(ch.v[1].id, "gone");
+    assert_int_equal(ch.v[1].rev, again);
+    assert_true(ch.next > since);
+    int64_t next = ch.next;
+    gt_store_changes_clear(&ch);
+    /* and nothing more after next */
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, next, 0, &ch, NULL), GT_OK);
+    assert_int_equal(ch.n, 0);
+    gt_store_changes_clear(&ch);
+}
+
+static void test_changes_timeout(void **state)
+{
+    gt_store *s = store_of(state);
+    put_ok(s, "c_to", "a", "{}", GT_REV_NONE);
+    int64_t since = changes_start(s);
+    gt_store_changes ch;
+    int64_t t0 = gt_mono_ms();
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, since, 300, &ch, NULL), GT_OK);
+    int64_t took = gt_mono_ms() - t0;
+    assert_int_equal(ch.n, 0);
+    assert_false(ch.reset);
+    /* unchanged here; a driver may move it over what it knows is quiet (MongoDB moves
+     * it to the majority point), never past a write */
+    if (strcmp(gt_store_driver(s), "mongodb") != 0)
+        assert_int_equal(ch.next, since);
+    assert_true(ch.next >= since);
+    assert_true(took >= 250);   /* it waited (a little less: clocks round) */
+    int64_t quiet = ch.next;
+    gt_store_changes_clear(&ch);
+    int64_t rev = put_ok(s, "c_to", "after", "{}", GT_REV_NONE);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, quiet, 5000, &ch, NULL), GT_OK);
+    assert_int_equal(ch.n, 1);
+    assert_int_equal(ch.v[0].rev, rev);
+    since = ch.next;
+    gt_store_changes_clear(&ch);
+    /* a write to another collection is not what this watch waits for */
+    const char *colls[] = {"c_to_other"};
+    put_ok(s, "c_to", "b", "{}", GT_REV_NONE);
+    assert_int_equal(gt_store_changes_wait(s, colls, 1, since, 200, &ch, NULL), GT_OK);
+    assert_int_equal(ch.n, 0);
+    assert_true(ch.next >= since);
+    gt_store_changes_clear(&ch);
+    /* wait 0 only looks */
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, since, 0, &ch, NULL), GT_OK);
+    assert_true(ch.n <= 1);
+    gt_store_changes_clear(&ch);
+}
+
+static void test_changes_argument_checks(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_store_changes ch;
+    const char *bad[] = {""};
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, -1, 0, &ch, NULL), GT_EINVAL);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, 0, 60001, &ch, NULL), GT_EINVAL);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 1, 0, 0, &ch, NULL), GT_EINVAL);
+    assert_int_equal(gt_store_changes_wait(s, bad, 1, 0, 0, &ch, NULL), GT_EINVAL);
+    assert_int_equal(ch.n, 0);
+}
+
+typedef struct waker {
+    gt_store *s;
+    int64_t since;
+    long wait_ms;
+    gt_store_changes ch;
+    gt_err rc;
+    int64_t woke_us;
+} waker;
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void *waker_main(void *arg)
+{
+    waker *k = arg;
+    const char *colls[] = {"c_wake"};
+    k->rc = gt_store_changes_wait(k->s, colls, 1, k->since, k->wait_ms, &k->ch, NULL);
+    k->woke_us = mono_us();
+    return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+void gt_store_conformance_changes_wake(gt_store *waiter, gt_store *writer, int rounds)
+{
+    int64_t since = changes_start(waiter);
+    int64_t *lat = gt_xcalloc((size_t)rounds, sizeof *lat);
+    int64_t *put = gt_xcalloc((size_t)rounds, sizeof *put);   /* the write's own time */
+    for (int i = 0; i < rounds; i++) {
+        waker k = {.s = waiter, .since = since, .wait_ms = 10000};
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, waker_main, &k), 0);
+        /* let it start waiting; the varying part spreads writes over a poll period */
+        sleep_ms(i == 0 ? 200 : 30 + (i * 17) % 50);
+        char id[32];
+        snprintf(id, sizeof id, "w%d", i);
+        int64_t t0 = mono_us();
+        int64_t rev = put_ok(writer, "c_wake", id, "{}", GT_REV_NONE);
+        put[i] = mono_us() - t0;
+        pthread_join(t, NULL);
+        put_ok(writer, "c_wake_other", id, "{}", GT_REV_NONE);
+        assert_int_equal(k.rc, GT_OK);
+        if (k.ch.n == 0)
+            fail_msg("round %d: the waiter saw nothing of %s (next %" PRId64 ")", i, id, k.ch.next);
+        assert_int_equal(k.ch.n, 1);
+        assert_string_equal(k.ch.v[0].coll, "c_wake");
+        assert_string_equal(k.ch.v[0].id, id);
+        assert_int_equal(k.ch.v[0].rev, rev);
+        /* well before wait_ms: the waiter was woken by the write, not by its timeout */
+        lat[i] = k.woke_us - t0;
+        if (lat[i] >= 5000000)
+            fail_msg("round %d: woke %" PRId64 " ms after the write", i, lat[i] / 1000);
+        since = k.ch.next;
+        gt_store_changes_clear(&k.ch);
+    }
+    qsort(lat, (size_t)rounds, sizeof *lat, cmp_i64);
+    qsort(put, (size_t)rounds, sizeof *put, cmp_i64);
+    int p99 = (rounds * 99) / 100;
+    print_message("changes wake (%s): %d rounds, from the start of the write to the waiter "
+                  "waking: p50 %.2f ms, p99 %.2f ms, max %.2f ms (the write itself: p50 %.2f ms, "
+                  "p99 %.2f ms)\n",
+                  gt_store_driver(waiter), rounds, lat[rounds / 2] / 1000.0, lat[p99] / 1000.0,
+                  lat[rounds - 1] / 1000.0, put[rounds / 2] / 1000.0, put[p99] / 1000.0);
+    free(lat);
+    free(put);
+}
+
 /* ---- range queries, counts, atomic multi-document writes ---- */
 
 /* Walks a whole range query page by page and returns the ids joined by ',' (caller
@@ -1729,6 +2036,13 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
         T(test_fenced_writes),
         T(test_argument_checks),
         T(test_error_messages),
+        T(test_changes_since_zero),
+        T(test_changes_put_and_delete),
+        T(test_changes_apply),
+        T(test_changes_filter),
+        T(test_changes_coalesce),
+        T(test_changes_timeout),
+        T(test_changes_argument_checks),
         T(test_range_by_field),
         T(test_range_cursor_ties),
         T(test_range_by_id),

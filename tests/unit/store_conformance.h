@@ -30,5 +30,10 @@ void gt_store_conformance_apply_race(gt_store *a, gt_store *b, int rounds);
 /* nthreads threads, thread i through handles[i], each add increments to a counter
  * document with get + CAS + retry: asserts no increment is lost. */
 void gt_store_conformance_counter(gt_store **handles, int nthreads, int increments);
+/* rounds (>= 1) times: a thread waits through waiter for changes to collection "c_wake"
+ * (10 s at most) and the caller writes one document there through writer: asserts the
+ * waiter wakes with exactly that change, well before its wait ends (5 s); prints the
+ * write-to-wake p50/p99. */
+void gt_store_conformance_changes_wake(gt_store *waiter, gt_store *writer, int rounds);
 
 #endif

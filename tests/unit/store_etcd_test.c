@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +25,7 @@
 #include "store.h"
 #include "store_etcd.h"
 #include "store_conformance.h"
+#include "crypto.h"
 #include "util.h"
 
 typedef struct etcd_ctx {
@@ -276,6 +278,13 @@ static void test_tls(void **state)
     int64_t rev = 0;
     assert_int_equal(gt_store_put(s, "things", "tls", "{\"over\":\"tls\"}", GT_REV_NONE, &rev,
                                   &err), GT_OK);
+    /* the watch handle has the same TLS settings */
+    gt_store_changes ch;
+    if (gt_store_changes_wait(s, NULL, 0, rev - 1, 5000, &ch, &err) != GT_OK)
+        fail_msg("watch over TLS: %s", err.message);
+    assert_int_equal(ch.n, 1);
+    assert_int_equal(ch.v[0].rev, rev);
+    gt_store_changes_clear(&ch);
     gt_store_free(&s);
     /* the same document through a plain member: one cluster */
     char *body = NULL;
@@ -352,6 +361,229 @@ static void test_reply_parser(void **state)
     assert_int_equal(kvs.v[0].lease, 42);
     gt_etcd__kvs_free(&kvs);
     cJSON_Delete(root);
+}
+
+/* ---- change notification ---- */
+
+static void test_changes_two_handles(void **state)
+{
+    pair *p = *state;
+    const char *e = getenv("GANTRY_TEST_WAKE_ROUNDS");
+    int64_t rounds = 20;
+    if (e && gt_parse_int64(e, 1, 100000, &rounds, "GANTRY_TEST_WAKE_ROUNDS", NULL) != GT_OK)
+        rounds = 20;
+    gt_store_conformance_changes_wake(p->h[0], p->h[1], (int)rounds);
+}
+
+/* POSTs body to member 0's /v3/<path> with libcurl (what the driver does not expose). */
+static void etcd_post(const pair *p, const char *path, const char *body)
+{
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    char *url = gt_xasprintf("http://%s/v3/%s", p->c->hosts.v[0], path);
+    FILE *sink = fopen("/dev/null", "w");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, sink);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+    CURLcode cc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (cc != CURLE_OK || status != 200)
+        fail_msg("POST %s: %s, HTTP %ld", url, curl_easy_strerror(cc), status);
+    fclose(sink);
+    free(url);
+    curl_easy_cleanup(c);
+}
+
+/* A watch from before a compaction is reset, and goes on from the next it gives. */
+static void test_changes_compacted(void **state)
+{
+    pair *p = *state;
+    gt_store *s = p->h[0];
+    int64_t r1 = 0, r2 = 0;
+    assert_int_equal(gt_store_put(s, "things", "a", "{}", GT_REV_ANY, &r1, NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "a", "{}", GT_REV_ANY, &r2, NULL), GT_OK);
+    char body[64];
+    snprintf(body, sizeof body, "{\"revision\":\"%" PRId64 "\",\"physical\":true}", r2);
+    etcd_post(p, "kv/compaction", body);
+    gt_store_changes ch;
+    gt_error err = {0};
+    if (gt_store_changes_wait(s, NULL, 0, r1 - 1, 5000, &ch, &err) != GT_OK)
+        fail_msg("changes after compaction: %s", err.message);
+    assert_true(ch.reset);
+    assert_int_equal(ch.n, 0);
+    assert_true(ch.next >= r2);
+    int64_t next = ch.next;
+    gt_store_changes_clear(&ch);
+    int64_t r3 = 0;
+    assert_int_equal(gt_store_delete(s, "things", "a", GT_REV_ANY, NULL), GT_OK);
+    assert_int_equal(gt_store_put(s, "things", "b", "{}", GT_REV_NONE, &r3, NULL), GT_OK);
+    gt_strv ids = {0};
+    for (int i = 0; i < 10 && ids.n < 2; i++) {
+        if (gt_store_changes_wait(s, NULL, 0, next, 5000, &ch, &err) != GT_OK)
+            fail_msg("changes: %s", err.message);
+        assert_false(ch.reset);
+        for (size_t k = 0; k < ch.n; k++)
+            gt_strv_push(&ids, ch.v[k].id);
+        next = ch.next;
+        gt_store_changes_clear(&ch);
+    }
+    assert_int_equal(ids.n, 2);
+    assert_string_equal(ids.v[0], "a");
+    assert_string_equal(ids.v[1], "b");
+    assert_int_equal(next, r3);
+    gt_strv_free(&ids);
+}
+
+/* The watch stream parser on its own. */
+static gt_err feed_split(gt_etcd_watch *w, const char *text, size_t step, gt_error *err)
+{
+    size_t n = strlen(text);
+    for (size_t off = 0; off < n; off += step) {
+        gt_err rc = gt_etcd__watch_feed(w, text + off, n - off < step ? n - off : step, err);
+        if (rc != GT_OK || w->done)
+            return rc;
+    }
+    return gt_etcd__watch_end(w, err);
+}
+
+/* An event line: {"result":{"events":[...]}} with kv keys given raw. */
+static char *events_line(const char *const *keys, const int *revs, const bool *del, size_t n)
+{
+    gt_buf b = {0};
+    gt_buf_puts(&b, "{\"result\":{\"header\":{\"revision\":\"99\"},\"events\":[");
+    for (size_t i = 0; i < n; i++) {
+        char *k = gt_base64_encode(keys[i], strlen(keys[i]));
+        gt_buf_printf(&b, "%s{%s\"kv\":{\"key\":\"%s\",\"mod_revision\":\"%d\"}}", i ? "," : "",
+                      del[i] ? "\"type\":\"DELETE\"," : "", k, revs[i]);
+        free(k);
+    }
+    gt_buf_puts(&b, "]}}\n");
+    return gt_buf_steal(&b);
+}
+
+static void test_watch_parser(void **state)
+{
+    (void)state;
+    const char *created = "{\"result\":{\"header\":{\"revision\":\"9\"},\"created\":true}}\n";
+    const char *keys[] = {"/gantry/c1/d/jobs/1", "/gantry/c1/i/jobs/state/72/1",
+                          "/gantry/c1/d/jobs/2", "/gantry/c1/d/other/x", "/gantry/c2/d/jobs/9",
+                          "/gantry/c1/l/lead", "/gantry/c1/d/jobs/1", "/gantry/c1/d/jobs/a/b",
+                          "/gantry/c1/d/jobs/"};
+    int revs[] = {10, 10, 11, 12, 13, 14, 15, 16, 17};
+    bool del[] = {false, false, false, false, false, false, true, false, false};
+    char *ev = events_line(keys, revs, del, 9);
+    char *all = gt_xasprintf("%s%s", created, ev);
+    const char *colls[] = {"jobs"};
+    for (size_t step = 1; step <= strlen(all); step += step < 8 ? 1 : 97) {
+        gt_etcd_watch w = {.prefix = "/gantry/c1/", .colls = colls, .n_colls = 1, .since = 9};
+        gt_error err = {0};
+        if (feed_split(&w, all, step, &err) != GT_OK)
+            fail_msg("step %zu: %s", step, err.message);
+        assert_true(w.done);
+        assert_int_equal(w.created_rev, 9);
+        /* jobs only, documents only, this cluster only, one entry each, latest last */
+        assert_int_equal(w.out.n, 3);
+        assert_string_equal(w.out.v[0].id, "2");
+        assert_int_equal(w.out.v[0].rev, 11);
+        assert_string_equal(w.out.v[1].id, "1");
+        assert_int_equal(w.out.v[1].rev, 0);
+        assert_string_equal(w.out.v[2].id, "a/b");
+        assert_int_equal(w.out.next, 17);
+        gt_etcd__watch_clear(&w);
+    }
+    free(all);
+    /* a stream kept open reads every whole line: both replies, coalesced */
+    const char *k2[] = {"/gantry/c1/d/jobs/3", "/gantry/c1/d/jobs/2"};
+    int r2[] = {18, 19};
+    bool d2[] = {false, false};
+    char *ev2 = events_line(k2, r2, d2, 2);
+    all = gt_xasprintf("%s%s%s{\"result\":{\"header\":{\"revision\":\"2", created, ev, ev2);
+    gt_etcd_watch kw = {.prefix = "/gantry/c1/", .colls = colls, .n_colls = 1, .since = 9,
+                        .keep_reading = true};
+    assert_int_equal(gt_etcd__watch_feed(&kw, all, strlen(all), NULL), GT_OK);
+    assert_false(kw.done);
+    assert_int_equal(kw.out.n, 4);   /* 1 (deleted), a/b, 3, 2 */
+    assert_string_equal(kw.out.v[0].id, "1");
+    assert_string_equal(kw.out.v[3].id, "2");
+    assert_int_equal(kw.out.v[3].rev, 19);
+    assert_int_equal(kw.out.next, 19);
+    assert_true(kw.line.len > 0);    /* the cut line waits for the rest */
+    gt_etcd__watch_clear(&kw);
+    free(all);
+    free(ev2);
+    free(ev);
+    /* a compaction */
+    gt_etcd_watch w = {.prefix = "/gantry/c1/", .since = 3};
+    assert_int_equal(feed_split(&w, "{\"result\":{\"header\":{},\"canceled\":true,"
+                                    "\"compact_revision\":\"8\"}}\n", 5, NULL), GT_OK);
+    assert_true(w.done);
+    assert_int_equal(w.compact_rev, 8);
+    gt_etcd__watch_clear(&w);
+    /* nothing but the creation: go on reading, next unchanged */
+    w = (gt_etcd_watch){.prefix = "/gantry/c1/", .since = 3};
+    assert_int_equal(feed_split(&w, created, 3, NULL), GT_OK);
+    assert_false(w.done);
+    assert_int_equal(w.out.next, 3);
+    gt_etcd__watch_clear(&w);
+    /* errors name what was wrong */
+    static const struct {
+        const char *text;
+        gt_err rc;
+    } bad[] = {
+        {"{\"error\":\"illegal base64 data\",\"message\":\"illegal base64 data\",\"code\":2}", GT_EUNAVAIL},
+        {"{\"error\":{\"grpc_code\":14,\"message\":\"etcdserver: no leader\"}}\n", GT_EUNAVAIL},
+        {"{\"result\":{\"canceled\":true,\"cancel_reason\":\"mvcc: required revision is a future revision\"}}\n", GT_EUNAVAIL},
+        {"<html>bad gateway</html>\n", GT_EIO},
+        {"[]\n", GT_EIO},
+        {"{\"result\":{\"events\":{}}}\n", GT_EIO},
+        {"{\"result\":{\"events\":[1]}}\n", GT_EIO},
+        {"{\"result\":{\"events\":[{\"kv\":{\"key\":\"!!\",\"mod_revision\":\"4\"}}]}}\n", GT_EIO},
+        {"{\"result\":{\"events\":[{\"kv\":{\"key\":\"YQ==\",\"mod_revision\":\"0\"}}]}}\n", GT_EIO},
+        {"{\"result\":{\"events\":[{\"kv\":{\"key\":\"YQ==\",\"mod_revision\":7}}]}}\n", GT_EIO},
+        {"{\"result\":{\"events\":[{\"type\":\"NOPE\",\"kv\":{\"key\":\"YQ==\",\"mod_revision\":\"7\"}}]}}\n", GT_EIO},
+        {"{\"result\":{\"events\":[{\"type\":\"PUT\"}]}}\n", GT_EIO},
+        {"{\"result\":{\"header\":{\"revision\":\"x\"},\"created\":true}}\n", GT_EIO},
+        {"{\"result\":{\"header\":[],\"created\":true}}\n", GT_EIO},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        w = (gt_etcd_watch){.prefix = "/gantry/c1/", .since = 3};
+        gt_error err = {0};
+        gt_err rc = feed_split(&w, bad[i].text, 7, &err);
+        if (rc != bad[i].rc)
+            fail_msg("%s: got %s (%s)", bad[i].text, gt_strerror(rc), err.message);
+        assert_true(strncmp(err.message, "etcd: ", 6) == 0);
+        gt_etcd__watch_clear(&w);
+    }
+}
+
+/* More than 1000 documents in one reply line: the first 1000 whole revisions come, and
+ * next points before the revision that did not fit. */
+static void test_watch_parser_full(void **state)
+{
+    (void)state;
+    enum { N = 1005 };
+    char **keys = gt_xcalloc(N, sizeof *keys);
+    int *revs = gt_xcalloc(N, sizeof *revs);
+    bool *del = gt_xcalloc(N, sizeof *del);
+    for (int i = 0; i < N; i++) {
+        keys[i] = gt_xasprintf("/gantry/c1/d/jobs/%d", i);
+        revs[i] = 100 + (i < 998 ? i : 998);   /* 998.. share one revision (an apply) */
+    }
+    char *line = events_line((const char *const *)keys, revs, del, N);
+    gt_etcd_watch w = {.prefix = "/gantry/c1/", .since = 50};
+    assert_int_equal(feed_split(&w, line, 4096, NULL), GT_OK);
+    assert_true(w.done);
+    assert_int_equal(w.out.n, 998);
+    assert_int_equal(w.out.next, 100 + 997);
+    gt_etcd__watch_clear(&w);
+    free(line);
+    for (int i = 0; i < N; i++)
+        free(keys[i]);
+    free(keys);
+    free(revs);
+    free(del);
 }
 
 /* 1 MiB of stdout and 1 MiB of stderr, of the bytes that grow most when escaped as JSON
@@ -641,7 +873,9 @@ static void test_auth(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest offline[] = {cmocka_unit_test(test_reply_parser)};
+    const struct CMUnitTest offline[] = {cmocka_unit_test(test_reply_parser),
+                                         cmocka_unit_test(test_watch_parser),
+                                         cmocka_unit_test(test_watch_parser_full)};
     if (cmocka_run_group_tests_name("store/etcd reply parser", offline, NULL, NULL) != 0)
         return 1;
     const char *env = getenv("GANTRY_TEST_ETCD");
@@ -673,6 +907,11 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(test_tls, setup_pair, teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_big_output, setup_pair, teardown_pair, &p),
         cmocka_unit_test_prestate_setup_teardown(test_dead_member_first, setup_pair,
+                                                 teardown_pair, &p),
+        cmocka_unit_test_prestate_setup_teardown(test_changes_two_handles, setup_pair,
+                                                 teardown_pair, &p),
+        /* last: a compaction is cluster-wide */
+        cmocka_unit_test_prestate_setup_teardown(test_changes_compacted, setup_pair,
                                                  teardown_pair, &p),
     };
     int failed = gt_store_conformance_run("etcd", open_fresh, &c);

@@ -441,6 +441,171 @@ static void test_bad_paths(void **state)
     free(path);
 }
 
+/* Rounds of the write-to-wake check; GANTRY_TEST_WAKE_ROUNDS raises it to measure. */
+static int wake_rounds(void)
+{
+    const char *e = getenv("GANTRY_TEST_WAKE_ROUNDS");
+    int64_t n = 20;
+    if (e && gt_parse_int64(e, 1, 100000, &n, "GANTRY_TEST_WAKE_ROUNDS", NULL) != GT_OK)
+        n = 20;
+    return (int)n;
+}
+
+/* A write through another handle (another process would have its own) wakes a waiter. */
+static void test_changes_two_handles(void **state)
+{
+    char *path = tmp_path(*state);
+    gt_store *a = open_path(path), *b = open_path(path);
+    assert_non_null(a);
+    assert_non_null(b);
+    gt_store_conformance_changes_wake(a, b, wake_rounds());
+    gt_store_free(&a);
+    gt_store_free(&b);
+    free(path);
+}
+
+/* Child: after 200 ms, writes things/from-child and deletes things/doomed, as another
+ * gantry process would. */
+static int child_writes(const char *path)
+{
+    struct timespec ts = {0, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    gt_store *s = gt_store_open_local(path, NULL);
+    int bad = s == NULL ||
+              gt_store_put(s, "things", "from-child", "{}", GT_REV_NONE, NULL, NULL) != GT_OK ||
+              gt_store_delete(s, "things", "doomed", GT_REV_ANY, NULL) != GT_OK;
+    gt_store_free(&s);
+    return bad;
+}
+
+/* A waiter in this process sees what another process writes, before its wait ends. */
+static void test_changes_from_another_process(void **state)
+{
+    char *path = tmp_path(*state);
+    gt_store *s = open_path(path);
+    assert_non_null(s);
+    put_ok(s, "things", "doomed", "{}", NULL);
+    gt_store_changes ch;
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, 0, 0, &ch, NULL), GT_OK);
+    int64_t since = ch.next;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(child_writes(path));
+    const char *colls[] = {"things"};
+    int64_t t0 = gt_mono_ms();
+    size_t seen = 0;
+    while (seen < 2 && gt_mono_ms() - t0 < 10000) {
+        assert_int_equal(gt_store_changes_wait(s, colls, 1, since, 10000, &ch, NULL), GT_OK);
+        for (size_t i = 0; i < ch.n; i++)
+            seen += strcmp(ch.v[i].id, "from-child") == 0 ? ch.v[i].rev > 0
+                                                          : strcmp(ch.v[i].id, "doomed") == 0 &&
+                                                                ch.v[i].rev == 0;
+        since = ch.next;
+        gt_store_changes_clear(&ch);
+    }
+    int64_t took = gt_mono_ms() - t0;
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(seen, 2);
+    assert_true(took < 5000);   /* the child writes at 200 ms; the waits were 10 s */
+    gt_store_free(&s);
+    free(path);
+}
+
+static void sql_ok(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+static int64_t sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The log keeps changes_keep positions: it stays that small, and a watcher further
+ * behind is told to start over. */
+static void test_changes_trimmed(void **state)
+{
+    char *path = tmp_path(*state);
+    gt_store *s = open_path(path);
+    assert_non_null(s);
+    gt_store_changes ch;
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, 0, 0, &ch, NULL), GT_OK);
+    int64_t since = ch.next;
+    put_ok(s, "things", "first", "{}", NULL);
+    sql_ok(path, "UPDATE sequence SET value = 5 WHERE name = 'changes_keep'");
+    for (int i = 0; i < 20; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "t%d", i);
+        put_ok(s, "things", id, "{}", NULL);
+    }
+    assert_true(sql_int(path, "SELECT count(*) FROM changes") <= 5);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, since, 1000, &ch, NULL), GT_OK);
+    assert_true(ch.reset);
+    assert_int_equal(ch.n, 0);
+    int64_t next = ch.next;
+    assert_int_equal(next, sql_int(path, "SELECT value FROM sequence WHERE name = 'rev'"));
+    gt_store_changes_clear(&ch);
+    /* from there on it goes on as usual */
+    assert_int_equal(gt_store_delete(s, "things", "t3", GT_REV_ANY, NULL), GT_OK);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, next, 1000, &ch, NULL), GT_OK);
+    assert_false(ch.reset);
+    assert_int_equal(ch.n, 1);
+    assert_string_equal(ch.v[0].id, "t3");
+    assert_int_equal(ch.v[0].rev, 0);
+    gt_store_changes_clear(&ch);
+    /* a watcher within what is kept is not reset */
+    int64_t rev = 0;
+    put_ok(s, "things", "t4", "{}", &rev);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, rev - 2, 0, &ch, NULL), GT_OK);
+    assert_false(ch.reset);
+    assert_int_equal(ch.n, 2);
+    gt_store_changes_clear(&ch);
+    gt_store_free(&s);
+    free(path);
+}
+
+/* A file made before the changes log (schema version 1) gets it on open. */
+static void test_changes_schema_upgrade(void **state)
+{
+    char *path = tmp_path(*state);
+    gt_store *s = open_path(path);
+    int64_t rev = 0;
+    put_ok(s, "things", "a", "{}", &rev);
+    gt_store_free(&s);
+    sql_ok(path, "DROP TRIGGER changes_on_insert; DROP TRIGGER changes_on_update;"
+                 " DROP TRIGGER changes_on_delete; DROP TABLE changes;"
+                 " DELETE FROM sequence WHERE name LIKE 'changes_%'; PRAGMA user_version = 1");
+    assert_non_null(s = open_path(path));
+    gt_store_changes ch;
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, 0, 0, &ch, NULL), GT_OK);
+    assert_int_equal(ch.next, rev);
+    assert_int_equal(gt_store_delete(s, "things", "a", GT_REV_ANY, NULL), GT_OK);
+    assert_int_equal(gt_store_changes_wait(s, NULL, 0, rev, 1000, &ch, NULL), GT_OK);
+    assert_int_equal(ch.n, 1);
+    assert_int_equal(ch.v[0].rev, 0);
+    assert_true(ch.next > rev);
+    gt_store_changes_clear(&ch);
+    assert_int_equal(sql_int(path, "PRAGMA user_version"), 2);
+    gt_store_free(&s);
+    free(path);
+}
+
 int main(void)
 {
     tmp t = {.next = 0};
@@ -462,6 +627,10 @@ int main(void)
         cmocka_unit_test_prestate(test_garbage_file, &t),
         cmocka_unit_test_prestate(test_corrupt_file, &t),
         cmocka_unit_test_prestate(test_bad_paths, &t),
+        cmocka_unit_test_prestate(test_changes_two_handles, &t),
+        cmocka_unit_test_prestate(test_changes_from_another_process, &t),
+        cmocka_unit_test_prestate(test_changes_trimmed, &t),
+        cmocka_unit_test_prestate(test_changes_schema_upgrade, &t),
     };
     failed += cmocka_run_group_tests_name("store/local file", tests, NULL, NULL);
     gt_error err = {0};
