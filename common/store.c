@@ -566,7 +566,7 @@ gt_err gt_store_apply(gt_store *s, gt_store_op *ops, size_t n, const gt_store_fe
                              GT_STORE_MAX_OPS);
     for (size_t i = 0; i < n; i++) {
         gt_store_op *o = &ops[i];
-        char field[24];
+        char field[32];
         snprintf(field, sizeof field, "ops[%zu]", i);
         o->new_rev = 0;
         if ((rc = check_coll(o->coll, err)) || (rc = check_id(o->coll, o->id, err)))
