@@ -225,13 +225,14 @@ class GantryStack:
         if host is not None:
             if not self.etcd_hosts:
                 raise ValueError("a runner in another host needs a shared store (etcd_hosts)")
-            work = os.path.join(host.dir, name)
+            node = os.path.join(host.dir, self.cluster)   # this cluster's files on that host
+            work = os.path.join(node, name)
             os.makedirs(work, mode=0o700, exist_ok=True)
-            key = os.path.join(host.dir, "secrets.key")
+            key = os.path.join(node, "secrets.key")
             if not os.path.exists(key):   # installed on the node, as an operator would
                 shutil.copyfile(self.key_file, key)
                 os.chmod(key, 0o400)
-            log = os.path.join(host.dir, f"{name}.log")
+            log = os.path.join(node, f"{name}.log")
             env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
             env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
             user, password = self.broker_users["runner"]
