@@ -29,6 +29,7 @@ from testenv.etcd import EtcdCluster
 from testenv.rabbitmq import RabbitMQ
 from testenv.redis import RedisCluster
 from testenv.stack import Daemon, GantryStack
+from test_sandbox import sleeps, wait_for  # a run's files stay in its sandbox: watch its processes
 
 pytestmark = pytest.mark.cluster
 
@@ -168,8 +169,8 @@ class Cluster:
         self.token = b["token"]
         return self
 
-    def start_runner(self, i):
-        return self.stack.start_runner(host=self.net.runner_hosts[i])
+    def start_runner(self, i, capacity=2):
+        return self.stack.start_runner(host=self.net.runner_hosts[i], capacity=capacity)
 
     def api(self, method, path, body=None):
         return call_api(self.net.control, self.c.addr, self.c.port, method, path, body,
@@ -291,18 +292,18 @@ def test_run_executes_on_a_runner_in_another_host_with_its_secret(cluster):
 
 def test_cancel_reaches_a_runner_in_another_host(cluster):
     c = cluster(runners=(0,))
-    c.add_service("long", "echo begin\nsleep 60\n")
+    c.add_service("long", "echo begin\nsleep 60.25\n")
     ex_id = c.run("long")
     c.wait(ex_id, {"running"})
-    deadline = time.monotonic() + 30
-    while c.get(ex_id)["stdout"] != "begin\n" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # "running" is stored before the child starts: cancel once it has printed
+    assert wait_for(lambda: sleeps("60.25") == 1)
     t0 = time.monotonic()
     st, r = c.api("POST", f"/api/v1/executions/{ex_id}/cancel")
     assert st == 202, r
     done = c.wait(ex_id, TERMINAL, timeout=30)
     assert done["state"] == "canceled" and done["stdout"] == "begin\n", done
     assert time.monotonic() - t0 < 15
+    assert wait_for(lambda: sleeps("60.25") == 0, 10)
     c.check_exactly_once()
 
 
@@ -329,21 +330,20 @@ def test_partitioned_runner_is_fenced_out(cluster, net):
     lost); when the link is back, the runner's late result is refused (fenced), it says so
     and exits; the execution keeps the reaper's state."""
     c = cluster(runners=(0,))
-    c.add_service("four", "echo begin\nsleep 4\necho end\n", retries=0)
-    ex_id = c.run("four")
+    # the run ends about 1 s into the cut, before the runner can tell that its lease is
+    # gone (two heartbeats): it holds a result it cannot store
+    c.add_service("short", "echo begin\nsleep 1.125\necho end\n", retries=0)
+    ex_id = c.run("short")
     ex = c.wait(ex_id, {"running"})
     runner = c.runner_of(ex)
-    deadline = time.monotonic() + 30
-    while c.get(ex_id)["stdout"] != "begin\n" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert wait_for(lambda: sleeps("1.125") == 1)
     net.net.cut("runner-1")
     t0 = time.monotonic()
     try:
         lost = c.wait(ex_id, TERMINAL, timeout=60)
         reaped_after = time.monotonic() - t0
         assert lost["state"] == "lost" and "stopped heartbeating" in lost["error"], lost
-        # the run itself ended meanwhile (sleep 4): the runner holds a result it could
-        # not store; let it try for a while against the cut link
+        # let the runner try to store its result against the cut link for a while
         time.sleep(6)
     finally:
         net.net.mend("runner-1")
@@ -354,10 +354,57 @@ def test_partitioned_runner_is_fenced_out(cluster, net):
     log = open(runner.log_path, errors="replace").read()
     assert runner.proc.returncode == 1, log
     assert "fenced out" in log, log
+    # its late result reached etcd once the link was back, and was refused there
+    assert re.search(rf"execution {ex_id} attempt 1: recording .* as succeeded: .*"
+                     rf"(conflict|lease|fenc)", log), log
     assert c.get(ex_id)["state"] == "lost"
     c.check_exactly_once()
-    print(f"reaped {reaped_after:.1f}s after the cut; runner exited "
-          f"{time.monotonic() - t0:.1f}s after the cut")
+    print(f"\nreaped {reaped_after:.1f}s after the cut; runner exited "
+          f"{time.monotonic() - t0:.1f}s after the cut; its log:\n{log}")
+    print(open(c.stack.scheduler.log_path).read())
+
+
+def test_partitioned_runner_stops_its_run_before_the_retry_starts(cluster, net):
+    """With retries, the reaper queues the next attempt on another runner once the cut
+    runner's lease expired: by then the cut runner must have killed its own attempt, so
+    two attempts never run at once, even though it cannot hear anyone."""
+    c = cluster(runners=())
+    # capacity 1: its one prefetch slot holds attempt 1, so the broker (which cannot tell
+    # that the link is cut) hands attempt 2 to the other runner, not into the cut
+    c.start_runner(0, capacity=1)
+    c.add_service("hold", "echo begin\nsleep 30.5\n", retries=1)
+    ex_id = c.run("hold")
+    first = c.runner_of(c.wait(ex_id, {"running"}))
+    assert wait_for(lambda: sleeps("30.5") == 1)
+    spare = c.start_runner(1)
+    net.net.cut("runner-1")
+    try:
+        # sample until attempt 2 has run for a while; the link stays cut all along
+        most, seen, second = 0, [], None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            n = sleeps("30.5")
+            most = max(most, n)
+            seen.append(n)
+            ex = c.get(ex_id)
+            if second is None and ex["attempt"] == 2 and ex["state"] == "running":
+                second = time.monotonic()
+            if second is not None and time.monotonic() - second > 8:
+                break
+            time.sleep(0.05)
+        assert ex["attempt"] == 2 and ex["state"] == "running", ex
+        assert ex["runner"] == spare.runner_id, ex
+        assert sleeps("30.5") == 1
+        assert most == 1, f"two attempts ran at once: live `sleep 30.5` counts {seen}"
+    finally:
+        net.net.mend("runner-1")
+    first.proc.wait(timeout=60)
+    print("\n" + open(first.log_path).read() + open(c.stack.scheduler.log_path).read() + open(spare.log_path).read())
+    assert "fenced out" in open(first.log_path).read()
+    st, r = c.api("POST", f"/api/v1/executions/{ex_id}/cancel")
+    assert st == 202, r
+    assert c.wait(ex_id, TERMINAL, timeout=30)["state"] == "canceled"
+    c.check_exactly_once()
 
 
 def test_two_clusters_on_one_etcd_do_not_see_each_other(cluster, net, tmp_path):
@@ -383,7 +430,7 @@ def test_two_clusters_on_one_etcd_do_not_see_each_other(cluster, net, tmp_path):
     rb = {r["id"] for r in b.api("GET", "/api/v1/runners")[1]["items"]}
     assert ra == {a.stack.runners[0].runner_id} and rb == {b.stack.runners[0].runner_id}, (ra, rb)
     leases = {k for k in net.etcdctl("get", "--prefix", "--keys-only", "/gantry/").split()
-              if "/l/runner:" in k}
+              if "/l/runner:" in k and k.startswith(("/gantry/a/", "/gantry/b/"))}
     assert leases == {f"/gantry/a/l/runner:{a.stack.runners[0].runner_id}",
                       f"/gantry/b/l/runner:{b.stack.runners[0].runner_id}"}, leases
     # b's own service of the same name runs b's code
@@ -424,10 +471,15 @@ def test_two_clusters_on_one_etcd_do_not_see_each_other(cluster, net, tmp_path):
     assert [s["name"] for s in cli("a", "get", "secrets")["items"]] == ["only-a"]
     assert cli("b", "get", "secrets")["items"] == []
     assert {e["id"] for e in cli("b", "get", "executions")["items"]} == {eb["id"]}
-    p = cli("b", "describe", "secret", "only-a", check=3)
-    assert "only-a" in p.stderr and "not found" in p.stderr, p.stderr
-    p = cli("b", "describe", "execution", ex_id, check=3)
-    assert ex_id in p.stderr, p.stderr
+    p = cli("b", "describe", "secret", "only-a", check=2)
+    assert 'secret "only-a" not found' in p.stderr, p.stderr
+    p = cli("b", "describe", "execution", ex_id, check=2)
+    assert ex_id in p.stderr and "not found" in p.stderr, p.stderr
+    # a local run in a (in-process, on the control host) lands in a only
+    ran = cli("a", "run", "service", "hello")
+    assert ran["stdout"] == "hello from a\n" and ran["state"] == "succeeded", ran
+    assert {e["id"] for e in cli("a", "get", "executions")["items"]} == {ex_id, ran["id"]}
+    assert {e["id"] for e in cli("b", "get", "executions")["items"]} == {eb["id"]}
 
 
 def test_shipped_runner_config_works_with_addresses_and_credentials_only(cluster, net):
@@ -492,3 +544,5 @@ def test_shipped_runner_config_works_with_addresses_and_credentials_only(cluster
     d.stop()
     assert d.proc.returncode == 0, d.tail()
     c.check_exactly_once()
+
+
