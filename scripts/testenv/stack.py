@@ -51,6 +51,7 @@ class Daemon(Proc):
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             time.sleep(0.05)
+        self.kill()   # nobody holds a daemon that never got ready: do not leave it running
         raise RuntimeError(f"{self.name} not ready within 30s:\n{self.tail()}")
 
 

@@ -47,6 +47,14 @@ class Net:
         self.tmp = tempfile.mkdtemp(prefix="gantry-cluster-")
         os.chmod(self.tmp, 0o755)
         self.net = netns.Network(self.tmp)
+        try:
+            self._hosts()
+        except BaseException:
+            self.net.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _hosts(self):
         self.servers = self.net.add_host("servers")
         self.control = self.net.add_host("control")
         self.runner_hosts = [self.net.add_host("runner-1"), self.net.add_host("runner-2")]
@@ -143,7 +151,7 @@ class Cluster:
     """A stack (tokend, a controller, the scheduler in the control host) of one cluster id,
     its runners, a logged-in admin token and a repository of scripts on the git daemon."""
 
-    def __init__(self, net, cluster_id, tmpdir):
+    def __init__(self, net, cluster_id):
         self.net, self.id = net, cluster_id
         self.stack = GantryStack(os.path.join(net.control.dir, cluster_id), BIN_DIR,
                                  redis=net.redis, rabbit=net.rabbit,
@@ -249,7 +257,7 @@ def cluster(net, request):
 
     def make(cluster_id=None, runners=(0,)):
         cid = cluster_id or f"t{os.getpid()}x{int(time.time() * 1000) % 10**8}"
-        c = Cluster(net, cid, None)
+        c = Cluster(net, cid)
         made.append(c)
         return c.start(runners)
 
@@ -283,9 +291,10 @@ def test_run_executes_on_a_runner_in_another_host_with_its_secret(cluster):
     digest = hashlib.sha256(value.encode()).hexdigest()
     assert ex["stdout"] == f"len={len(value)}\n{digest}\n***\n", ex["stdout"]
     assert ex["runner"] == runner.runner_id, (ex["runner"], runner.runner_id)
-    # the runner fetched the repository over the network, into its own host's dir
-    assert os.path.isdir(os.path.join(runner.host.dir, c.id, "runner-1", "repos")) or \
-        os.listdir(os.path.join(runner.host.dir, c.id, "runner-1")), runner.host.dir
+    # the runner fetched the repository (git://, from the servers host) into its own
+    # working dir; the controllers' has no repository cache
+    assert os.listdir(os.path.join(runner.host.dir, c.id, "runner-1", "repos"))
+    assert not os.path.exists(os.path.join(c.stack.dir, "server", "repos"))
     assert value not in open(runner.log_path, errors="replace").read()
     c.check_exactly_once()
 
