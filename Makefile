@@ -8,7 +8,7 @@ BUILD    ?= build
 SANITIZE ?=
 O        ?= -O2
 PKGS     := libcjson sqlite3 openssl libpcre2-8 libevent libevent_openssl libevent_pthreads \
-            hiredis librabbitmq libargon2 yaml-0.1 libcurl
+            hiredis librabbitmq libargon2 yaml-0.1 libcurl libmongoc-1.0 libbson-1.0
 TESTPKGS := cmocka
 
 V ?= 0
@@ -139,7 +139,11 @@ $(BUILD)/bench/spawn_rate: bench/spawn_rate.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) $< -lpthread -o $@
 
-BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate
+$(BUILD)/bench/store_bench: $(BUILD)/bench/store_bench.o $(LIB)
+	$(call say,LD,$@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate $(BUILD)/bench/store_bench
 bench-bins: all $(BENCH_BINS)
 # bench/run and bench/runner.py install and build what they need themselves
 bench:

@@ -1148,53 +1148,82 @@ done:
  * first request recorded (and *repeat set when that execution exists), or a new one now
  * recorded for the key. The key document is written before the execution, so a crash
  * in between leaves a key whose execution the next request with it creates. */
+/* Idempotency keys are kept this long: a key used again later starts a new run. */
+#define IDEMPOTENCY_TTL_MS ((int64_t)24 * 3600 * 1000)
+
+/* Claims the request's Idempotency-Key for service: *id is the execution it names, new
+ * (*repeat false) or the first request's (*repeat true). The same key with another
+ * request body is answered 422 here (*id NULL, *repeat true). */
 static gt_err claim_key(req *r, const char *service, char **id, bool *repeat)
 {
     const char *k = r->idempotency_key;
     size_t n = strlen(k);
     *repeat = false;
+    *id = NULL;
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)k[i] < 0x20 || (unsigned char)k[i] > 0x7e)
             n = 0;
     if (n == 0 || n > 255)
         return gt_error_setf(&r->err, GT_EINVAL, "Idempotency-Key",
                              "Idempotency-Key: expected 1 to 255 printable ASCII characters");
-    char *material = gt_xasprintf("%s\n%s", service, k), hex[65];
+    char *material = gt_xasprintf("%s\n%s", service, k), hex[65], fp[65];
     gt_sha256_hex(material, strlen(material), hex);
     free(material);
+    /* what the request asked for: the same key with another body is a client's mistake */
+    char *req_text = r->body ? cJSON_PrintUnformatted(r->body) : gt_xstrdup("{}");
+    gt_sha256_hex(req_text, strlen(req_text), fp);
+    gt_wipe(req_text, strlen(req_text));
+    free(req_text);
     gt_err rc = GT_OK;
     for (int round = 0; round < 3; round++) {
         char *body = NULL;
+        int64_t rev = GT_REV_NONE;
         gt_error e = {0};
-        rc = gt_store_get(r->api->d.store, IDEMPOTENCY, hex, &body, NULL, &e);
+        rc = gt_store_get(r->api->d.store, IDEMPOTENCY, hex, &body, &rev, &e);
         if (rc == GT_OK) {
             cJSON *doc = cJSON_Parse(body);
+            free(body);
             const char *ex_id = doc_str(doc, "execution");
-            if (ex_id && gt_name_valid(ex_id)) {
+            const char *had = doc_str(doc, "request");
+            int64_t at = gt_json_member_i64(doc, "created_ms", 0);
+            if (ex_id == NULL || !gt_name_valid(ex_id)) {
+                cJSON_Delete(doc);
+                return gt_error_set(&r->err, GT_EINTERNAL, "Idempotency-Key: its record is malformed");
+            }
+            if (at > 0 && gt_now_ms() - at > IDEMPOTENCY_TTL_MS) {
+                cJSON_Delete(doc);   /* expired: claim it anew, on the revision read */
+            } else if (had && strcmp(had, fp) != 0) {
+                cJSON_Delete(doc);
+                reply_error(r->resp, 422, GT_EINVAL,
+                            "Idempotency-Key: this key was used with a different request body "
+                            "(within 24 hours); use a new key for a new request",
+                            "Idempotency-Key");
+                *repeat = true;
+                return GT_OK;
+            } else {
                 *id = gt_xstrdup(ex_id);
                 char *ex_body = NULL;
                 *repeat = gt_store_get(r->api->d.store, EXECUTIONS, ex_id, &ex_body, NULL, NULL) ==
                           GT_OK;
-                free(ex_body);
-            } else {
-                rc = gt_error_set(&r->err, GT_EINTERNAL, "Idempotency-Key: its record is malformed");
+                free(ex_body);   /* not stored yet: the claim's run is this request's */
+                cJSON_Delete(doc);
+                return GT_OK;
             }
-            cJSON_Delete(doc);
-            free(body);
-            return rc;
-        }
-        if (rc != GT_ENOTFOUND)
+        } else if (rc != GT_ENOTFOUND) {
             return gt_error_set(&r->err, rc, "%s", e.message);
+        }
         char *new_id = gt_id_new(), ts[40];
         now_str(ts, sizeof ts);
         cJSON *doc = cJSON_CreateObject();
         gt_json_set_str(doc, "execution", new_id);
         gt_json_set_str(doc, "service", service);
+        gt_json_set_str(doc, "request", fp);
         gt_json_set_str(doc, "created_at", ts);
+        gt_json_set_num(doc, "created_ms", (double)gt_now_ms());
         char *text = gt_json_print(doc);
         cJSON_Delete(doc);
         e = (gt_error){0};
-        rc = gt_store_put(r->api->d.store, IDEMPOTENCY, hex, text, GT_REV_NONE, NULL, &e);
+        rc = gt_store_put(r->api->d.store, IDEMPOTENCY, hex, text, rev, NULL, &e);
         free(text);
         if (rc == GT_OK) {
             *id = new_id;
@@ -1276,7 +1305,8 @@ static gt_err run_service(req *r)
         if ((rc = claim_key(r, r->params[0], &id, &repeat)) != GT_OK)
             goto done;
         if (repeat) {
-            rc = reply_existing(r, id);
+            if (id) /* else claim_key answered 422 */
+                rc = reply_existing(r, id);
             goto done;
         }
     } else {
@@ -1544,9 +1574,31 @@ static gt_err list_runners(req *r)
     return GT_OK;
 }
 
+/* Controllers (HA) and schedulers as they recorded themselves: role, lease epoch, last
+ * renewal; one that has not renewed for two of its periods is "gone" (killed, or cut
+ * off from the store). */
+static cJSON *members_view(req *r, const char *coll, const char *period_key)
+{
+    cJSON *items = all_docs(r, coll, NULL, NULL);
+    int64_t now = gt_now_ms();
+    cJSON *it;
+    cJSON_ArrayForEach(it, items) {
+        int64_t at = gt_json_member_i64(it, "renewed_ms", 0);
+        int64_t period = gt_json_member_i64(it, period_key, 5000);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
+        const char *st = cJSON_IsString(role) ? role->valuestring : "unknown";
+        bool stopped = strcmp(st, "stopped") == 0;
+        gt_json_set_str(it, "status", !stopped && now - at > 2 * period ? "gone" : st);
+        gt_json_set_num(it, "renewal_age_ms", (double)(now - at));
+    }
+    return items;
+}
+
 static gt_err cluster_health(req *r)
 {
     cJSON *runners = runners_view(r), *out = cJSON_CreateObject();
+    gt_json_set(out, "controllers", members_view(r, "controllers", "lease_ttl_ms"));
+    gt_json_set(out, "schedulers", members_view(r, "schedulers", "lease_ttl_ms"));
     cJSON *counts = cJSON_AddObjectToObject(out, "runners");
     int capacity = 0, in_flight = 0;
     const cJSON *it;

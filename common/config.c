@@ -60,6 +60,7 @@ static bool chk_name(const char *s, gt_buf *why);
 static bool chk_host(const char *s, gt_buf *why);
 static bool chk_hostport(const char *s, gt_buf *why);
 static bool chk_url(const char *s, gt_buf *why);
+static bool chk_client_hosts(const char *s, gt_buf *why);
 static bool chk_mongodb_uri(const char *s, gt_buf *why);
 static bool chk_dbname(const char *s, gt_buf *why);
 static bool chk_timezone(const char *s, gt_buf *why);
@@ -127,10 +128,17 @@ static const cfg_key keys[] = {
          "client connections served at once; more are answered 503"),
     KSIZE("server", server, max_buffered_bytes, "64MiB", 64 * KIB, 64 * GIB,
           "request bytes (heads and bodies) held across all connections; past it 503"),
+    KBOOL("server", server, ha_enabled, "false", 0,
+          "controllers compete for one lease; only its holder serves (active/standby)"),
+    KDUR("server", server, ha_lease_ttl, "2s", MS_SEC, 60 * MS_SEC, MS_SEC,
+         "the active controller's lease; a standby takes over this long after it died"),
+    KSTR("server", server, advertise_address, "", chk_hostport, 0,
+         "host:port clients reach this controller at (default: host name and port)"),
 
     /* [client], also [client:NAME] profiles */
-    KSTR("client", client, host, "", chk_host, F_PROFILE,
-         "server host the CLI talks to in client mode"),
+    KSTR("client", client, host, "", chk_client_hosts, F_PROFILE,
+         "server host the CLI talks to in client mode; several (host or host:port, space "
+         "separated) are tried in turn"),
     KINT("client", client, port, "50051", 1, 65535, F_PROFILE, "server port"),
     KBOOL("client", client, use_tls, "true", F_PROFILE, "use HTTPS to reach the server"),
     KPATH("client", client, certificate_file, "", F_PROFILE, "client certificate (PEM)"),
@@ -226,6 +234,11 @@ static const cfg_key keys[] = {
     KPATH("store", store, etcd_ca_certificate_file, "", 0, "CA of the etcd cluster"),
     KPATH("store", store, etcd_certificate_file, "", 0, "client certificate for etcd"),
     KPATH("store", store, etcd_private_key_file, "", 0, "client private key for etcd"),
+    /* Gantry */
+    KSTR("store", store, etcd_username, "", NULL, 0,
+         "etcd user (etcd's auth); empty: no authentication"),
+    KSTR("store", store, etcd_password, "", NULL, F_SECRET,
+         "that user's password (better from GANTRY_STORE_ETCD_PASSWORD)"),
     KSTR("store", store, dynamodb_table_name, "", NULL, 0,
          "accepted from seed files; Gantry has no DynamoDB driver"),
     /* Gantry */
@@ -586,6 +599,27 @@ static bool chk_hostport(const char *s, gt_buf *why)
         return false;
     }
     return true;
+}
+
+static bool chk_client_hosts(const char *s, gt_buf *why)
+{
+    size_t n = 0;
+    char *copy = gt_xstrdup(s), *save = NULL;
+    bool ok = true;
+    for (char *h = strtok_r(copy, " \t", &save); h && ok; h = strtok_r(NULL, " \t", &save)) {
+        n++;
+        /* host:port (or [v6]:port) names its own port; a plain host uses [client] port */
+        bool has_port = h[0] == '[' || (strchr(h, ':') && strchr(h, ':') == strrchr(h, ':'));
+        ok = has_port ? chk_hostport(h, why) : chk_host(h, why);
+        if (!ok)
+            gt_buf_printf(why, " (in \"%s\")", h);
+    }
+    free(copy);
+    if (ok && n > 16) {
+        gt_buf_puts(why, "at most 16 hosts");
+        ok = false;
+    }
+    return ok;
 }
 
 static bool chk_url(const char *s, gt_buf *why)
@@ -1583,6 +1617,19 @@ gt_err gt_config_finish(gt_config *cfg, gt_error *err)
                              "no request of the largest size could be read",
                              (long long)cfg->server.max_buffered_bytes,
                              (long long)cfg->server.max_body_size);
+    /* the seed's switch for the same thing */
+    if (cfg->connect.server_ha_enabled)
+        cfg->server.ha_enabled = true;
+    if (cfg->application.mode == GT_MODE_SERVER && cfg->server.ha_enabled &&
+        !cfg->server.distributed_execution)
+        return gt_error_setf(err, GT_EINVAL, "server.distributed_execution",
+                             "[server] ha_enabled needs distributed_execution = true: runs "
+                             "execute on runners, whose leases let another node end the work of "
+                             "one that died");
+    if (cfg->application.mode == GT_MODE_SERVER && cfg->server.ha_enabled &&
+        cfg->store.backend == GT_BACKEND_MEMORY)
+        return gt_error_setf(err, GT_EINVAL, "server.ha_enabled",
+                             "[server] ha_enabled needs a shared store (local, etcd or mongodb)");
     if (cfg->application.mode == GT_MODE_CLIENT && cfg->client.host == NULL)
         return gt_error_setf(err, GT_EINVAL, "client.host",
                              "client mode needs [client] host (the server to talk to)");
@@ -1592,6 +1639,10 @@ gt_err gt_config_finish(gt_config *cfg, gt_error *err)
         if (cfg->store.etcd_hosts.n == 0)
             return gt_error_setf(err, GT_EINVAL, "store.etcd_hosts",
                                  "[store] backend = etcd needs etcd_hosts");
+        if ((cfg->store.etcd_username == NULL) != (cfg->store.etcd_password == NULL))
+            return gt_error_setf(err, GT_EINVAL, cfg->store.etcd_username ? "store.etcd_password"
+                                                                          : "store.etcd_username",
+                                 "[store] etcd_username and etcd_password go together");
         if (cfg->store.etcd_use_tls && cfg->store.etcd_client_cert_auth &&
             cfg->store.etcd_certificate_file == NULL)
             return gt_error_setf(err, GT_EINVAL, "store.etcd_certificate_file",

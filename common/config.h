@@ -81,6 +81,9 @@ typedef struct gt_config {
         int64_t worker_threads;
         int64_t max_connections;
         int64_t max_buffered_bytes;
+        bool ha_enabled;              /* also [connect] server_ha_enabled */
+        int64_t ha_lease_ttl;         /* ms */
+        char *advertise_address;      /* host:port; NULL: host name and port */
     } server;
     gt_config_client client;
     struct {
@@ -150,6 +153,8 @@ typedef struct gt_config {
         char *etcd_ca_certificate_file;
         char *etcd_certificate_file;
         char *etcd_private_key_file;
+        char *etcd_username;          /* etcd auth; NULL: none */
+        char *etcd_password;          /* secret */
         char *dynamodb_table_name;    /* accepted from seed files; no driver */
         char *mongodb_uri;            /* secret (its password is masked) */
         char *mongodb_database;

@@ -2024,7 +2024,19 @@ gt_err gt_http_request_send(const gt_http_client_config *cfg, const char *method
                             const char *path_and_query, const char *token, const char *body,
                             size_t body_len, int *status, char **resp, gt_error *err)
 {
+    return gt_http_request_send_ex(cfg, method, path_and_query, token, body, body_len, status,
+                                   resp, NULL, err);
+}
+
+gt_err gt_http_request_send_ex(const gt_http_client_config *cfg, const char *method,
+                               const char *path_and_query, const char *token, const char *body,
+                               size_t body_len, int *status, char **resp, bool *unsent,
+                               gt_error *err)
+{
     gt_err rc = GT_OK;
+    bool wrote = false;   /* a byte of the request may have reached the server */
+    if (unsent)
+        *unsent = false;
     SSL_CTX *ctx = NULL;
     gt_http_conn c = {.fd = -1};
     char write_why[sizeof c.why] = "";
@@ -2119,6 +2131,7 @@ gt_err gt_http_request_send(const gt_http_client_config *cfg, const char *method
     /* A server may answer and close before taking the whole body (a 413): then the
      * write fails but the answer is there to read. The TLS state survives, as the
      * socket error happened below OpenSSL's memory BIOs. */
+    wrote = true;
     if (gt_http_conn_write(&c, req.data, req.len) != 0) {
         memcpy(write_why, c.why, sizeof write_why);
         c.why[0] = '\0';
@@ -2151,6 +2164,8 @@ unavailable:
     if (write_why[0]) /* the first failure is the cause */
         memcpy(c.why, write_why, sizeof c.why);
     *status = 0;
+    if (unsent)
+        *unsent = !wrote;
     rc = gt_error_set(err, GT_EUNAVAIL, "cannot reach %s://%s%s%s:%lld: %s", scheme, lb, cfg->host,
                       rb, (long long)cfg->port, c.why[0] ? c.why : "unknown error");
 done:

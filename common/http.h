@@ -136,5 +136,12 @@ typedef struct gt_http_client_config {
 gt_err gt_http_request_send(const gt_http_client_config *cfg, const char *method,
                             const char *path_and_query, const char *token, const char *body,
                             size_t body_len, int *status, char **resp, gt_error *err);
+/* As gt_http_request_send; on GT_EUNAVAIL *unsent (may be NULL) says that no byte of
+ * the request was written (the connection or TLS handshake failed), so it did not run
+ * and may go to another server as it is. */
+gt_err gt_http_request_send_ex(const gt_http_client_config *cfg, const char *method,
+                               const char *path_and_query, const char *token, const char *body,
+                               size_t body_len, int *status, char **resp, bool *unsent,
+                               gt_error *err);
 
 #endif

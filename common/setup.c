@@ -60,13 +60,23 @@ gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err
             .ca_file = cfg->store.etcd_ca_certificate_file,
             .cert_file = cfg->store.etcd_certificate_file,
             .key_file = cfg->store.etcd_private_key_file,
+            .username = cfg->store.etcd_username,
+            .password = cfg->store.etcd_password,
         };
         *store = gt_store_open_etcd(&ec, err);
         break;
     }
+    case GT_BACKEND_MONGODB: {
+        const gt_store_mongo_config mc = {
+            .uri = cfg->store.mongodb_uri,
+            .database = cfg->store.mongodb_database,
+            .cluster_id = cfg->application.cluster_id,
+        };
+        *store = gt_store_open_mongo(&mc, err);
+        break;
+    }
     default:
-        return gt_error_set(err, GT_EINVAL, "[store] backend = %s has no driver in this build yet; "
-                                            "use local, memory or etcd",
+        return gt_error_set(err, GT_EINVAL, "[store] backend = %s: no such driver",
                             gt_config_backend_name(cfg->store.backend));
     }
     return *store ? GT_OK : GT_EUNAVAIL;

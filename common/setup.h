@@ -31,7 +31,7 @@ gt_err gt_setup_sessions_config(const gt_config *cfg, const char *prefix, gt_ses
 /* Fills o from cfg's [application] and [runner]; o borrows cfg's strings and envp. */
 void gt_setup_run_options(const gt_config *cfg, char *const *envp, gt_run_options *o);
 
-/* Opens the store [store] backend names (local or memory). GT_EINVAL naming the
+/* Opens the store [store] backend names (local, memory, etcd or mongodb). GT_EINVAL naming the
  * backend when this build has no driver for it. */
 gt_err gt_setup_open_store(const gt_config *cfg, gt_store **store, gt_error *err);
 

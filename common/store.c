@@ -759,3 +759,68 @@ void gt_store__page_more(gt_store_page *page)
     if (page->n > 0)
         page->next_cursor = gt_xstrdup(page->items[page->n - 1].id);
 }
+
+/* ---- helpers for range queries and apply ---- */
+
+char *gt_store__range_cursor(const char *value, const char *id)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t vn = strlen(value), in = strlen(id);
+    char *c = gt_xmalloc(2 * vn + 1 + in + 1);
+    for (size_t i = 0; i < vn; i++) {
+        c[2 * i] = digits[(unsigned char)value[i] >> 4];
+        c[2 * i + 1] = digits[(unsigned char)value[i] & 15];
+    }
+    c[2 * vn] = '/';
+    memcpy(c + 2 * vn + 1, id, in + 1);
+    return c;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+gt_err gt_store__range_cursor_parse(const char *coll, const char *field, const char *cursor,
+                                    char **value, char **id, gt_error *err)
+{
+    *value = *id = NULL;
+    const char *slash = strchr(cursor, '/');
+    size_t hn = slash ? (size_t)(slash - cursor) : 0;
+    bool ok = slash && hn % 2 == 0 && slash[1] != '\0';
+    char *v = ok ? gt_xmalloc(hn / 2 + 1) : NULL;
+    for (size_t i = 0; ok && i < hn / 2; i++) {
+        int hi = hex_digit(cursor[2 * i]), lo = hex_digit(cursor[2 * i + 1]);
+        ok = hi >= 0 && lo >= 0 && (hi | lo) != 0;   /* no NUL inside a value */
+        if (ok)
+            v[i] = (char)(hi << 4 | lo);
+    }
+    if (!ok) {
+        free(v);
+        return gt_error_setf(err, GT_EINVAL, "cursor", "%s: not a range query cursor", coll);
+    }
+    v[hn / 2] = '\0';
+    if (field == NULL && strcmp(v, slash + 1) != 0) {
+        free(v);
+        return gt_error_setf(err, GT_EINVAL, "cursor", "%s: not a cursor of a range on ids",
+                             coll);
+    }
+    *value = v;
+    *id = gt_xstrdup(slash + 1);
+    return GT_OK;
+}
+
+gt_err gt_store__check_op(const gt_store_op *op, size_t i, bool exists, int64_t cur_rev,
+                          gt_error *err)
+{
+    /* a CHECK at GT_REV_ANY asks that the document exist, as a delete would */
+    bool must_exist = op->kind == GT_STORE_OP_DELETE ||
+                      (op->kind == GT_STORE_OP_CHECK && op->expect_rev == GT_REV_ANY);
+    gt_err rc = gt_store__check_rev(op->coll, op->id, exists, cur_rev, op->expect_rev,
+                                    must_exist, err);
+    return rc == GT_OK ? GT_OK : gt_store__at_op(err, rc, i);
+}

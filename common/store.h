@@ -1,5 +1,5 @@
 /* The store: collections of JSON documents keyed by id, each with a revision.
- * Drivers: local (SQLite), memory, etcd; later mongodb. All pass one conformance
+ * Drivers: local (SQLite), memory, etcd, mongodb. All pass one conformance
  * suite (tests/unit/store_conformance.c). Thread-safety: one gt_store per thread
  * unless a driver says otherwise. */
 #ifndef GT_STORE_H
@@ -31,10 +31,25 @@ typedef struct gt_store_etcd_config {
     const char *ca_file;        /* NULL: the system's CAs */
     const char *cert_file;
     const char *key_file;
+    const char *username;       /* etcd's auth (NULL: none); the token is renewed when */
+    const char *password;       /* etcd says it expired */
     long timeout_ms;            /* per request; 0: 5000 */
 } gt_store_etcd_config;
 /* Opens an etcd store (checks that a member answers). One handle per thread. */
 gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
+    __attribute__((warn_unused_result));
+/* A MongoDB replica set (4.4+): documents of cluster_id in collections named
+ * "<cluster_id>:<coll>" of database. Majority write and read concern and retryable
+ * writes are always on, whatever the URI says. */
+typedef struct gt_store_mongo_config {
+    const char *uri;            /* mongodb:// or mongodb+srv://; its password is a secret */
+    const char *database;       /* NULL: "gantry" */
+    const char *cluster_id;
+} gt_store_mongo_config;
+/* Opens a MongoDB store (checks that the primary answers and that it is a replica set;
+ * GT_EUNAVAIL when it cannot be reached). Handles share one client pool per URI in the
+ * process; each handle holds one client, so use one handle per thread. */
+gt_store *gt_store_open_mongo(const gt_store_mongo_config *cfg, gt_error *err)
     __attribute__((warn_unused_result));
 /* Closes and frees *s; sets it to NULL; accepts NULL. */
 void gt_store_free(gt_store **s);
@@ -142,7 +157,7 @@ typedef enum gt_store_op_kind {
     GT_STORE_OP_DELETE,   /* delete coll/id if its revision is expect_rev (GT_REV_ANY: any;
                            * an absent document is GT_ENOTFOUND, as gt_store_delete) */
     GT_STORE_OP_CHECK     /* write nothing; require coll/id's revision to be expect_rev
-                           * (GT_REV_NONE: absent) */
+                           * (GT_REV_NONE: absent; GT_REV_ANY: present, else GT_ENOTFOUND) */
 } gt_store_op_kind;
 typedef struct gt_store_op {
     gt_store_op_kind kind;
@@ -197,7 +212,7 @@ gt_err gt_store_lease_release(gt_store *s, const char *name, const char *holder,
  * whose leases have whole-second TTLs): a shorter ttl_ms is rounded up to it. */
 int64_t gt_store_lease_granularity_ms(const gt_store *s);
 
-/* Name of the driver ("local", "memory", "etcd"). */
+/* Name of the driver ("local", "memory", "etcd", "mongodb"). */
 const char *gt_store_driver(const gt_store *s);
 
 #endif

@@ -99,4 +99,18 @@ void gt_store__page_add(gt_store_page *page, const char *id, size_t id_len, cons
 /* Marks that more items follow the page: next_cursor = the last item's id. */
 void gt_store__page_more(gt_store_page *page);
 
+/* Range queries and apply. A range cursor is hex(value) "/" id (for an id range the
+ * value is the id): it resumes exactly after (value, id), and hex keeps byte order, so
+ * etcd uses it as an index key suffix. Caller frees. */
+char *gt_store__range_cursor(const char *value, const char *id);
+/* Splits a cursor made by gt_store__range_cursor (caller frees *value and *id);
+ * GT_EINVAL naming coll when it is not one, or not an id range's when field is NULL. */
+gt_err gt_store__range_cursor_parse(const char *coll, const char *field, const char *cursor,
+                                    char **value, char **id, gt_error *err);
+/* Decides op i of an apply given what is stored now, as the single-document call
+ * would (a CHECK at GT_REV_ANY requires the document to exist: GT_ENOTFOUND), with
+ * err->field "ops[i]". */
+gt_err gt_store__check_op(const gt_store_op *op, size_t i, bool exists, int64_t cur_rev,
+                          gt_error *err);
+
 #endif

@@ -52,6 +52,8 @@ typedef struct etcd_store {
     char *prefix;
     gt_buf resp;
     char curl_err[CURL_ERROR_SIZE];
+    char *user;       /* etcd auth, or NULL */
+    char *password;   /* kept to renew the token; never in a message */
 } etcd_store;
 
 /* ---- reply parsing (outside input) ---- */
@@ -215,6 +217,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
  * been applied (timeout, connection lost mid-way, 503) is sent again elsewhere only when
  * resend says it is a read: resending a write could apply it twice or report a conflict
  * with itself, so that is GT_EUNAVAIL and the caller decides. */
+static gt_err authenticate(etcd_store *s, gt_error *err);
+
 static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, cJSON **root,
                       int64_t *rev, gt_error *err)
 {
@@ -224,6 +228,8 @@ static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, 
     gt_err rc = GT_OK;
     CURLcode cc = CURLE_OK;
     long status = 0;
+    bool renewed = false;
+again:
     for (size_t tries = 0; tries < s->hosts.n; tries++) {
         const char *host = s->hosts.v[s->cur];
         char *url = gt_xasprintf("%s://%s/v3/%s", s->tls ? "https" : "http", host, path);
@@ -253,8 +259,24 @@ static gt_err call_ex(etcd_store *s, const char *path, cJSON *req, bool resend, 
     if (status != 200) {
         cJSON *e = cJSON_ParseWithLength(s->resp.data ? s->resp.data : "", s->resp.len);
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        rc = gt_error_set(err, GT_EUNAVAIL, "etcd: %s: HTTP %ld: %s", path, status,
-                          cJSON_IsString(m) ? m->valuestring : "(no message)");
+        const char *msg = cJSON_IsString(m) ? m->valuestring : "(no message)";
+        /* etcd refuses a request with an expired token before applying it, so it is
+         * safe to send again once, with a new token */
+        bool expired = s->user && strstr(msg, "invalid auth token") != NULL;
+        bool denied = status == 401 || status == 403 || strstr(msg, "permission denied") ||
+                      strstr(msg, "authentication failed") || strstr(msg, "user name is empty");
+        if (expired && !renewed && strcmp(path, "auth/authenticate") != 0) {
+            cJSON_Delete(e);
+            gt_error why = {0};
+            if ((rc = authenticate(s, &why)) != GT_OK) {
+                rc = gt_error_set(err, rc, "%s", why.message);
+                goto done;
+            }
+            renewed = true;
+            goto again;
+        }
+        rc = gt_error_set(err, denied ? GT_EPERM : GT_EUNAVAIL, "etcd: %s: HTTP %ld: %s", path,
+                          status, msg);
         cJSON_Delete(e);
         goto done;
     }
@@ -918,6 +940,361 @@ done:
     return rc;
 }
 
+/* ---- range queries, counts, apply ---- */
+
+/* etcd's default --max-txn-ops: a Txn with more operations is refused. */
+enum { MAX_TXN_OPS = 128 };
+
+/* Byte-wise order of two keys that may hold NUL bytes. */
+static int key_cmp(const char *a, size_t al, const char *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al > bl) - (al < bl);
+}
+
+/* The keys of a range over field (NULL: the documents' ids) of coll in [lo, hi),
+ * after the item whose key suffix is after (NULL: none): [from, to) holds keys
+ * base + suffix. Index key suffixes are hex(value) "/" id and hex keeps byte order,
+ * so a value that is a prefix of another sorts first ('/' is below every hex digit). */
+typedef struct key_range {
+    char *base, *from, *to;
+    size_t from_len, to_len;
+} key_range;
+
+static void key_range_clear(key_range *r)
+{
+    free(r->base);
+    free(r->from);
+    free(r->to);
+    memset(r, 0, sizeof *r);
+}
+
+static void key_range_init(etcd_store *s, const char *coll, const char *field, const char *lo,
+                           const char *hi, const char *after, key_range *r)
+{
+    r->base = field ? gt_xasprintf("%si/%s/%s/", s->prefix, coll, field)
+                    : gt_xasprintf("%sd/%s/", s->prefix, coll);
+    char *l = lo && field ? hex(lo) : gt_xstrdup(lo ? lo : "");
+    r->from = gt_xasprintf("%s%s", r->base, l);
+    r->from_len = strlen(r->from);
+    free(l);
+    if (after) {   /* exclusive: the item's key + "\0" */
+        size_t n = strlen(r->base) + strlen(after) + 1;
+        char *k = gt_xmalloc(n + 1);
+        snprintf(k, n + 1, "%s%s", r->base, after);
+        k[n - 1] = '\0';
+        if (key_cmp(k, n, r->from, r->from_len) > 0) {
+            free(r->from);
+            r->from = k;
+            r->from_len = n;
+        } else {
+            free(k);
+        }
+    }
+    if (hi) {
+        char *h = field ? hex(hi) : gt_xstrdup(hi);
+        r->to = gt_xasprintf("%s%s", r->base, h);
+        r->to_len = strlen(r->to);
+        free(h);
+    } else {
+        r->to = prefix_end(r->base, &r->to_len);
+    }
+}
+
+static bool key_range_empty(const key_range *r)
+{
+    return key_cmp(r->from, r->from_len, r->to, r->to_len) >= 0;
+}
+
+/* The key suffix a cursor resumes after: the index entry's (hex(value) "/" id) or, for
+ * an id range, the id. */
+static gt_err cursor_suffix(const char *coll, const char *field, const char *cursor,
+                            char **suffix, gt_error *err)
+{
+    char *v = NULL, *id = NULL;
+    *suffix = NULL;
+    gt_err rc = gt_store__range_cursor_parse(coll, field, cursor, &v, &id, err);
+    if (rc == GT_OK)
+        *suffix = field ? gt_store__range_cursor(v, id) : gt_xstrdup(id);
+    free(v);
+    free(id);
+    return rc;
+}
+
+/* Txn response i: GT_EINVAL unless the declaration of coll's field was there. */
+static gt_err check_declared(const cJSON *root, size_t i, const char *coll, const char *field,
+                             gt_error *err)
+{
+    gt_etcd_kvs decl = {0};
+    gt_err rc = txn_kvs(root, i, &decl, err);
+    if (rc == GT_OK && decl.n == 0)
+        rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll, field);
+    gt_etcd__kvs_free(&decl);
+    return rc;
+}
+
+static gt_err etcd_query_range(gt_store *gs, const char *coll, const char *field, const char *lo,
+                               const char *hi, const char *cursor, size_t limit,
+                               gt_store_page *page, gt_error *err)
+{
+    etcd_store *s = (etcd_store *)gs;
+    char *after = NULL, *xkey = NULL;
+    key_range r = {0};
+    gt_etcd_kvs kvs = {0};
+    gt_strv ids = {0};
+    cJSON *root = NULL;
+    int64_t rev;
+    bool ok;
+    gt_err rc;
+    if (cursor && (rc = cursor_suffix(coll, field, cursor, &after, err)) != GT_OK)
+        goto done;
+    key_range_init(s, coll, field, lo, hi, after, &r);
+    bool empty = key_range_empty(&r);
+    txn t;
+    txn_init(&t);
+    if (!empty)
+        op_range(t.success,
+                 range_req(r.from, r.from_len, r.to, r.to_len, (int64_t)limit + 1, false));
+    if (field) {
+        xkey = gt_xasprintf("%sx/%s/%s", s->prefix, coll, field);
+        op_range(t.success, range_req(xkey, strlen(xkey), NULL, 0, 0, false));
+    }
+    if ((rc = txn_commit(s, &t, &ok, &root, &rev, err)) != GT_OK ||
+        (field && (rc = check_declared(root, empty ? 0 : 1, coll, field, err)) != GT_OK) ||
+        (!empty && (rc = txn_kvs(root, 0, &kvs, err)) != GT_OK))
+        goto done;
+    size_t bl = strlen(r.base), n = kvs.n > limit ? limit : kvs.n;
+    for (size_t i = 0; i < n; i++) {
+        const char *suffix = kvs.v[i].key + bl;
+        if (kvs.v[i].key_len <= bl || memcmp(kvs.v[i].key, r.base, bl) != 0) {
+            rc = gt_error_set(err, GT_EIO, "etcd: a key outside the range asked for");
+            goto done;
+        }
+        if (field == NULL) {
+            gt_store__page_add(page, suffix, kvs.v[i].key_len - bl, kvs.v[i].value,
+                               kvs.v[i].value_len, kvs.v[i].mod_revision);
+            continue;
+        }
+        char *v = NULL, *id = NULL;
+        if (gt_store__range_cursor_parse(coll, field, suffix, &v, &id, NULL) != GT_OK) {
+            rc = gt_error_set(err, GT_EIO, "etcd: %s: a malformed index key", coll);
+            goto done;
+        }
+        gt_strv_push_owned(&ids, id);
+        free(v);
+    }
+    if (field && (rc = fetch_docs(s, coll, ids.v, ids.n, rev, page, err)) != GT_OK)
+        goto done;
+    if (kvs.n > limit) {
+        const char *last = kvs.v[limit - 1].key + bl;
+        page->next_cursor = field ? gt_xstrdup(last) : gt_store__range_cursor(last, last);
+    }
+done:
+    gt_strv_free(&ids);
+    gt_etcd__kvs_free(&kvs);
+    cJSON_Delete(root);
+    key_range_clear(&r);
+    free(after);
+    free(xkey);
+    return rc;
+}
+
+/* kv/range with count_only: etcd counts the keys, no value leaves the server. */
+static gt_err etcd_count(gt_store *gs, const char *coll, const gt_store_filter *f, int64_t *n,
+                         gt_error *err)
+{
+    etcd_store *s = (etcd_store *)gs;
+    key_range r = {0};
+    char *xkey = NULL;
+    cJSON *root = NULL;
+    int64_t rev;
+    bool ok;
+    gt_err rc;
+    if (f->eq) {   /* every entry of one value: its prefix */
+        r.base = index_base(s, coll, f->field, f->eq);
+        r.from = gt_xstrdup(r.base);
+        r.from_len = strlen(r.from);
+        r.to = prefix_end(r.base, &r.to_len);
+    } else {
+        key_range_init(s, coll, f->field, f->lo, f->hi, NULL, &r);
+    }
+    bool empty = key_range_empty(&r);
+    txn t;
+    txn_init(&t);
+    if (!empty) {
+        cJSON *rq = range_req(r.from, r.from_len, r.to, r.to_len, 0, false);
+        gt_json_set_bool(rq, "count_only", true);
+        op_range(t.success, rq);
+    }
+    if (f->field) {
+        xkey = gt_xasprintf("%sx/%s/%s", s->prefix, coll, f->field);
+        op_range(t.success, range_req(xkey, strlen(xkey), NULL, 0, 0, false));
+    }
+    if ((rc = txn_commit(s, &t, &ok, &root, &rev, err)) != GT_OK ||
+        (f->field && (rc = check_declared(root, empty ? 0 : 1, coll, f->field, err)) != GT_OK))
+        goto done;
+    if (!empty) {
+        const cJSON *rr = gt_etcd__txn_range(root, 0);
+        if (rr == NULL)
+            rc = gt_error_set(err, GT_EIO, "etcd: reply: txn response 0 is not a range");
+        else if ((rc = gt_etcd__int(rr, "count", n, err)) == GT_OK && *n < 0)
+            rc = gt_error_set(err, GT_EIO, "etcd: reply: count %" PRId64, *n);
+    }
+done:
+    cJSON_Delete(root);
+    key_range_clear(&r);
+    free(xkey);
+    return rc;
+}
+
+/* Reads every op's document and the index declarations of their collections in one
+ * Txn (one snapshot, at d[0].read_rev). */
+static gt_err read_docs(etcd_store *s, const gt_store_op *ops, size_t n, char *const *keys,
+                        const gt_strv *colls, doc_state *d, gt_error *err)
+{
+    txn t;
+    txn_init(&t);
+    for (size_t i = 0; i < n; i++)
+        op_range(t.success, range_req(keys[i], strlen(keys[i]), NULL, 0, 0, false));
+    for (size_t c = 0; c < colls->n; c++) {
+        char *xp = gt_xasprintf("%sx/%s/", s->prefix, colls->v[c]);
+        op_range(t.success, range_prefix_req(xp, 0));
+        free(xp);
+    }
+    cJSON *root = NULL;
+    bool ok;
+    int64_t rev = 0;
+    gt_err rc = txn_commit(s, &t, &ok, &root, &rev, err);
+    for (size_t i = 0; i < n && rc == GT_OK; i++) {
+        gt_etcd_kvs doc = {0};
+        if ((rc = txn_kvs(root, i, &doc, err)) == GT_OK && doc.n > 0) {
+            d[i].exists = true;
+            d[i].mod = doc.v[0].mod_revision;
+            d[i].body = gt_xstrdup(doc.v[0].value);
+        }
+        d[i].read_rev = rev;
+        gt_etcd__kvs_free(&doc);
+    }
+    for (size_t c = 0; c < colls->n && rc == GT_OK; c++) {
+        gt_etcd_kvs decl = {0};
+        char *xp = gt_xasprintf("%sx/%s/", s->prefix, colls->v[c]);
+        size_t xl = strlen(xp);
+        if ((rc = txn_kvs(root, n + c, &decl, err)) == GT_OK)
+            for (size_t i = 0; i < n; i++)
+                for (size_t k = 0; strcmp(ops[i].coll, colls->v[c]) == 0 && k < decl.n; k++)
+                    if (decl.v[k].key_len > xl)
+                        gt_strv_push(&d[i].fields, decl.v[k].key + xl);
+        gt_etcd__kvs_free(&decl);
+        free(xp);
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* One Txn, as etcd_put's: it compares every document's revision as read (and that no
+ * collection's index declarations changed since, and the fence's lease key), writes
+ * the documents and their index entries, and is retried when only that optimistic
+ * check failed. */
+static gt_err etcd_apply(gt_store *gs, gt_store_op *ops, size_t n, const gt_store_fence *fence,
+                         gt_error *err)
+{
+    etcd_store *s = (etcd_store *)gs;
+    char *keys[GT_STORE_MAX_OPS];
+    gt_strv colls = {0};
+    for (size_t i = 0; i < n; i++) {
+        keys[i] = doc_key(s, ops[i].coll, ops[i].id);
+        if (!strv_has(&colls, ops[i].coll))
+            gt_strv_push(&colls, ops[i].coll);
+    }
+    char *lkey = fence ? lease_key(s, fence->name) : NULL;
+    char *lval = fence ? lease_value(fence->holder, fence->epoch) : NULL;
+    gt_err rc = GT_OK;
+    for (int attempt = 0;; attempt++) {
+        doc_state d[GT_STORE_MAX_OPS] = {{0}};
+        cJSON *root = NULL;
+        bool ok = false;
+        int64_t rev = 0;
+        txn t = {0};
+        if ((rc = read_docs(s, ops, n, keys, &colls, d, err)) != GT_OK)
+            goto next;
+        for (size_t i = 0; i < n; i++)
+            if ((rc = gt_store__check_op(&ops[i], i, d[i].exists, d[i].mod, err)) != GT_OK)
+                goto next;
+        txn_init(&t);
+        for (size_t i = 0; i < n; i++) {
+            if (d[i].exists)
+                cmp_num(&t, keys[i], NULL, "MOD", "EQUAL", d[i].mod);
+            else
+                cmp_num(&t, keys[i], NULL, "CREATE", "EQUAL", 0);
+        }
+        for (size_t c = 0; c < colls.n; c++) {
+            size_t xel;
+            char *xp = gt_xasprintf("%sx/%s/", s->prefix, colls.v[c]);
+            char *xe = prefix_end(xp, &xel);
+            cmp_num(&t, xp, xe, "MOD", "LESS", d[0].read_rev + 1);
+            free(xp);
+            free(xe);
+        }
+        if (fence) {
+            cmp_value(&t, lkey, lval);
+            op_range(t.failure, range_req(lkey, strlen(lkey), NULL, 0, 0, false));
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (ops[i].kind == GT_STORE_OP_CHECK)
+                continue;
+            gt_strv old = {0}, neu = {0};
+            const char *body = ops[i].kind == GT_STORE_OP_PUT ? ops[i].body : NULL;
+            index_keys(s, ops[i].coll, ops[i].id, d[i].body, &d[i].fields, &old);
+            index_keys(s, ops[i].coll, ops[i].id, body, &d[i].fields, &neu);
+            if (body)
+                op_put(t.success, keys[i], body, 0);
+            else
+                op_del(t.success, keys[i]);
+            for (size_t k = 0; k < old.n; k++)
+                if (!strv_has(&neu, old.v[k]))
+                    op_del(t.success, old.v[k]);
+            for (size_t k = 0; k < neu.n; k++)   /* all of them, as etcd_index expects */
+                op_put(t.success, neu.v[k], "", 0);
+            gt_strv_free(&old);
+            gt_strv_free(&neu);
+        }
+        int nops = cJSON_GetArraySize(t.success);
+        if (nops > MAX_TXN_OPS) {
+            rc = gt_error_setf(err, GT_EINVAL, "ops", "store: apply: %d etcd operations "
+                               "(documents and index entries), more than the %d of one Txn",
+                               nops, MAX_TXN_OPS);
+            goto next;
+        }
+        if ((rc = txn_commit(s, &t, &ok, &root, &rev, err)) != GT_OK)   /* consumes t */
+            goto next;
+        if (ok) {
+            for (size_t i = 0; i < n; i++)
+                ops[i].new_rev = ops[i].kind == GT_STORE_OP_PUT ? rev : 0;
+        } else if (fence) {
+            rc = fence_verdict(fence, root, 0, err);
+        }
+    next:
+        cJSON_Delete(t.root);
+        cJSON_Delete(root);
+        for (size_t i = 0; i < n; i++)
+            doc_state_clear(&d[i]);
+        if (rc != GT_OK || ok)
+            break;
+        if (attempt == MAX_RETRIES) {
+            rc = gt_error_set(err, GT_EAGAIN, "store: apply: %s/%s and %zu more: still "
+                              "contended after %d tries", ops[0].coll, ops[0].id, n - 1,
+                              MAX_RETRIES);
+            break;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        free(keys[i]);
+    gt_strv_free(&colls);
+    free(lkey);
+    free(lval);
+    return rc;
+}
+
 /* ---- leases ---- */
 
 static gt_err lease_grant(etcd_store *s, int64_t ttl_ms, int64_t *id, gt_error *err)
@@ -1084,6 +1461,48 @@ static gt_err etcd_lease_release(gt_store *gs, const char *name, const char *hol
 
 /* ---- open / close ---- */
 
+/* The headers of every request: JSON, no 100-continue round trip, and the auth token. */
+static void set_headers(etcd_store *s, const char *token)
+{
+    curl_slist_free_all(s->headers);
+    s->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    s->headers = curl_slist_append(s->headers, "Expect:");
+    if (token) {
+        char *h = gt_xasprintf("Authorization: %s", token);
+        s->headers = curl_slist_append(s->headers, h);
+        gt_wipe(h, strlen(h));
+        free(h);
+    }
+    curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, s->headers);
+}
+
+/* etcd's auth: a user and password buy a token (simple tokens expire after
+ * --auth-token-ttl, 300 s by default; call_ex renews it when etcd says so). */
+static gt_err authenticate(etcd_store *s, gt_error *err)
+{
+    set_headers(s, NULL);
+    cJSON *req = cJSON_CreateObject();
+    gt_json_set_str(req, "name", s->user);
+    gt_json_set_str(req, "password", s->password);
+    cJSON *root = NULL;
+    int64_t rev = 0;
+    gt_error why = {0};
+    gt_err rc = call_ex(s, "auth/authenticate", req, true, &root, &rev, &why);
+    if (rc != GT_OK) {
+        cJSON_Delete(root);
+        return gt_error_set(err, rc, "etcd: signing in as %s: %s", s->user, why.message);
+    }
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "token");
+    if (!cJSON_IsString(t) || t->valuestring[0] == '\0' || strpbrk(t->valuestring, "\r\n")) {
+        cJSON_Delete(root);
+        return gt_error_set(err, GT_EIO, "etcd: signing in as %s: no token in the reply",
+                            s->user);
+    }
+    set_headers(s, t->valuestring);
+    cJSON_Delete(root);
+    return GT_OK;
+}
+
 static void etcd_close(gt_store *gs)
 {
     etcd_store *s = (etcd_store *)gs;
@@ -1092,6 +1511,10 @@ static void etcd_close(gt_store *gs)
     curl_slist_free_all(s->headers);
     gt_strv_free(&s->hosts);
     free(s->prefix);
+    free(s->user);
+    if (s->password)
+        gt_wipe(s->password, strlen(s->password));
+    free(s->password);
     gt_buf_free(&s->resp);
     free(s);
     curl_global_cleanup();
@@ -1108,6 +1531,9 @@ static const gt_store_ops etcd_ops = {
     .query = etcd_query,
     .lease_acquire = etcd_lease_acquire,
     .lease_release = etcd_lease_release,
+    .query_range = etcd_query_range,
+    .count = etcd_count,
+    .apply = etcd_apply,
 };
 
 gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
@@ -1134,9 +1560,7 @@ gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
         gt_error_set(err, GT_EINTERNAL, "etcd: curl_easy_init failed");
         goto fail;
     }
-    s->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    s->headers = curl_slist_append(s->headers, "Expect:");   /* no 100-continue round trip */
-    curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, s->headers);
+    set_headers(s, NULL);
     curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, s->curl_err);
@@ -1155,12 +1579,18 @@ gt_store *gt_store_open_etcd(const gt_store_etcd_config *cfg, gt_error *err)
             curl_easy_setopt(s->curl, CURLOPT_SSLKEY, cfg->key_file);
         }
     }
+    gt_err rc;
+    if (cfg->username && cfg->username[0]) {
+        s->user = gt_xstrdup(cfg->username);
+        s->password = gt_xstrdup(cfg->password ? cfg->password : "");
+        if ((rc = authenticate(s, err)) != GT_OK)
+            goto fail;
+    }
     /* One round trip now, so a wrong host list fails at start-up, not at first use. */
     cJSON *root = NULL;
     int64_t rev;
     char *probe = gt_xasprintf("%sprobe", s->prefix);
-    gt_err rc = call(s, "kv/range", range_req(probe, strlen(probe), NULL, 0, 1, false), &root,
-                     &rev, err);
+    rc = call(s, "kv/range", range_req(probe, strlen(probe), NULL, 0, 1, false), &root, &rev, err);
     free(probe);
     cJSON_Delete(root);
     if (rc != GT_OK)

@@ -412,12 +412,48 @@ static gt_err fence_check(local_store *ls, const gt_store_fence *f, gt_error *er
     return rc;
 }
 
+/* Stores coll/id = body at the next revision (*rev); inside the caller's transaction. */
+static gt_err write_doc(local_store *ls, const char *coll, const char *id, const char *body,
+                        int64_t *rev, gt_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    gt_err rc;
+    if ((rc = next_rev(ls, rev, err)) != GT_OK || (rc = prepare(ls, SQL_PUT, &st, err)) != GT_OK)
+        goto done;
+    bind_str(st, 1, coll);
+    bind_str(st, 2, id);
+    sqlite3_bind_int64(st, 3, *rev);
+    bind_str(st, 4, body);
+    int src = sqlite3_step(st);
+    if (src != SQLITE_DONE)
+        rc = db_fail(ls, src, "write", err);
+done:
+    release(st);
+    return rc;
+}
+
+/* Deletes coll/id; inside the caller's transaction. */
+static gt_err remove_doc(local_store *ls, const char *coll, const char *id, gt_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    gt_err rc = prepare(ls, SQL_DELETE, &st, err);
+    if (rc != GT_OK)
+        goto done;
+    bind_str(st, 1, coll);
+    bind_str(st, 2, id);
+    int src = sqlite3_step(st);
+    if (src != SQLITE_DONE)
+        rc = db_fail(ls, src, "delete", err);
+done:
+    release(st);
+    return rc;
+}
+
 static gt_err local_put(gt_store *s, const char *coll, const char *id, const char *body,
                         int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
                         gt_error *err)
 {
     local_store *ls = (local_store *)s;
-    sqlite3_stmt *st = NULL;
     bool exists = false;
     int64_t cur = 0, rev = 0;
     pthread_mutex_lock(&ls->mu);
@@ -426,19 +462,10 @@ static gt_err local_put(gt_store *s, const char *coll, const char *id, const cha
         goto unlock;
     if ((fence && (rc = fence_check(ls, fence, err)) != GT_OK) ||
         (rc = read_rev(ls, coll, id, &exists, &cur, err)) != GT_OK ||
-        (rc = gt_store__check_rev(coll, id, exists, cur, expect_rev, false, err)) != GT_OK ||
-        (rc = next_rev(ls, &rev, err)) != GT_OK ||
-        (rc = prepare(ls, SQL_PUT, &st, err)) != GT_OK)
+        (rc = gt_store__check_rev(coll, id, exists, cur, expect_rev, false, err)) != GT_OK)
         goto done;
-    bind_str(st, 1, coll);
-    bind_str(st, 2, id);
-    sqlite3_bind_int64(st, 3, rev);
-    bind_str(st, 4, body);
-    int src = sqlite3_step(st);
-    if (src != SQLITE_DONE)
-        rc = db_fail(ls, src, "write", err);
+    rc = write_doc(ls, coll, id, body, &rev, err);
 done:
-    release(st);
     rc = tx_end(ls, rc, err);
     if (rc == GT_OK)
         *new_rev = rev;
@@ -451,24 +478,15 @@ static gt_err local_del(gt_store *s, const char *coll, const char *id, int64_t e
                         gt_error *err)
 {
     local_store *ls = (local_store *)s;
-    sqlite3_stmt *st = NULL;
     bool exists = false;
     int64_t cur = 0;
     pthread_mutex_lock(&ls->mu);
     gt_err rc = tx_begin(ls, err);
     if (rc != GT_OK)
         goto unlock;
-    if ((rc = read_rev(ls, coll, id, &exists, &cur, err)) != GT_OK ||
-        (rc = gt_store__check_rev(coll, id, exists, cur, expect_rev, true, err)) != GT_OK ||
-        (rc = prepare(ls, SQL_DELETE, &st, err)) != GT_OK)
-        goto done;
-    bind_str(st, 1, coll);
-    bind_str(st, 2, id);
-    int src = sqlite3_step(st);
-    if (src != SQLITE_DONE)
-        rc = db_fail(ls, src, "delete", err);
-done:
-    release(st);
+    if ((rc = read_rev(ls, coll, id, &exists, &cur, err)) == GT_OK &&
+        (rc = gt_store__check_rev(coll, id, exists, cur, expect_rev, true, err)) == GT_OK)
+        rc = remove_doc(ls, coll, id, err);
     rc = tx_end(ls, rc, err);
 unlock:
     pthread_mutex_unlock(&ls->mu);
@@ -557,6 +575,185 @@ done:
     release(st);
     pthread_mutex_unlock(&ls->mu);
     free(sql);
+    return rc;
+}
+
+/* ---- range queries, counts, apply ---- */
+
+/* FROM and WHERE of a query on a field (format args: field, coll, coll). The coll term
+ * matches the partial index's, and INDEXED BY names that index, so a range on the
+ * field is not planned over the primary key (SQLite keeps no statistics here). The
+ * field's expression must be written as in the index: json_extract(body, '$.<field>'). */
+#define FIELD_FROM "documents INDEXED BY \"gt_ix:%s:%s\" WHERE coll = '%s'"
+
+/* Whether strings in [lo, hi) can start with '[' or '{': json_extract gives an object
+ * or an array as its JSON text, and only json_type, which reads the body, tells those
+ * apart from a string. Other values are never TEXT: the lower bound ('' when open)
+ * leaves out numbers, booleans and null, which SQLite orders before any text. */
+static bool range_may_hold_containers(const char *lo, const char *hi)
+{
+    const char *l = lo ? lo : "";
+    return (strcmp(l, "\\") < 0 && (hi == NULL || strcmp(hi, "[") > 0)) ||
+           (strcmp(l, "|") < 0 && (hi == NULL || strcmp(hi, "{") > 0));
+}
+
+static gt_err local_query_range(gt_store *s, const char *coll, const char *field, const char *lo,
+                                const char *hi, const char *cursor, size_t limit,
+                                gt_store_page *page, gt_error *err)
+{
+    local_store *ls = (local_store *)s;
+    sqlite3_stmt *st = NULL;
+    char *sql = NULL, *cv = NULL, *cid = NULL, *last_v = NULL;
+    bool indexed = true;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ls->mu);
+    if (cursor &&
+        (rc = gt_store__range_cursor_parse(coll, field, cursor, &cv, &cid, err)) != GT_OK)
+        goto done;
+    if (field == NULL) {
+        sql = gt_xasprintf("SELECT id, rev, body, id FROM documents WHERE coll = ?1"
+                           " AND id >= ?2%s%s ORDER BY id LIMIT ?6",
+                           hi ? " AND id < ?3" : "", cv ? " AND id > ?5" : "");
+    } else {
+        if ((rc = is_indexed(ls, coll, field, &indexed, err)) != GT_OK)
+            goto done;
+        if (!indexed) {
+            rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
+                               field);
+            goto done;
+        }
+        char *v = gt_xasprintf("json_extract(body, '$.%s')", field);
+        char *upper = hi ? gt_xasprintf(" AND %s < ?3", v) : gt_xstrdup("");
+        char *after = cv ? gt_xasprintf(" AND (%s, id) > (?4, ?5)", v) : gt_xstrdup("");
+        sql = gt_xasprintf("SELECT id, rev, body, %s FROM " FIELD_FROM " AND %s >= ?2%s%s"
+                           " AND json_type(body, '$.%s') = 'text' ORDER BY %s, id LIMIT ?6",
+                           v, field, coll, coll, v, upper, after, field, v);
+        free(v);
+        free(upper);
+        free(after);
+    }
+    if ((rc = prepare(ls, sql, &st, err)) != GT_OK)
+        goto done;
+    /* ?1..?6 all exist: the LIMIT is ?6 */
+    bind_str(st, 1, coll);
+    bind_str(st, 2, lo ? lo : "");
+    bind_str(st, 3, hi);
+    bind_str(st, 4, cv);
+    bind_str(st, 5, cid);
+    sqlite3_bind_int64(st, 6, (int64_t)limit + 1);
+    int src;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        if (page->n == limit) {
+            page->next_cursor = gt_store__range_cursor(last_v, page->items[page->n - 1].id);
+            break;
+        }
+        const char *body = (const char *)sqlite3_column_text(st, 2);
+        const char *v = (const char *)sqlite3_column_text(st, 3);
+        gt_store__page_add(page, id ? id : "", (size_t)sqlite3_column_bytes(st, 0),
+                           body ? body : "", (size_t)sqlite3_column_bytes(st, 2),
+                           sqlite3_column_int64(st, 1));
+        free(last_v);
+        last_v = gt_xstrndup(v ? v : "", (size_t)sqlite3_column_bytes(st, 3));
+    }
+    if (src != SQLITE_ROW && src != SQLITE_DONE)
+        rc = db_fail(ls, src, "range query", err);
+done:
+    release(st);
+    pthread_mutex_unlock(&ls->mu);
+    free(sql);
+    free(cv);
+    free(cid);
+    free(last_v);
+    return rc;
+}
+
+/* count(*) over the primary key or the field's index: the bodies are not read, except
+ * those json_type must look at (range_may_hold_containers). */
+static gt_err local_count(gt_store *s, const char *coll, const gt_store_filter *f, int64_t *n,
+                          gt_error *err)
+{
+    local_store *ls = (local_store *)s;
+    sqlite3_stmt *st = NULL;
+    char *sql = NULL;
+    bool indexed = true;
+    gt_err rc = GT_OK;
+    const char *lo = f->eq ? f->eq : f->lo;
+    pthread_mutex_lock(&ls->mu);
+    if (f->field == NULL) {
+        sql = gt_xasprintf("SELECT count(*) FROM documents WHERE coll = ?1%s%s",
+                           f->lo ? " AND id >= ?2" : "", f->hi ? " AND id < ?3" : "");
+    } else {
+        if ((rc = is_indexed(ls, coll, f->field, &indexed, err)) != GT_OK)
+            goto done;
+        if (!indexed) {
+            rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
+                               f->field);
+            goto done;
+        }
+        bool containers = f->eq ? f->eq[0] == '[' || f->eq[0] == '{'
+                                : range_may_hold_containers(f->lo, f->hi);
+        char *v = gt_xasprintf("json_extract(body, '$.%s')", f->field);
+        char *upper = f->hi ? gt_xasprintf(" AND %s < ?3", v) : gt_xstrdup("");
+        char *type = containers ? gt_xasprintf(" AND json_type(body, '$.%s') = 'text'", f->field)
+                                : gt_xstrdup("");
+        sql = gt_xasprintf("SELECT count(*) FROM " FIELD_FROM " AND %s %s ?2%s%s", f->field,
+                           coll, coll, v, f->eq ? "=" : ">=", upper, type);
+        free(v);
+        free(upper);
+        free(type);
+    }
+    if ((rc = prepare(ls, sql, &st, err)) != GT_OK)
+        goto done;
+    /* binding a parameter the statement lacks is SQLITE_RANGE, harmless here */
+    bind_str(st, 1, coll);
+    bind_str(st, 2, lo ? lo : "");
+    bind_str(st, 3, f->hi);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        *n = sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(ls, src, "count", err);
+done:
+    release(st);
+    pthread_mutex_unlock(&ls->mu);
+    free(sql);
+    return rc;
+}
+
+/* One BEGIN IMMEDIATE transaction: the fence and every revision are checked, then
+ * every write made; any failure rolls all of it back. SQLite keeps the expression
+ * indexes in step. */
+static gt_err local_apply(gt_store *s, gt_store_op *ops, size_t n, const gt_store_fence *fence,
+                          gt_error *err)
+{
+    local_store *ls = (local_store *)s;
+    int64_t revs[GT_STORE_MAX_OPS] = {0};
+    pthread_mutex_lock(&ls->mu);
+    gt_err rc = tx_begin(ls, err);
+    if (rc != GT_OK)
+        goto unlock;
+    if (fence && (rc = fence_check(ls, fence, err)) != GT_OK)
+        goto done;
+    for (size_t i = 0; i < n; i++) {
+        bool exists = false;
+        int64_t cur = 0;
+        if ((rc = read_rev(ls, ops[i].coll, ops[i].id, &exists, &cur, err)) != GT_OK ||
+            (rc = gt_store__check_op(&ops[i], i, exists, cur, err)) != GT_OK)
+            goto done;
+    }
+    for (size_t i = 0; i < n && rc == GT_OK; i++) {
+        if (ops[i].kind == GT_STORE_OP_PUT)
+            rc = write_doc(ls, ops[i].coll, ops[i].id, ops[i].body, &revs[i], err);
+        else if (ops[i].kind == GT_STORE_OP_DELETE)
+            rc = remove_doc(ls, ops[i].coll, ops[i].id, err);
+    }
+done:
+    rc = tx_end(ls, rc, err);
+    for (size_t i = 0; rc == GT_OK && i < n; i++)
+        ops[i].new_rev = revs[i];
+unlock:
+    pthread_mutex_unlock(&ls->mu);
     return rc;
 }
 
@@ -668,4 +865,7 @@ static const gt_store_ops local_ops = {
     .query = local_query,
     .lease_acquire = local_lease_acquire,
     .lease_release = local_lease_release,
+    .query_range = local_query_range,
+    .count = local_count,
+    .apply = local_apply,
 };

@@ -158,25 +158,20 @@ static gt_err mem_get(gt_store *s, const char *coll, const char *id, char **body
 
 static mem_lease *lease_find(mem_store *ms, const char *name, bool create);
 
-static gt_err mem_put(gt_store *s, const char *coll, const char *id, const char *body,
-                      int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
-                      gt_error *err)
+/* The fence as the memory store holds it; called under the lock. */
+static gt_err mem_fence_check(mem_store *ms, const gt_store_fence *fence, gt_error *err)
 {
-    mem_store *ms = (mem_store *)s;
+    mem_lease *l = lease_find(ms, fence->name, false);
+    gt_store_lease cur = {l ? l->holder : "", l ? l->epoch : 0, l ? l->expires_ms : 0};
+    return gt_store__fence_check(fence, &cur, gt_now_ms(), err);
+}
+
+/* Stores coll/id = body at the next revision and returns it; called under the lock. */
+static int64_t doc_write(mem_store *ms, const char *coll, const char *id, const char *body)
+{
     size_t pos;
-    gt_err rc = GT_OK;
-    pthread_mutex_lock(&ms->mu);
-    if (fence) {
-        mem_lease *l = lease_find(ms, fence->name, false);
-        gt_store_lease cur = {l ? l->holder : "", l ? l->epoch : 0, l ? l->expires_ms : 0};
-        if ((rc = gt_store__fence_check(fence, &cur, gt_now_ms(), err)) != GT_OK)
-            goto done;
-    }
     mem_coll *c = coll_find(ms, coll, true);
     mem_doc *d = doc_find(c, id, &pos);
-    rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, false, err);
-    if (rc != GT_OK)
-        goto done;
     if (d == NULL) {
         if (c->n == c->cap) {
             c->cap = c->cap ? c->cap * 2 : 16;
@@ -191,7 +186,35 @@ static gt_err mem_put(gt_store *s, const char *coll, const char *id, const char 
     free(d->body);
     d->body = gt_xstrdup(body);
     d->rev = ++ms->seq;
-    *new_rev = d->rev;
+    return d->rev;
+}
+
+/* Removes coll/id, which exists; called under the lock. */
+static void doc_remove(mem_store *ms, const char *coll, const char *id)
+{
+    size_t pos;
+    mem_coll *c = coll_find(ms, coll, false);
+    mem_doc *d = doc_find(c, id, &pos);
+    free(d->id);
+    free(d->body);
+    memmove(&c->docs[pos], &c->docs[pos + 1], (c->n - pos - 1) * sizeof *c->docs);
+    c->n--;
+}
+
+static gt_err mem_put(gt_store *s, const char *coll, const char *id, const char *body,
+                      int64_t expect_rev, int64_t *new_rev, const gt_store_fence *fence,
+                      gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ms->mu);
+    if (fence && (rc = mem_fence_check(ms, fence, err)) != GT_OK)
+        goto done;
+    mem_doc *d = doc_find(coll_find(ms, coll, false), id, NULL);
+    rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, false, err);
+    if (rc != GT_OK)
+        goto done;
+    *new_rev = doc_write(ms, coll, id, body);
 done:
     pthread_mutex_unlock(&ms->mu);
     return rc;
@@ -201,18 +224,11 @@ static gt_err mem_del(gt_store *s, const char *coll, const char *id, int64_t exp
                       gt_error *err)
 {
     mem_store *ms = (mem_store *)s;
-    size_t pos;
     pthread_mutex_lock(&ms->mu);
-    mem_coll *c = coll_find(ms, coll, false);
-    mem_doc *d = doc_find(c, id, &pos);
+    mem_doc *d = doc_find(coll_find(ms, coll, false), id, NULL);
     gt_err rc = gt_store__check_rev(coll, id, d != NULL, d ? d->rev : 0, expect_rev, true, err);
-    if (rc != GT_OK)
-        goto done;
-    free(d->id);
-    free(d->body);
-    memmove(&c->docs[pos], &c->docs[pos + 1], (c->n - pos - 1) * sizeof *c->docs);
-    c->n--;
-done:
+    if (rc == GT_OK)
+        doc_remove(ms, coll, id);
     pthread_mutex_unlock(&ms->mu);
     return rc;
 }
@@ -252,6 +268,133 @@ static gt_err mem_query(gt_store *s, const char *coll, const char *field, const 
             break;
         }
         gt_store__page_add(page, d->id, strlen(d->id), d->body, strlen(d->body), d->rev);
+    }
+done:
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+/* ---- range queries, counts, apply ---- */
+
+/* The value d has for a range over field (NULL: its id); NULL when the field is absent
+ * or not a string. *root keeps the parse alive: cJSON_Delete it. */
+static const char *range_value(const mem_doc *d, const char *field, cJSON **root)
+{
+    *root = NULL;
+    if (field == NULL)
+        return d->id;
+    *root = cJSON_Parse(d->body);
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(*root, field);
+    return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+static bool in_range(const char *v, const char *lo, const char *hi)
+{
+    return v && (lo == NULL || strcmp(v, lo) >= 0) && (hi == NULL || strcmp(v, hi) < 0);
+}
+
+typedef struct range_hit {
+    char *value;
+    const mem_doc *d;
+} range_hit;
+
+/* (value, id) ascending, in byte order */
+static int hit_cmp(const void *a, const void *b)
+{
+    const range_hit *x = a, *y = b;
+    int c = strcmp(x->value, y->value);
+    return c ? c : strcmp(x->d->id, y->d->id);
+}
+
+static gt_err mem_query_range(gt_store *s, const char *coll, const char *field, const char *lo,
+                              const char *hi, const char *cursor, size_t limit,
+                              gt_store_page *page, gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    char *cv = NULL, *cid = NULL;
+    range_hit *hits = NULL;
+    size_t nhits = 0;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ms->mu);
+    mem_coll *c = coll_find(ms, coll, false);
+    if (field && !coll_indexed(c, field)) {
+        rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll, field);
+        goto done;
+    }
+    if (cursor &&
+        (rc = gt_store__range_cursor_parse(coll, field, cursor, &cv, &cid, err)) != GT_OK)
+        goto done;
+    mem_doc after_doc = {cid, NULL, 0};
+    range_hit after = {cv, &after_doc};   /* the cursor's (value, id) */
+    hits = gt_xcalloc(c && c->n ? c->n : 1, sizeof *hits);
+    for (size_t k = 0; c && k < c->n; k++) {
+        cJSON *root;
+        const char *v = range_value(&c->docs[k], field, &root);
+        range_hit h = {(char *)v, &c->docs[k]};
+        if (in_range(v, lo, hi) && (cv == NULL || hit_cmp(&h, &after) > 0))
+            hits[nhits++] = (range_hit){gt_xstrdup(v), &c->docs[k]};
+        cJSON_Delete(root);
+    }
+    qsort(hits, nhits, sizeof *hits, hit_cmp);
+    for (size_t k = 0; k < nhits && k < limit; k++) {
+        const mem_doc *d = hits[k].d;
+        gt_store__page_add(page, d->id, strlen(d->id), d->body, strlen(d->body), d->rev);
+    }
+    if (nhits > limit)
+        page->next_cursor = gt_store__range_cursor(hits[limit - 1].value, hits[limit - 1].d->id);
+done:
+    pthread_mutex_unlock(&ms->mu);
+    for (size_t k = 0; k < nhits; k++)
+        free(hits[k].value);
+    free(hits);
+    free(cv);
+    free(cid);
+    return rc;
+}
+
+static gt_err mem_count(gt_store *s, const char *coll, const gt_store_filter *f, int64_t *n,
+                        gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ms->mu);
+    mem_coll *c = coll_find(ms, coll, false);
+    if (f->field && !coll_indexed(c, f->field)) {
+        rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
+                           f->field);
+        goto done;
+    }
+    for (size_t k = 0; c && k < c->n; k++) {
+        cJSON *root;
+        const char *v = range_value(&c->docs[k], f->field, &root);
+        if (f->eq ? v && strcmp(v, f->eq) == 0 : in_range(v, f->lo, f->hi))
+            (*n)++;
+        cJSON_Delete(root);
+    }
+done:
+    pthread_mutex_unlock(&ms->mu);
+    return rc;
+}
+
+/* Every check first, then every write, all under the lock: nobody sees a part. */
+static gt_err mem_apply(gt_store *s, gt_store_op *ops, size_t n, const gt_store_fence *fence,
+                        gt_error *err)
+{
+    mem_store *ms = (mem_store *)s;
+    gt_err rc = GT_OK;
+    pthread_mutex_lock(&ms->mu);
+    if (fence && (rc = mem_fence_check(ms, fence, err)) != GT_OK)
+        goto done;
+    for (size_t i = 0; i < n; i++) {
+        const mem_doc *d = doc_find(coll_find(ms, ops[i].coll, false), ops[i].id, NULL);
+        if ((rc = gt_store__check_op(&ops[i], i, d != NULL, d ? d->rev : 0, err)) != GT_OK)
+            goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i].kind == GT_STORE_OP_PUT)
+            ops[i].new_rev = doc_write(ms, ops[i].coll, ops[i].id, ops[i].body);
+        else if (ops[i].kind == GT_STORE_OP_DELETE)
+            doc_remove(ms, ops[i].coll, ops[i].id);
     }
 done:
     pthread_mutex_unlock(&ms->mu);
@@ -327,4 +470,7 @@ static const gt_store_ops mem_ops = {
     .query = mem_query,
     .lease_acquire = mem_lease_acquire,
     .lease_release = mem_lease_release,
+    .query_range = mem_query_range,
+    .count = mem_count,
+    .apply = mem_apply,
 };

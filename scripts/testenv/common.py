@@ -122,3 +122,51 @@ class Proc:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
+
+
+def serve_control(path, lock, commands):
+    """Answers one-line commands on a unix socket so a test can fault a server:
+    commands maps a word to a function of the rest of the line that returns the answer
+    ("ok" when it returns None). Errors are answered as "error: ..."."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+
+    def loop():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                words = c.recv(256).decode().split()
+                try:
+                    fn = commands.get(words[0]) if words else None
+                    if fn is None:
+                        raise RuntimeError(f"unknown command {' '.join(words)!r}")
+                    with lock:
+                        answer = fn(*words[1:])
+                    c.sendall(f"{answer or 'ok'}\n".encode())
+                except Exception as e:  # reported to the test, which fails on it
+                    c.sendall(f"error: {e}\n".encode())
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
+
+
+def control_client(path, cmd):
+    """Sends cmd to a serve_control socket, prints the answer; 0 unless it is an error."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(path)
+        c.sendall(cmd.encode() + b"\n")
+        c.shutdown(socket.SHUT_WR)
+        answer = c.makefile().read().strip()
+    print(answer)
+    return 1 if answer.startswith("error") else 0
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) >= 4 and sys.argv[1] == "--control":
+        sys.exit(control_client(sys.argv[2], " ".join(sys.argv[3:])))
+    sys.exit("usage: common.py --control SOCKET COMMAND [ARGS...]")

@@ -38,9 +38,9 @@ import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from common import Proc, free_port, netns_argv, wait_port  # noqa: E402
+    from common import Proc, control_client, free_port, netns_argv, serve_control, wait_port  # noqa: E402
 else:
-    from .common import Proc, free_port, netns_argv, wait_port
+    from .common import Proc, control_client, free_port, netns_argv, serve_control, wait_port
 
 SBIN = "/usr/lib/rabbitmq/bin"
 START_TIMEOUT = 60.0
@@ -434,51 +434,18 @@ class RabbitMQ:
 
 
 # -- command line: run a command against a fresh node --------------------------------
-def _serve_control(mq, path, lock):
-    """Answers "restart" and "kill"/"start" on a unix socket so a test can bounce the node."""
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(4)
-
-    def loop():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            with c:
-                cmd = c.recv(64).decode().strip()
-                try:
-                    with lock:
-                        if cmd == "restart":
-                            mq.restart()
-                        elif cmd == "kill":
-                            mq.kill()
-                        elif cmd == "start":
-                            mq.start()
-                        else:
-                            raise RuntimeError(f"unknown command {cmd!r}")
-                    c.sendall(b"ok\n")
-                except Exception as e:  # reported to the test, which fails on it
-                    c.sendall(f"error: {e}\n".encode())
-
-    threading.Thread(target=loop, daemon=True).start()
-    return srv
-
-
-def _control_client(path, cmd):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-        c.connect(path)
-        c.sendall(cmd.encode() + b"\n")
-        c.shutdown(socket.SHUT_WR)
-        answer = c.makefile().read().strip()
-    print(answer)
-    return 0 if answer == "ok" else 1
+def control_commands(mq):
+    """What the control socket does to the node: restart, kill, start."""
+    def do(fn):
+        def run():
+            fn()   # answers "ok": the node's state is what the caller asked for
+        return run
+    return {"restart": do(mq.restart), "kill": do(mq.kill), "start": do(mq.start)}
 
 
 def main(argv):
     if len(argv) >= 3 and argv[0] == "--control":
-        return _control_client(argv[1], argv[2])
+        return control_client(argv[1], " ".join(argv[2:]))
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -500,7 +467,7 @@ def main(argv):
         print(f"rabbitmq {mq.node} on 127.0.0.1:{mq.port} ready in {mq.start_seconds:.1f}s",
               file=sys.stderr)
         ctl = os.path.join(tmp, "control.sock")
-        srv = _serve_control(mq, ctl, lock)
+        srv = serve_control(ctl, lock, control_commands(mq))
         env = dict(os.environ, **mq.env())
         control = f"{sys.executable} {os.path.abspath(__file__)} --control {ctl}"
         env["GANTRY_TEST_AMQP_RESTART_CMD"] = f"{control} restart"

@@ -24,7 +24,7 @@ import shutil
 import textwrap
 import time
 
-from .common import Proc, free_port, netns_call
+from .common import Proc, free_port
 from .rabbitmq import RabbitMQ
 from .redis import RedisCluster
 
@@ -259,12 +259,19 @@ class GantryStack:
         return d
 
     def start_scheduler(self, heartbeat="1s"):
-        log = os.path.join(self.dir, "scheduler.log")
-        self.scheduler = Daemon("gantry-scheduler", [os.path.join(self.bin_dir, "gantry-scheduler")],
-                                log, "gantry-scheduler ready",
-                                self.env("scheduler", GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat),
-                                netns=self._ns())
-        return self.scheduler
+        """A gantry-scheduler; several may run (one is active, by lease). self.scheduler
+        is the first."""
+        self.schedulers = getattr(self, "schedulers", [])
+        n = len(self.schedulers) + 1
+        log = os.path.join(self.dir, "scheduler.log" if n == 1 else f"scheduler-{n}.log")
+        d = Daemon(f"gantry-scheduler-{n}", [os.path.join(self.bin_dir, "gantry-scheduler")],
+                   log, "gantry-scheduler ready",
+                   self.env("scheduler", GANTRY_RUNNER_HEARTBEAT_INTERVAL=heartbeat),
+                   netns=self._ns())
+        self.schedulers.append(d)
+        if n == 1:
+            self.scheduler = d
+        return d
 
     def client_config(self, path, port, work=None):
         with open(path, "w") as f:
@@ -289,7 +296,7 @@ class GantryStack:
         return self
 
     def stop(self):
-        for d in getattr(self, "runners", []) + [getattr(self, "scheduler", None)]:
+        for d in getattr(self, "runners", []) + getattr(self, "schedulers", []):
             if d is not None:
                 d.stop()
         for d in self.controllers + [self.tokend]:

@@ -760,7 +760,29 @@ static int cmd_inspect(cli *c, const cli_cmd *cmd, const cli_args *a)
             fprintf(c->out, "%s%s %d", first ? "" : ", ", e->string, e->valueint);
             first = false;
         }
-        fputs("\n\n", c->out);
+        fputs("\n", c->out);
+        const cJSON *deps = cJSON_GetObjectItemCaseSensitive(out, "dependencies");
+        if (cJSON_IsObject(deps)) {   /* a controller adds them; local mode has none */
+            fputs("dependencies:", c->out);
+            cJSON_ArrayForEach(e, deps) {
+                const cJSON *dst = cJSON_GetObjectItemCaseSensitive(e, "state");
+                fprintf(c->out, " %s %s", e->string, cJSON_IsString(dst) ? dst->valuestring : "?");
+            }
+            fputs("\n", c->out);
+        }
+        static const char *const member_cols[] = {"node", "status", "epoch", "address",
+                                                  "renewed_at", NULL};
+        static const char *const member_heads[] = {"NODE", "STATUS", "EPOCH", "ADDRESS",
+                                                   "LAST RENEWAL", NULL};
+        static const char *const parts[] = {"controllers", "schedulers", NULL};
+        for (size_t i = 0; parts[i]; i++) {
+            const cJSON *l = cJSON_GetObjectItemCaseSensitive(out, parts[i]);
+            if (cJSON_GetArraySize(l) > 0) {
+                fprintf(c->out, "\n%s:\n", parts[i]);
+                cli_print_table(c->out, l, member_cols, member_heads);
+            }
+        }
+        fputs("\nrunners:\n", c->out);
         cli_print_table(c->out, cJSON_GetObjectItemCaseSensitive(out, "items"), runner_cols,
                         runner_heads);
     } else {

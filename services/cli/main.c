@@ -27,6 +27,9 @@ typedef struct main_ctx {
     gt_api *api;
     gt_run_options run;
     gt_http_client_config http;
+    gt_strv hosts;          /* [client] host, split: "host" or "host:port" each */
+    int64_t *ports;
+    size_t cur;             /* the host that answered last */
     char *token_path;
 } main_ctx;
 
@@ -51,7 +54,21 @@ static void local_call(cli *c, const char *method, const char *path, const char 
     free(text);
 }
 
-/* Client mode: the same requests, over HTTP(S) to gantry-controller. */
+/* A standby controller's 503: nothing ran there, so the next host may be asked. */
+static bool is_standby(int status, const char *reply)
+{
+    if (status != 503 || reply == NULL)
+        return false;
+    cJSON *b = cJSON_Parse(reply);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(b, "status");
+    bool yes = cJSON_IsString(st) && strcmp(st->valuestring, "standby") == 0;
+    cJSON_Delete(b);
+    return yes;
+}
+
+/* Client mode: the same requests, over HTTP(S) to gantry-controller; the hosts of
+ * [client] host in turn, from the one that answered last, past standbys and (for a
+ * request safe to send again) hosts that do not answer; three rounds at most. */
 static void remote_call(cli *c, const char *method, const char *path, const char *query,
                         const cJSON *body, gt_api_response *resp)
 {
@@ -62,17 +79,39 @@ static void remote_call(cli *c, const char *method, const char *path, const char
     gt_error e = {0};
     gt_http_client_config hc = m->http;
     hc.idempotency_key = c->idempotency_key;
-    gt_err rc;
-    for (int attempt = 1;; attempt++) {
-        e = (gt_error){0};
-        rc = gt_http_request_send(&hc, method, target, c->token, text, text ? strlen(text) : 0,
-                                  &status, &reply, &e);
-        /* the connection failed (the answer may be lost): only a request the server runs
-         * at most once, by its key, is safe to send again */
-        if (rc != GT_EUNAVAIL || hc.idempotency_key == NULL || attempt == 3 ||
-            (c->interrupted && *c->interrupted))
+    /* a failed connection may have lost the answer of a request that ran: only one the
+     * server runs at most once (a read, or by its key) is safe to send again */
+    bool resend = hc.idempotency_key || strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    gt_err rc = GT_EUNAVAIL;
+    size_t n = m->hosts.n ? m->hosts.n : 1;
+    for (int round = 1;; round++) {
+        bool done = false, standby = false;
+        for (size_t k = 0; k < n && !done; k++) {
+            size_t h = (m->cur + k) % n;
+            if (m->hosts.n) {
+                hc.host = m->hosts.v[h];
+                hc.port = m->ports[h];
+            }
+            free(reply);
+            reply = NULL;
+            e = (gt_error){0};
+            bool unsent = false;
+            rc = gt_http_request_send_ex(&hc, method, target, c->token, text,
+                                         text ? strlen(text) : 0, &status, &reply, &unsent, &e);
+            standby = rc == GT_OK && is_standby(status, reply);
+            bool next = standby || (rc == GT_EUNAVAIL && (resend || unsent) && n > 1);
+            if (!next || (c->interrupted && *c->interrupted)) {
+                m->cur = h;
+                done = true;
+            } else if (n > 1) {
+                fprintf(c->err, "gantry: %s:%lld %s; trying the next host\n", hc.host,
+                        (long long)hc.port, rc == GT_OK ? "is a standby" : "does not answer");
+            }
+        }
+        if (done || !(resend || standby) || round == 3 || (c->interrupted && *c->interrupted))
             break;
-        fprintf(c->err, "gantry: %s; trying again\n", e.message);
+        fprintf(c->err, "gantry: %s; trying again\n",
+                rc == GT_OK ? "no active controller answered" : e.message);
         sleep(1);
     }
     if (text)
@@ -135,6 +174,25 @@ static int open_client(cli *c, main_ctx *m)
         .certificate_file = cfg->client.certificate_file,
         .private_key_file = cfg->client.private_key_file,
     };
+    /* [client] host may list several controllers: "host" (with [client] port) or host:port */
+    char *list = gt_xstrdup(cfg->client.host), *save = NULL;
+    for (char *h = strtok_r(list, " \t", &save); h; h = strtok_r(NULL, " \t", &save)) {
+        int64_t port = cfg->client.port;
+        char *colon = strrchr(h, ':');
+        bool v6 = h[0] == '[';
+        if (colon && (v6 ? colon > strchr(h, ']') : strchr(h, ':') == colon)) {
+            *colon = '\0';
+            port = strtoll(colon + 1, NULL, 10);   /* checked by the config's validator */
+        }
+        if (v6 && h[strlen(h) - 1] == ']') {
+            h[strlen(h) - 1] = '\0';
+            h++;
+        }
+        m->ports = gt_xrealloc(m->ports, (m->hosts.n + 1) * sizeof *m->ports);
+        m->ports[m->hosts.n] = port;
+        gt_strv_push(&m->hosts, h);
+    }
+    free(list);
     m->token_path = gt_path_join(cfg->application.working_dir, "token");
     char *tok = NULL;
     gt_error e = {0};
@@ -285,5 +343,7 @@ int main(int argc, char **argv)
         gt_wipe(c.token, strlen(c.token));
     free(c.token);
     free(m.token_path);
+    gt_strv_free(&m.hosts);
+    free(m.ports);
     return rc;
 }

@@ -473,6 +473,40 @@ static void dep(cJSON *deps, const char *name, gt_err rc, const gt_error *e, con
     *ok &= rc == GT_OK;
 }
 
+/* The store, the broker and Redis, each "ok" or "unavailable" (*ok false then); with
+ * detail, their addresses and error messages too. */
+static cJSON *check_deps(ctx *x, bool detail, bool *ok)
+{
+    gt_ctl *ctl = x->ctl;
+    cJSON *deps = cJSON_CreateObject();
+    gt_error e = {0};
+    gt_err rc = worker_store(ctl, x->w, &e);
+    char *body = NULL;
+    if (rc == GT_OK) {
+        rc = gt_store_get(x->w->store, "health", "probe", &body, NULL, &e);
+        free(body);
+        if (rc == GT_ENOTFOUND)
+            rc = GT_OK;
+    }
+    dep(deps, "store", rc, &e, NULL, ok);
+    e = (gt_error){0};
+    rc = worker_bus(ctl, x->w, &e);
+    dep(deps, "broker", rc, &e, NULL, ok);
+    e = (gt_error){0};
+    rc = worker_sessions(ctl, x->w, &e);
+    if (rc == GT_OK && (rc = gt_sessions_ping(x->w->sess, &e)) != GT_OK)
+        gt_sessions_free(&x->w->sess);
+    dep(deps, "sessions", rc, &e, x->w->sess ? gt_sessions_master(x->w->sess) : NULL, ok);
+    if (!detail) {
+        cJSON *d;
+        cJSON_ArrayForEach(d, deps) {
+            cJSON_DeleteItemFromObjectCaseSensitive(d, "error");
+            cJSON_DeleteItemFromObjectCaseSensitive(d, "address");
+        }
+    }
+    return deps;
+}
+
 static void h_health(ctx *x)
 {
     gt_ctl *ctl = x->ctl;
@@ -492,36 +526,42 @@ static void h_health(ctx *x)
         gt_json_set_str(b, "node", ctl->c.node);
     bool exclude = x->req->query && strstr(x->req->query, "exclude-services=true");
     bool ok = true;
-    if (!exclude) {
-        cJSON *deps = cJSON_AddObjectToObject(b, "dependencies");
-        gt_error e = {0};
-        gt_err rc = worker_store(ctl, x->w, &e);
-        char *body = NULL;
-        if (rc == GT_OK) {
-            rc = gt_store_get(x->w->store, "health", "probe", &body, NULL, &e);
-            free(body);
-            if (rc == GT_ENOTFOUND)
-                rc = GT_OK;
-        }
-        dep(deps, "store", rc, &e, NULL, &ok);
-        e = (gt_error){0};
-        rc = worker_bus(ctl, x->w, &e);
-        dep(deps, "broker", rc, &e, NULL, &ok);
-        e = (gt_error){0};
-        rc = worker_sessions(ctl, x->w, &e);
-        if (rc == GT_OK && (rc = gt_sessions_ping(x->w->sess, &e)) != GT_OK)
-            gt_sessions_free(&x->w->sess);
-        dep(deps, "sessions", rc, &e, x->w->sess ? gt_sessions_master(x->w->sess) : NULL, &ok);
-        if (!detail) {
-            cJSON *d;
-            cJSON_ArrayForEach(d, deps) {
-                cJSON_DeleteItemFromObjectCaseSensitive(d, "error");
-                cJSON_DeleteItemFromObjectCaseSensitive(d, "address");
-            }
-        }
+    if (!exclude)
+        cJSON_AddItemToObject(b, "dependencies", check_deps(x, detail, &ok));
+    if (ctl->c.ha) {
+        cJSON *h = cJSON_AddObjectToObject(b, "ha");
+        gt_json_set_str(h, "role", "active");
+        gt_json_set_num(h, "epoch", (double)gt_ha_epoch(ctl->c.ha));
     }
     gt_json_set_str(b, "status", ok ? "ok" : "unavailable");
     respond(x->resp, ok ? 200 : 503, b);
+}
+
+/* A standby serves nothing: the load balancer's health check gets 503 and the active
+ * controller's address, and so does a call that reached it anyway (nothing of it ran,
+ * so a client may send it to the active one as it is). */
+static bool standby(gt_ctl *ctl, const gt_http_request *req, gt_http_response *resp)
+{
+    char active[256] = "";
+    if (ctl->c.ha == NULL || gt_ha_is_active(ctl->c.ha, active, sizeof active))
+        return false;
+    cJSON *b = cJSON_CreateObject();
+    gt_json_set_str(b, "status", "standby");
+    gt_json_set_str(b, "active", active);
+    if (strcmp(req->path, "/health/status") != 0) {
+        cJSON *e = cJSON_AddObjectToObject(b, "error");
+        gt_json_set_str(e, "code", "standby");
+        char *m = active[0] ? gt_xasprintf("this controller is a standby; the active one is %s",
+                                           active)
+                            : gt_xstrdup("this controller is a standby; no active one is known "
+                                         "yet (a failover is under way)");
+        gt_json_set_str(e, "message", m);
+        free(m);
+    }
+    respond(resp, 503, b);
+    free(resp->retry_after);
+    resp->retry_after = gt_xstrdup("1");
+    return true;
 }
 
 static int method_index(const char *m)
@@ -655,6 +695,10 @@ void gt_ctl_handle(void *arg, int worker_index, const gt_http_request *req, gt_h
     gt_ctl *ctl = arg;
     int64_t t0 = gt_mono_ms();
     ctx x = {.ctl = ctl, .w = &ctl->workers[worker_index], .req = req, .resp = resp};
+    if (strcmp(req->path, "/metrics") != 0 && standby(ctl, req, resp)) {
+        observe(ctl, req->method, resp->status, (double)(gt_mono_ms() - t0) / 1000.0);
+        return;
+    }
     const route *found = NULL;
     bool path_known = false;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !found; i++) {
@@ -686,6 +730,11 @@ void gt_ctl_handle(void *arg, int worker_index, const gt_http_request *req, gt_h
             gt_api_response ar = {0};
             gt_api_handle_key(x.w->api, req->method, req->path, req->query, req->body,
                               req->body_len, req->idempotency_key, &ar);
+            /* the cluster's health includes what only a controller can see */
+            if (ar.status == 200 && strcmp(req->path, "/api/v1/cluster/health") == 0) {
+                bool ok = true;
+                cJSON_AddItemToObject(ar.body, "dependencies", check_deps(&x, true, &ok));
+            }
             respond(resp, ar.status, ar.body);
         }
     }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "api.h"
+#include "ha.h"
 #include "bus.h"
 #include "http.h"
 #include "run.h"
@@ -35,6 +36,8 @@ typedef struct gt_ctl_config {
     int exec_workers;              /* concurrent runs on this node */
     bool distributed;              /* [server] distributed_execution: runners execute, via
                                       exec.<cluster_id>.<pool> queues */
+    gt_ha *ha;                     /* [server] ha_enabled: serve only while active; NULL:
+                                      always active */
 } gt_ctl_config;
 
 /* Creates the controller; cfg's pointers must outlive it. Starts the execution

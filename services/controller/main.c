@@ -29,12 +29,20 @@ static int open_store(void *arg, gt_store **store, gt_error *err)
     return gt_setup_open_store(cfg, store, err);
 }
 
+typedef struct stopping {
+    struct event_base *base;
+    gt_ha *ha;
+} stopping;
+
 static void on_signal(evutil_socket_t fd, short what, void *arg)
 {
+    stopping *st = arg;
     (void)fd;
     (void)what;
     gt_info("shutting down");
-    event_base_loopexit(arg, NULL);
+    /* first give the lease up, so a standby takes over while requests here finish */
+    gt_ha_resign(st->ha);
+    event_base_loopexit(st->base, NULL);
 }
 
 static void usage(FILE *f)
@@ -118,12 +126,26 @@ int main(int argc, char **argv)
     };
     int rc = 1;
     struct event_base *base = event_base_new();
-    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
-    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    stopping st = {.base = base};
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, &st);
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, &st);
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     gt_http_server *http = NULL;
     gt_ctl *ctl = NULL;
+    gt_ha *ha = NULL;
+    char *address = cfg->server.advertise_address
+                        ? gt_xstrdup(cfg->server.advertise_address)
+                        : gt_xasprintf("%s:%lld", host, (long long)cfg->server.port);
+    if (cfg->server.ha_enabled) {
+        gt_ha_config hc = {.node = node, .address = address, .ttl_ms = cfg->server.ha_lease_ttl,
+                           .open_store = open_store, .open_store_arg = cfg};
+        if ((ha = gt_ha_new(&hc, &e)) == NULL) {
+            fprintf(stderr, "gantry-controller: %s\n", e.message);
+            goto done;
+        }
+        cc.ha = st.ha = ha;
+    }
     if (gt_setup_sessions_config(cfg, prefix, &cc.sessions, &e) != GT_OK ||
         gt_setup_bus_config(cfg, &cc.bus, &e) != GT_OK || (ctl = gt_ctl_new(&cc, &e)) == NULL) {
         fprintf(stderr, "gantry-controller: %s\n", e.message);
@@ -149,13 +171,17 @@ int main(int argc, char **argv)
         goto done;
     }
     /* the readiness line tests and supervisors wait for */
-    gt_info("gantry-controller ready on %s://%s:%d", cfg->server.use_tls ? "https" : "http",
-            cfg->server.listen_address, gt_http_server_port(http));
+    gt_info("gantry-controller ready on %s://%s:%d%s", cfg->server.use_tls ? "https" : "http",
+            cfg->server.listen_address, gt_http_server_port(http),
+            ha == NULL ? "" : gt_ha_is_active(ha, NULL, 0) ? " (active)" : " (standby)");
     event_base_dispatch(base);
     rc = 0;
 done:
+    gt_ha_resign(ha);
     gt_http_server_free(&http);
     gt_ctl_free(&ctl);
+    gt_ha_free(&ha);
+    free(address);
     event_free(sigint);
     event_free(sigterm);
     event_base_free(base);

@@ -14,6 +14,7 @@
 #include "crypto.h"
 #include "dispatch.h"
 #include "log.h"
+#include "presence.h"
 #include "reaper.h"
 #include "setup.h"
 #include "store.h"
@@ -26,6 +27,15 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop = 1;
+}
+
+/* This scheduler in "schedulers", for gantry inspect cluster health. */
+static void record_self(gt_store *store, const char *holder, int64_t epoch, int64_t ttl_ms)
+{
+    gt_presence p = {"schedulers", holder, NULL,
+                     epoch > 0 ? "active" : epoch == 0 ? "standby" : "stopped", epoch, ttl_ms,
+                     "scheduler"};
+    gt_presence_record(store, &p, NULL, NULL);
 }
 
 int main(int argc, char **argv)
@@ -86,6 +96,7 @@ int main(int argc, char **argv)
         if (lr != GT_OK && leader)
             gt_warn("lost the scheduler lease: %s", e.message);
         leader = lr == GT_OK;
+        record_self(store, holder, leader ? epoch : 0, 3 * every);
         if (leader) {
             /* the broker is needed only to announce work: the reaper runs without it */
             if (bus && !gt_bus_connected(bus))
@@ -122,6 +133,7 @@ int main(int argc, char **argv)
     }
     if (leader)
         gt_store_lease_release(store, "scheduler", holder, NULL);
+    record_self(store, holder, -1, 3 * every);
     gt_info("stopped");
     rc = 0;
 done:

@@ -395,10 +395,40 @@ static void test_idempotency_key(void **state)
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(
                             cJSON_GetObjectItemCaseSensitive(bad.body, "error"), "field")->valuestring,
                         "Idempotency-Key");
+    /* the same key with another body: 422, and nothing new runs */
+    gt_api_response other = {0}, later = {0};
+    const char *body = "{\"inputs\":{\"x\":1}}";
+    gt_api_handle_key(server, "POST", "/api/v1/services/s/run", NULL, body, strlen(body), "key-1",
+                      &other);
+    assert_int_equal(other.status, 422);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(
+                            cJSON_GetObjectItemCaseSensitive(other.body, "error"), "field")->valuestring,
+                        "Idempotency-Key");
+    assert_int_equal(ids.n, 2);
+    /* a key older than 24 hours starts a new run */
+    gt_store_page page;
+    assert_int_equal(gt_store_query(f->store, "idempotency", NULL, NULL, NULL, 100, &page, NULL),
+                     GT_OK);
+    for (size_t i = 0; i < page.n; i++) {
+        cJSON *doc = cJSON_Parse(page.items[i].body);
+        cJSON_ReplaceItemInObject(doc, "created_ms", cJSON_CreateNumber(1000));
+        char *t = cJSON_PrintUnformatted(doc);
+        assert_int_equal(gt_store_put(f->store, "idempotency", page.items[i].id, t,
+                                      page.items[i].rev, NULL, NULL), GT_OK);
+        free(t);
+        cJSON_Delete(doc);
+    }
+    gt_store_page_clear(&page);
+    gt_api_handle_key(server, "POST", "/api/v1/services/s/run", NULL, NULL, 0, "key-1", &later);
+    assert_int_equal(later.status, 202);
+    assert_string_not_equal(ida, cJSON_GetObjectItemCaseSensitive(later.body, "id")->valuestring);
+    assert_int_equal(ids.n, 3);
     gt_api_response_clear(&a);
     gt_api_response_clear(&b);
     gt_api_response_clear(&c);
     gt_api_response_clear(&bad);
+    gt_api_response_clear(&other);
+    gt_api_response_clear(&later);
     gt_strv_free(&ids);
     gt_api_free(&server);
 }

@@ -814,6 +814,15 @@ static void test_finish_checks(void **state)
                         "needs etcd_hosts");
     expect_finish_error(f, "[store]\nbackend = etcd\netcd_client_cert_auth = true\n",
                         "store.etcd_certificate_file", "etcd_client_cert_auth needs");
+    expect_finish_error(f, "[application]\nmode = server\n[server]\nuse_tls = false\n"
+                           "ha_enabled = true\n",
+                        "server.distributed_execution", "ha_enabled needs distributed_execution");
+    /* the seed's switch turns the same thing on */
+    expect_finish_error(f, "[application]\nmode = server\n[server]\nuse_tls = false\n"
+                           "[connect]\nserver_ha_enabled = true\n",
+                        "server.distributed_execution", "ha_enabled needs distributed_execution");
+    expect_finish_error(f, "[store]\nbackend = etcd\netcd_username = gantry\n",
+                        "store.etcd_password", "etcd_username and etcd_password go together");
     expect_finish_error(f, "[store]\nbackend = mongodb\n", "store.mongodb_uri",
                         "backend = mongodb needs mongodb_uri");
     expect_finish_error(f, "[application]\nmode = client\n", "client.host",

@@ -929,6 +929,536 @@ static void test_error_messages(void **state)
     assert_non_null(strstr(err.message, "services/bar"));
 }
 
+/* ---- range queries, counts, atomic multi-document writes ---- */
+
+/* Walks a whole range query page by page and returns the ids joined by ',' (caller
+ * frees), checking what every page must satisfy: at most limit items, a cursor only
+ * on a full page, no item twice, each item as stored. */
+static char *range_walk(gt_store *s, const char *coll, const char *field, const char *lo,
+                        const char *hi, size_t limit, size_t *pages)
+{
+    gt_buf out = {0};
+    gt_strv seen = {0};
+    char *cursor = NULL;
+    size_t np = 0;
+    for (;;) {
+        gt_error err = {0};
+        gt_store_page page;
+        gt_err rc = gt_store_query_range(s, coll, field, lo, hi, cursor, limit, &page, &err);
+        if (rc != GT_OK)
+            fail_msg("range %s.%s [%s, %s) after %s: %s: %s", coll, field ? field : "id",
+                     lo ? lo : "-", hi ? hi : "-", cursor ? cursor : "-", gt_strerror(rc),
+                     err.message);
+        np++;
+        assert_true(page.n <= limit);
+        for (size_t i = 0; i < page.n; i++) {
+            for (size_t k = 0; k < seen.n; k++)
+                if (strcmp(seen.v[k], page.items[i].id) == 0)
+                    fail_msg("%s: %s returned twice", coll, page.items[i].id);
+            gt_strv_push(&seen, page.items[i].id);
+            expect_doc(s, coll, page.items[i].id, page.items[i].body, page.items[i].rev);
+            gt_buf_printf(&out, "%s%s", out.len ? "," : "", page.items[i].id);
+        }
+        free(cursor);
+        cursor = NULL;
+        if (page.next_cursor) {
+            assert_int_equal(page.n, limit);
+            cursor = gt_xstrdup(page.next_cursor);
+        }
+        gt_store_page_clear(&page);
+        if (cursor == NULL)
+            break;
+        assert_true(np < 10000);
+    }
+    gt_strv_free(&seen);
+    if (pages)
+        *pages = np;
+    return out.len ? gt_buf_steal(&out) : gt_xstrdup("");
+}
+
+/* Asserts the range holds exactly want (ids joined by ','), whatever the page size. */
+static void expect_range(gt_store *s, const char *coll, const char *field, const char *lo,
+                         const char *hi, const char *want)
+{
+    static const size_t limits[] = {1, 2, 3, 10000};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+        char *got = range_walk(s, coll, field, lo, hi, limits[i], NULL);
+        if (strcmp(got, want) != 0)
+            fail_msg("range %s.%s [%s, %s) limit %zu: got \"%s\", want \"%s\"", coll,
+                     field ? field : "id", lo ? lo : "-", hi ? hi : "-", limits[i], got, want);
+        free(got);
+    }
+}
+
+static int64_t count_of(gt_store *s, const char *coll, const char *field, const char *eq,
+                        const char *lo, const char *hi)
+{
+    gt_error err = {0};
+    gt_store_filter f = {field, eq, lo, hi};
+    int64_t n = -1;
+    gt_err rc = gt_store_count(s, coll, &f, &n, &err);
+    if (rc != GT_OK)
+        fail_msg("count %s.%s: %s: %s", coll, field ? field : "id", gt_strerror(rc), err.message);
+    return n;
+}
+
+/* Values of every kind under one indexed field; only strings are in ranges. */
+static void put_timers(gt_store *s)
+{
+    static const char *const docs[][2] = {
+        {"t1", "{\"due\":\"b\"}"},       {"t2", "{\"due\":\"a\"}"},
+        {"t3", "{\"due\":\"ab\"}"},      {"t4", "{\"due\":\"a0\"}"},
+        {"t5", "{\"due\":\"b\",\"x\":1}"}, {"t6", "{\"due\":\"c\"}"},
+        {"t7", "{\"due\":\"\\u00e9\"}"}, {"t8", "{\"due\":\"z\"}"},
+        {"t9", "{\"due\":\"\"}"},        {"t10", "{\"due\":\"a/b\"}"},
+        {"a-tie", "{\"due\":\"b\"}"},    {"n1", "{\"due\":5}"},
+        {"n2", "{\"other\":\"b\"}"},     {"n3", "{\"due\":{\"x\":\"b\"}}"},
+        {"n4", "{\"due\":[\"b\"]}"},     {"n5", "{\"due\":true}"},
+        {"n6", "{\"due\":null}"},        {"n7", "{\"nested\":{\"due\":\"b\"}}"},
+    };
+    declare(s, "timers", "due");
+    for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++)
+        put_ok(s, "timers", docs[i][0], docs[i][1], GT_REV_NONE);
+}
+
+static void test_range_by_field(void **state)
+{
+    gt_store *s = store_of(state);
+    put_timers(s);
+    /* (value, id) in byte order: "" < "a" < "a/b" < "a0" < "ab" < "b" (ties by id) < ...
+     * < "z" < "\xc3\xa9" (é, above every ASCII byte) */
+    expect_range(s, "timers", "due", NULL, NULL, "t9,t2,t10,t4,t3,a-tie,t1,t5,t6,t8,t7");
+    expect_range(s, "timers", "due", "a", "b", "t2,t10,t4,t3");   /* hi is exclusive */
+    expect_range(s, "timers", "due", "b", "c", "a-tie,t1,t5");    /* lo is inclusive */
+    expect_range(s, "timers", "due", "b", NULL, "a-tie,t1,t5,t6,t8,t7");
+    expect_range(s, "timers", "due", NULL, "a0", "t9,t2,t10");
+    expect_range(s, "timers", "due", "a/", "a1", "t10,t4");
+    expect_range(s, "timers", "due", "", "a", "t9");
+    expect_range(s, "timers", "due", "zz", NULL, "t7");
+    expect_range(s, "timers", "due", "c", "c", "");
+    expect_range(s, "timers", "due", "d", "c", "");
+    /* the text of an object or an array would sort inside this range: they are not strings */
+    expect_range(s, "timers", "due", "[", "~", "t2,t10,t4,t3,a-tie,t1,t5,t6,t8");
+    expect_range(s, "timers", "due", "{", NULL, "t7");
+    expect_range(s, "timers", "due", NULL, "", "");
+    /* a field nobody declared, or a collection nobody wrote, is EINVAL as for gt_store_query */
+    gt_error err = {0};
+    gt_store_page page;
+    assert_int_equal(gt_store_query_range(s, "timers", "other", NULL, NULL, NULL, 10, &page, &err),
+                     GT_EINVAL);
+    assert_non_null(strstr(err.message, "other"));
+    assert_int_equal(page.n, 0);
+    assert_int_equal(gt_store_query_range(s, "nowhere", "due", "a", NULL, NULL, 10, &page, NULL),
+                     GT_EINVAL);
+    /* a cursor that no range query made is refused */
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_query_range(s, "timers", "due", NULL, NULL, "not a cursor", 10,
+                                          &page, &err), GT_EINVAL);
+    assert_int_equal(err.code, GT_EINVAL);
+    /* nor does a field's cursor resume a range on ids */
+    assert_int_equal(gt_store_query_range(s, "timers", "due", NULL, NULL, NULL, 1, &page, &err),
+                     GT_OK);
+    assert_non_null(page.next_cursor);
+    char *cursor = gt_xstrdup(page.next_cursor);
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_query_range(s, "timers", NULL, NULL, NULL, cursor, 10, &page, NULL),
+                     GT_EINVAL);
+    free(cursor);
+}
+
+/* The cursor resumes exactly after the last item, inside a run of equal values, and
+ * stays good when the store changes between pages. */
+static void test_range_cursor_ties(void **state)
+{
+    gt_store *s = store_of(state);
+    declare(s, "jobs", "due");
+    put_ok(s, "jobs", "before", "{\"due\":\"2026-12-01T10:00:00.000Z\"}", GT_REV_NONE);
+    put_ok(s, "jobs", "after", "{\"due\":\"2026-12-01T12:00:00.000Z\"}", GT_REV_NONE);
+    for (int i = 0; i < 25; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "j%02d", i);
+        put_ok(s, "jobs", id, "{\"due\":\"2026-12-01T11:00:00.000Z\"}", GT_REV_NONE);
+    }
+    const char *lo = "2026-12-01T11:00:00.000Z", *hi = "2026-12-01T11:00:00.001Z";
+    size_t pages = 0;
+    char *got = range_walk(s, "jobs", "due", lo, hi, 4, &pages);
+    assert_string_equal(got, "j00,j01,j02,j03,j04,j05,j06,j07,j08,j09,j10,j11,j12,j13,j14,j15,"
+                             "j16,j17,j18,j19,j20,j21,j22,j23,j24");
+    assert_int_equal(pages, 7);
+    free(got);
+    /* page 1, then writes: the cursor item deleted, a tie inserted behind and one ahead */
+    gt_error err = {0};
+    gt_store_page page;
+    assert_int_equal(gt_store_query_range(s, "jobs", "due", lo, hi, NULL, 5, &page, &err), GT_OK);
+    assert_int_equal(page.n, 5);
+    assert_string_equal(page.items[4].id, "j04");
+    assert_non_null(page.next_cursor);
+    char *cursor = gt_xstrdup(page.next_cursor);
+    gt_store_page_clear(&page);
+    assert_int_equal(gt_store_delete(s, "jobs", "j04", GT_REV_ANY, &err), GT_OK);
+    put_ok(s, "jobs", "j035", "{\"due\":\"2026-12-01T11:00:00.000Z\"}", GT_REV_NONE);
+    put_ok(s, "jobs", "j045", "{\"due\":\"2026-12-01T11:00:00.000Z\"}", GT_REV_NONE);
+    assert_int_equal(gt_store_query_range(s, "jobs", "due", lo, hi, cursor, 3, &page, &err),
+                     GT_OK);
+    assert_int_equal(page.n, 3);
+    assert_string_equal(page.items[0].id, "j045");
+    assert_string_equal(page.items[1].id, "j05");
+    assert_string_equal(page.items[2].id, "j06");
+    gt_store_page_clear(&page);
+    /* the same cursor over the whole field: "after" follows the ties */
+    assert_int_equal(gt_store_query_range(s, "jobs", "due", NULL, NULL, cursor, 10000, &page,
+                                          &err), GT_OK);
+    assert_int_equal(page.n, 22);
+    assert_string_equal(page.items[21].id, "after");
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+    free(cursor);
+    /* a last page that is exactly full has no cursor */
+    assert_int_equal(gt_store_query_range(s, "jobs", "due", NULL, lo, NULL, 1, &page, &err),
+                     GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].id, "before");
+    assert_null(page.next_cursor);
+    gt_store_page_clear(&page);
+}
+
+static void test_range_by_id(void **state)
+{
+    gt_store *s = store_of(state);
+    for (int i = 0; i < 30; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "e%02d", i);
+        put_ok(s, "execs", id, "{\"n\":1}", GT_REV_NONE);
+    }
+    put_ok(s, "execs", "f", "{}", GT_REV_NONE);
+    put_ok(s, "execs", "e1", "{}", GT_REV_NONE);      /* "e09" < "e1" < "e10" */
+    put_ok(s, "other", "e15", "{}", GT_REV_NONE);     /* another collection */
+    expect_range(s, "execs", NULL, "e10", "e20",
+                 "e10,e11,e12,e13,e14,e15,e16,e17,e18,e19");
+    expect_range(s, "execs", NULL, NULL, "e03", "e00,e01,e02");
+    expect_range(s, "execs", NULL, "e25", NULL, "e25,e26,e27,e28,e29,f");
+    expect_range(s, "execs", NULL, "e09", "e10", "e09,e1");
+    expect_range(s, "execs", NULL, "g", NULL, "");
+    expect_range(s, "nowhere", NULL, NULL, NULL, "");
+    size_t pages = 0;
+    char *all = range_walk(s, "execs", NULL, NULL, NULL, 7, &pages);
+    assert_int_equal(pages, 5);   /* 32 ids */
+    free(all);
+}
+
+/* Ranges follow writes: a changed value moves, a value that stops being a string
+ * leaves, a delete removes. */
+static void test_range_follows_writes(void **state)
+{
+    gt_store *s = store_of(state);
+    declare(s, "sched", "next");
+    int64_t ra = put_ok(s, "sched", "a", "{\"next\":\"2026-01-01\"}", GT_REV_NONE);
+    int64_t rb = put_ok(s, "sched", "b", "{\"next\":\"2026-02-01\"}", GT_REV_NONE);
+    expect_range(s, "sched", "next", "2026-01", "2026-02", "a");
+    ra = put_ok(s, "sched", "a", "{\"next\":\"2026-03-01\"}", ra);
+    expect_range(s, "sched", "next", "2026-01", "2026-02", "");
+    expect_range(s, "sched", "next", "2026-02", NULL, "b,a");
+    ra = put_ok(s, "sched", "a", "{\"next\":20260301}", ra);
+    expect_range(s, "sched", "next", NULL, NULL, "b");
+    ra = put_ok(s, "sched", "a", "{\"done\":true}", ra);
+    expect_range(s, "sched", "next", NULL, NULL, "b");
+    ra = put_ok(s, "sched", "a", "{\"next\":\"2026-01-15\"}", ra);
+    expect_range(s, "sched", "next", NULL, NULL, "a,b");
+    gt_error err = {0};
+    assert_int_equal(gt_store_delete(s, "sched", "b", rb, &err), GT_OK);
+    expect_range(s, "sched", "next", NULL, NULL, "a");
+    expect_range(s, "sched", NULL, NULL, NULL, "a");
+    put_ok(s, "sched", "b", "{\"next\":\"2026-01-15\"}", GT_REV_NONE);
+    expect_range(s, "sched", "next", "2026-01-15", "2026-01-16", "a,b");
+}
+
+static void test_count(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t n = -1;
+    /* nothing yet; NULL counts everything */
+    assert_int_equal(gt_store_count(s, "timers", NULL, &n, &err), GT_OK);
+    assert_int_equal(n, 0);
+    put_timers(s);
+    assert_int_equal(gt_store_count(s, "timers", NULL, &n, &err), GT_OK);
+    assert_int_equal(n, 18);
+    assert_int_equal(count_of(s, "timers", NULL, NULL, NULL, NULL), 18);
+    assert_int_equal(count_of(s, "timers", "due", "b", NULL, NULL), 3);
+    assert_int_equal(count_of(s, "timers", "due", "", NULL, NULL), 1);
+    assert_int_equal(count_of(s, "timers", "due", "nope", NULL, NULL), 0);
+    assert_int_equal(count_of(s, "timers", "due", "{\"x\":\"b\"}", NULL, NULL), 0);
+    assert_int_equal(count_of(s, "timers", "due", "[\"b\"]", NULL, NULL), 0);
+    assert_int_equal(count_of(s, "timers", "due", "5", NULL, NULL), 0);
+    assert_int_equal(count_of(s, "timers", "due", NULL, NULL, NULL), 11);   /* the strings */
+    assert_int_equal(count_of(s, "timers", "due", NULL, "a", "b"), 4);
+    assert_int_equal(count_of(s, "timers", "due", NULL, "b", NULL), 6);
+    assert_int_equal(count_of(s, "timers", "due", NULL, NULL, "a0"), 3);
+    assert_int_equal(count_of(s, "timers", "due", NULL, "[", "~"), 9);
+    assert_int_equal(count_of(s, "timers", "due", NULL, "{", NULL), 1);
+    assert_int_equal(count_of(s, "timers", NULL, NULL, "t", "t5"), 5);   /* t1 t10 t2 t3 t4 */
+    assert_int_equal(count_of(s, "timers", NULL, NULL, "n", NULL), 17);
+    assert_int_equal(count_of(s, "timers", NULL, NULL, NULL, "n"), 1);
+    /* after updates that change the indexed value, and after deletes */
+    put_ok(s, "timers", "t1", "{\"due\":\"c\"}", GT_REV_ANY);
+    put_ok(s, "timers", "n1", "{\"due\":\"b\"}", GT_REV_ANY);
+    put_ok(s, "timers", "t5", "{\"due\":[1]}", GT_REV_ANY);
+    assert_int_equal(count_of(s, "timers", "due", "b", NULL, NULL), 2);   /* a-tie, n1 */
+    assert_int_equal(count_of(s, "timers", "due", "c", NULL, NULL), 2);
+    assert_int_equal(count_of(s, "timers", "due", NULL, NULL, NULL), 11);
+    assert_int_equal(gt_store_delete(s, "timers", "a-tie", GT_REV_ANY, &err), GT_OK);
+    assert_int_equal(gt_store_delete(s, "timers", "n3", GT_REV_ANY, &err), GT_OK);
+    assert_int_equal(count_of(s, "timers", "due", "b", NULL, NULL), 1);
+    assert_int_equal(count_of(s, "timers", "due", NULL, "b", "c"), 1);
+    assert_int_equal(count_of(s, "timers", NULL, NULL, NULL, NULL), 16);
+    assert_int_equal(count_of(s, "timers", NULL, NULL, "a", "b"), 0);
+    assert_int_equal(count_of(s, "other", NULL, NULL, NULL, NULL), 0);
+    /* undeclared fields and contradictory filters are EINVAL */
+    gt_store_filter und = {"other", "b", NULL, NULL};
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_count(s, "timers", &und, &n, &err), GT_EINVAL);
+    assert_non_null(strstr(err.message, "other"));
+    gt_store_filter und_range = {"due", NULL, "a", NULL};
+    assert_int_equal(gt_store_count(s, "nowhere", &und_range, &n, NULL), GT_EINVAL);
+    gt_store_filter both = {"due", "b", "a", NULL};
+    assert_int_equal(gt_store_count(s, "timers", &both, &n, NULL), GT_EINVAL);
+    gt_store_filter nofield = {NULL, "b", NULL, NULL};
+    assert_int_equal(gt_store_count(s, "timers", &nofield, &n, NULL), GT_EINVAL);
+    assert_int_equal(gt_store_count(s, "timers", NULL, NULL, NULL), GT_EINVAL);
+}
+
+static void test_apply(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    declare(s, "execs", "kind");
+    declare(s, "dispatch", "state");
+    int64_t rs = put_ok(s, "services", "svc", "{\"name\":\"svc\"}", GT_REV_NONE);
+    gt_store_op ops[GT_STORE_MAX_OPS] = {
+        {GT_STORE_OP_PUT, "execs", "x", "{\"kind\":\"run\"}", GT_REV_NONE, -1},
+        {GT_STORE_OP_PUT, "dispatch", "x", "{\"state\":\"queued\"}", GT_REV_NONE, -1},
+        {GT_STORE_OP_CHECK, "services", "svc", NULL, rs, -1},
+        {GT_STORE_OP_CHECK, "services", "absent", NULL, GT_REV_NONE, -1},
+    };
+    if (gt_store_apply(s, ops, 4, NULL, &err) != GT_OK)
+        fail_msg("apply: %s", err.message);
+    assert_true(ops[0].new_rev > rs);
+    assert_true(ops[1].new_rev > rs);
+    assert_int_equal(ops[2].new_rev, 0);
+    assert_int_equal(ops[3].new_rev, 0);
+    expect_doc(s, "execs", "x", "{\"kind\":\"run\"}", ops[0].new_rev);
+    expect_doc(s, "dispatch", "x", "{\"state\":\"queued\"}", ops[1].new_rev);
+    expect_doc(s, "services", "svc", "{\"name\":\"svc\"}", rs);
+    expect_missing(s, "services", "absent");
+    expect_range(s, "execs", "kind", "run", "run\x01", "x");
+    assert_int_equal(count_of(s, "dispatch", "state", "queued", NULL, NULL), 1);
+    /* an update, a delete and a create at once; indexes follow in the same step */
+    int64_t rx = ops[0].new_rev, rd = ops[1].new_rev;
+    gt_store_op next[] = {
+        {GT_STORE_OP_PUT, "execs", "x", "{\"kind\":\"done\"}", rx, 0},
+        {GT_STORE_OP_DELETE, "dispatch", "x", NULL, rd, 0},
+        {GT_STORE_OP_CHECK, "services", "svc", NULL, GT_REV_ANY, 0},
+        {GT_STORE_OP_PUT, "execs", "y", "{\"kind\":\"run\"}", GT_REV_ANY, 0},
+    };
+    if (gt_store_apply(s, next, 4, NULL, &err) != GT_OK)
+        fail_msg("apply: %s", err.message);
+    assert_true(next[0].new_rev > rx);
+    assert_int_equal(next[1].new_rev, 0);
+    assert_true(next[3].new_rev > rd);
+    expect_doc(s, "execs", "x", "{\"kind\":\"done\"}", next[0].new_rev);
+    expect_doc(s, "execs", "y", "{\"kind\":\"run\"}", next[3].new_rev);
+    expect_missing(s, "dispatch", "x");
+    assert_int_equal(count_of(s, "dispatch", "state", "queued", NULL, NULL), 0);
+    assert_int_equal(count_of(s, "dispatch", NULL, NULL, NULL, NULL), 0);
+    expect_range(s, "execs", "kind", NULL, NULL, "x,y");
+    expect_range(s, "execs", "kind", "run", NULL, "y");
+    gt_store_page page;
+    assert_int_equal(gt_store_query(s, "execs", "kind", "done", NULL, 10, &page, &err), GT_OK);
+    assert_int_equal(page.n, 1);
+    assert_string_equal(page.items[0].id, "x");
+    gt_store_page_clear(&page);
+    /* GT_STORE_MAX_OPS at once; one op alone */
+    char ids[GT_STORE_MAX_OPS][16];
+    for (int i = 0; i < GT_STORE_MAX_OPS; i++) {
+        snprintf(ids[i], sizeof ids[i], "m%d", i);
+        ops[i] = (gt_store_op){GT_STORE_OP_PUT, i % 2 ? "execs" : "dispatch", ids[i],
+                               i % 2 ? "{\"kind\":\"many\"}" : "{\"state\":\"many\"}",
+                               GT_REV_NONE, 0};
+    }
+    if (gt_store_apply(s, ops, GT_STORE_MAX_OPS, NULL, &err) != GT_OK)
+        fail_msg("apply %d ops: %s", GT_STORE_MAX_OPS, err.message);
+    for (int i = 0; i < GT_STORE_MAX_OPS; i++)
+        assert_true(ops[i].new_rev > next[0].new_rev);
+    assert_int_equal(count_of(s, "execs", "kind", "many", NULL, NULL), GT_STORE_MAX_OPS / 2);
+    assert_int_equal(count_of(s, "dispatch", "state", "many", NULL, NULL), GT_STORE_MAX_OPS / 2);
+    gt_store_op one = {GT_STORE_OP_DELETE, "execs", "m1", NULL, ops[1].new_rev, 0};
+    assert_int_equal(gt_store_apply(s, &one, 1, NULL, &err), GT_OK);
+    expect_missing(s, "execs", "m1");
+    assert_int_equal(count_of(s, "execs", "kind", "many", NULL, NULL), GT_STORE_MAX_OPS / 2 - 1);
+    /* the front door: sizes, duplicates, bad ops */
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_apply(s, ops, 0, NULL, &err), GT_EINVAL);
+    assert_int_equal(gt_store_apply(s, ops, GT_STORE_MAX_OPS + 1, NULL, NULL), GT_EINVAL);
+    gt_store_op dup[] = {{GT_STORE_OP_PUT, "execs", "d", "{}", GT_REV_ANY, 0},
+                         {GT_STORE_OP_CHECK, "execs", "d", NULL, GT_REV_ANY, 0}};
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_apply(s, dup, 2, NULL, &err), GT_EINVAL);
+    assert_string_equal(err.field, "ops[1]");
+    expect_missing(s, "execs", "d");
+}
+
+/* Op i's failure is exactly the single-document call's, with err->field "ops[i]", and
+ * then nothing at all is written. */
+static void expect_apply_fails(gt_store *s, gt_store_op *ops, size_t n, size_t bad,
+                               gt_err want_rc, const gt_error *want)
+{
+    gt_error err = {0};
+    gt_err rc = gt_store_apply(s, ops, n, NULL, &err);
+    if (rc != want_rc)
+        fail_msg("apply: got %s (%s), want %s", gt_strerror(rc), err.message,
+                 gt_strerror(want_rc));
+    char field[16];
+    snprintf(field, sizeof field, "ops[%zu]", bad);
+    assert_string_equal(err.field, field);
+    assert_int_equal(err.code, want->code);
+    assert_string_equal(err.message, want->message);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(ops[i].new_rev, 0);
+}
+
+static void test_apply_conflict_writes_nothing(void **state)
+{
+    gt_store *s = store_of(state);
+    declare(s, "execs", "kind");
+    int64_t ra = put_ok(s, "execs", "a", "{\"kind\":\"k1\"}", GT_REV_NONE);
+    int64_t rb = put_ok(s, "execs", "b", "{\"kind\":\"k1\"}", GT_REV_NONE);
+    int64_t rc = put_ok(s, "runs", "c", "{\"kind\":\"k2\"}", GT_REV_NONE);
+    int64_t rd = put_ok(s, "execs", "d", "{}", GT_REV_NONE);
+    gt_error want = {0};
+    /* a stale revision in the middle */
+    gt_store_op ops[] = {
+        {GT_STORE_OP_PUT, "execs", "a", "{\"kind\":\"k9\"}", ra, 0},
+        {GT_STORE_OP_PUT, "execs", "b", "{\"kind\":\"k9\"}", ra, 0},
+        {GT_STORE_OP_DELETE, "runs", "c", NULL, rc, 0},
+        {GT_STORE_OP_PUT, "execs", "new", "{\"kind\":\"k9\"}", GT_REV_NONE, 0},
+    };
+    assert_int_equal(gt_store_put(s, "execs", "b", "{\"kind\":\"k9\"}", ra, NULL, &want),
+                     GT_ECONFLICT);
+    expect_apply_fails(s, ops, 4, 1, GT_ECONFLICT, &want);
+    /* a delete of a document that is not there */
+    ops[1] = (gt_store_op){GT_STORE_OP_DELETE, "execs", "gone", NULL, GT_REV_ANY, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_delete(s, "execs", "gone", GT_REV_ANY, &want), GT_ENOTFOUND);
+    expect_apply_fails(s, ops, 4, 1, GT_ENOTFOUND, &want);
+    /* a delete at the wrong revision, last */
+    ops[1] = (gt_store_op){GT_STORE_OP_CHECK, "execs", "b", NULL, rb, 0};
+    ops[3] = (gt_store_op){GT_STORE_OP_DELETE, "execs", "d", NULL, rb, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_delete(s, "execs", "d", rb, &want), GT_ECONFLICT);
+    expect_apply_fails(s, ops, 4, 3, GT_ECONFLICT, &want);
+    ops[3] = (gt_store_op){GT_STORE_OP_PUT, "execs", "new", "{\"kind\":\"k9\"}", GT_REV_NONE, 0};
+    /* a create of something that exists */
+    ops[2] = (gt_store_op){GT_STORE_OP_PUT, "runs", "c", "{}", GT_REV_NONE, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_put(s, "runs", "c", "{}", GT_REV_NONE, NULL, &want), GT_ECONFLICT);
+    expect_apply_fails(s, ops, 4, 2, GT_ECONFLICT, &want);
+    ops[2] = (gt_store_op){GT_STORE_OP_DELETE, "runs", "c", NULL, rc, 0};
+    /* checks: a moved revision, a document that should be absent, one that should exist */
+    ops[1] = (gt_store_op){GT_STORE_OP_CHECK, "execs", "b", NULL, ra, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_put(s, "execs", "b", "{}", ra, NULL, &want), GT_ECONFLICT);
+    expect_apply_fails(s, ops, 4, 1, GT_ECONFLICT, &want);
+    ops[1] = (gt_store_op){GT_STORE_OP_CHECK, "execs", "b", NULL, GT_REV_NONE, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_put(s, "execs", "b", "{}", GT_REV_NONE, NULL, &want), GT_ECONFLICT);
+    expect_apply_fails(s, ops, 4, 1, GT_ECONFLICT, &want);
+    ops[1] = (gt_store_op){GT_STORE_OP_CHECK, "execs", "gone", NULL, GT_REV_ANY, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_delete(s, "execs", "gone", GT_REV_ANY, &want), GT_ENOTFOUND);
+    expect_apply_fails(s, ops, 4, 1, GT_ENOTFOUND, &want);
+    ops[1] = (gt_store_op){GT_STORE_OP_CHECK, "execs", "gone", NULL, 5, 0};
+    gt_error_clear(&want);
+    assert_int_equal(gt_store_put(s, "execs", "gone", "{}", 5, NULL, &want), GT_ECONFLICT);
+    expect_apply_fails(s, ops, 4, 1, GT_ECONFLICT, &want);
+    /* every document is as it was, and so is every index */
+    expect_doc(s, "execs", "a", "{\"kind\":\"k1\"}", ra);
+    expect_doc(s, "execs", "b", "{\"kind\":\"k1\"}", rb);
+    expect_doc(s, "runs", "c", "{\"kind\":\"k2\"}", rc);
+    expect_doc(s, "execs", "d", "{}", rd);
+    expect_missing(s, "execs", "new");
+    expect_missing(s, "execs", "gone");
+    expect_range(s, "execs", "kind", NULL, NULL, "a,b");
+    expect_range(s, "execs", "kind", "k9", NULL, "");
+    assert_int_equal(count_of(s, "execs", "kind", "k1", NULL, NULL), 2);
+    assert_int_equal(count_of(s, "execs", "kind", "k9", NULL, NULL), 0);
+    assert_int_equal(count_of(s, "runs", NULL, NULL, NULL, NULL), 1);
+    /* with the stale revision fixed, the same ops go through */
+    ops[1] = (gt_store_op){GT_STORE_OP_PUT, "execs", "b", "{\"kind\":\"k9\"}", rb, 0};
+    gt_error err = {0};
+    if (gt_store_apply(s, ops, 4, NULL, &err) != GT_OK)
+        fail_msg("apply: %s", err.message);
+    expect_range(s, "execs", "kind", "k9", NULL, "a,b,new");
+    expect_missing(s, "runs", "c");
+}
+
+static void test_apply_fenced(void **state)
+{
+    gt_store *s = store_of(state);
+    gt_error err = {0};
+    int64_t e1 = 0, e2 = 0;
+    assert_int_equal(gt_store_lease_acquire(s, "scheduler", "a", 60000, &e1, &err), GT_OK);
+    gt_store_fence f = {"scheduler", "a", e1};
+    gt_store_op ops[] = {
+        {GT_STORE_OP_PUT, "schedules", "s1", "{\"next\":\"1\"}", GT_REV_NONE, 0},
+        {GT_STORE_OP_PUT, "firings", "s1:1", "{}", GT_REV_NONE, 0},
+    };
+    if (gt_store_apply(s, ops, 2, &f, &err) != GT_OK)
+        fail_msg("fenced apply: %s", err.message);
+    int64_t r1 = ops[0].new_rev, r2 = ops[1].new_rev;
+    /* another holder, another epoch, a lease never taken: refused, nothing written */
+    gt_store_fence other = {"scheduler", "b", e1}, stale = {"scheduler", "a", e1 + 1};
+    gt_store_fence never = {"never", "a", 1};
+    const gt_store_fence *bad[] = {&other, &stale, &never};
+    gt_store_op upd[] = {
+        {GT_STORE_OP_PUT, "schedules", "s1", "{\"next\":\"2\"}", r1, 0},
+        {GT_STORE_OP_PUT, "firings", "s1:2", "{}", GT_REV_NONE, 0},
+        {GT_STORE_OP_DELETE, "firings", "s1:1", NULL, r2, 0},
+    };
+    for (size_t i = 0; i < 3; i++) {
+        gt_error_clear(&err);
+        assert_int_equal(gt_store_apply(s, upd, 3, bad[i], &err), GT_ECONFLICT);
+        assert_non_null(strstr(err.message, bad[i]->name));
+        assert_int_equal(upd[0].new_rev, 0);
+    }
+    expect_doc(s, "schedules", "s1", "{\"next\":\"1\"}", r1);
+    expect_doc(s, "firings", "s1:1", "{}", r2);
+    expect_missing(s, "firings", "s1:2");
+    /* the right fence with a stale revision is the revision's conflict */
+    upd[0].expect_rev = r2 + 1000;
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_apply(s, upd, 3, &f, &err), GT_ECONFLICT);
+    assert_string_equal(err.field, "ops[0]");
+    upd[0].expect_rev = r1;
+    /* an expired lease fences out its holder, even before anyone else takes it */
+    assert_int_equal(gt_store_lease_acquire(s, "short", "b", short_ttl(s), &e2, &err), GT_OK);
+    gt_store_fence fb = {"short", "b", e2};
+    sleep_ms((int)(4 * short_ttl(s)));
+    gt_error_clear(&err);
+    assert_int_equal(gt_store_apply(s, upd, 3, &fb, &err), GT_ECONFLICT);
+    assert_non_null(strstr(err.message, "short"));
+    expect_doc(s, "schedules", "s1", "{\"next\":\"1\"}", r1);
+    expect_doc(s, "firings", "s1:1", "{}", r2);
+    expect_missing(s, "firings", "s1:2");
+    /* the live fence goes through */
+    if (gt_store_apply(s, upd, 3, &f, &err) != GT_OK)
+        fail_msg("fenced apply: %s", err.message);
+    expect_doc(s, "schedules", "s1", "{\"next\":\"2\"}", upd[0].new_rev);
+    expect_missing(s, "firings", "s1:1");
+    /* bad fence arguments are EINVAL */
+    gt_store_fence empty = {"", "a", 1};
+    assert_int_equal(gt_store_apply(s, upd, 1, &empty, NULL), GT_EINVAL);
+}
+
 /* ---- concurrency helpers (no cmocka assertions off the main thread) ---- */
 
 typedef struct racer {
@@ -1005,6 +1535,100 @@ void gt_store_conformance_cas_race(gt_store *a, gt_store *b, int rounds)
     if (bad_round >= 0)
         fail_msg("round %d: a %s, b %s", bad_round, won_a ? "won" : "lost", won_b ? "won" : "lost");
     print_message("cas race: %d rounds, a won %d, b won %d\n", rounds, wins_a, rounds - wins_a);
+}
+
+/* Each round both threads read race/doc, then apply {PUT race/doc at that revision, PUT
+ * race/<own> unconditionally}: exactly one wins, and the loser's own document keeps its
+ * earlier round (all or nothing). */
+typedef struct apply_racer {
+    gt_store *s;
+    pthread_barrier_t *bar;
+    int rounds;
+    const char *own;
+    char *won;
+    int partial;      /* rounds where a lost apply still wrote its own document */
+    int errors;
+    char first_error[1400];
+} apply_racer;
+
+static void *apply_race_main(void *arg)
+{
+    apply_racer *r = arg;
+    int last_won = -1;
+    for (int i = 0; i < r->rounds; i++) {
+        gt_error err = {0};
+        char *body = NULL;
+        int64_t rev = 0;
+        pthread_barrier_wait(r->bar);
+        gt_err rc = gt_store_get(r->s, "race", "doc", &body, &rev, &err);
+        free(body);
+        body = NULL;
+        if (rc != GT_OK && r->errors++ == 0)
+            snprintf(r->first_error, sizeof r->first_error, "get: %s", err.message);
+        pthread_barrier_wait(r->bar);
+        char next[64];
+        snprintf(next, sizeof next, "{\"round\":%d}", i);
+        gt_store_op ops[] = {
+            {GT_STORE_OP_PUT, "race", "doc", next, rev, 0},
+            {GT_STORE_OP_PUT, "race", r->own, next, GT_REV_ANY, 0},
+        };
+        gt_error_clear(&err);
+        rc = gt_store_apply(r->s, ops, 2, NULL, &err);
+        r->won[i] = rc == GT_OK;
+        if (rc == GT_OK) {
+            last_won = i;
+            if (ops[0].new_rev <= rev || ops[1].new_rev < 1)
+                r->partial++;
+        } else if (rc == GT_ECONFLICT && strcmp(err.field, "ops[0]") == 0) {
+            /* lost: the own document must still hold the last round this thread won */
+            char want[64];
+            snprintf(want, sizeof want, "{\"round\":%d}", last_won);
+            gt_error_clear(&err);
+            rc = gt_store_get(r->s, "race", r->own, &body, NULL, &err);
+            if (rc == GT_OK ? strcmp(body, want) != 0 : last_won >= 0 || rc != GT_ENOTFOUND)
+                r->partial++;
+            free(body);
+        } else if (r->errors++ == 0) {
+            snprintf(r->first_error, sizeof r->first_error, "apply: %s: %s (%s)",
+                     gt_strerror(rc), err.message, err.field);
+        }
+    }
+    return NULL;
+}
+
+void gt_store_conformance_apply_race(gt_store *a, gt_store *b, int rounds)
+{
+    pthread_barrier_t bar;
+    pthread_t t[2];
+    apply_racer r[2] = {{.s = a, .own = "own-a"}, {.s = b, .own = "own-b"}};
+    put_ok(a, "race", "doc", "{\"round\":-1}", GT_REV_ANY);
+    pthread_barrier_init(&bar, NULL, 2);
+    for (int k = 0; k < 2; k++) {
+        r[k].bar = &bar;
+        r[k].rounds = rounds;
+        r[k].won = gt_xcalloc((size_t)rounds, 1);
+        assert_int_equal(pthread_create(&t[k], NULL, apply_race_main, &r[k]), 0);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(t[k], NULL);
+    pthread_barrier_destroy(&bar);
+    int bad_round = -1, wins_a = 0;
+    for (int i = 0; i < rounds; i++) {
+        wins_a += r[0].won[i];
+        if (r[0].won[i] + r[1].won[i] != 1 && bad_round < 0)
+            bad_round = i;
+    }
+    free(r[0].won);
+    free(r[1].won);
+    if (r[0].errors + r[1].errors)
+        fail_msg("%d errors in the apply race, first: %s%s", r[0].errors + r[1].errors,
+                 r[0].first_error, r[1].first_error);
+    if (bad_round >= 0)
+        fail_msg("apply race: round %d did not have exactly one winner", bad_round);
+    if (r[0].partial + r[1].partial)
+        fail_msg("apply race: %d rounds half applied", r[0].partial + r[1].partial);
+    print_message("apply race: %d rounds, a won %d, b won %d\n", rounds, wins_a,
+                  rounds - wins_a);
 }
 
 typedef struct counter_worker {
@@ -1105,6 +1729,14 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
         T(test_fenced_writes),
         T(test_argument_checks),
         T(test_error_messages),
+        T(test_range_by_field),
+        T(test_range_cursor_ties),
+        T(test_range_by_id),
+        T(test_range_follows_writes),
+        T(test_count),
+        T(test_apply),
+        T(test_apply_conflict_writes_nothing),
+        T(test_apply_fenced),
     };
 #undef T
     char name[128];

@@ -24,6 +24,9 @@ int gt_store_conformance_run(const char *driver, gt_store *(*open_fresh)(void *c
 /* Two threads, through a and b, read one document and write it back with CAS, round
  * after round: asserts exactly one of them wins every round. */
 void gt_store_conformance_cas_race(gt_store *a, gt_store *b, int rounds);
+/* As gt_store_conformance_cas_race with gt_store_apply of two documents (the contended
+ * one and each thread's own): exactly one wins every round, and a loser writes neither. */
+void gt_store_conformance_apply_race(gt_store *a, gt_store *b, int rounds);
 /* nthreads threads, thread i through handles[i], each add increments to a counter
  * document with get + CAS + retry: asserts no increment is lost. */
 void gt_store_conformance_counter(gt_store **handles, int nthreads, int increments);

@@ -37,6 +37,11 @@ static void test_cas_race_shared_handle(void **state)
     gt_store_conformance_cas_race(*state, *state, 2000);
 }
 
+static void test_apply_race_shared_handle(void **state)
+{
+    gt_store_conformance_apply_race(*state, *state, 2000);
+}
+
 static void test_counter_shared_handle(void **state)
 {
     gt_store *h[8];
@@ -49,6 +54,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cas_race_shared_handle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_race_shared_handle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counter_shared_handle, setup, teardown),
     };
     int failed = gt_store_conformance_run("memory", open_fresh, NULL);
