@@ -1,10 +1,49 @@
-"""Shared pieces of the test servers: ports, waiting, processes stopped by pid."""
+"""Shared pieces of the test servers: ports, waiting, processes stopped by pid, and
+network namespaces (netns.py): a server may run in one (Proc(netns=NAME) prefixes
+`ip netns exec NAME`), and netns_call(NAME, fn) runs fn with its sockets in it."""
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import threading
 import time
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_argv(netns, argv):
+    """argv run inside network namespace netns (None: as it is)."""
+    return list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
+
+
+def netns_call(netns, fn, *args, **kw):
+    """fn(*args, **kw) on a thread of its own that joined netns (a network namespace is
+    per thread, so the caller's stays as it was): the sockets fn opens live there."""
+    if netns is None:
+        return fn(*args, **kw)
+    out = {}
+
+    def body():
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, f"setns into network namespace {netns}: {os.strerror(e)}")
+            finally:
+                os.close(fd)
+            out["value"] = fn(*args, **kw)
+        except BaseException as e:  # handed to the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=body, name=f"netns-{netns}")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def free_port():
@@ -14,26 +53,32 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=30.0, proc=None, what="server"):
-    """Waits until 127.0.0.1:port accepts connections; raises with the reason."""
+def _connects(host, port):
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_port(port, timeout=30.0, proc=None, what="server", host="127.0.0.1", netns=None):
+    """Waits until host:port (seen from netns) accepts connections; raises with the reason."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if netns_call(netns, _connects, host, port):
+            return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
 class Proc:
     """A started server process: stop() sends SIGTERM to its pid (then SIGKILL),
-    kill() sends SIGKILL; log is the file its output goes to."""
+    kill() sends SIGKILL; log is the file its output goes to. With netns, it runs in that
+    network namespace (`ip netns exec` execs in place: the pid is the server's)."""
 
-    def __init__(self, name, argv, log, env=None, cwd=None, user=None):
-        self.name, self.argv, self.log_path = name, argv, log
+    def __init__(self, name, argv, log, env=None, cwd=None, user=None, netns=None):
+        self.name, self.argv, self.log_path = name, netns_argv(netns, argv), log
+        self.netns = netns
         self.env, self.cwd, self.user = env, cwd, user
         self.proc = None
         self.start()

@@ -1,6 +1,8 @@
 """A three-member etcd cluster on loopback ports of its own.
 
-    cluster = EtcdCluster(tmpdir)   # nothing runs yet
+    cluster = EtcdCluster(tmpdir)   # nothing runs yet; EtcdCluster(tmpdir, host=ADDR,
+                                    # netns=NAME): every member on ADDR inside that
+                                    # network namespace (scripts/testenv/netns.py)
     cluster.start()                 # returns once every member serves /health
     os.environ.update(cluster.env())  # GANTRY_TEST_ETCD=host:port,host:port,host:port
                                       # GANTRY_TEST_ETCD_TLS=localhost:port (member 0, TLS
@@ -28,19 +30,27 @@ import urllib.request
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from testenv.common import Proc, free_port  # noqa: E402
+    from testenv.common import Proc, free_port, netns_argv, netns_call  # noqa: E402
 else:
-    from .common import Proc, free_port
+    from .common import Proc, free_port, netns_argv, netns_call
 
 HOST = "127.0.0.1"
+
+
+def _get_json(req):
+    with urllib.request.urlopen(req, timeout=2) as r:
+        return json.loads(r.read())
 
 
 class EtcdCluster:
     """auth=True: after start, etcd's auth is on, with a root user and a "gantry" user that
     may read and write /gantry/ (passwords in env()); tokens expire after token_ttl s."""
 
-    def __init__(self, tmp, members=3, auth=False, token_ttl=300):
+    def __init__(self, tmp, members=3, auth=False, token_ttl=300, host=HOST, netns=None):
+        """host, netns: every member listens on host, inside that network namespace
+        (scripts/testenv/netns.py; None: this one)."""
         self.tmp = tmp
+        self.host, self.netns = host, netns
         self.names = [f"etcd{i}" for i in range(members)]
         self.client = {n: free_port() for n in self.names}
         self.peer = {n: free_port() for n in self.names}
@@ -52,13 +62,14 @@ class EtcdCluster:
         self.passwords = {}
 
     def _argv(self, n):
-        initial = ",".join(f"{m}=http://{HOST}:{self.peer[m]}" for m in self.names)
+        h = self.host
+        initial = ",".join(f"{m}=http://{h}:{self.peer[m]}" for m in self.names)
         return ["etcd", "--name", n, "--data-dir", os.path.join(self.tmp, n),
-                "--listen-client-urls", f"http://{HOST}:{self.client[n]}" + (
-                    f",https://{HOST}:{self.tls_port}" if n == self.names[0] and not self.auth else ""),
-                "--advertise-client-urls", f"http://{HOST}:{self.client[n]}",
-                "--listen-peer-urls", f"http://{HOST}:{self.peer[n]}",
-                "--initial-advertise-peer-urls", f"http://{HOST}:{self.peer[n]}",
+                "--listen-client-urls", f"http://{h}:{self.client[n]}" + (
+                    f",https://{h}:{self.tls_port}" if n == self.names[0] and not self.auth else ""),
+                "--advertise-client-urls", f"http://{h}:{self.client[n]}",
+                "--listen-peer-urls", f"http://{h}:{self.peer[n]}",
+                "--initial-advertise-peer-urls", f"http://{h}:{self.peer[n]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", os.path.basename(self.tmp) or "gantry-test",
                 "--heartbeat-interval", "50", "--election-timeout", "500",
@@ -68,7 +79,7 @@ class EtcdCluster:
 
     def _tls_args(self):
         # etcd's JSON gateway dials its own TLS listener with the server certificate as a
-        # client certificate, hence IP:127.0.0.1 and clientAuth in the server's.
+        # client certificate, hence IP:<host> and clientAuth in the server's.
         d = self.tls_dir
         return ["--cert-file", os.path.join(d, "server.pem"),
                 "--key-file", os.path.join(d, "server.key"),
@@ -85,7 +96,7 @@ class EtcdCluster:
         for ca in ("ca", "other-ca"):   # other-ca: an unrelated CA, for "wrong CA" tests
             ossl("req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "3",
                  "-subj", f"/CN=gantry-test-etcd-{ca}")
-        for name, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        for name, ext in (("server", f"subjectAltName=DNS:localhost,IP:{self.host}\n"
                                      "extendedKeyUsage=serverAuth,clientAuth\n"),
                           ("client", "extendedKeyUsage=clientAuth\n")):
             with open(os.path.join(d, f"{name}.ext"), "w") as f:
@@ -97,10 +108,10 @@ class EtcdCluster:
 
     def _etcdctl(self, *args, user=None):
         env = dict(os.environ, ETCDCTL_API="3")
-        argv = ["etcdctl", "--endpoints", f"{HOST}:{self.client[self.names[0]]}"]
+        argv = ["etcdctl", "--endpoints", f"{self.host}:{self.client[self.names[0]]}"]
         if user:
             argv += ["--user", f"{user}:{self.passwords[user]}"]
-        subprocess.run(argv + list(args), check=True, capture_output=True, env=env, timeout=30)
+        subprocess.run(netns_argv(self.netns, argv + list(args)), check=True, capture_output=True, env=env, timeout=30)
 
     def _enable_auth(self):
         import secrets
@@ -118,7 +129,8 @@ class EtcdCluster:
         os.makedirs(self.tmp, exist_ok=True)
         self._make_certs()
         for n in self.names:
-            self.procs[n] = Proc(n, self._argv(n), os.path.join(self.tmp, f"{n}.log"))
+            self.procs[n] = Proc(n, self._argv(n), os.path.join(self.tmp, f"{n}.log"),
+                                 netns=self.netns)
         deadline = time.time() + timeout
         for n in self.names:
             try:
@@ -130,10 +142,9 @@ class EtcdCluster:
             self._enable_auth()
 
     def _status(self, n):
-        req = urllib.request.Request(f"http://{HOST}:{self.client[n]}/v3/maintenance/status",
+        req = urllib.request.Request(f"http://{self.host}:{self.client[n]}/v3/maintenance/status",
                                      data=b"{}", method="POST")
-        with urllib.request.urlopen(req, timeout=2) as r:
-            return json.loads(r.read())
+        return netns_call(self.netns, _get_json, req)
 
     def leader(self, timeout=15.0):
         """The name of the member that leads now (after an election, the new one)."""
@@ -170,10 +181,9 @@ class EtcdCluster:
             if not self.procs[n].alive():
                 raise RuntimeError(f"etcd member {n} exited:\n{self.procs[n].tail()}")
             try:
-                url = f"http://{HOST}:{self.client[n]}/health"
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if json.loads(r.read()).get("health") in ("true", True):
-                        return
+                url = f"http://{self.host}:{self.client[n]}/health"
+                if netns_call(self.netns, _get_json, url).get("health") in ("true", True):
+                    return
             except Exception:
                 pass
             if time.time() > deadline:
@@ -184,12 +194,20 @@ class EtcdCluster:
         """For a control socket: kill-leader (answers the name), start NAME."""
         return {"kill-leader": self.kill_leader, "start": self.start_member}
 
+    def hosts(self):
+        """The members' client addresses, host:port, as [store] etcd_hosts wants them."""
+        return [f"{self.host}:{self.client[n]}" for n in self.names]
+
+    def tls_hosts(self):
+        """Member 0's TLS listener (client certificates required), host:port."""
+        return [f"{self.host}:{self.tls_port}"]
+
     def env(self):
         if self.auth:
-            return {"GANTRY_TEST_ETCD_AUTH": ",".join(f"{HOST}:{self.client[n]}" for n in self.names),
+            return {"GANTRY_TEST_ETCD_AUTH": ",".join(self.hosts()),
                     "GANTRY_TEST_ETCD_AUTH_PASSWORD": self.passwords["gantry"],
                     "GANTRY_TEST_ETCD_AUTH_TOKEN_TTL": str(self.token_ttl)}
-        return {"GANTRY_TEST_ETCD": ",".join(f"{HOST}:{self.client[n]}" for n in self.names),
+        return {"GANTRY_TEST_ETCD": ",".join(self.hosts()),
                 "GANTRY_TEST_ETCD_TLS": f"localhost:{self.tls_port}",
                 "GANTRY_TEST_ETCD_TLS_DIR": self.tls_dir}
 

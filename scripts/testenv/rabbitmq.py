@@ -38,9 +38,9 @@ import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from common import Proc, control_client, free_port, serve_control, wait_port  # noqa: E402
+    from common import Proc, control_client, free_port, netns_argv, serve_control, wait_port  # noqa: E402
 else:
-    from .common import Proc, control_client, free_port, serve_control, wait_port
+    from .common import Proc, control_client, free_port, netns_argv, serve_control, wait_port
 
 SBIN = "/usr/lib/rabbitmq/bin"
 START_TIMEOUT = 60.0
@@ -153,8 +153,12 @@ class RabbitMQ:
     """One rabbitmq-server node under tmpdir. start() returns when the node accepts AMQP
     and `rabbitmqctl await_startup` says it booted; start_seconds is how long it took."""
 
-    def __init__(self, tmpdir, user="guest", password="guest", tls=False):
+    def __init__(self, tmpdir, user="guest", password="guest", tls=False, host="127.0.0.1",
+                 netns=None):
+        """host: the AMQP listeners' address; netns: the network namespace the node, its
+        epmd and rabbitmqctl run in (scripts/testenv/netns.py), None for this one."""
         self.tmpdir = os.path.abspath(tmpdir)
+        self.host, self.netns = host, netns
         self.port = _stable_port()
         self.tls = tls
         self.tls_port = _stable_port() if tls else None
@@ -197,7 +201,7 @@ class RabbitMQ:
             if self.tls:
                 self._make_certs(etc)
                 # Client certificates are checked when presented, not required.
-                f.write(f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+                f.write(f"listeners.ssl.1 = {self.host}:{self.tls_port}\n"
                         f"ssl_options.cacertfile = {self.ca_file}\n"
                         f"ssl_options.certfile = {os.path.join(etc, 'server.pem')}\n"
                         f"ssl_options.keyfile = {os.path.join(etc, 'server.key')}\n"
@@ -234,7 +238,8 @@ class RabbitMQ:
                     os.chmod(d, (mode & 0o7777) | 0o001)
                 if d == self.tmpdir or d == "/":
                     break
-            probe = subprocess.run(self._argv(["test", "-w", self.mnesia]), capture_output=True)
+            probe = subprocess.run(self._argv(["test", "-w", self.mnesia], netns=False),
+                                   capture_output=True)
             if probe.returncode != 0:
                 raise RuntimeError(f"user rabbitmq cannot write {self.mnesia}: put tmpdir where "
                                    f"it can reach it (e.g. under /tmp)")
@@ -267,7 +272,7 @@ class RabbitMQ:
             "LC_ALL": "C.UTF-8",
             "ERL_EPMD_PORT": str(self.epmd_port),
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_IP_ADDRESS": self.host,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": self.mnesia,
@@ -280,29 +285,35 @@ class RabbitMQ:
         })
         return env
 
-    def _argv(self, argv):
-        if self.run_as is None:
-            return argv
-        # setpriv execs in place (the pid stays ours) and keeps the environment, unlike su.
-        return ["setpriv", f"--reuid={self.run_as.pw_uid}", f"--regid={self.run_as.pw_gid}",
-                "--clear-groups", "--"] + argv
+    def _argv(self, argv, netns=True):
+        """argv as the node's user, in the node's network namespace (netns=True) or here
+        (False; Proc adds the namespace itself)."""
+        if self.run_as is not None:
+            # setpriv execs in place (the pid stays ours) and keeps the environment, unlike su.
+            argv = ["setpriv", f"--reuid={self.run_as.pw_uid}", f"--regid={self.run_as.pw_gid}",
+                    "--clear-groups", "--"] + argv
+        return netns_argv(self.netns if netns else None, argv)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self):
         t0 = time.monotonic()
         if self.epmd is None or not self.epmd.alive():
-            self.epmd = Proc("epmd", self._argv(["epmd", "-port", str(self.epmd_port)]),
+            self.epmd = Proc("epmd", self._argv(["epmd", "-port", str(self.epmd_port)], False),
                              os.path.join(self.log_dir, "epmd.out"), env=self._env(),
-                             cwd=self.base)
-            wait_port(self.epmd_port, timeout=10, proc=self.epmd.proc, what="epmd")
-        self.proc = Proc("rabbitmq-server", self._argv([os.path.join(SBIN, "rabbitmq-server")]),
-                         os.path.join(self.log_dir, "server.out"), env=self._env(), cwd=self.base)
+                             cwd=self.base, netns=self.netns)
+            wait_port(self.epmd_port, timeout=10, proc=self.epmd.proc, what="epmd",
+                      netns=self.netns)
+        self.proc = Proc("rabbitmq-server",
+                         self._argv([os.path.join(SBIN, "rabbitmq-server")], False),
+                         os.path.join(self.log_dir, "server.out"), env=self._env(), cwd=self.base,
+                         netns=self.netns)
         try:
             wait_port(self.port, timeout=START_TIMEOUT, proc=self.proc.proc,
-                      what=f"rabbitmq-server {self.node}")
+                      what=f"rabbitmq-server {self.node}", host=self.host, netns=self.netns)
             if self.tls:
                 wait_port(self.tls_port, timeout=START_TIMEOUT, proc=self.proc.proc,
-                          what=f"rabbitmq-server {self.node} (TLS)")
+                          what=f"rabbitmq-server {self.node} (TLS)", host=self.host,
+                          netns=self.netns)
             self._ctl("await_startup", "--timeout", str(int(START_TIMEOUT)))
         except Exception:
             sys.stderr.write(self.tail())
@@ -399,7 +410,7 @@ class RabbitMQ:
         """GANTRY_TEST_AMQP; with TLS also GANTRY_TEST_AMQP_TLS (localhost:port, the name
         the server certificate carries) and GANTRY_TEST_AMQP_TLS_DIR (ca.pem, other-ca.pem,
         client.pem, client.key)."""
-        env = {"GANTRY_TEST_AMQP": f"127.0.0.1:{self.port}"}
+        env = {"GANTRY_TEST_AMQP": f"{self.host}:{self.port}"}
         if self.tls:
             env["GANTRY_TEST_AMQP_TLS"] = f"localhost:{self.tls_port}"
             env["GANTRY_TEST_AMQP_TLS_DIR"] = os.path.dirname(self.ca_file)

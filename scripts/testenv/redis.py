@@ -37,9 +37,9 @@ import time
 
 if __package__ in (None, ""):  # run as a script: make `testenv` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from testenv.common import Proc, free_port, wait_port  # noqa: E402
+    from testenv.common import Proc, free_port, netns_call, wait_port  # noqa: E402
 else:
-    from .common import Proc, free_port, wait_port
+    from .common import Proc, free_port, netns_call, wait_port
 
 MASTER_NAME = "gantry-test"
 HOST = "127.0.0.1"
@@ -117,11 +117,6 @@ def _pairs(flat):
     return dict(zip(flat[0::2], flat[1::2])) if flat else {}
 
 
-def _info(port, section, auth=None):
-    text = command(port, "INFO", section, auth=auth)
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
 def _wait(what, cond, timeout, interval=0.1):
     """Polls cond() until it returns something truthy; raises naming what."""
     deadline = time.monotonic() + timeout
@@ -141,8 +136,12 @@ def _wait(what, cond, timeout, interval=0.1):
 class RedisCluster:
     """One master, one replica, three sentinels (quorum 2) monitoring MASTER_NAME."""
 
-    def __init__(self, tmpdir, down_after_ms=1000, failover_timeout_ms=5000):
+    def __init__(self, tmpdir, down_after_ms=1000, failover_timeout_ms=5000, host=HOST,
+                 netns=None):
+        """host: every node's address; netns: the network namespace they all run in
+        (scripts/testenv/netns.py), None for this one."""
         self.tmpdir = os.path.abspath(str(tmpdir))
+        self.host, self.netns = host, netns
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.master_name = MASTER_NAME
@@ -157,9 +156,14 @@ class RedisCluster:
         self.monitor_password = secrets.token_hex(16)
         self.replica_password = secrets.token_hex(16)
 
+    def _info(self, port, section):
+        text = self.cmd(port, "INFO", section)
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
     def cmd(self, port, *args, **kw):
         """command() as the admin (the default user, on data nodes and sentinels alike)."""
-        return command(port, *args, auth=self.admin_password, **kw)
+        kw.setdefault("host", self.host)
+        return netns_call(self.netns, command, port, *args, auth=self.admin_password, **kw)
 
     # --- configuration -------------------------------------------------------------
 
@@ -169,7 +173,7 @@ class RedisCluster:
         return d
 
     def _common_conf(self, port, d):
-        return (f"port {port}\nbind {HOST}\nprotected-mode no\ndaemonize no\n"
+        return (f"port {port}\nbind {self.host}\nprotected-mode no\ndaemonize no\n"
                 f"dir {d}\nlogfile \"\"\n")
 
     def _start_server(self, name, port, replicaof=None):
@@ -184,12 +188,13 @@ class RedisCluster:
                  f"user replica on >{self.replica_password} +psync +replconf +ping\n"
                  f"masteruser replica\nmasterauth {self.replica_password}\n")
         if replicaof:
-            text += f"replicaof {HOST} {replicaof}\n"
+            text += f"replicaof {self.host} {replicaof}\n"
         with open(conf, "w") as f:
             f.write(text)
-        p = Proc(name, ["redis-server", conf], os.path.join(d, f"{name}.log"), cwd=d)
+        p = Proc(name, ["redis-server", conf], os.path.join(d, f"{name}.log"), cwd=d,
+                 netns=self.netns)
         self.servers[port] = p
-        wait_port(port, timeout=20, proc=p.proc, what=name)
+        wait_port(port, timeout=20, proc=p.proc, what=name, host=self.host, netns=self.netns)
         return p
 
     def _start_sentinel(self, name, port, master_port):
@@ -202,15 +207,16 @@ class RedisCluster:
                     + f"{SENTINEL_APP_COMMANDS}\n"
                     + f"sentinel sentinel-user default\n"
                     + f"sentinel sentinel-pass {self.admin_password}\n"
-                    + f"sentinel monitor {MASTER_NAME} {HOST} {master_port} 2\n"
+                    + f"sentinel monitor {MASTER_NAME} {self.host} {master_port} 2\n"
                     + f"sentinel auth-user {MASTER_NAME} sentinel-monitor\n"
                     + f"sentinel auth-pass {MASTER_NAME} {self.monitor_password}\n"
                     + f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
                     + f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}\n"
                     + f"sentinel parallel-syncs {MASTER_NAME} 1\n")
-        p = Proc(name, ["redis-sentinel", conf], os.path.join(d, f"{name}.log"), cwd=d)
+        p = Proc(name, ["redis-sentinel", conf], os.path.join(d, f"{name}.log"), cwd=d,
+                 netns=self.netns)
         self.sentinels[port] = p
-        wait_port(port, timeout=20, proc=p.proc, what=name)
+        wait_port(port, timeout=20, proc=p.proc, what=name, host=self.host, netns=self.netns)
         return p
 
     # --- life cycle ----------------------------------------------------------------
@@ -226,7 +232,7 @@ class RedisCluster:
             rport = free_port()
             self._start_server("redis-replica", rport, replicaof=mport)
             _wait("the replica to sync",
-                  lambda: _info(rport, "replication", self.admin_password).get("master_link_status") == "up", timeout)
+                  lambda: self._info(rport, "replication").get("master_link_status") == "up", timeout)
             for i in range(3):
                 self._start_sentinel(f"sentinel-{i + 1}", free_port(), mport)
             self.wait_stable(timeout)
@@ -270,7 +276,7 @@ class RedisCluster:
         """The tail of every node's log, for a failing test."""
         out = []
         for port, p in list(self.servers.items()) + list(self.sentinels.items()):
-            out.append(f"--- {p.name} ({HOST}:{port}, {p.log_path})\n{p.tail(n)}")
+            out.append(f"--- {p.name} ({self.host}:{port}, {p.log_path})\n{p.tail(n)}")
         return "\n".join(out)
 
     def tail(self, n=40):
@@ -310,7 +316,8 @@ class RedisCluster:
         p = self._proc_for(addr)
         if not p.alive():
             p.start()
-            wait_port(int(str(addr).rsplit(":", 1)[-1]), timeout=20, proc=p.proc, what=p.name)
+            wait_port(int(str(addr).rsplit(":", 1)[-1]), timeout=20, proc=p.proc, what=p.name,
+                      host=self.host, netns=self.netns)
         return p
 
     def wait_for_failover(self, old_addr, timeout=30):
@@ -338,7 +345,7 @@ class RedisCluster:
         (GANTRY_TEST_REDIS_ADMIN_PASSWORD: the default user on every node)."""
         return {
             "GANTRY_TEST_REDIS": self.master_addr(),
-            "GANTRY_TEST_SENTINELS": ",".join(f"{HOST}:{p}" for p in self.sentinels),
+            "GANTRY_TEST_SENTINELS": ",".join(f"{self.host}:{p}" for p in self.sentinels),
             "GANTRY_TEST_REDIS_MASTER_NAME": MASTER_NAME,
             "GANTRY_TEST_REDIS_USERNAME": APP_USER,
             "GANTRY_TEST_REDIS_PASSWORD": self.app_password,

@@ -1,6 +1,7 @@
 /* gantry-runner ([application] mode = runner): wires configuration, store and bus
  * to the runner module and serves until SIGTERM, then drains. */
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,23 +34,59 @@ static int open_store(void *arg, gt_store **store, gt_error *err)
     return gt_setup_open_store(cfg, store, err);
 }
 
+/* --check-config: what can be known without the network: the file, the mode, a store
+ * that can be shared, a broker, and the key file when one is named (a missing or short
+ * key would only show at the first run with a secret). */
+static int check_config(const gt_config *cfg)
+{
+    gt_error e = {0};
+    gt_bus_config bc;
+    gt_key *key = NULL;
+    if (cfg->store.backend == GT_BACKEND_MEMORY) {
+        fprintf(stderr, "gantry-runner: [store] backend = memory cannot be shared with the "
+                        "controllers\n");
+        return 2;
+    }
+    if (gt_setup_bus_config(cfg, &bc, &e) != GT_OK) {
+        fprintf(stderr, "gantry-runner: %s\n", e.message);
+        return 2;
+    }
+    if (gt_setup_key_file_explicit(cfg)) {
+        if ((key = gt_key_load(cfg->secrets.encrypt_key_file, &e)) == NULL) {
+            fprintf(stderr, "gantry-runner: %s\n", e.message);
+            return 2;
+        }
+        gt_key_free(&key);
+    }
+    printf("configuration OK (%s)\n", gt_config_path(cfg) ? gt_config_path(cfg) : "defaults");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
+    bool check_only = false;
     for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         if (o == 'c') {
             config_path = optarg;
+        } else if (o == 'k') {
+            check_only = true;
         } else {
             fprintf(o == 'h' ? stdout : stderr,
-                    "Usage: gantry-runner [--config FILE]\n"
+                    "Usage: gantry-runner [--config FILE] [--check-config]\n"
                     "Runs executions from exec.<cluster_id>.<pool> queues ([application] mode = runner;\n"
-                    "[runner] pools, capacity, heartbeat_interval; [broker]; [store]).\n");
+                    "[runner] pools, capacity, heartbeat_interval; [broker]; [store]).\n"
+                    "  --check-config   load and check the configuration (and the key file), then exit\n");
             return o == 'h' ? 0 : 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "gantry-runner: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
     }
     gt_error e = {0};
     gt_config *cfg = NULL;
@@ -63,6 +100,11 @@ int main(int argc, char **argv)
                 gt_config_mode_name(cfg->application.mode));
         gt_config_free(&cfg);
         return 2;
+    }
+    if (check_only) {
+        int crc = check_config(cfg);
+        gt_config_free(&cfg);
+        return crc;
     }
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "runner");
     signal(SIGPIPE, SIG_IGN);

@@ -40,8 +40,9 @@ struct gt_runner {
     char **queues;
     int nqueues;
 
-    pthread_t beat;
-    bool beat_started;
+    pthread_t beat, watch;
+    bool beat_started, watch_started;
+    _Atomic int64_t beat_ok_ms; /* monotonic: when the last renewal that held was sent */
     pthread_mutex_t mu;     /* guards done and the heartbeat's wait */
     pthread_cond_t beat_cv;
     job **done;             /* finished by the pool, to settle on the main thread */
@@ -110,12 +111,13 @@ static void fence_out(gt_runner *r, const char *why)
 }
 
 /* Renews the lease every heartbeat on a store handle of its own; never touches the
- * broker, so a stalled broker cannot make a healthy runner look dead. */
+ * broker, so a stalled broker cannot make a healthy runner look dead. A renewal can
+ * block for the store's whole request timeout (a cut link), longer than the lease
+ * lives: watch_main, not this thread, decides when the lease is lost. */
 static void *beat_main(void *arg)
 {
     gt_runner *r = arg;
     gt_store *store = NULL;
-    int64_t last_ok = gt_mono_ms();
     while (!r->beat_stop && !r->fenced) {
         pthread_mutex_lock(&r->mu);
         if (!r->beat_stop)
@@ -125,12 +127,13 @@ static void *beat_main(void *arg)
             break;
         gt_error e = {0};
         int64_t epoch = 0;
+        /* the lease runs from when etcd renewed it, no earlier than this */
+        int64_t sent = gt_mono_ms();
         gt_err rc = store ? GT_OK : (gt_err)r->c.open_store(r->c.open_store_arg, &store, &e);
         if (rc == GT_OK)
             rc = gt_store_lease_acquire(store, r->lease_name, r->c.id, r->lease_ttl_ms, &epoch, &e);
-        int64_t now = gt_mono_ms();
         if (rc == GT_OK && epoch == r->fence.epoch) {
-            last_ok = now;
+            r->beat_ok_ms = sent;
             registry_put(r, store, r->draining ? "draining" : "up");
         } else if (rc == GT_OK) {
             /* it had expired: whatever ran under the old epoch may be another's now */
@@ -140,11 +143,27 @@ static void *beat_main(void *arg)
         } else {
             gt_warn("runner: renewing the lease: %s", e.message);
             gt_store_free(&store); /* reopen next time */
-            if (now - last_ok > 2 * r->c.heartbeat_ms)
-                fence_out(r, "the lease could not be renewed for two heartbeats");
         }
     }
     gt_store_free(&store);
+    return NULL;
+}
+
+/* Fences the runner out once no renewal has held for two heartbeats, however long the
+ * renewal in progress blocks: the lease (three heartbeats) then still runs, so the runs
+ * are dead before the reaper may start another attempt. */
+static void *watch_main(void *arg)
+{
+    gt_runner *r = arg;
+    int64_t step = r->c.heartbeat_ms / 10 > 0 ? r->c.heartbeat_ms / 10 : 1;
+    while (!r->beat_stop && !r->fenced) {
+        pthread_mutex_lock(&r->mu);
+        if (!r->beat_stop)
+            gt_cond_wait_ms(&r->beat_cv, &r->mu, step);
+        pthread_mutex_unlock(&r->mu);
+        if (!r->beat_stop && gt_mono_ms() - r->beat_ok_ms > 2 * r->c.heartbeat_ms)
+            fence_out(r, "the lease could not be renewed for two heartbeats");
+    }
     return NULL;
 }
 
@@ -366,6 +385,7 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
     if ((gt_err)r->c.open_store(r->c.open_store_arg, &r->store, err) != GT_OK)
         goto fail;
     gt_error e = {0};
+    r->beat_ok_ms = gt_mono_ms();
     if (gt_store_lease_acquire(r->store, r->lease_name, r->c.id, r->lease_ttl_ms, &r->fence.epoch,
                                &e) != GT_OK) {
         gt_error_set(err, GT_ECONFLICT, "runner %s: taking its lease: %s", r->c.id, e.message);
@@ -402,6 +422,11 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
         goto fail;
     }
     r->beat_started = true;
+    if ((pe = pthread_create(&r->watch, NULL, watch_main, r)) != 0) {
+        gt_error_set(err, GT_EUNAVAIL, "runner: starting the lease watchdog: %s", strerror(pe));
+        goto fail;
+    }
+    r->watch_started = true;
     return r;
 fail:
     gt_runner_free(&r);
@@ -413,12 +438,15 @@ void gt_runner_free(gt_runner **pr)
     if (pr == NULL || *pr == NULL)
         return;
     gt_runner *r = *pr;
-    if (r->beat_started) {
+    if (r->beat_started || r->watch_started) {
         pthread_mutex_lock(&r->mu);
         r->beat_stop = 1;
         pthread_cond_broadcast(&r->beat_cv);
         pthread_mutex_unlock(&r->mu);
-        pthread_join(r->beat, NULL);
+        if (r->watch_started)
+            pthread_join(r->watch, NULL);
+        if (r->beat_started)
+            pthread_join(r->beat, NULL);
     }
     bool idle = r->pool == NULL || gt_pool_busy(r->pool) == 0;
     gt_pool_free(&r->pool);

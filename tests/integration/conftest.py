@@ -70,6 +70,11 @@ class Gantry:
                                 stderr=subprocess.PIPE, text=True, env=self.env())
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cluster: hosts as network namespaces on an etcd "
+                                       "store (test_cluster.py; needs root)")
+
+
 @pytest.fixture
 def gantry(tmp_path):
     return Gantry(tmp_path)
@@ -184,6 +189,7 @@ def client(stack, tmp_path):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)   # fixtures' teardown reads rep_call
     st = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
     if rep.when == "call" and rep.failed and st is not None:
         for d in st.controllers + [st.tokend]:
