@@ -40,8 +40,8 @@ struct gt_runner {
     char **queues;
     int nqueues;
 
-    pthread_t beat, watch;
-    bool beat_started, watch_started;
+    pthread_t beat, watchdog;
+    bool beat_started, watchdog_started;
     _Atomic int64_t beat_ok_ms; /* monotonic: when the last renewal that held was sent */
     pthread_mutex_t mu;     /* guards done and the heartbeat's wait */
     pthread_cond_t beat_cv;
@@ -113,7 +113,7 @@ static void fence_out(gt_runner *r, const char *why)
 /* Renews the lease every heartbeat on a store handle of its own; never touches the
  * broker, so a stalled broker cannot make a healthy runner look dead. A renewal can
  * block for the store's whole request timeout (a cut link), longer than the lease
- * lives: watch_main, not this thread, decides when the lease is lost. */
+ * lives: watchdog_main, not this thread, decides when the lease is lost. */
 static void *beat_main(void *arg)
 {
     gt_runner *r = arg;
@@ -152,7 +152,7 @@ static void *beat_main(void *arg)
 /* Fences the runner out once no renewal has held for two heartbeats, however long the
  * renewal in progress blocks: the lease (three heartbeats) then still runs, so the runs
  * are dead before the reaper may start another attempt. */
-static void *watch_main(void *arg)
+static void *watchdog_main(void *arg)
 {
     gt_runner *r = arg;
     int64_t step = r->c.heartbeat_ms / 10 > 0 ? r->c.heartbeat_ms / 10 : 1;
@@ -422,11 +422,11 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
         goto fail;
     }
     r->beat_started = true;
-    if ((pe = pthread_create(&r->watch, NULL, watch_main, r)) != 0) {
+    if ((pe = pthread_create(&r->watchdog, NULL, watchdog_main, r)) != 0) {
         gt_error_set(err, GT_EUNAVAIL, "runner: starting the lease watchdog: %s", strerror(pe));
         goto fail;
     }
-    r->watch_started = true;
+    r->watchdog_started = true;
     return r;
 fail:
     gt_runner_free(&r);
@@ -438,13 +438,13 @@ void gt_runner_free(gt_runner **pr)
     if (pr == NULL || *pr == NULL)
         return;
     gt_runner *r = *pr;
-    if (r->beat_started || r->watch_started) {
+    if (r->beat_started || r->watchdog_started) {
         pthread_mutex_lock(&r->mu);
         r->beat_stop = 1;
         pthread_cond_broadcast(&r->beat_cv);
         pthread_mutex_unlock(&r->mu);
-        if (r->watch_started)
-            pthread_join(r->watch, NULL);
+        if (r->watchdog_started)
+            pthread_join(r->watchdog, NULL);
         if (r->beat_started)
             pthread_join(r->beat, NULL);
     }
