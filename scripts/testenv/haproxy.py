@@ -25,7 +25,7 @@ defaults
     option redispatch
 
 frontend gantry
-    bind 127.0.0.1:{port}
+    bind {bind}:{port}
     default_backend controllers
 
 backend controllers
@@ -37,22 +37,27 @@ backend controllers
 
 
 class HAProxy:
-    def __init__(self, tmp, backends, inter_ms=200):
+    def __init__(self, tmp, backends, inter_ms=200, bind="127.0.0.1", netns=None):
+        """backends: ports on 127.0.0.1, or "addr:port" strings; bind and netns: where
+        haproxy listens (a netns.Host's address and namespace)."""
         self.tmp = tmp
-        self.backends = list(backends)
+        self.backends = [b if isinstance(b, str) else f"127.0.0.1:{b}" for b in backends]
         self.inter_ms = inter_ms
+        self.bind, self.netns = bind, netns
         self.port = free_port()
         self.proc = None
 
     def start(self):
         os.makedirs(self.tmp, exist_ok=True)
         cfg = os.path.join(self.tmp, "haproxy.cfg")
-        servers = "\n".join(f"    server c{i} 127.0.0.1:{p} check" for i, p in enumerate(self.backends))
+        servers = "\n".join(f"    server c{i} {b} check" for i, b in enumerate(self.backends))
         with open(cfg, "w") as f:
-            f.write(TEMPLATE.format(port=self.port, inter=self.inter_ms, servers=servers))
+            f.write(TEMPLATE.format(bind=self.bind, port=self.port, inter=self.inter_ms,
+                                    servers=servers))
         # -db: stay in the foreground, so the pid we hold is haproxy's own
-        self.proc = Proc("haproxy", ["haproxy", "-db", "-f", cfg], os.path.join(self.tmp, "haproxy.log"))
-        wait_port(self.port, proc=self.proc.proc, what="haproxy")
+        self.proc = Proc("haproxy", ["haproxy", "-db", "-f", cfg], os.path.join(self.tmp, "haproxy.log"),
+                         netns=self.netns)
+        wait_port(self.port, host=self.bind, netns=self.netns, proc=self.proc.proc, what="haproxy")
         return self
 
     def stop(self):
