@@ -451,9 +451,9 @@ gt_err gt_store_each(gt_store *s, const char *coll, const char *field, const cha
     return rc;
 }
 
-gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, const char *value,
-                            const char *cursor, size_t limit, bool descending,
-                            gt_store_page *page, gt_error *err)
+/* What every query checks first: the store, the collection, the page and the limit. */
+static gt_err check_query(const gt_store *s, const char *coll, gt_store_page *page, size_t limit,
+                          gt_error *err)
 {
     gt_err rc;
     if (page)
@@ -465,6 +465,16 @@ gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, co
     if (limit < 1 || limit > GT_STORE__MAX_LIMIT)
         return gt_error_setf(err, GT_EINVAL, "limit", "%s: limit %zu not in 1..%d", coll, limit,
                              GT_STORE__MAX_LIMIT);
+    return GT_OK;
+}
+
+gt_err gt_store_query_order(gt_store *s, const char *coll, const char *field, const char *value,
+                            const char *cursor, size_t limit, bool descending,
+                            gt_store_page *page, gt_error *err)
+{
+    gt_err rc;
+    if ((rc = check_query(s, coll, page, limit, err)))
+        return rc;
     if (field) {
         if ((rc = check_field(coll, field, err)))
             return rc;
@@ -510,15 +520,8 @@ gt_err gt_store_query_range(gt_store *s, const char *coll, const char *field, co
                             gt_store_page *page, gt_error *err)
 {
     gt_err rc;
-    if (page)
-        memset(page, 0, sizeof *page);
-    if ((rc = check_store(s, err)) || (rc = check_coll(coll, err)))
+    if ((rc = check_query(s, coll, page, limit, err)))
         return rc;
-    if (page == NULL)
-        return gt_error_setf(err, GT_EINVAL, "page", "%s: nowhere to put the page", coll);
-    if (limit < 1 || limit > GT_STORE__MAX_LIMIT)
-        return gt_error_setf(err, GT_EINVAL, "limit", "%s: limit %zu not in 1..%d", coll, limit,
-                             GT_STORE__MAX_LIMIT);
     if ((field && (rc = check_field(coll, field, err))) ||
         (rc = check_bound(coll, "lo", lo, err)) || (rc = check_bound(coll, "hi", hi, err)))
         return rc;

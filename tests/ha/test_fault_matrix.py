@@ -236,49 +236,43 @@ def test_3_sigkill_active_scheduler(ha):
     c.settle("HA 3: SIGKILL the active scheduler (then a runner)", ids, t0)
 
 
-def test_4_sigkill_etcd_leader(ha):
-    c = ha
+def under_load(c, scenario, fault):
+    """40 short runs through haproxy; fault() once 10 are accepted; every one must then
+    succeed, once. fault may return a function that undoes it after the load."""
     c.marked("work", "sleep 0.3")
     t0 = time.monotonic()
     load = Load(c, "work", 40).start()
     load.wait_accepted(10)
-    leader = c.etcd.kill_leader()
+    undo = fault()
     try:
         ids = load.join()
     finally:
-        c.etcd.start_member(leader)
-    docs = c.settle(f"HA 4: SIGKILL the etcd leader ({leader})", ids, t0)
+        if undo:
+            undo()
+    docs = c.settle(scenario, ids, t0)
     assert all(d["state"] == "succeeded" for d in docs.values()), collections.Counter(
         d["state"] for d in docs.values())
+    return load
+
+
+def test_4_sigkill_etcd_leader(ha):
+    def kill():
+        leader = ha.etcd.kill_leader()
+        return lambda: ha.etcd.start_member(leader)
+    under_load(ha, "HA 4: SIGKILL the etcd leader", kill)
 
 
 def test_5_restart_rabbitmq(ha):
-    c = ha
-    c.marked("work", "sleep 0.3")
-    t0 = time.monotonic()
-    load = Load(c, "work", 40).start()
-    load.wait_accepted(10)
-    c.rabbit.restart()
-    ids = load.join()
-    docs = c.settle("HA 5: restart RabbitMQ", ids, t0)
-    assert all(d["state"] == "succeeded" for d in docs.values()), collections.Counter(
-        d["state"] for d in docs.values())
+    def restart():
+        ha.rabbit.restart()   # stops and starts the node on the same ports and data
+    under_load(ha, "HA 5: restart RabbitMQ", restart)
 
 
 def test_6_redis_failover(ha):
-    c = ha
-    c.marked("work", "sleep 0.3")
-    t0 = time.monotonic()
-    load = Load(c, "work", 40).start()
-    load.wait_accepted(10)
-    old = c.redis.kill_master()
-    try:
-        c.redis.wait_for_failover(old)
-        ids = load.join()
-    finally:
-        c.redis.restart(old)
-    docs = c.settle("HA 6: Redis failover (SIGKILL its master)", ids, t0)
-    assert all(d["state"] == "succeeded" for d in docs.values()), collections.Counter(
-        d["state"] for d in docs.values())
+    def fail_over():
+        old = ha.redis.kill_master()
+        ha.redis.wait_for_failover(old)
+        return lambda: ha.redis.restart(old)
+    under_load(ha, "HA 6: Redis failover (SIGKILL its master)", fail_over)
     # the login made before the failover still works
-    assert request(c.port, "GET", "/api/v1/services", token=c.token)[0] == 200
+    assert request(ha.port, "GET", "/api/v1/services", token=ha.token)[0] == 200
