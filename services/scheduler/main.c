@@ -121,15 +121,18 @@ int main(int argc, char **argv)
                 .bus = bus,
                 .cluster_id = cfg->application.cluster_id,
                 .fence = &fence,
-                .grace_ms = every,
+                /* none: a runner's watchdog kills its runs two heartbeats after its last
+                 * renewal, a heartbeat before its lease (three) can expire */
+                .grace_ms = 0,
             };
             gt_reaper_pass(&rcfg, gt_now_ms());
             if (bus)
                 gt_dispatch_sweep(store, bus, cfg->application.cluster_id, &fence, gt_now_ms(),
                                   cfg->runner.redispatch_after);
         }
-        for (int64_t slept = 0; slept < every && !stop; slept += 100)
-            usleep(100 * 1000);
+        /* a quarter heartbeat: a dead runner's work moves soon after its lease expires */
+        for (int64_t slept = 0; slept < every / 4 && !stop; slept += 50)
+            usleep(50 * 1000);
     }
     if (leader)
         gt_store_lease_release(store, "scheduler", holder, NULL);

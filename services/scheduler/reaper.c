@@ -93,13 +93,16 @@ static bool reap_one(void *arg, const gt_store_item *it)
     return true;
 }
 
-static void put_runner(const gt_reaper_config *c, const gt_store_item *it, cJSON *doc)
+static bool put_runner(const gt_reaper_config *c, const gt_store_item *it, cJSON *doc)
 {
     char *text = gt_json_print(doc);
     gt_error e = {0};
-    if (gt_store_put_fenced(c->store, "runners", it->id, text, it->rev, NULL, c->fence, &e) != GT_OK)
+    bool ok = gt_store_put_fenced(c->store, "runners", it->id, text, it->rev, NULL, c->fence,
+                                  &e) == GT_OK;
+    if (!ok)
         gt_warn("runner %s: %s", it->id, e.message);
     free(text);
+    return ok;
 }
 
 int gt_reaper_pass(const gt_reaper_config *c, int64_t now_ms)
@@ -130,7 +133,13 @@ int gt_reaper_pass(const gt_reaper_config *c, int64_t now_ms)
                         str(r, "last_heartbeat") ? str(r, "last_heartbeat") : "?");
                 gt_json_set_str(r, "state", "dead");
                 gt_json_set_num(r, "dead_at_ms", (double)now_ms);
-                put_runner(c, it, r);
+                /* with no grace period its work moves at once: one more pass, which
+                 * reads the runner as dead (once: it is dead from now on) */
+                if (put_runner(c, it, r) && c->grace_ms <= 0) {
+                    cJSON_Delete(r);
+                    gt_store_page_clear(&runners);
+                    return handled + gt_reaper_pass(c, now_ms);
+                }
             }
             cJSON_Delete(r);
             continue;

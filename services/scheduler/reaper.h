@@ -3,9 +3,10 @@
  * when the reaper can take its lease ("runner:<id>", which the runner renews every
  * heartbeat): it expired, so the runner was fenced out (it kills its runs at two missed
  * renewals) or died (its runs died with it). The reaper keeps that lease, so a late
- * writer stays fenced out, marks the runner dead, and after a grace period queues each
- * of its running executions again as the next attempt while the service's retries
- * allow, else ends it as "lost". */
+ * writer stays fenced out, marks the runner dead, and (after grace_ms; the scheduler
+ * uses none, since a runner's watchdog kills its runs a heartbeat before its lease can
+ * expire) queues each of its running executions again as the next attempt while the
+ * service's retries allow, else ends it as "lost". */
 #ifndef GT_REAPER_H
 #define GT_REAPER_H
 
