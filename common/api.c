@@ -1024,7 +1024,10 @@ static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const c
         goto done;
     started st = {.r = r, .ex = ex, .rev = rev};
     gt_run_request rr = {
-        .on_start = on_child_start,
+        /* A sandboxed run dies with this process (bwrap --die-with-parent ends its pid
+         * namespace), so only an unsandboxed one needs its pid stored for kill_orphan:
+         * one store write (and fsync) fewer per run. */
+        .on_start = a->d.run->sandbox_none ? on_child_start : NULL,
         .on_start_arg = &st,
         .service = svc,
         .repository = repo,
