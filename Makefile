@@ -139,7 +139,13 @@ $(BUILD)/bench/spawn_rate: bench/spawn_rate.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) $< -lpthread -o $@
 
-BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate
+# the sandbox a run gets, through the library itself
+$(BUILD)/bench/sandbox_rate: bench/sandbox_rate.c $(LIB)
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate $(BUILD)/bench/sandbox_rate
 bench-bins: all $(BENCH_BINS)
 # bench/run and bench/runner.py install and build what they need themselves
 bench:
