@@ -467,6 +467,58 @@ static gt_err lock_repo(const char *lock_path, int *fd, int how, gt_error *err)
     return GT_OK;
 }
 
+/* Where the commit a reference last resolved to is remembered, for [runner]
+ * reference_max_age: <repos>/<url hash>.refs/<reference hash>. Caller frees. */
+static char *ref_stamp_path(const char *refs_dir, const char *reference)
+{
+    const char *ref = reference ? reference : "";
+    char h[65];
+    gt_sha256_hex(ref, strlen(ref), h);
+    h[32] = '\0';
+    return gt_path_join(refs_dir, h);
+}
+
+/* The commit remembered for the reference when it was resolved less than max_age_ms
+ * ago, else NULL. Caller frees. */
+static char *ref_stamp_read(const char *path, int64_t max_age_ms)
+{
+    struct stat st;
+    if (max_age_ms <= 0 || lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    int64_t at = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+    int64_t age = gt_now_ms() - at;
+    if (age < 0 || age >= max_age_ms)
+        return NULL;
+    char *text = NULL;
+    if (gt_read_file(path, 64, &text, NULL, NULL) != GT_OK)
+        return NULL;
+    trim(text);
+    if (!is_full_sha(text)) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Remembers sha for the reference (best effort, not synced: a stamp lost in a crash only
+ * means asking the remote once more). */
+static void ref_stamp_write(const char *refs_dir, const char *path, const char *sha)
+{
+    if (gt_mkdir_p(refs_dir, 0700, NULL) != GT_OK)
+        return;
+    char *tmp = gt_xasprintf("%s/.tmp-XXXXXX", refs_dir);
+    int fd = mkstemp(tmp);
+    if (fd >= 0) {
+        char line[42];
+        int n = snprintf(line, sizeof line, "%s\n", sha);
+        bool ok = write(fd, line, (size_t)n) == n;
+        close(fd);
+        if (!ok || rename(tmp, path) != 0)
+            unlink(tmp);
+    }
+    free(tmp);
+}
+
 gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *reference,
                         const char *ssh_key, const char *dest, char **commit, gt_error *err)
 {
@@ -479,6 +531,8 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
     char *cache_dir = gt_path_join(o->working_dir, "repos");
     char *gitdir = gt_xasprintf("%s/%s.git", cache_dir, hash);
     char *trees = gt_xasprintf("%s/%s.trees", cache_dir, hash);
+    char *refs = gt_xasprintf("%s/%s.refs", cache_dir, hash);
+    char *stamp = NULL;
     char *gd = gt_xasprintf("--git-dir=%s", gitdir);
     char *lock_path = gt_xasprintf("%s/%s.lock", cache_dir, hash);
     char *key_path = NULL;
@@ -515,16 +569,26 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
 
     /* The commit the reference names now: a full SHA names itself; anything else the
      * remote is asked about on every run (ls-remote, no fetch), so a run always sees
-     * the code at its reference. A tree already checked out for that commit is copied;
-     * only a commit not seen before is fetched and checked out, under the exclusive
-     * lock. */
+     * the code at its reference -- or, with [runner] reference_max_age, the commit it
+     * resolved to less than that long ago. A tree already checked out for that commit
+     * is copied; only a commit not seen before is fetched and checked out, under the
+     * exclusive lock. */
     if (is_full_sha(reference)) {
         sha = gt_xstrdup(reference);
         for (char *p = sha; *p; p++)
             *p = (char)tolower((unsigned char)*p);
-    } else if ((rc = ls_remote(o, &env, home, url, shown, reference, &sha, err)) != GT_OK &&
-               rc != GT_ENOTFOUND) {
-        goto done;
+    } else {
+        if (o->reference_max_age_ms > 0) {
+            stamp = ref_stamp_path(refs, reference);
+            sha = ref_stamp_read(stamp, o->reference_max_age_ms);
+        }
+        if (sha == NULL) {
+            rc = ls_remote(o, &env, home, url, shown, reference, &sha, err);
+            if (rc != GT_OK && rc != GT_ENOTFOUND)
+                goto done;
+            if (rc == GT_OK && stamp)
+                ref_stamp_write(refs, stamp, sha);
+        }
     }
     rc = GT_OK;
     if (sha) {
@@ -561,6 +625,8 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
                   (char *)NULL)) != GT_OK ||
         (rc = resolve(o, &env, home, gitdir, shown, reference, &sha, err)) != GT_OK)
         goto done;
+    if (stamp)
+        ref_stamp_write(refs, stamp, sha);
     free(tree);
     tree = gt_path_join(trees, sha);
     if (!gt_file_exists(tree)) {
@@ -607,6 +673,8 @@ done:
     free(key_path);
     free(lock_path);
     free(gd);
+    free(stamp);
+    free(refs);
     free(trees);
     free(gitdir);
     free(cache_dir);

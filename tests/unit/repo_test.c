@@ -293,6 +293,67 @@ static void test_tree_reuse(void **state)
     gt_rm_rf(dir, NULL);
 }
 
+/* [runner] reference_max_age: a reference resolved less than that long ago is reused
+ * (a push inside the window is not seen yet), and asked again once it has passed. */
+static void test_reference_max_age(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gt-refage-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *cmd = gt_xasprintf("cd %s && git init -q -b main src && cd src && echo one > f && "
+                             "git add f && git -c user.name=t -c user.email=t@t commit -qm one", dir);
+    sh(cmd);
+    free(cmd);
+    extern char **environ;
+    gt_run_options o = {.working_dir = dir, .git = "git", .environ = environ,
+                        .reference_max_age_ms = 60000};
+    char *url = gt_xasprintf("%s/src", dir);
+    char *first = NULL, *commit = NULL;
+    char *dest = gt_xasprintf("%s/co1", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &first, NULL), GT_OK);
+    free(dest);
+    cmd = gt_xasprintf("cd %s/src && echo two > f && git -c user.name=t -c user.email=t@t "
+                       "commit -qam two", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co2", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, NULL), GT_OK);
+    assert_string_equal(commit, first); /* inside the window */
+    char *text = read_text(dest, "f");
+    assert_string_equal(text, "one\n");
+    free(text);
+    free(commit);
+    free(dest);
+    /* the window passed (the stamp made old) */
+    cmd = gt_xasprintf("touch -d '2 minutes ago' %s/repos/*.refs/*", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co3", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, NULL), GT_OK);
+    assert_string_not_equal(commit, first);
+    text = read_text(dest, "f");
+    assert_string_equal(text, "two\n");
+    free(text);
+    free(commit);
+    free(dest);
+    /* the default (0) asks every time: back to one, seen at once */
+    o.reference_max_age_ms = 0;
+    cmd = gt_xasprintf("cd %s/src && echo three > f && git -c user.name=t -c user.email=t@t "
+                       "commit -qam three", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co4", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, NULL), GT_OK);
+    text = read_text(dest, "f");
+    assert_string_equal(text, "three\n");
+    free(text);
+    free(commit);
+    free(dest);
+    free(first);
+    free(url);
+    gt_rm_rf(dir, NULL);
+}
+
 int main(void)
 {
     gt_log_setup(NULL, GT_LOG_ERROR, false, "test");
@@ -303,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_run_time_refusals),
         cmocka_unit_test(test_no_hooks_no_foreign_config),
         cmocka_unit_test(test_tree_reuse),
+        cmocka_unit_test(test_reference_max_age),
     };
     return cmocka_run_group_tests_name("repo", tests, NULL, NULL);
 }
