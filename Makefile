@@ -5,6 +5,10 @@
 
 CC       ?= cc
 BUILD    ?= build
+# One spelling per build directory: -MMD names each target as BUILD was spelled, so a
+# build given as $(CURDIR)/build (bench scripts) and then as build would lose the header
+# dependencies of every object and link stale ones.
+override BUILD := $(patsubst $(CURDIR)/%,%,$(abspath $(BUILD)))
 SANITIZE ?=
 O        ?= -O2
 PKGS     := libcjson sqlite3 openssl libpcre2-8 libevent libevent_openssl libevent_pthreads \
