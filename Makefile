@@ -5,6 +5,10 @@
 
 CC       ?= cc
 BUILD    ?= build
+# One spelling per build directory: -MMD names each target as BUILD was spelled, so a
+# build given as $(CURDIR)/build (bench scripts) and then as build would lose the header
+# dependencies of every object and link stale ones.
+override BUILD := $(patsubst $(CURDIR)/%,%,$(abspath $(BUILD)))
 SANITIZE ?=
 O        ?= -O2
 PKGS     := libcjson sqlite3 openssl libpcre2-8 libevent libevent_openssl libevent_pthreads \
@@ -143,7 +147,14 @@ $(BUILD)/bench/store_bench: $(BUILD)/bench/store_bench.o $(LIB)
 	$(call say,LD,$@)
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate $(BUILD)/bench/store_bench
+# the sandbox a run gets, through the library itself
+$(BUILD)/bench/sandbox_rate: bench/sandbox_rate.c $(LIB)
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+BENCH_BINS := $(BUILD)/bench/bare_evhttp $(BUILD)/bench/spawn_rate $(BUILD)/bench/sandbox_rate \
+              $(BUILD)/bench/store_bench
 bench-bins: all $(BENCH_BINS)
 # bench/run and bench/runner.py install and build what they need themselves
 bench:

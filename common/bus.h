@@ -187,6 +187,13 @@ gt_bus_consumer *gt_bus_consume_start(gt_bus *bus, const char *queue, int prefet
 gt_err gt_bus_consume_next(gt_bus_consumer *c, int64_t timeout_ms, gt_bus_delivery *d,
                            gt_error *err);
 
+/* While gt_bus_consume_next waits for the broker, fd (a pipe or eventfd the caller
+ * owns and drains) becoming readable ends the wait early with GT_ETIMEDOUT, so another
+ * thread can wake the bus's thread without a polling tick. -1 clears it. False when
+ * the bus cannot honour it (TLS: the library may hold decrypted bytes a poll does not
+ * see); the caller then keeps waiting in short slices. */
+bool gt_bus_set_wakeup(gt_bus *bus, int fd);
+
 /* Acknowledges d: the broker forgets the message. Ack only once the work's outcome is
  * durable (its result published with a confirm). GT_OK once the ack is written; if the
  * connection fails right then, the broker may still deliver it again. GT_ECONFLICT when

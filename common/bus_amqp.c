@@ -135,6 +135,7 @@ struct gt_bus {
     const char *rpc_corr;         /* correlation id awaited; NULL: none */
     bool rpc_done, rpc_returned;
     char *rpc_reply;
+    int wake_fd;                  /* gt_bus_set_wakeup; -1: none */
     size_t rpc_reply_len;
 
     /* The consumers, each on a channel of its own. */
@@ -945,6 +946,7 @@ gt_bus *gt_bus_connect(const gt_bus_config *cfg, gt_error *err)
     bus->attempts = cfg->reconnect_attempts > 0 ? cfg->reconnect_attempts : 5;
     bus->host = gt_xstrdup(bus->hosts.v[0]);
     bus->next_tag = 1;
+    bus->wake_fd = -1;
     /* The first connection is one pass over the hosts: a daemon starting against a
      * wrong address should hear about it now, not after a round of backoff. */
     if (bus_connect_pass(bus, err) != GT_OK)
@@ -1537,12 +1539,32 @@ gt_err gt_bus_consume_next(gt_bus_consumer *c, int64_t timeout_ms, gt_bus_delive
         int64_t wait = left > 0 ? left : 0;
         if (want && !tried && c->retry_at - now < wait)
             wait = c->retry_at - now > 0 ? c->retry_at - now : 0; /* wake for the attempt */
-        if (bus->conn != NULL)
+        if (bus->conn != NULL && wait > 0 && bus->wake_fd >= 0 &&
+            !amqp_data_in_buffer(bus->conn) && !amqp_frames_enqueued(bus->conn)) {
+            /* nothing buffered: wait on the socket and the wake-up fd together */
+            struct pollfd pfd[2] = {{.fd = amqp_get_sockfd(bus->conn), .events = POLLIN},
+                                    {.fd = bus->wake_fd, .events = POLLIN}};
+            int n = poll(pfd, 2, (int)wait);
+            if (n > 0 && pfd[1].revents)
+                return gt_error_set(err, GT_ETIMEDOUT, "amqp: woken while waiting on '%s'",
+                                    c->queue);
+            /* also when nothing came: the library sends heartbeats from its reads */
+            (void)bus_pump(bus, 0, NULL);
+        } else if (bus->conn != NULL) {
             (void)bus_pump(bus, wait, NULL); /* heartbeats go out while it waits */
-        else
+        } else {
             (void)bus_sleep(wait, NULL);
+        }
         waited = true;
     }
+}
+
+bool gt_bus_set_wakeup(gt_bus *bus, int fd)
+{
+    if (bus == NULL || bus->use_tls)
+        return false;
+    bus->wake_fd = fd;
+    return true;
 }
 
 /* Acks (how 0), rejects (1) or requeues (2) d on c. */

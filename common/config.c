@@ -195,6 +195,9 @@ static const cfg_key keys[] = {
     KDUR("runner", runner, default_timeout, "0", 0, 30 * MS_DAY, MS_SEC,
          "run timeout when a service sets none (0: none)"),
     KDUR("runner", runner, fetch_timeout, "5m", 0, MS_DAY, MS_SEC, "timeout for git and pip"),
+    KDUR("runner", runner, reference_max_age, "0", 0, MS_HOUR, MS_SEC,
+         "reuse the commit a repository's reference resolved to this long before asking the "
+         "remote again (0: ask on every run) (Gantry)"),
     KDUR("runner", runner, redispatch_after, "30s", MS_SEC, MS_DAY, MS_SEC,
          "the scheduler announces queued work again when no runner took it this long "
          "(doubling per announcement, up to 16 times this)"),

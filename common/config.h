@@ -127,6 +127,7 @@ typedef struct gt_config {
         int64_t drain_timeout;        /* runner SIGTERM: in-flight runs may take this long */
         int64_t default_timeout;      /* 0: no limit */
         int64_t fetch_timeout;        /* git and pip */
+        int64_t reference_max_age;    /* a resolved reference is reused this long; 0: never */
         int64_t redispatch_after;     /* queued work not taken this long is announced again */
         char *python;
         char *ansible_playbook;

@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1251,6 +1253,11 @@ static void gt_http_on_accept(struct evconnlistener *l, evutil_socket_t fd, stru
         s->refused++;
         return;
     }
+    /* A response goes out as soon as it is written: with Nagle on, the last segment of
+     * a reply larger than one segment waits for the client's delayed ACK (40 ms). */
+    int one = 1;
+    if (sa && sa->sa_family != AF_UNIX)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct bufferevent *bev = NULL;
     int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
     if (s->ssl_ctx) {
@@ -1819,6 +1826,8 @@ static int gt_http_tcp_connect(gt_http_conn *c, const char *host, int64_t port)
             continue;
         }
         c->fd = fd;
+        int one = 1; /* a request's headers and body are separate writes: no Nagle wait */
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         int e = 0;
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
             e = errno;

@@ -1,6 +1,8 @@
 #include "repo.h"
 
 #include <ctype.h>
+#include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -8,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "crypto.h"
@@ -278,6 +281,244 @@ static gt_err resolve(const gt_run_options *o, gt_strv *env, const char *home,
     return rc;
 }
 
+/* Commits whose checked-out tree is kept per repository, to copy from; the least
+ * recently used beyond this are removed. */
+#define TREES_KEPT 8
+
+static bool is_full_sha(const char *s)
+{
+    size_t n = 0;
+    for (; s && isxdigit((unsigned char)s[n]); n++)
+        ;
+    return s && n == 40 && s[n] == '\0';
+}
+
+/* The commit reference names on the remote now, asked with one `git ls-remote` (no
+ * fetch): the remote's HEAD, else the branch, else the (peeled) tag, as resolve() does.
+ * GT_ENOTFOUND when the remote lists no such name (it may be an abbreviated SHA: the
+ * caller fetches and asks the cache); another error when the remote cannot be asked. */
+static gt_err ls_remote(const gt_run_options *o, gt_strv *env, const char *home,
+                        const char *url, const char *shown, const char *reference, char **sha,
+                        gt_error *err)
+{
+    bool head = reference == NULL || reference[0] == '\0';
+    char *want[3] = {0};    /* in order of preference */
+    if (head) {
+        want[0] = gt_xstrdup("HEAD");
+    } else {
+        want[0] = gt_xasprintf("refs/heads/%s", reference);
+        want[1] = gt_xasprintf("refs/tags/%s^{}", reference);
+        want[2] = gt_xasprintf("refs/tags/%s", reference);
+    }
+    char *what = gt_xasprintf("fetching %s", shown); /* what users know it as */
+    char *out = NULL;
+    gt_err rc = head ? git(o, env, home, what, &out, err, "ls-remote", "--end-of-options", url,
+                           "HEAD", (char *)NULL)
+                     : git(o, env, home, what, &out, err, "ls-remote", "--end-of-options", url,
+                           want[0], want[1], want[2], (char *)NULL);
+    int best = 3;
+    char found[41] = "";
+    for (char *line = out, *next; rc == GT_OK && line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *tab = strchr(line, '\t');
+        if (tab == NULL || tab - line != 40)
+            continue;
+        *tab = '\0';
+        for (int i = 0; i < best && want[i]; i++) {
+            if (strcmp(trim(tab + 1), want[i]) == 0 && is_full_sha(line)) {
+                snprintf(found, sizeof found, "%s", line);
+                best = i;
+            }
+        }
+    }
+    if (rc == GT_OK && found[0] == '\0')
+        rc = GT_ENOTFOUND;
+    else if (rc == GT_OK)
+        *sha = gt_xstrdup(found);
+    free(out);
+    free(what);
+    for (int i = 0; i < 3; i++)
+        free(want[i]);
+    return rc;
+}
+
+/* Copies the tree at from (a directory of regular files, directories and symlinks, as
+ * git checks out) to to, which is created. Modes are kept; nothing is linked, so what
+ * a run writes in its copy never reaches the cached tree. */
+static gt_err copy_tree(const char *from, const char *to, gt_error *err)
+{
+    struct stat st;
+    if (lstat(from, &st) != 0)
+        return gt_error_set(err, GT_EIO, "%s: %s", from, strerror(errno));
+    if (S_ISLNK(st.st_mode)) {
+        char target[PATH_MAX];
+        ssize_t n = readlink(from, target, sizeof target - 1);
+        if (n < 0)
+            return gt_error_set(err, GT_EIO, "%s: %s", from, strerror(errno));
+        target[n] = '\0';
+        if (symlink(target, to) != 0)
+            return gt_error_set(err, GT_EIO, "%s: %s", to, strerror(errno));
+        return GT_OK;
+    }
+    if (S_ISREG(st.st_mode)) {
+        gt_err rc = GT_OK;
+        int in = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        int out = in < 0 ? -1 : open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777);
+        if (in < 0 || out < 0) {
+            rc = gt_error_set(err, GT_EIO, "%s: %s", in < 0 ? from : to, strerror(errno));
+            goto file_done;
+        }
+        char buf[65536];
+        for (ssize_t n; (n = read(in, buf, sizeof buf)) != 0;) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                rc = gt_error_set(err, GT_EIO, "%s: %s", from, strerror(errno));
+                break;
+            }
+            for (ssize_t off = 0; off < n;) {
+                ssize_t w = write(out, buf + off, (size_t)(n - off));
+                if (w < 0 && errno == EINTR)
+                    continue;
+                if (w < 0) {
+                    rc = gt_error_set(err, GT_EIO, "%s: %s", to, strerror(errno));
+                    goto file_done;
+                }
+                off += w;
+            }
+        }
+    file_done:
+        if (in >= 0)
+            close(in);
+        if (out >= 0)
+            close(out);
+        return rc;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return gt_error_set(err, GT_EIO, "%s: not a file, directory or symlink", from);
+    if (mkdir(to, 0700) != 0 && errno != EEXIST)
+        return gt_error_set(err, GT_EIO, "%s: %s", to, strerror(errno));
+    DIR *d = opendir(from);
+    if (d == NULL)
+        return gt_error_set(err, GT_EIO, "%s: %s", from, strerror(errno));
+    gt_err rc = GT_OK;
+    for (struct dirent *de; rc == GT_OK && (de = readdir(d)) != NULL;) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char *a = gt_path_join(from, de->d_name), *b = gt_path_join(to, de->d_name);
+        rc = copy_tree(a, b, err);
+        free(a);
+        free(b);
+    }
+    closedir(d);
+    if (rc == GT_OK && chmod(to, st.st_mode & 0777) != 0)
+        rc = gt_error_set(err, GT_EIO, "%s: %s", to, strerror(errno));
+    return rc;
+}
+
+/* Keeps the TREES_KEPT most recently used trees of one repository (the caller holds
+ * its lock exclusively) and removes what an interrupted build left. */
+static void evict_trees(const char *trees)
+{
+    DIR *d = opendir(trees);
+    if (d == NULL)
+        return;
+    struct { char *path; int64_t used; } keep[TREES_KEPT + 1];
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char *path = gt_path_join(trees, de->d_name);
+        struct stat st;
+        if (!is_full_sha(de->d_name) || lstat(path, &st) != 0) {
+            gt_rm_rf(path, NULL); /* a build's leftover: only the lock holder builds */
+            free(path);
+            continue;
+        }
+        keep[n].path = path;
+        keep[n].used = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        /* insertion, newest first; the one past the bound is removed */
+        for (int i = n; i > 0 && keep[i].used > keep[i - 1].used; i--) {
+            __typeof__(keep[0]) t = keep[i];
+            keep[i] = keep[i - 1];
+            keep[i - 1] = t;
+        }
+        if (++n > TREES_KEPT) {
+            gt_rm_rf(keep[TREES_KEPT].path, NULL);
+            free(keep[TREES_KEPT].path);
+            n = TREES_KEPT;
+        }
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++)
+        free(keep[i].path);
+}
+
+/* Takes the repository's lock as how (LOCK_SH to copy a cached tree, LOCK_EX to fetch
+ * and build one), replacing what *fd held. */
+static gt_err lock_repo(const char *lock_path, int *fd, int how, gt_error *err)
+{
+    if (*fd < 0)
+        *fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd < 0 || flock(*fd, how) != 0)
+        return gt_error_set(err, GT_EIO, "%s: %s", lock_path, strerror(errno));
+    return GT_OK;
+}
+
+/* Where the commit a reference last resolved to is remembered, for [runner]
+ * reference_max_age: <repos>/<url hash>.refs/<reference hash>. Caller frees. */
+static char *ref_stamp_path(const char *refs_dir, const char *reference)
+{
+    const char *ref = reference ? reference : "";
+    char h[65];
+    gt_sha256_hex(ref, strlen(ref), h);
+    h[32] = '\0';
+    return gt_path_join(refs_dir, h);
+}
+
+/* The commit remembered for the reference when it was resolved less than max_age_ms
+ * ago, else NULL. Caller frees. */
+static char *ref_stamp_read(const char *path, int64_t max_age_ms)
+{
+    struct stat st;
+    if (max_age_ms <= 0 || lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    int64_t at = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+    int64_t age = gt_now_ms() - at;
+    if (age < 0 || age >= max_age_ms)
+        return NULL;
+    char *text = NULL;
+    if (gt_read_file(path, 64, &text, NULL, NULL) != GT_OK)
+        return NULL;
+    trim(text);
+    if (!is_full_sha(text)) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Remembers sha for the reference (best effort, not synced: a stamp lost in a crash only
+ * means asking the remote once more). */
+static void ref_stamp_write(const char *refs_dir, const char *path, const char *sha)
+{
+    if (gt_mkdir_p(refs_dir, 0700, NULL) != GT_OK)
+        return;
+    char *tmp = gt_xasprintf("%s/.tmp-XXXXXX", refs_dir);
+    int fd = mkstemp(tmp);
+    if (fd >= 0) {
+        char line[42];
+        int n = snprintf(line, sizeof line, "%s\n", sha);
+        bool ok = write(fd, line, (size_t)n) == n;
+        close(fd);
+        if (!ok || rename(tmp, path) != 0)
+            unlink(tmp);
+    }
+    free(tmp);
+}
+
 gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *reference,
                         const char *ssh_key, const char *dest, char **commit, gt_error *err)
 {
@@ -289,13 +530,16 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
     char *shown = gt_repo_url_mask(url);
     char *cache_dir = gt_path_join(o->working_dir, "repos");
     char *gitdir = gt_xasprintf("%s/%s.git", cache_dir, hash);
+    char *trees = gt_xasprintf("%s/%s.trees", cache_dir, hash);
+    char *refs = gt_xasprintf("%s/%s.refs", cache_dir, hash);
+    char *stamp = NULL;
     char *gd = gt_xasprintf("--git-dir=%s", gitdir);
     char *lock_path = gt_xasprintf("%s/%s.lock", cache_dir, hash);
     char *key_path = NULL;
     char *known_hosts = gt_path_join(o->working_dir, "known_hosts");
     char *index = gt_xasprintf("%s.index", dest);
     char *home = gt_xasprintf("%s.home", dest);
-    char *sha = NULL, *what = NULL, *wt = NULL;
+    char *sha = NULL, *what = NULL, *wt = NULL, *tree = NULL, *tmp = NULL;
     int lock_fd = -1;
 
     /* Repositories stored before URLs were checked this strictly are refused here. */
@@ -307,13 +551,8 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
                           "false); use https:// or ssh", shown);
         goto done;
     }
-    if ((rc = gt_mkdir_p(cache_dir, 0700, err)) != GT_OK)
+    if ((rc = gt_mkdir_p(trees, 0700, err)) != GT_OK)
         goto done;
-    lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lock_fd < 0 || flock(lock_fd, LOCK_EX) != 0) {
-        rc = gt_error_set(err, GT_EIO, "%s: %s", lock_path, strerror(errno));
-        goto done;
-    }
     if ((rc = gt_rm_rf(home, err)) != GT_OK || (rc = gt_mkdir_p(home, 0700, err)) != GT_OK)
         goto done;
     if (ssh_key && is_ssh_url(url)) {
@@ -328,6 +567,47 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
     }
     git_env(o, home, key_path, known_hosts, &env);
 
+    /* The commit the reference names now: a full SHA names itself; anything else the
+     * remote is asked about on every run (ls-remote, no fetch), so a run always sees
+     * the code at its reference -- or, with [runner] reference_max_age, the commit it
+     * resolved to less than that long ago. A tree already checked out for that commit
+     * is copied; only a commit not seen before is fetched and checked out, under the
+     * exclusive lock. */
+    if (is_full_sha(reference)) {
+        sha = gt_xstrdup(reference);
+        for (char *p = sha; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+    } else {
+        if (o->reference_max_age_ms > 0) {
+            stamp = ref_stamp_path(refs, reference);
+            sha = ref_stamp_read(stamp, o->reference_max_age_ms);
+        }
+        if (sha == NULL) {
+            rc = ls_remote(o, &env, home, url, shown, reference, &sha, err);
+            if (rc != GT_OK && rc != GT_ENOTFOUND)
+                goto done;
+            if (rc == GT_OK && stamp)
+                ref_stamp_write(refs, stamp, sha);
+        }
+    }
+    rc = GT_OK;
+    if (sha) {
+        tree = gt_path_join(trees, sha);
+        if ((rc = lock_repo(lock_path, &lock_fd, LOCK_SH, err)) != GT_OK)
+            goto done;
+        if (gt_file_exists(tree)) {
+            utimensat(AT_FDCWD, tree, NULL, 0); /* recently used: kept by evict_trees */
+            rc = copy_tree(tree, dest, err);
+            if (rc == GT_OK) {
+                *commit = sha;
+                sha = NULL;
+            }
+            goto done;
+        }
+    }
+    if ((rc = lock_repo(lock_path, &lock_fd, LOCK_EX, err)) != GT_OK)
+        goto done;
+
     /* --template= (empty): no sample hooks or other template files in the cache */
     if (!gt_file_exists(gitdir) &&
         (rc = git(o, &env, home, "git init", NULL, err, "init", "--quiet", "--bare",
@@ -336,33 +616,54 @@ gt_err gt_repo_checkout(const gt_run_options *o, const char *url, const char *re
     if ((rc = reset_cache(gitdir, err)) != GT_OK)
         goto done;
     what = gt_xasprintf("fetching %s", shown);
+    free(sha);
+    sha = NULL;
+    /* the fetched refs decide (a push since ls-remote wins); a full SHA is asked as is */
     if ((rc = git(o, &env, home, what, NULL, err, gd, "fetch", "--quiet", "--prune", "--force",
                   "--no-tags", "--end-of-options", url, "+HEAD:refs/gantry/HEAD",
                   "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
                   (char *)NULL)) != GT_OK ||
-        (rc = resolve(o, &env, home, gitdir, shown, reference, &sha, err)) != GT_OK ||
-        (rc = gt_mkdir_p(dest, 0700, err)) != GT_OK)
+        (rc = resolve(o, &env, home, gitdir, shown, reference, &sha, err)) != GT_OK)
         goto done;
-    /* Check out into dest with an index of its own: the cache stays bare and
-     * concurrent runs of other commits do not disturb each other. */
-    wt = gt_xasprintf("--work-tree=%s", dest);
-    gt_strv_push_owned(&env, gt_xasprintf("GIT_INDEX_FILE=%s", index));
-    if ((rc = git(o, &env, home, "git read-tree", NULL, err, gd, wt, "read-tree", sha,
-                  (char *)NULL)) != GT_OK ||
-        (rc = git(o, &env, home, "git checkout-index", NULL, err, gd, wt, "checkout-index", "-a",
-                  "-f", (char *)NULL)) != GT_OK)
+    if (stamp)
+        ref_stamp_write(refs, stamp, sha);
+    free(tree);
+    tree = gt_path_join(trees, sha);
+    if (!gt_file_exists(tree)) {
+        /* Check out into a directory of its own with an index of its own (the cache
+         * stays bare), then rename it into place: a tree is complete or absent. */
+        tmp = gt_xasprintf("%s/.build-%s", trees, sha);
+        wt = gt_xasprintf("--work-tree=%s", tmp);
+        gt_strv_push_owned(&env, gt_xasprintf("GIT_INDEX_FILE=%s", index));
+        if ((rc = gt_rm_rf(tmp, err)) != GT_OK || (rc = gt_mkdir_p(tmp, 0700, err)) != GT_OK ||
+            (rc = git(o, &env, home, "git read-tree", NULL, err, gd, wt, "read-tree", sha,
+                      (char *)NULL)) != GT_OK ||
+            (rc = git(o, &env, home, "git checkout-index", NULL, err, gd, wt, "checkout-index",
+                      "-a", "-f", (char *)NULL)) != GT_OK)
+            goto done;
+        if (rename(tmp, tree) != 0) {
+            rc = gt_error_set(err, GT_EIO, "%s: %s", tree, strerror(errno));
+            goto done;
+        }
+        evict_trees(trees);
+    }
+    if ((rc = copy_tree(tree, dest, err)) != GT_OK)
         goto done;
     *commit = sha;
     sha = NULL;
 done:
     if (rc != GT_OK && err)
         scrub_password(err->message, sizeof err->message, url);
+    if (tmp)
+        gt_rm_rf(tmp, NULL);
     if (lock_fd >= 0)
         close(lock_fd); /* releases the flock */
     if (key_path)
         unlink(key_path);
     unlink(index);
     gt_rm_rf(home, NULL);
+    free(tmp);
+    free(tree);
     free(wt);
     free(what);
     free(sha);
@@ -372,6 +673,9 @@ done:
     free(key_path);
     free(lock_path);
     free(gd);
+    free(stamp);
+    free(refs);
+    free(trees);
     free(gitdir);
     free(cache_dir);
     free(shown);

@@ -25,6 +25,7 @@ typedef struct gt_run_options {
     int64_t kill_grace_ms;
     int64_t default_timeout_ms;    /* when the service sets none; 0 = no limit */
     int64_t fetch_timeout_ms;      /* git and pip; 0 = 300 s */
+    int64_t reference_max_age_ms;  /* reuse a resolved reference this long; 0: ask every run */
     const char *pip_index_url;     /* pip options; NULL or "" = pip's default */
     const char *pip_extra_index_url;
     const char *pip_find_links;

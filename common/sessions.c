@@ -74,6 +74,7 @@ struct gt_sessions {
     char *prefix;
     size_t prefix_len;
     redisContext *c; /* NULL until connected, and after an I/O error */
+    bool sigpipe_ignored; /* by the process, when the handle was made */
     char master[300];  /* "host:port" of the master last connected to */
 };
 
@@ -151,7 +152,9 @@ static void addr_format(char *out, size_t n, const char *host, int port)
 
 /* hiredis 0.14 writes with write(2), so a peer that went away raises SIGPIPE, whose
  * default action would end the daemon. Block it on this thread for the duration of a
- * call and swallow one we caused, leaving the process's dispositions alone. */
+ * call and swallow one we caused, leaving the process's dispositions alone -- unless
+ * the process ignores SIGPIPE (every Gantry daemon does, in its main.c), which is
+ * checked once per handle: then the two sigprocmask calls per command are skipped. */
 typedef struct sigpipe_guard {
     sigset_t old;
     bool active;
@@ -165,8 +168,18 @@ static bool sigpipe_pending(void)
     return sigpending(&pend) == 0 && sigismember(&pend, SIGPIPE) == 1;
 }
 
-static void sigpipe_block(sigpipe_guard *g)
+static bool sigpipe_ignored(void)
 {
+    struct sigaction sa;
+    return sigaction(SIGPIPE, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
+           sa.sa_handler == SIG_IGN;
+}
+
+static void sigpipe_block(sigpipe_guard *g, bool ignored)
+{
+    g->active = false;
+    if (ignored)
+        return;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGPIPE);
@@ -514,7 +527,7 @@ static gt_err run(gt_sessions *s, const char *what, sess_cmd *cmds, size_t n,
     gt_err rc = GT_OK;
     gt_error first = {0};
     sigpipe_guard g;
-    sigpipe_block(&g);
+    sigpipe_block(&g, s->sigpipe_ignored);
     for (int attempt = 0;; attempt++) {
         gt_error e = {0};
         bool retry = false;
@@ -697,7 +710,8 @@ gt_sessions *gt_sessions_new(const gt_sessions_config *cfg, gt_error *err)
     s->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : SESS_DEFAULT_TIMEOUT_MS;
     s->prefix = gt_xstrdup(cfg->prefix ? cfg->prefix : "");
     s->prefix_len = strlen(s->prefix);
-    sigpipe_block(&g);
+    s->sigpipe_ignored = sigpipe_ignored();
+    sigpipe_block(&g, s->sigpipe_ignored);
     gt_err rc = discover(s, err);
     sigpipe_restore(&g);
     if (rc != GT_OK)
@@ -791,6 +805,32 @@ gt_err gt_sessions_get(gt_sessions *s, const char *key, char **value, gt_error *
     else
         rc = reply_error(s, "GET", r[0], err);
 done:
+    replies_free(r, 1);
+    free(k);
+    return rc;
+}
+
+gt_err gt_sessions_expire(gt_sessions *s, const char *key, int64_t ttl_ms, gt_error *err)
+{
+    gt_err rc = check_args(s, "PEXPIRE", key, ttl_ms, err);
+    if (rc != GT_OK)
+        return rc;
+    if (ttl_ms == 0)
+        return gt_error_set(err, GT_EINVAL, "sessions PEXPIRE: TTL must be positive");
+    size_t kn = 0;
+    char *k = key_make(s, key, &kn);
+    redisReply *r[1] = {NULL};
+    sess_cmd cmd = {0};
+    char px[24];
+    snprintf(px, sizeof px, "%lld", (long long)ttl_ms);
+    cmd_str(&cmd, "PEXPIRE");
+    cmd_arg(&cmd, k, kn);
+    cmd_str(&cmd, px);
+    rc = run(s, "PEXPIRE", &cmd, 1, r, err);
+    if (rc == GT_OK && r[0]->type != REDIS_REPLY_INTEGER)
+        rc = reply_error(s, "PEXPIRE", r[0], err);
+    else if (rc == GT_OK && r[0]->integer == 0)
+        rc = gt_error_set(err, GT_ENOTFOUND, "session key not found (absent or expired)");
     replies_free(r, 1);
     free(k);
     return rc;

@@ -49,6 +49,8 @@ gt_err gt_sessions_get(gt_sessions *s, const char *key, char **value, gt_error *
 /* GET and, when present, PEXPIRE key ttl_ms in one round trip (sliding sessions). */
 gt_err gt_sessions_get_touch(gt_sessions *s, const char *key, int64_t ttl_ms, char **value,
                              gt_error *err);
+/* PEXPIRE key ttl_ms (> 0); GT_ENOTFOUND when the key is gone. */
+gt_err gt_sessions_expire(gt_sessions *s, const char *key, int64_t ttl_ms, gt_error *err);
 /* DEL; deleting an absent key is GT_OK. */
 gt_err gt_sessions_del(gt_sessions *s, const char *key, gt_error *err);
 /* INCR key, setting PEXPIRE ttl_ms when the key is new; *value is the new count. */

@@ -20,6 +20,7 @@ void gt_setup_run_options(const gt_config *cfg, char *const *envp, gt_run_option
         .kill_grace_ms = cfg->runner.kill_grace_period,
         .default_timeout_ms = cfg->runner.default_timeout,
         .fetch_timeout_ms = cfg->runner.fetch_timeout,
+        .reference_max_age_ms = cfg->runner.reference_max_age,
         .pip_index_url = cfg->runner.pip_index_url,
         .pip_extra_index_url = cfg->runner.pip_extra_index_url,
         .pip_find_links = cfg->runner.pip_find_links,

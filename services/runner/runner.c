@@ -1,5 +1,7 @@
 #include "runner.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,8 @@ struct gt_runner {
     pthread_cond_t beat_cv;
     job **done;             /* finished by the pool, to settle on the main thread */
     size_t ndone, capdone;
+    int wake[2];            /* a finished job wakes the main thread out of its broker wait */
+    bool woken_by_bus;      /* the bus honours wake[0]: no short polling slices needed */
 
     atomic_int fenced;      /* the lease is lost: kill, record nothing, stop */
     atomic_int beat_stop;
@@ -182,6 +186,16 @@ static void job_done(void *arg, void *jp, gt_err rc, const gt_error *err)
     }
     r->done[r->ndone++] = j;
     pthread_mutex_unlock(&r->mu);
+    char c = 1;
+    if (write(r->wake[1], &c, 1) < 0 && errno != EAGAIN) /* full: a wake-up is pending */
+        gt_warn("runner: waking the main thread: %s", strerror(errno));
+}
+
+static void drain_wake(gt_runner *r)
+{
+    char buf[64];
+    while (read(r->wake[0], buf, sizeof buf) > 0)
+        ;
 }
 
 static void hand_back(void *arg, void *jp)
@@ -237,8 +251,8 @@ static void ensure_broker(gt_runner *r)
     if (now < r->bus_retry_at)
         return;
     gt_error e = {0};
-    if (r->bus == NULL)
-        r->bus = gt_bus_connect(&r->c.bus, &e);
+    if (r->bus == NULL && (r->bus = gt_bus_connect(&r->c.bus, &e)) != NULL)
+        r->woken_by_bus = gt_bus_set_wakeup(r->bus, r->wake[0]);
     for (int i = 0; r->bus && i < r->nqueues; i++) {
         if (r->consumers[i])
             continue;
@@ -351,9 +365,11 @@ gt_err gt_runner_serve(gt_runner *r, atomic_int *stop, gt_error *err)
             canceled = true;
         }
         ensure_broker(r);
-        /* while work is in flight, wait only briefly, so a finished run is settled (and
-         * its slot refilled) at once */
-        consume(r, r->in_flight > 0 ? 5 : 100);
+        /* a finished run is settled (and its slot refilled) at once: the pool wakes the
+         * bus's wait; where the bus cannot be woken (TLS), wait only briefly while work
+         * is in flight */
+        consume(r, r->in_flight > 0 && !r->woken_by_bus ? 5 : 100);
+        drain_wake(r);
         settle(r);
     }
     settle(r);
@@ -370,6 +386,11 @@ gt_runner *gt_runner_new(const gt_runner_config *cfg, gt_error *err)
     r->started_ms = gt_now_ms();
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->beat_cv, NULL);
+    if (pipe2(r->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        r->wake[0] = r->wake[1] = -1;
+        gt_error_set(err, GT_EUNAVAIL, "runner: pipe: %s", strerror(errno));
+        goto fail;
+    }
     if (r->c.capacity < 1)
         r->c.capacity = 1;
     if (r->c.heartbeat_ms <= 0)
@@ -467,6 +488,9 @@ void gt_runner_free(gt_runner **pr)
     free(r->queues);
     free(r->done);
     gt_bus_free(&r->bus);
+    for (int i = 0; i < 2; i++)
+        if (r->wake[i] >= 0)
+            close(r->wake[i]);
     gt_store_free(&r->store);
     free(r->lease_name);
     pthread_cond_destroy(&r->beat_cv);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -190,6 +191,169 @@ static void test_no_hooks_no_foreign_config(void **state)
     gt_rm_rf(dir, NULL);
 }
 
+static char *read_text(const char *dir, const char *name)
+{
+    char *path = gt_path_join(dir, name), *text = NULL;
+    if (gt_read_file(path, 4096, &text, NULL, NULL) != GT_OK)
+        fail_msg("cannot read %s", path);
+    free(path);
+    return text;
+}
+
+static int count_trees(const char *dir)
+{
+    char *cmd = gt_xasprintf("test $(ls %s/repos/*.trees | wc -l) -le 8", dir);
+    int rc = system(cmd);
+    free(cmd);
+    return rc;
+}
+
+/* A checked-out tree is reused per commit: a run's writes never reach the next run,
+ * a push is seen by the very next run, a SHA reference works, modes and symlinks are
+ * kept, and the number of trees kept is bounded. */
+static void test_tree_reuse(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gt-trees-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *cmd = gt_xasprintf(
+        "cd %s && git init -q -b main src && cd src && echo one > f && mkdir d && "
+        "printf '#!/bin/sh\\n' > d/run && chmod +x d/run && ln -s d/run link && git add . && "
+        "git -c user.name=t -c user.email=t@t commit -qm one", dir);
+    sh(cmd);
+    free(cmd);
+    extern char **environ;
+    gt_run_options o = {.working_dir = dir, .git = "git", .environ = environ};
+    char *url = gt_xasprintf("%s/src", dir);
+    char *first = NULL, *commit = NULL;
+    char *dest = gt_xasprintf("%s/co1", dir);
+    gt_error e = {0};
+    if (gt_repo_checkout(&o, url, "main", NULL, dest, &first, &e) != GT_OK)
+        fail_msg("checkout: %s", e.message);
+    /* the run scribbles over its copy */
+    cmd = gt_xasprintf("cd %s && echo changed > f && rm d/run && echo new > extra", dest);
+    sh(cmd);
+    free(cmd);
+    free(dest);
+    dest = gt_xasprintf("%s/co2", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, &e), GT_OK);
+    assert_string_equal(commit, first);
+    char *text = read_text(dest, "f");
+    assert_string_equal(text, "one\n");
+    free(text);
+    char *extra = gt_path_join(dest, "extra"), *run = gt_path_join(dest, "d/run");
+    char *link = gt_path_join(dest, "link");
+    assert_false(gt_file_exists(extra));
+    struct stat st;
+    assert_int_equal(stat(run, &st), 0);
+    assert_true(st.st_mode & S_IXUSR);
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    free(link);
+    free(run);
+    free(extra);
+    free(commit);
+    free(dest);
+    /* a push is seen at once, with no window */
+    cmd = gt_xasprintf("cd %s/src && echo two > f && git -c user.name=t -c user.email=t@t "
+                       "commit -qam two", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co3", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, &e), GT_OK);
+    assert_string_not_equal(commit, first);
+    text = read_text(dest, "f");
+    assert_string_equal(text, "two\n");
+    free(text);
+    free(commit);
+    free(dest);
+    /* the first commit by its SHA, from the trees kept */
+    dest = gt_xasprintf("%s/co4", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, first, NULL, dest, &commit, &e), GT_OK);
+    assert_string_equal(commit, first);
+    text = read_text(dest, "f");
+    assert_string_equal(text, "one\n");
+    free(text);
+    free(commit);
+    free(dest);
+    /* more commits than trees kept: the oldest go */
+    for (int i = 0; i < 10; i++) {
+        cmd = gt_xasprintf("cd %s/src && echo %d > f && git -c user.name=t -c user.email=t@t "
+                           "commit -qam c%d", dir, i, i);
+        sh(cmd);
+        free(cmd);
+        dest = gt_xasprintf("%s/loop%d", dir, i);
+        assert_int_equal(gt_repo_checkout(&o, url, NULL, NULL, dest, &commit, &e), GT_OK);
+        free(commit);
+        free(dest);
+    }
+    assert_int_equal(count_trees(dir), 0);
+    free(first);
+    free(url);
+    gt_rm_rf(dir, NULL);
+}
+
+/* [runner] reference_max_age: a reference resolved less than that long ago is reused
+ * (a push inside the window is not seen yet), and asked again once it has passed. */
+static void test_reference_max_age(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gt-refage-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *cmd = gt_xasprintf("cd %s && git init -q -b main src && cd src && echo one > f && "
+                             "git add f && git -c user.name=t -c user.email=t@t commit -qm one", dir);
+    sh(cmd);
+    free(cmd);
+    extern char **environ;
+    gt_run_options o = {.working_dir = dir, .git = "git", .environ = environ,
+                        .reference_max_age_ms = 60000};
+    char *url = gt_xasprintf("%s/src", dir);
+    char *first = NULL, *commit = NULL;
+    char *dest = gt_xasprintf("%s/co1", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &first, NULL), GT_OK);
+    free(dest);
+    cmd = gt_xasprintf("cd %s/src && echo two > f && git -c user.name=t -c user.email=t@t "
+                       "commit -qam two", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co2", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, NULL), GT_OK);
+    assert_string_equal(commit, first); /* inside the window */
+    char *text = read_text(dest, "f");
+    assert_string_equal(text, "one\n");
+    free(text);
+    free(commit);
+    free(dest);
+    /* the window passed (the stamp made old) */
+    cmd = gt_xasprintf("touch -d '2 minutes ago' %s/repos/*.refs/*", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co3", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, NULL), GT_OK);
+    assert_string_not_equal(commit, first);
+    text = read_text(dest, "f");
+    assert_string_equal(text, "two\n");
+    free(text);
+    free(commit);
+    free(dest);
+    /* the default (0) asks every time: back to one, seen at once */
+    o.reference_max_age_ms = 0;
+    cmd = gt_xasprintf("cd %s/src && echo three > f && git -c user.name=t -c user.email=t@t "
+                       "commit -qam three", dir);
+    sh(cmd);
+    free(cmd);
+    dest = gt_xasprintf("%s/co4", dir);
+    assert_int_equal(gt_repo_checkout(&o, url, "main", NULL, dest, &commit, NULL), GT_OK);
+    text = read_text(dest, "f");
+    assert_string_equal(text, "three\n");
+    free(text);
+    free(commit);
+    free(dest);
+    free(first);
+    free(url);
+    gt_rm_rf(dir, NULL);
+}
+
 int main(void)
 {
     gt_log_setup(NULL, GT_LOG_ERROR, false, "test");
@@ -199,6 +363,8 @@ int main(void)
         cmocka_unit_test(test_model),
         cmocka_unit_test(test_run_time_refusals),
         cmocka_unit_test(test_no_hooks_no_foreign_config),
+        cmocka_unit_test(test_tree_reuse),
+        cmocka_unit_test(test_reference_max_age),
     };
     return cmocka_run_group_tests_name("repo", tests, NULL, NULL);
 }

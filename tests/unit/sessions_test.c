@@ -427,6 +427,28 @@ static void test_get_touch(void **state)
     gt_strv_free(&l.sentinels);
 }
 
+static void test_expire(void **state)
+{
+    (void)state;
+    live l;
+    LIVE(l);
+    gt_sessions *s = open_live(&l);
+    gt_error e = {0};
+    char key[256];
+    snprintf(key, sizeof key, "%stok2", l.prefix);
+    assert_int_equal(gt_sessions_set(s, "tok2", "user-2", 60000, &e), GT_OK);
+    assert_int_equal(gt_sessions_expire(s, "tok2", 600, &e), GT_OK);
+    long long pttl = raw_int(gt_sessions_master(s), "PTTL %s", key);
+    assert_true(pttl > 0 && pttl <= 600);
+    want_value(s, "tok2", "user-2");
+    sleep_ms(800);
+    want_absent(s, "tok2");
+    assert_int_equal(gt_sessions_expire(s, "tok2", 600, NULL), GT_ENOTFOUND);
+    assert_int_equal(gt_sessions_expire(s, "tok2", 0, NULL), GT_EINVAL);
+    gt_sessions_free(&s);
+    gt_strv_free(&l.sentinels);
+}
+
 static void test_del(void **state)
 {
     (void)state;
@@ -1073,6 +1095,7 @@ int main(void)
         cmocka_unit_test(test_unreachable_host),
         cmocka_unit_test(test_set_get_expiry),
         cmocka_unit_test(test_get_touch),
+        cmocka_unit_test(test_expire),
         cmocka_unit_test(test_del),
         cmocka_unit_test(test_incr),
         cmocka_unit_test(test_sets),
