@@ -262,20 +262,25 @@ static gt_err resolve(const gt_run_options *o, gt_strv *env, const char *home,
         cands[2] = gt_xasprintf("%s^{commit}", reference);
     }
     gt_err rc = GT_ENOTFOUND;
-    for (int i = 0; i < 3 && cands[i] && rc != GT_OK; i++) {
+    for (int i = 0; i < 3 && cands[i] && rc == GT_ENOTFOUND; i++) {
         char *out = NULL;
         char *gd = gt_xasprintf("--git-dir=%s", gitdir);
-        if (git(o, env, home, "git rev-parse", &out, NULL, gd, "rev-parse", "--verify", "--quiet",
-                "--end-of-options", cands[i], (char *)NULL) == GT_OK) {
+        gt_error why = {0};
+        gt_err g = git(o, env, home, "git rev-parse", &out, &why, gd, "rev-parse", "--verify",
+                       "--quiet", "--end-of-options", cands[i], (char *)NULL);
+        if (g == GT_OK) {
             *commit = gt_xstrdup(trim(out));
             rc = GT_OK;
+        } else if (g == GT_EAGAIN || g == GT_ETIMEDOUT) {
+            /* canceled or out of time: not an answer about the reference */
+            rc = gt_error_set(err, g, "%s", why.message);
         }
         free(out);
         free(gd);
     }
     for (int i = 0; i < 3; i++)
         free(cands[i]);
-    if (rc != GT_OK)
+    if (rc == GT_ENOTFOUND)
         gt_error_set(err, GT_ENOTFOUND, "reference \"%s\" not found in repository %s",
                      reference && reference[0] ? reference : "HEAD", shown_url);
     return rc;
