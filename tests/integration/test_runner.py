@@ -164,7 +164,7 @@ def test_sigterm_drains(cluster):
     victim.stop(timeout=60)
     assert victim.proc.returncode == 0
     done = get(cluster, ex_id)
-    assert done["state"] == "succeeded" and done["stdout"] == "done\n"
+    assert done["state"] == "succeeded" and done["stdout"] == "done\n", done
     assert time.monotonic() - t0 < 30
     # the other runner keeps serving
     assert wait(cluster, run(cluster, "three"), TERMINAL)["state"] == "succeeded"
