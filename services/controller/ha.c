@@ -26,11 +26,21 @@ struct gt_ha {
     atomic_llong epoch;         /* 0: standby */
     atomic_llong renewed_ms;    /* monotonic, when the last successful renewal began */
     char active[256];           /* under mu */
+    int64_t recorded_epoch;     /* the last presence record (thread only): its epoch, */
+    int64_t recorded_ms;        /* and when (monotonic) */
 };
 
 /* This controller's entry in "controllers"; the active one's also as cluster/active. */
 static void record(gt_ha *ha, const char *role, int64_t epoch)
 {
+    /* a standby asks for the lease twice a second; its record needs a write only when
+     * its role changes, or as often as the active one renews */
+    int64_t now = gt_mono_ms();
+    if (epoch == ha->recorded_epoch && strcmp(role, "stopped") != 0 &&
+        now - ha->recorded_ms < ha->c.ttl_ms / 3)
+        return;
+    ha->recorded_epoch = epoch;
+    ha->recorded_ms = now;
     gt_presence p = {GT_HA_COLLECTION, ha->c.node, ha->c.address, role, epoch, ha->c.ttl_ms,
                      GT_HA_LEASE};
     gt_presence_record(ha->store, &p, epoch > 0 ? ACTIVE_COLL : NULL, ACTIVE_ID);
@@ -120,6 +130,7 @@ gt_ha *gt_ha_new(const gt_ha_config *cfg, gt_error *err)
     ha->c = *cfg;
     ha->c.node = gt_xstrdup(cfg->node);
     ha->c.address = gt_xstrdup(cfg->address);
+    ha->recorded_epoch = -1;
     pthread_mutex_init(&ha->mu, NULL);
     pthread_cond_init(&ha->cv, NULL);
     if (cfg->open_store(cfg->open_store_arg, &ha->store, err) != GT_OK)

@@ -86,6 +86,7 @@ int main(int argc, char **argv)
     int64_t every = cfg->runner.heartbeat_interval > 0 ? cfg->runner.heartbeat_interval : 5000;
     gt_info("gantry-scheduler ready: %s, checking runners every %lld ms", holder, (long long)every);
     bool leader = false, broker_waiting = false;
+    int64_t recorded_role = -1, recorded_at = 0;
     int64_t bus_retry_at = 0;
     while (!stop) {
         e = (gt_error){0};
@@ -96,7 +97,14 @@ int main(int argc, char **argv)
         if (lr != GT_OK && leader)
             gt_warn("lost the scheduler lease: %s", e.message);
         leader = lr == GT_OK;
-        record_self(store, holder, leader ? epoch : 0, 3 * every);
+        /* the loop runs four times a heartbeat; its presence needs a write once a
+         * heartbeat, or when its role changes */
+        int64_t role = leader ? epoch : 0, now_mono = gt_mono_ms();
+        if (role != recorded_role || now_mono - recorded_at >= every) {
+            record_self(store, holder, role, 3 * every);
+            recorded_role = role;
+            recorded_at = now_mono;
+        }
         if (leader) {
             /* the broker is needed only to announce work: the reaper runs without it */
             if (bus && !gt_bus_connected(bus))
