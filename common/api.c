@@ -38,6 +38,7 @@ typedef struct req {
     cJSON *body;
     gt_api_response *resp;
     const char *idempotency_key;   /* the request's Idempotency-Key, or NULL */
+    bool start_raced;              /* execute: another write came between load and running */
     gt_error err;
 } req;
 
@@ -1020,8 +1021,10 @@ static gt_err execute(req *r, cJSON *ex, int64_t *rev, const cJSON *svc, const c
     char ts[40];
     now_str(ts, sizeof ts);
     gt_json_set_str(ex, "started_at", ts);
-    if ((rc = move(r, ex, rev, "running", GT_ACTOR_WORKER)) != GT_OK)
+    if ((rc = move(r, ex, rev, "running", GT_ACTOR_WORKER)) != GT_OK) {
+        r->start_raced = rc == GT_ECONFLICT;
         goto done;
+    }
     started st = {.r = r, .ex = ex, .rev = rev};
     gt_run_request rr = {
         /* A sandboxed run dies with this process (bwrap --die-with-parent ends its pid
@@ -1058,7 +1061,27 @@ done:
     return rc;
 }
 
+static gt_err execute_once(gt_api *api, const char *execution_id, int64_t attempt, bool *raced,
+                           gt_error *err);
+
+/* A conflict on the move to running means the record changed since it was read: a
+ * cancel, a reaper, another runner (all of which the next read shows), or only the
+ * dispatch sweeper announcing it again. Read it again and decide anew, rather than hand
+ * the message back and hold the slot for nothing. */
 gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err)
+{
+    gt_err rc;
+    bool raced = false;
+    for (int tries = 0;; tries++) {
+        gt_error_clear(err);
+        rc = execute_once(api, execution_id, attempt, &raced, err);
+        if (!raced || tries == 4)
+            return rc;
+    }
+}
+
+static gt_err execute_once(gt_api *api, const char *execution_id, int64_t attempt, bool *raced,
+                           gt_error *err)
 {
     req r = {.api = api};
     cJSON *ex = NULL, *svc = NULL, *repo = NULL;
@@ -1096,6 +1119,7 @@ gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt
     }
     rc = execute(&r, ex, &rev, svc, repo, NULL);
 done:
+    *raced = r.start_raced;
     if (rc != GT_OK)
         gt_error_set(err, r.err.code ? r.err.code : rc, "%s", r.err.message);
     free(to);

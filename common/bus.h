@@ -138,6 +138,9 @@ bool gt_bus_connected(const gt_bus *bus);
  * delete the queue, or override them with a broker policy. */
 gt_err gt_bus_declare_work_queue(gt_bus *bus, const char *queue, gt_error *err);
 
+/* The messages ready (not handed to a consumer) in queue, which must exist. */
+gt_err gt_bus_queue_ready(gt_bus *bus, const char *queue, int64_t *ready, gt_error *err);
+
 typedef struct gt_bus_consumer gt_bus_consumer;
 
 /* One message from gt_bus_consume_next, unacknowledged until gt_bus_ack or gt_bus_reject.

@@ -1102,6 +1102,23 @@ gt_err gt_bus_declare_queue(gt_bus *bus, const char *queue, bool quorum, gt_erro
     return rc == GT_OK ? GT_OK : gt_error_set(err, rc, "%s", e.message);
 }
 
+gt_err gt_bus_queue_ready(gt_bus *bus, const char *queue, int64_t *ready, gt_error *err)
+{
+    if (bus == NULL || queue == NULL || queue[0] == '\0' || strlen(queue) > 255)
+        return gt_error_set(err, GT_EINVAL, "amqp: a queue name must be 1-255 bytes");
+    gt_err rc = bus_ready(bus, CH_PUB, err);
+    if (rc != GT_OK)
+        return rc;
+    char what[300];
+    snprintf(what, sizeof what, "look at queue '%s'", queue);
+    /* passive: only reads the queue's counts, never creates or changes it */
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(bus->conn, CH_PUB, amqp_cstring_bytes(queue),
+                                                     1, 0, 0, 0, amqp_empty_table);
+    if ((rc = bus_rpc_result(bus, CH_PUB, what, err)) == GT_OK)
+        *ready = ok ? (int64_t)ok->message_count : 0;
+    return rc;
+}
+
 gt_err gt_bus_declare_work_queue(gt_bus *bus, const char *queue, gt_error *err)
 {
     size_t n = queue != NULL ? strlen(queue) : 0;

@@ -47,7 +47,31 @@ typedef struct sweep {
     int64_t now, after;
     int sent;
     bool broker_down;
+    char *queue;            /* the last pool's queue looked at, and whether it is empty */
+    bool queue_empty;
 } sweep;
+
+/* Whether ex's queue holds no message ready for a runner. An execution can wait long
+ * behind a deep queue of work (5,000 queued for a full runner): announcing it again then
+ * only adds duplicates. Its message can be lost only if the queue is empty once runners
+ * have taken all, so it is announced again then. */
+static bool queue_empty(sweep *w, const cJSON *ex)
+{
+    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
+    char *queue = gt_xasprintf("exec.%s.%s", w->cluster_id,
+                               cJSON_IsString(pool) ? pool->valuestring : "default");
+    if (w->queue && strcmp(w->queue, queue) == 0) {
+        free(queue);
+        return w->queue_empty;
+    }
+    free(w->queue);
+    w->queue = queue;
+    int64_t ready = 0;
+    gt_error e = {0};
+    /* a queue that cannot be looked at (gone, the broker away): announce, as before */
+    w->queue_empty = gt_bus_queue_ready(w->bus, queue, &ready, &e) != GT_OK || ready == 0;
+    return w->queue_empty;
+}
 
 static bool sweep_one(void *arg, const gt_store_item *it)
 {
@@ -58,7 +82,7 @@ static bool sweep_one(void *arg, const gt_store_item *it)
     int64_t last = gt_json_member_i64(ex, "dispatched_at_ms", 0);
     int64_t times = gt_json_member_i64(ex, "dispatches", 0);
     int64_t wait = w->after << (times > 0 ? (times < 4 ? times : 4) : 0);
-    if (w->now - last < wait) {
+    if (w->now - last < wait || !queue_empty(w, ex)) {
         cJSON_Delete(ex);
         return true;
     }
@@ -87,7 +111,9 @@ static bool sweep_one(void *arg, const gt_store_item *it)
 int gt_dispatch_sweep(gt_store *store, gt_bus *bus, const char *cluster_id,
                       const gt_store_fence *fence, int64_t now_ms, int64_t after_ms)
 {
-    sweep w = {store, bus, cluster_id, fence, now_ms, after_ms > 0 ? after_ms : 1, 0, false};
+    sweep w = {store, bus, cluster_id, fence, now_ms, after_ms > 0 ? after_ms : 1, 0, false,
+               NULL, false};
     gt_store_each(store, GT_EXECUTIONS, "state", "queued", sweep_one, &w, NULL);
+    free(w.queue);
     return w.sent;
 }

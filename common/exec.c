@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,7 +375,7 @@ static bool json_int(const char *line, const char *key, long long *out)
  * kernel never applies RLIMIT_NPROC to uid 0, not even inside a user namespace (the
  * sandbox's uid maps to it), so the process limit is then kept by counting, every
  * EXEC_TICK_MS, and ending the sandbox once it has more. Threads are not counted. */
-static int64_t sandbox_count(long long pidns)
+static int64_t sandbox_scan(long long pidns)
 {
     char want[64];
     int64_t n = 0;
@@ -395,6 +396,68 @@ static int64_t sandbox_count(long long pidns)
     }
     closedir(d);
     return n;
+}
+
+/* Appends the children of every thread of pid (from /proc/PID/task/TID/children). */
+static void tree_children(pid_t pid, pid_t **v, size_t *n, size_t *cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return;
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        char cpath[96], buf[4096];
+        snprintf(cpath, sizeof cpath, "/proc/%d/task/%.20s/children", (int)pid, de->d_name);
+        int fd = open(cpath, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        for (char *p = buf, *end; *p; p = end) {
+            long c = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            if (c > 0) {
+                if (*n == *cap) {
+                    *cap = *cap ? *cap * 2 : 16;
+                    *v = gt_xrealloc(*v, *cap * sizeof **v);
+                }
+                (*v)[(*n)++] = (pid_t)c;
+            }
+        }
+    }
+    closedir(d);
+}
+
+/* Processes in the sandbox (inner, its pid 1, and all below it), counted up to max + 1.
+ * Every process of a pid namespace descends from its init, orphans included (they are
+ * reparented to it), so walking the tree from inner costs what the sandbox holds, not
+ * what the machine runs: a scan of all of /proc each tick for each of hundreds of runs
+ * would take the CPUs. Without /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN) the
+ * whole of /proc is scanned for the namespace. */
+static int64_t sandbox_count(pid_t inner, long long pidns, int64_t max)
+{
+    static atomic_int tree_ok = -1; /* -1: not tried yet */
+    if (tree_ok < 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)getpid(), (int)getpid());
+        tree_ok = access(path, R_OK) == 0;
+    }
+    if (!tree_ok)
+        return sandbox_scan(pidns);
+    size_t cap = 16, n = 1;
+    pid_t *v = gt_xmalloc(cap * sizeof *v);
+    v[0] = inner;
+    for (size_t i = 0; i < n && (int64_t)n <= max; i++)
+        tree_children(v[i], &v, &n, &cap);
+    free(v);
+    return (int64_t)n;
 }
 
 static void status_read(sandbox_status *st)
@@ -482,7 +545,7 @@ static gt_err run_loop(const gt_exec_spec *spec, pid_t pid, int pidfd, exec_stre
                 kill_at = -1;
             }
             if (sst->count_max > 0 && sst->pidns > 0 && sst->inner > 0 && !res->nproc_exceeded) {
-                int64_t n = sandbox_count(sst->pidns);
+                int64_t n = sandbox_count(sst->inner, sst->pidns, sst->count_max);
                 if (n > sst->count_max) {
                     res->nproc_exceeded = true;
                     res->nproc_seen = n;

@@ -38,13 +38,17 @@ struct gt_pool {
     pthread_cond_t watch_cv;   /* the watcher's own, so a worker's wake-up is never taken by it */
     pjob *head, *tail;         /* FIFO of jobs not started; freed as they are taken */
     int queued, running;
+    int started, idle;         /* worker threads: started (w[0..started)), waiting for work */
     bool stopping;
     bool killing;              /* cancel_all(KILL) was called: nothing new starts */
     int watch_sub;             /* subscription to GT_API_CANCELS on c.watch; 0: none */
     bool cancels_changed;      /* a cancel request of a run here may have come */
 };
 
-enum { CANCEL_POLL_MS = 300, CANCEL_SAFETY_POLL_MS = 5000 };
+/* IDLE_CLOSE_MS: a worker that had nothing to do this long closes its store handle (a
+ * runner of capacity 500 would otherwise keep 500 connections and their caches after a
+ * burst); the next job opens one again. */
+enum { CANCEL_POLL_MS = 300, CANCEL_SAFETY_POLL_MS = 5000, IDLE_CLOSE_MS = 30000 };
 
 static gt_err open_api(gt_pool *p, gt_store **store, gt_api **api, atomic_int *cancel,
                        gt_error *err)
@@ -78,8 +82,17 @@ static void *worker_main(void *arg)
     gt_pool *p = w->p;
     for (;;) {
         pthread_mutex_lock(&p->mu);
-        while (!p->stopping && p->head == NULL)
-            pthread_cond_wait(&p->cv, &p->mu);
+        p->idle++;
+        while (!p->stopping && p->head == NULL) {
+            if (gt_cond_wait_ms(&p->cv, &p->mu, IDLE_CLOSE_MS) != 0 && p->head == NULL &&
+                w->api) {
+                pthread_mutex_unlock(&p->mu);
+                gt_api_free(&w->api);
+                gt_store_free(&w->store);
+                pthread_mutex_lock(&p->mu);
+            }
+        }
+        p->idle--;
         if (p->stopping) {
             pthread_mutex_unlock(&p->mu);
             break;
@@ -186,6 +199,18 @@ static void *watch_main(void *arg)
     return NULL;
 }
 
+/* Starts worker p->started; called with p->mu held. 0 or an errno. */
+static int start_worker(gt_pool *p)
+{
+    worker *w = &p->w[p->started];
+    int e = pthread_create(&w->thread, NULL, worker_main, w);
+    if (e == 0) {
+        w->started = true;
+        p->started++;
+    }
+    return e;
+}
+
 gt_pool *gt_pool_new(const gt_pool_config *cfg, gt_error *err)
 {
     gt_pool *p = gt_xcalloc(1, sizeof *p);
@@ -198,16 +223,18 @@ gt_pool *gt_pool_new(const gt_pool_config *cfg, gt_error *err)
     p->w = gt_xcalloc((size_t)p->c.workers, sizeof *p->w);
     if (p->c.watch)
         p->watch_sub = gt_watch_subscribe(p->c.watch, GT_API_CANCELS, on_cancels, p);
-    for (int i = 0; i < p->c.workers; i++) {
+    for (int i = 0; i < p->c.workers; i++)
         p->w[i].p = p;
-        int e = pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i]);
-        if (e != 0) {
-            gt_error_set(err, GT_EUNAVAIL, "pool: starting worker %d: %s", i, strerror(e));
-            goto fail;
-        }
-        p->w[i].started = true;
+    /* one worker now (so that a machine that cannot start threads says so at once); the
+     * others as work comes, up to c.workers */
+    pthread_mutex_lock(&p->mu);
+    int e = start_worker(p);
+    pthread_mutex_unlock(&p->mu);
+    if (e != 0) {
+        gt_error_set(err, GT_EUNAVAIL, "pool: starting a worker: %s", strerror(e));
+        goto fail;
     }
-    int e = pthread_create(&p->watcher, NULL, watch_main, p);
+    e = pthread_create(&p->watcher, NULL, watch_main, p);
     if (e != 0) {
         gt_error_set(err, GT_EUNAVAIL, "pool: starting the cancel watcher: %s", strerror(e));
         goto fail;
@@ -234,6 +261,13 @@ gt_err gt_pool_submit(gt_pool *p, const char *id, int64_t attempt, void *job, gt
             p->head = j;
         p->tail = j;
         p->queued++;
+        /* more jobs waiting than workers free: one more worker, while there is room */
+        if (p->queued > p->idle && p->started < p->c.workers) {
+            int e = start_worker(p);
+            if (e != 0)
+                gt_warn("pool: starting worker %d: %s (the %d running take the work)",
+                        p->started, strerror(e), p->started);
+        }
         pthread_cond_signal(&p->cv);
     }
     pthread_mutex_unlock(&p->mu);

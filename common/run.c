@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -415,9 +416,56 @@ static cJSON *failed_result(const char *message, int64_t start, const char *comm
     return r;
 }
 
+/* Runs that start at once in this process. A checkout (git processes, a tree copy) and
+ * a sandbox setup cost CPU milliseconds each; hundreds started together (a full runner
+ * of capacity 500) starve everything else of the CPU, the lease renewals and store
+ * writes included, until the lease lapses. Beyond this many a run waits its turn for
+ * each of the two (checkout; sandbox spawn); once its process runs, it no longer
+ * counts. */
+static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t start_cv = PTHREAD_COND_INITIALIZER;
+static int starting;
+
+typedef struct start_turn {
+    bool held;
+    const gt_run_request *req;
+} start_turn;
+
+static void start_enter(start_turn *t)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int limit = cpus > 0 ? (int)(2 * cpus) : 2;
+    pthread_mutex_lock(&start_mu);
+    while (starting >= limit && !(t->req->cancel && *t->req->cancel))
+        gt_cond_wait_ms(&start_cv, &start_mu, 200);
+    starting++;
+    t->held = true;
+    pthread_mutex_unlock(&start_mu);
+}
+
+static void start_leave(start_turn *t)
+{
+    if (!t->held)
+        return;
+    pthread_mutex_lock(&start_mu);
+    starting--;
+    t->held = false;
+    pthread_cond_signal(&start_cv);
+    pthread_mutex_unlock(&start_mu);
+}
+
+static void on_started(int64_t pid, void *arg)
+{
+    start_turn *t = arg;
+    start_leave(t);
+    if (t->req->on_start)
+        t->req->on_start(pid, t->req->on_start_arg);
+}
+
 gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJSON **result,
                       gt_error *err)
 {
+    start_turn turn = {.req = req};
     gt_run_options run_opts = *opts;
     run_opts.cancel = req->cancel;
     const gt_run_options *o = &run_opts;
@@ -437,9 +485,12 @@ gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJS
     gt_rm_rf(scratch, NULL);
     if ((rc = gt_mkdir_p(scratch, 0700, err)) != GT_OK)
         goto done;
-    if (gt_repo_checkout(o, str_or(req->repository, "url", ""),
-                         str_or(req->repository, "reference", NULL), req->ssh_key, src, &commit,
-                         &why) != GT_OK)
+    start_enter(&turn);
+    gt_err crc = gt_repo_checkout(o, str_or(req->repository, "url", ""),
+                                  str_or(req->repository, "reference", NULL), req->ssh_key, src,
+                                  &commit, &why);
+    start_leave(&turn); /* a venv build may take minutes: it does not hold a turn */
+    if (crc != GT_OK)
         goto failed;
     /* Every path the run (or pip, for it) reads stays inside the checkout. */
     if (gt_run_path_inside(src, src, str_or(svc, "working_dir", ""), GT_PATH_DIR,
@@ -546,11 +597,12 @@ gt_err gt_run_execute(const gt_run_options *opts, const gt_run_request *req, cJS
         .kill_grace_ms = o->kill_grace_ms,
         .output_cap = o->output_limit,
         .cancel = req->cancel,
-        .on_start = req->on_start,
-        .on_start_arg = req->on_start_arg,
+        .on_start = on_started,
+        .on_start_arg = &turn,
         .limits = &lim,
         .sandbox = o->sandbox_none ? NULL : &sb,
     };
+    start_enter(&turn);  /* left once the sandbox's process started */
     if (gt_exec_run(&spec, &res, &why) != GT_OK)
         goto failed;
     limit_why = gt_exec_limit_reason(&lim, &res);
@@ -585,6 +637,7 @@ failed:
     if (why.code == GT_EAGAIN && req->cancel && *req->cancel) /* canceled while preparing */
         gt_json_set_str(*result, "state", "canceled");
 done:
+    start_leave(&turn);
     gt_exec_result_clear(&res);
     gt_rm_rf(scratch, NULL);
     gt_strv_free(&argv);

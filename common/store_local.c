@@ -31,7 +31,9 @@
 #define GT_STORE_LOCAL_SYNCHRONOUS "FULL"   /* overridable only to measure NORMAL */
 #endif
 
-enum { BUSY_TIMEOUT_MS = 5000, SCHEMA_VERSION = 2 };
+/* GATE_TIMEOUT_MS: the in-process queue (write_gate) moves as long as its writers commit;
+ * it is as long because hundreds may queue behind a busy disk. */
+enum { BUSY_TIMEOUT_MS = 5000, GATE_TIMEOUT_MS = 30000, SCHEMA_VERSION = 2 };
 
 static const char SCHEMA_SQL[] =
     "CREATE TABLE IF NOT EXISTS documents ("
@@ -116,13 +118,127 @@ typedef struct local_stmt {
     struct local_stmt *next;
 } local_stmt;
 
+/* Writers of one file in this process queue here, first come first served, before they
+ * ask SQLite for its write lock. SQLite's busy handler polls with sleeps of up to 100 ms,
+ * so among hundreds of writers (a runner of capacity 500) one can lose every round for
+ * seconds; a lease renewal that loses so lets the lease lapse. Lease writes go ahead of
+ * the queue. Between processes, SQLite's lock still decides. */
+typedef struct gate_waiter {
+    pthread_cond_t cv;
+    bool go;                /* the gate was handed to this waiter */
+    struct gate_waiter *next;
+} gate_waiter;
+
+typedef struct write_gate {
+    char *path;
+    int refs;               /* handles using it; guarded by gates_mu */
+    struct write_gate *next;
+    pthread_mutex_t mu;
+    bool held;
+    gate_waiter *head[2], *tail[2];   /* [0]: writes, [1]: lease writes */
+} write_gate;
+
+static pthread_mutex_t gates_mu = PTHREAD_MUTEX_INITIALIZER;
+static write_gate *gates;
+
 typedef struct local_store {
     gt_store base;
     pthread_mutex_t mu;
     sqlite3 *db;
     char *path;
     local_stmt *stmts;
+    write_gate *gate;
+    bool gated;             /* this handle holds its gate (inside a write transaction) */
+    bool urgent;            /* it took a lease: all its writes go ahead (see below) */
+    int64_t busy_since;     /* on_busy: when this wait for another process's lock began */
 } local_store;
+
+static write_gate *gate_ref(const char *path)
+{
+    pthread_mutex_lock(&gates_mu);
+    write_gate *g = gates;
+    while (g && strcmp(g->path, path) != 0)
+        g = g->next;
+    if (g == NULL) {
+        g = gt_xcalloc(1, sizeof *g);
+        g->path = gt_xstrdup(path);
+        pthread_mutex_init(&g->mu, NULL);
+        g->next = gates;
+        gates = g;
+    }
+    g->refs++;
+    pthread_mutex_unlock(&gates_mu);
+    return g;
+}
+
+static void gate_unref(write_gate *g)
+{
+    if (g == NULL)
+        return;
+    pthread_mutex_lock(&gates_mu);
+    if (--g->refs == 0) {
+        write_gate **pp = &gates;
+        while (*pp != g)
+            pp = &(*pp)->next;
+        *pp = g->next;
+        pthread_mutex_destroy(&g->mu);
+        free(g->path);
+        free(g);
+    }
+    pthread_mutex_unlock(&gates_mu);
+}
+
+/* Waits for the gate, at most GATE_TIMEOUT_MS. */
+static bool gate_enter(write_gate *g, int prio)
+{
+    pthread_mutex_lock(&g->mu);
+    if (!g->held) {
+        g->held = true;
+        pthread_mutex_unlock(&g->mu);
+        return true;
+    }
+    gate_waiter w = {.go = false};
+    pthread_cond_init(&w.cv, NULL);
+    if (g->tail[prio])
+        g->tail[prio]->next = &w;
+    else
+        g->head[prio] = &w;
+    g->tail[prio] = &w;
+    int64_t until = gt_mono_ms() + GATE_TIMEOUT_MS;
+    while (!w.go && gt_mono_ms() < until)
+        gt_cond_wait_ms(&w.cv, &g->mu, until - gt_mono_ms());
+    if (!w.go) {   /* timed out: leave the queue */
+        gate_waiter **pp = &g->head[prio], *prev = NULL;
+        while (*pp != &w) {
+            prev = *pp;
+            pp = &(*pp)->next;
+        }
+        *pp = w.next;
+        if (g->tail[prio] == &w)
+            g->tail[prio] = prev;
+    }
+    pthread_mutex_unlock(&g->mu);
+    pthread_cond_destroy(&w.cv);
+    return w.go;
+}
+
+/* Hands the gate to the first lease writer, else the first writer, else frees it. */
+static void gate_leave(write_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    int q = g->head[1] ? 1 : 0;
+    gate_waiter *w = g->head[q];
+    if (w) {
+        g->head[q] = w->next;
+        if (g->head[q] == NULL)
+            g->tail[q] = NULL;
+        w->go = true;   /* held stays true: it passes to w */
+        pthread_cond_signal(&w->cv);
+    } else {
+        g->held = false;
+    }
+    pthread_mutex_unlock(&g->mu);
+}
 
 static const gt_store_ops local_ops;
 
@@ -194,9 +310,36 @@ static gt_err exec_simple(local_store *ls, const char *sql, const char *what, gt
     return rc;
 }
 
+/* A write transaction; prio for lease writes (see write_gate). */
+static gt_err tx_begin_prio(local_store *ls, int prio, gt_error *err)
+{
+    if (!gate_enter(ls->gate, prio))
+        return gt_error_set(err, GT_EAGAIN, "%s: begin: busy for %d ms (queued behind this "
+                            "process's other writers)", ls->path, GATE_TIMEOUT_MS);
+    ls->gated = true;
+    gt_err rc = exec_simple(ls, SQL_BEGIN, "begin", err);
+    if (rc != GT_OK) {
+        ls->gated = false;
+        gate_leave(ls->gate);
+    }
+    return rc;
+}
+
+/* A handle that takes leases (a runner's heartbeat, a controller's or scheduler's role)
+ * keeps its holder alive: its other writes (the registry record beside each renewal)
+ * go ahead too, or one stuck behind hundreds of run writes delays the next renewal. */
 static gt_err tx_begin(local_store *ls, gt_error *err)
 {
-    return exec_simple(ls, SQL_BEGIN, "begin", err);
+    return tx_begin_prio(ls, ls->urgent, err);
+}
+
+static gt_err tx_done(local_store *ls, gt_err rc)
+{
+    if (ls->gated) {
+        ls->gated = false;
+        gate_leave(ls->gate);
+    }
+    return rc;
 }
 
 /* Commits when rc is GT_OK, else rolls back; returns the first failure. */
@@ -205,11 +348,11 @@ static gt_err tx_end(local_store *ls, gt_err rc, gt_error *err)
     if (rc == GT_OK) {
         rc = exec_simple(ls, SQL_COMMIT, "commit", err);
         if (rc == GT_OK)
-            return GT_OK;
+            return tx_done(ls, GT_OK);
     }
     if (!sqlite3_get_autocommit(ls->db))
         exec_simple(ls, SQL_ROLLBACK, "rollback", NULL);
-    return rc;
+    return tx_done(ls, rc);
 }
 
 /* Reads the stored revision of coll/id, if any. */
@@ -251,22 +394,36 @@ done:
 
 /* ---- open / close ---- */
 
-static gt_err open_schema(local_store *ls, gt_error *err)
+static gt_err schema_version(local_store *ls, int64_t *version, gt_error *err)
 {
     sqlite3_stmt *st = NULL;
+    gt_err rc = prepare(ls, "PRAGMA user_version", &st, err);
+    if (rc == GT_OK) {
+        int src = sqlite3_step(st);
+        if (src == SQLITE_ROW)
+            *version = sqlite3_column_int64(st, 0);
+        else
+            rc = db_fail(ls, src, "read schema version", err);
+    }
+    release(st);
+    return rc;
+}
+
+static gt_err open_schema(local_store *ls, gt_error *err)
+{
     char *errmsg = NULL;
+    int64_t have = 0;
+    /* the usual case, a current file, needs no write lock: hundreds of handles open at
+     * once in a full runner */
+    if (schema_version(ls, &have, NULL) == GT_OK && have == SCHEMA_VERSION)
+        return GT_OK;
     gt_err rc = tx_begin(ls, err);
     if (rc != GT_OK)
         return rc;
     int64_t version = 0;
-    if ((rc = prepare(ls, "PRAGMA user_version", &st, err)) != GT_OK)
+    if ((rc = schema_version(ls, &version, err)) != GT_OK)
         goto done;
-    int src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
-        rc = db_fail(ls, src, "read schema version", err);
-        goto done;
-    }
-    version = sqlite3_column_int64(st, 0);
+    int src;
     if (version > SCHEMA_VERSION) {
         rc = gt_error_set(err, GT_EIO, "%s: schema version %" PRId64 " is newer than this "
                           "Gantry's (%d)", ls->path, version, SCHEMA_VERSION);
@@ -284,7 +441,6 @@ static gt_err open_schema(local_store *ls, gt_error *err)
         }
     }
 done:
-    release(st);
     sqlite3_free(errmsg);
     return tx_end(ls, rc, err);
 }
@@ -313,6 +469,24 @@ done:
     return rc;
 }
 
+/* Another process holds the write lock. SQLite's own busy_timeout sleeps up to 100 ms
+ * between looks; a writer that looks so seldom loses every round to a process that
+ * writes without pause (a controller taking a flood of submissions), and a runner's lease
+ * renewal among them lets the lease lapse. With write_gate, one writer per process
+ * waits here, so looking every millisecond costs little. */
+static int on_busy(void *arg, int count)
+{
+    local_store *ls = arg;
+    int64_t now = gt_mono_ms();
+    if (count == 0)
+        ls->busy_since = now;
+    if (now - ls->busy_since >= BUSY_TIMEOUT_MS)
+        return 0;
+    struct timespec ts = {0, count < 20 ? 250000L : 1000000L};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 gt_store *gt_store_open_local(const char *path, gt_error *err)
 {
     local_store *ls = NULL;
@@ -332,6 +506,7 @@ gt_store *gt_store_open_local(const char *path, gt_error *err)
     ls = gt_xcalloc(1, sizeof *ls);
     ls->base.ops = &local_ops;
     ls->path = gt_xstrdup(path);
+    ls->gate = gate_ref(path);
     pthread_mutex_init(&ls->mu, NULL);
     int src = sqlite3_open_v2(path, &ls->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) {
@@ -339,7 +514,7 @@ gt_store *gt_store_open_local(const char *path, gt_error *err)
         goto fail;
     }
     sqlite3_extended_result_codes(ls->db, 1);
-    sqlite3_busy_timeout(ls->db, BUSY_TIMEOUT_MS);
+    sqlite3_busy_handler(ls->db, on_busy, ls);
     if (open_pragmas(ls, err) != GT_OK || open_schema(ls, err) != GT_OK)
         goto fail;
     return &ls->base;
@@ -362,19 +537,29 @@ static void local_close(gt_store *s)
     }
     sqlite3_close(ls->db);   /* NULL is a no-op; all statements are finalized */
     pthread_mutex_destroy(&ls->mu);
+    gate_unref(ls->gate);
     free(ls->path);
     free(ls);
 }
 
 /* ---- documents ---- */
 
+static gt_err is_indexed(local_store *ls, const char *coll, const char *field, bool *yes,
+                         gt_error *err);
+
 static gt_err local_index(gt_store *s, const char *coll, const char *field, gt_error *err)
 {
     local_store *ls = (local_store *)s;
     sqlite3_stmt *st = NULL;
     char *ddl = NULL, *errmsg = NULL;
+    bool have = false;
     pthread_mutex_lock(&ls->mu);
-    gt_err rc = tx_begin(ls, err);
+    /* declared already (the usual case, every handle declares its indexes on open): no
+     * write lock needed; the registry row and the index were committed together */
+    gt_err rc = is_indexed(ls, coll, field, &have, NULL);
+    if (rc == GT_OK && have)
+        goto unlock;
+    rc = tx_begin(ls, err);
     if (rc != GT_OK)
         goto unlock;
     if ((rc = prepare(ls, SQL_ADD_INDEX, &st, err)) != GT_OK)
@@ -850,7 +1035,8 @@ static gt_err local_lease_acquire(gt_store *s, const char *name, const char *hol
     char *cur_holder = NULL;
     gt_store_lease cur, next = {"", 0, 0};
     pthread_mutex_lock(&ls->mu);
-    gt_err rc = tx_begin(ls, err);
+    ls->urgent = true;
+    gt_err rc = tx_begin_prio(ls, 1, err);
     if (rc != GT_OK)
         goto unlock;
     /* Read the clock only once the write lock is ours: waiting for it must not
@@ -877,7 +1063,8 @@ static gt_err local_lease_release(gt_store *s, const char *name, const char *hol
     gt_store_lease cur;
     bool store_free = false;
     pthread_mutex_lock(&ls->mu);
-    gt_err rc = tx_begin(ls, err);
+    ls->urgent = true;
+    gt_err rc = tx_begin_prio(ls, 1, err);
     if (rc != GT_OK)
         goto unlock;
     if ((rc = lease_read(ls, name, &cur, &cur_holder, err)) != GT_OK ||

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -472,6 +473,19 @@ size_t gt_utf8_cut(const char *p, size_t n)
         return 0;
     size_t l = utf8_seq(s + i - 1, n - (i - 1));
     return l == n - (i - 1) ? n : i - 1;
+}
+
+void gt_raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20)
+                                                                           : rl.rlim_max;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 int gt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms)

@@ -54,6 +54,11 @@ int64_t gt_now_ms(void);                          /* wall clock, ms since the ep
 int64_t gt_mono_ms(void);                         /* monotonic */
 /* Waits on cv (mu held) for at most ms (pthread_cond_timedwait's deadline, computed). */
 int gt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms);
+
+/* Raises this process's soft limit of open descriptors to its hard limit (at most 2^20):
+ * a runner holds about five per run, and the usual soft limit of 1024 would end a
+ * runner of capacity 500 with EMFILE. Runs get their own limit ([runner] limits). */
+void gt_raise_fd_limit(void);
 /* RFC 3339 UTC with milliseconds into buf (at least 32 bytes). */
 void gt_format_time(int64_t ms, char *buf, size_t n);
 

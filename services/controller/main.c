@@ -97,6 +97,7 @@ int main(int argc, char **argv)
     }
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "controller");
     signal(SIGPIPE, SIG_IGN);
+    gt_raise_fd_limit();
     evthread_use_pthreads();
     if (gt_mkdir_p(cfg->application.working_dir, 0700, &e) != GT_OK) {
         fprintf(stderr, "gantry-controller: %s\n", e.message);

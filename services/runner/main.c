@@ -108,6 +108,7 @@ int main(int argc, char **argv)
     }
     gt_log_setup(stderr, cfg->log.level, cfg->log.console_json, "runner");
     signal(SIGPIPE, SIG_IGN);
+    gt_raise_fd_limit();
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);

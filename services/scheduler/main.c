@@ -86,7 +86,7 @@ int main(int argc, char **argv)
     int64_t every = cfg->runner.heartbeat_interval > 0 ? cfg->runner.heartbeat_interval : 5000;
     gt_info("gantry-scheduler ready: %s, checking runners every %lld ms", holder, (long long)every);
     bool leader = false, broker_waiting = false;
-    int64_t recorded_role = -1, recorded_at = 0;
+    int64_t recorded_role = -1, recorded_at = 0, swept_at = INT64_MIN / 2;
     int64_t bus_retry_at = 0;
     while (!stop) {
         e = (gt_error){0};
@@ -134,9 +134,15 @@ int main(int argc, char **argv)
                 .grace_ms = 0,
             };
             gt_reaper_pass(&rcfg, gt_now_ms());
-            if (bus)
+            /* the sweep reads every queued execution: often enough for redispatch_after,
+             * not on every pass (thousands may be queued) */
+            int64_t sweep_every = cfg->runner.redispatch_after / 4 > 1000
+                                      ? cfg->runner.redispatch_after / 4 : 1000;
+            if (bus && now_mono >= swept_at + sweep_every) {
                 gt_dispatch_sweep(store, bus, cfg->application.cluster_id, &fence, gt_now_ms(),
                                   cfg->runner.redispatch_after);
+                swept_at = now_mono;
+            }
         }
         /* a quarter heartbeat: a dead runner's work moves soon after its lease expires */
         for (int64_t slept = 0; slept < every / 4 && !stop; slept += 50)
