@@ -263,8 +263,12 @@ static gt_err db_fail(local_store *ls, int rc, const char *what, gt_error *err)
 
 static gt_err prepare(local_store *ls, const char *sql, sqlite3_stmt **out, gt_error *err)
 {
-    for (local_stmt *c = ls->stmts; c; c = c->next) {
+    for (local_stmt **pp = &ls->stmts; *pp; pp = &(*pp)->next) {
+        local_stmt *c = *pp;
         if (strcmp(c->sql, sql) == 0) {
+            *pp = c->next;   /* to the front: the next look finds it first */
+            c->next = ls->stmts;
+            ls->stmts = c;
             *out = c->stmt;
             return GT_OK;
         }
@@ -280,6 +284,25 @@ static gt_err prepare(local_store *ls, const char *sql, sqlite3_stmt **out, gt_e
     ls->stmts = c;
     *out = st;
     return GT_OK;
+}
+
+/* prepare() for SQL whose "coll = ?1" names the collection: the name goes into the text
+ * instead. Bound, it would make SQLite prepare the statement anew on every step: the
+ * documents table has partial indexes (WHERE coll = '...'), so the planner's choice
+ * depends on ?1, and SQLite re-plans whenever such a parameter is bound again. store.c
+ * limits collection names to characters that need no quoting inside '...'. ?1 may still
+ * be bound; it is then unused. */
+static gt_err prepare_coll(local_store *ls, const char *sql, const char *coll,
+                           sqlite3_stmt **out, gt_error *err)
+{
+    const char *at = strstr(sql, "coll = ?1");
+    if (at == NULL)
+        return prepare(ls, sql, out, err);
+    char *text = gt_xasprintf("%.*scoll = '%s'%s", (int)(at - sql), sql, coll,
+                              at + strlen("coll = ?1"));
+    gt_err rc = prepare(ls, text, out, err);
+    free(text);
+    return rc;
 }
 
 /* Returns a cached statement to a clean state; accepts NULL. */
@@ -360,7 +383,7 @@ static gt_err read_rev(local_store *ls, const char *coll, const char *id, bool *
                        int64_t *rev, gt_error *err)
 {
     sqlite3_stmt *st = NULL;
-    gt_err rc = prepare(ls, SQL_REV, &st, err);
+    gt_err rc = prepare_coll(ls, SQL_REV, coll, &st, err);
     if (rc != GT_OK)
         goto done;
     bind_str(st, 1, coll);
@@ -600,7 +623,7 @@ static gt_err local_get(gt_store *s, const char *coll, const char *id, char **bo
     local_store *ls = (local_store *)s;
     sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&ls->mu);
-    gt_err rc = prepare(ls, SQL_GET, &st, err);
+    gt_err rc = prepare_coll(ls, SQL_GET, coll, &st, err);
     if (rc != GT_OK)
         goto done;
     bind_str(st, 1, coll);
@@ -661,7 +684,7 @@ done:
 static gt_err remove_doc(local_store *ls, const char *coll, const char *id, gt_error *err)
 {
     sqlite3_stmt *st = NULL;
-    gt_err rc = prepare(ls, SQL_DELETE, &st, err);
+    gt_err rc = prepare_coll(ls, SQL_DELETE, coll, &st, err);
     if (rc != GT_OK)
         goto done;
     bind_str(st, 1, coll);
@@ -747,7 +770,7 @@ static gt_err local_query(gt_store *s, const char *coll, const char *field, cons
     pthread_mutex_lock(&ls->mu);
     gt_err rc = GT_OK;
     if (field == NULL) {
-        rc = prepare(ls, descending ? SQL_QUERY_ALL_DESC : SQL_QUERY_ALL, &st, err);
+        rc = prepare_coll(ls, descending ? SQL_QUERY_ALL_DESC : SQL_QUERY_ALL, coll, &st, err);
     } else {
         if ((rc = is_indexed(ls, coll, field, &indexed, err)) != GT_OK)
             goto done;
@@ -857,7 +880,7 @@ static gt_err local_query_range(gt_store *s, const char *coll, const char *field
         free(upper);
         free(after);
     }
-    if ((rc = prepare(ls, sql, &st, err)) != GT_OK)
+    if ((rc = prepare_coll(ls, sql, coll, &st, err)) != GT_OK)
         goto done;
     /* ?1..?6 all exist: the LIMIT is ?6 */
     bind_str(st, 1, coll);
@@ -928,7 +951,7 @@ static gt_err local_count(gt_store *s, const char *coll, const gt_store_filter *
         free(upper);
         free(type);
     }
-    if ((rc = prepare(ls, sql, &st, err)) != GT_OK)
+    if ((rc = prepare_coll(ls, sql, coll, &st, err)) != GT_OK)
         goto done;
     /* binding a parameter the statement lacks is SQLITE_RANGE, harmless here */
     bind_str(st, 1, coll);
