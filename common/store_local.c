@@ -33,7 +33,7 @@
 
 /* GATE_TIMEOUT_MS: the in-process queue (write_gate) moves as long as its writers commit;
  * it is as long because hundreds may queue behind a busy disk. */
-enum { BUSY_TIMEOUT_MS = 5000, GATE_TIMEOUT_MS = 30000, SCHEMA_VERSION = 2 };
+enum { BUSY_TIMEOUT_MS = 5000, GATE_TIMEOUT_MS = 30000, SCHEMA_VERSION = 3 };
 
 static const char SCHEMA_SQL[] =
     "CREATE TABLE IF NOT EXISTS documents ("
@@ -83,6 +83,48 @@ static const char CHANGES_SQL[] =
     CHANGES_TRIM " END;";
 #undef CHANGES_PUT
 #undef CHANGES_TRIM
+
+/* Schema version 3: how many documents of a collection hold each string value of an
+ * indexed field, kept by triggers per (collection, field) that count_sql creates with
+ * the index. gt_store_count with eq reads one row, whatever the history's length;
+ * counting index entries took 14 ms at 100,000 executions, for each state /metrics
+ * shows. */
+static const char COUNTS_SQL[] =
+    "CREATE TABLE IF NOT EXISTS counts ("
+    " coll TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, n INTEGER NOT NULL,"
+    " PRIMARY KEY (coll, field, value));";
+static const char SQL_COUNT_EQ[] =
+    "SELECT n FROM counts WHERE coll = ?1 AND field = ?2 AND value = ?3";
+
+/* The triggers that keep counts for (coll, field), and its rows counted afresh. Names
+ * as for the index (see local_index). sqlite3_free() it. */
+static char *count_sql(const char *coll, const char *field)
+{
+#define CNT_V(row) "json_extract(" row ".body, '$.%2$s')"
+#define CNT_TEXT(row) "json_type(" row ".body, '$.%2$s') = 'text'"
+#define CNT_INC(row)                                                                      \
+    " INSERT INTO counts (coll, field, value, n) SELECT '%1$s', '%2$s', " CNT_V(row) ", 1" \
+    " WHERE " CNT_TEXT(row) " ON CONFLICT (coll, field, value) DO UPDATE SET n = n + 1;"
+#define CNT_DEC(row)                                                                      \
+    " UPDATE counts SET n = n - 1 WHERE coll = '%1$s' AND field = '%2$s' AND " CNT_TEXT(row) \
+    " AND value = " CNT_V(row) ";"
+    return gt_xasprintf(
+        "CREATE TRIGGER IF NOT EXISTS \"gt_cnt_i:%2$s:%1$s\" AFTER INSERT ON documents"
+        " WHEN NEW.coll = '%1$s' BEGIN" CNT_INC("NEW") " END;"
+        "CREATE TRIGGER IF NOT EXISTS \"gt_cnt_u:%2$s:%1$s\" AFTER UPDATE ON documents"
+        " WHEN NEW.coll = '%1$s' BEGIN" CNT_DEC("OLD") CNT_INC("NEW") " END;"
+        "CREATE TRIGGER IF NOT EXISTS \"gt_cnt_d:%2$s:%1$s\" AFTER DELETE ON documents"
+        " WHEN OLD.coll = '%1$s' BEGIN" CNT_DEC("OLD") " END;"
+        "DELETE FROM counts WHERE coll = '%1$s' AND field = '%2$s';"
+        "INSERT INTO counts (coll, field, value, n) SELECT '%1$s', '%2$s',"
+        " json_extract(body, '$.%2$s'), count(*) FROM documents WHERE coll = '%1$s'"
+        " AND json_type(body, '$.%2$s') = 'text' GROUP BY 3;",
+        coll, field);
+#undef CNT_V
+#undef CNT_TEXT
+#undef CNT_INC
+#undef CNT_DEC
+}
 
 static const char SQL_BEGIN[] = "BEGIN IMMEDIATE";
 static const char SQL_COMMIT[] = "COMMIT";
@@ -432,6 +474,21 @@ static gt_err schema_version(local_store *ls, int64_t *version, gt_error *err)
     return rc;
 }
 
+/* Version 2 to 3: counts for the indexes a file already has. */
+static int count_existing(local_store *ls, char **errmsg)
+{
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(ls->db, "SELECT coll, field FROM indexes", -1, &st, NULL);
+    while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        char *sql = count_sql((const char *)sqlite3_column_text(st, 0),
+                              (const char *)sqlite3_column_text(st, 1));
+        src = sqlite3_exec(ls->db, sql, NULL, NULL, errmsg);
+        free(sql);
+    }
+    sqlite3_finalize(st);
+    return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
 static gt_err open_schema(local_store *ls, gt_error *err)
 {
     char *errmsg = NULL;
@@ -457,7 +514,11 @@ static gt_err open_schema(local_store *ls, gt_error *err)
         if (src == SQLITE_OK)
             src = sqlite3_exec(ls->db, CHANGES_SQL, NULL, NULL, &errmsg);
         if (src == SQLITE_OK)
-            src = sqlite3_exec(ls->db, "PRAGMA user_version = 2", NULL, NULL, &errmsg);
+            src = sqlite3_exec(ls->db, COUNTS_SQL, NULL, NULL, &errmsg);
+        if (src == SQLITE_OK && version < 3)
+            src = count_existing(ls, &errmsg);
+        if (src == SQLITE_OK)
+            src = sqlite3_exec(ls->db, "PRAGMA user_version = 3", NULL, NULL, &errmsg);
         if (src != SQLITE_OK) {
             rc = db_fail(ls, src, "create schema", err);
             goto done;
@@ -605,6 +666,11 @@ static gt_err local_index(gt_store *s, const char *coll, const char *field, gt_e
         goto done;
     }
     src = sqlite3_exec(ls->db, ddl, NULL, NULL, &errmsg);
+    if (src == SQLITE_OK) {
+        char *counting = count_sql(coll, field);
+        src = sqlite3_exec(ls->db, counting, NULL, NULL, &errmsg);
+        free(counting);
+    }
     if (src != SQLITE_OK)
         rc = db_fail(ls, src, "create index", err);
 done:
@@ -928,6 +994,26 @@ static gt_err local_count(gt_store *s, const char *coll, const gt_store_filter *
     gt_err rc = GT_OK;
     const char *lo = f->eq ? f->eq : f->lo;
     pthread_mutex_lock(&ls->mu);
+    if (f->field && f->eq && !f->hi) {
+        /* one value: its row of counts (none: 0) */
+        if ((rc = is_indexed(ls, coll, f->field, &indexed, err)) != GT_OK)
+            goto done;
+        if (!indexed) {
+            rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
+                               f->field);
+            goto done;
+        }
+        if ((rc = prepare(ls, SQL_COUNT_EQ, &st, err)) != GT_OK)
+            goto done;
+        bind_str(st, 1, coll);
+        bind_str(st, 2, f->field);
+        bind_str(st, 3, f->eq);
+        int src = sqlite3_step(st);
+        *n = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        if (src != SQLITE_ROW && src != SQLITE_DONE)
+            rc = db_fail(ls, src, "count", err);
+        goto done;
+    }
     if (f->field == NULL) {
         sql = gt_xasprintf("SELECT count(*) FROM documents WHERE coll = ?1%s%s",
                            f->lo ? " AND id >= ?2" : "", f->hi ? " AND id < ?3" : "");

@@ -638,8 +638,8 @@ static void h_metrics(ctx *x)
     gt_buf_puts(&b, "# HELP gantry_executions Executions in the store, by state.\n"
                     "# TYPE gantry_executions gauge\n");
     if (worker_store(ctl, x->w, NULL) == GT_OK) {
-        /* counts the store keeps by its index: the cost does not grow with history
-         * on etcd and MongoDB (SQLite counts index entries, no bodies) */
+        /* counts the store keeps by its index, no bodies read (SQLite: one row of a
+         * table its triggers keep; etcd and MongoDB count index keys) */
         for (size_t i = 0; states[i]; i++) {
             gt_store_filter f = {.field = "state", .eq = states[i]};
             int64_t n = 0;

@@ -601,7 +601,42 @@ static void test_changes_schema_upgrade(void **state)
     assert_int_equal(ch.v[0].rev, 0);
     assert_true(ch.next > rev);
     gt_store_changes_clear(&ch);
-    assert_int_equal(sql_int(path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(path, "PRAGMA user_version"), 3);
+    gt_store_free(&s);
+    free(path);
+}
+
+/* A version 2 file (no counts) with an index and documents: opening it counts what it
+ * holds, and the counts follow the writes after. */
+static void test_counts_schema_upgrade(void **state)
+{
+    char *path = tmp_path(*state);
+    gt_store *s = open_path(path);
+    gt_error err = {0};
+    assert_int_equal(gt_store_index(s, "things", "color", &err), GT_OK);
+    put_ok(s, "things", "a", "{\"color\":\"red\"}", NULL);
+    put_ok(s, "things", "b", "{\"color\":\"red\"}", NULL);
+    put_ok(s, "things", "c", "{\"color\":\"blue\"}", NULL);
+    put_ok(s, "things", "d", "{\"color\":7}", NULL);
+    gt_store_free(&s);
+    sql_ok(path, "DROP TRIGGER \"gt_cnt_i:color:things\"; DROP TRIGGER \"gt_cnt_u:color:things\";"
+                 " DROP TRIGGER \"gt_cnt_d:color:things\"; DROP TABLE counts;"
+                 " PRAGMA user_version = 2");
+    assert_non_null(s = open_path(path));
+    assert_int_equal(sql_int(path, "PRAGMA user_version"), 3);
+    gt_store_filter red = {.field = "color", .eq = "red"}, blue = {.field = "color", .eq = "blue"};
+    int64_t n = -1;
+    assert_int_equal(gt_store_count(s, "things", &red, &n, &err), GT_OK);
+    assert_int_equal(n, 2);
+    put_ok(s, "things", "a", "{\"color\":\"blue\"}", NULL);
+    assert_int_equal(gt_store_count(s, "things", &red, &n, &err), GT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(gt_store_count(s, "things", &blue, &n, &err), GT_OK);
+    assert_int_equal(n, 2);
+    /* a writer that bypasses the driver is counted too: the triggers are in the file */
+    sql_ok(path, "DELETE FROM documents WHERE coll = 'things' AND id = 'c'");
+    assert_int_equal(gt_store_count(s, "things", &blue, &n, &err), GT_OK);
+    assert_int_equal(n, 1);
     gt_store_free(&s);
     free(path);
 }
@@ -631,6 +666,7 @@ int main(void)
         cmocka_unit_test_prestate(test_changes_from_another_process, &t),
         cmocka_unit_test_prestate(test_changes_trimmed, &t),
         cmocka_unit_test_prestate(test_changes_schema_upgrade, &t),
+        cmocka_unit_test_prestate(test_counts_schema_upgrade, &t),
     };
     failed += cmocka_run_group_tests_name("store/local file", tests, NULL, NULL);
     gt_error err = {0};
