@@ -16,8 +16,13 @@
 #include "log.h"
 #include "setup.h"
 #include "store.h"
+#include "util.h"
 
 extern char **environ;
+
+#ifndef GT_CTL_ARENA_MAX
+#define GT_CTL_ARENA_MAX 2
+#endif
 
 static int open_store(void *arg, gt_store **store, gt_error *err)
 {
@@ -62,6 +67,8 @@ int main(int argc, char **argv)
         {"check-config", no_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    /* before any thread: the HTTP workers share ARENA_MAX arenas instead of one each */
+    gt_malloc_tune(GT_CTL_ARENA_MAX, GT_MMAP_THRESHOLD);
     const char *config_path = NULL;
     bool check_only = false;
     for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {

@@ -125,6 +125,9 @@ int main(int argc, char **argv)
     const char *stage = "start-up";
     int status = 1;
 
+    /* argon2id takes 19 MiB per hash: with a fixed threshold it is a mapping of its own,
+     * unmapped when the hash is done, instead of staying in the heap after the first login */
+    gt_malloc_tune(0, GT_MMAP_THRESHOLD);
     gt_log_setup(stderr, GT_LOG_INFO, false, "gantry-tokend");
     if (!parse_args(argc, argv, &opt))
         goto done;
