@@ -14,13 +14,8 @@
 #include "log.h"
 #include "runner.h"
 #include "setup.h"
-#include "util.h"
 
 extern char **environ;
-
-#ifndef GT_RUNNER_ARENA_MAX
-#define GT_RUNNER_ARENA_MAX 2
-#endif
 
 static atomic_int stop;
 
@@ -73,8 +68,6 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
-    /* before any thread: workers, heartbeat and watchdog share the arenas */
-    gt_malloc_tune(GT_RUNNER_ARENA_MAX, GT_MMAP_THRESHOLD);
     const char *config_path = NULL;
     bool check_only = false;
     for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
