@@ -66,8 +66,6 @@ void gt_raise_fd_limit(void);
  * keep the next big block (argon2id's 19 MiB) in the heap for good. 0 leaves either
  * as glibc decides. No effect under the sanitizers, whose allocator ignores mallopt. */
 void gt_malloc_tune(int arena_max, size_t mmap_threshold);
-/* The daemons' threshold: argon2id's blocks, outputs and large bodies are above it. */
-#define GT_MMAP_THRESHOLD ((size_t)1 << 20)
 /* RFC 3339 UTC with milliseconds into buf (at least 32 bytes). */
 void gt_format_time(int64_t ms, char *buf, size_t n);
 

@@ -209,7 +209,7 @@ static void test_malloc_tune_gives_big_blocks_back(void **state)
 #if defined(__SANITIZE_ADDRESS__) || !defined(__GLIBC__)
     skip(); /* the sanitizer's allocator ignores mallopt and mallinfo2 */
 #else
-    gt_malloc_tune(0, GT_MMAP_THRESHOLD);
+    gt_malloc_tune(0, (size_t)1 << 20);
     const size_t n = (size_t)19 << 20;
     for (int i = 0; i < 2; i++) {
         char *p = gt_xmalloc(n);
