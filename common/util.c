@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -473,6 +475,19 @@ size_t gt_utf8_cut(const char *p, size_t n)
         return 0;
     size_t l = utf8_seq(s + i - 1, n - (i - 1));
     return l == n - (i - 1) ? n : i - 1;
+}
+
+void gt_malloc_tune(int arena_max, size_t mmap_threshold)
+{
+#ifdef __GLIBC__
+    if (arena_max > 0)
+        mallopt(M_ARENA_MAX, arena_max);
+    if (mmap_threshold > 0 && mmap_threshold <= INT_MAX)
+        mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+#else
+    (void)arena_max;
+    (void)mmap_threshold;
+#endif
 }
 
 void gt_raise_fd_limit(void)

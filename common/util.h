@@ -59,6 +59,13 @@ int gt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms);
  * a runner holds about five per run, and the usual soft limit of 1024 would end a
  * runner of capacity 500 with EMFILE. Runs get their own limit ([runner] limits). */
 void gt_raise_fd_limit(void);
+/* Sets glibc malloc up for a small idle footprint; a daemon's main calls it first.
+ * arena_max > 0 caps the per-thread arenas (each keeps its own free pages);
+ * mmap_threshold > 0 fixes the size from which blocks get their own mapping (given back
+ * at free) instead of letting glibc raise it after the first big free, which would
+ * keep the next big block (argon2id's 19 MiB) in the heap for good. 0 leaves either
+ * as glibc decides. No effect under the sanitizers, whose allocator ignores mallopt. */
+void gt_malloc_tune(int arena_max, size_t mmap_threshold);
 /* RFC 3339 UTC with milliseconds into buf (at least 32 bytes). */
 void gt_format_time(int64_t ms, char *buf, size_t n);
 

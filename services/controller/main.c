@@ -16,8 +16,15 @@
 #include "log.h"
 #include "setup.h"
 #include "store.h"
+#include "util.h"
 
 extern char **environ;
+
+/* Measured: with an arena per HTTP worker (glibc's default) the controller holds 0.5 MiB
+ * more when idle, and 5.5 MiB more after 40 bodies of 0.9 MiB (each worker's arena keeps
+ * its own free pages), than with two shared ones; authenticated wrk req/s at two cores
+ * was within the noise (22.1k vs 23.3k, means of four 5 s runs). */
+enum { CTL_ARENA_MAX = 2 };
 
 static int open_store(void *arg, gt_store **store, gt_error *err)
 {
@@ -62,6 +69,8 @@ int main(int argc, char **argv)
         {"check-config", no_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    /* before any thread: the HTTP workers share CTL_ARENA_MAX arenas, not one each */
+    gt_malloc_tune(CTL_ARENA_MAX, 0);
     const char *config_path = NULL;
     bool check_only = false;
     for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
