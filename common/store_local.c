@@ -994,15 +994,15 @@ static gt_err local_count(gt_store *s, const char *coll, const gt_store_filter *
     gt_err rc = GT_OK;
     const char *lo = f->eq ? f->eq : f->lo;
     pthread_mutex_lock(&ls->mu);
+    if (f->field && (rc = is_indexed(ls, coll, f->field, &indexed, err)) != GT_OK)
+        goto done;
+    if (!indexed) {
+        rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
+                           f->field);
+        goto done;
+    }
     if (f->field && f->eq && !f->hi) {
         /* one value: its row of counts (none: 0) */
-        if ((rc = is_indexed(ls, coll, f->field, &indexed, err)) != GT_OK)
-            goto done;
-        if (!indexed) {
-            rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
-                               f->field);
-            goto done;
-        }
         if ((rc = prepare(ls, SQL_COUNT_EQ, &st, err)) != GT_OK)
             goto done;
         bind_str(st, 1, coll);
@@ -1018,13 +1018,6 @@ static gt_err local_count(gt_store *s, const char *coll, const gt_store_filter *
         sql = gt_xasprintf("SELECT count(*) FROM documents WHERE coll = ?1%s%s",
                            f->lo ? " AND id >= ?2" : "", f->hi ? " AND id < ?3" : "");
     } else {
-        if ((rc = is_indexed(ls, coll, f->field, &indexed, err)) != GT_OK)
-            goto done;
-        if (!indexed) {
-            rc = gt_error_setf(err, GT_EINVAL, "field", "%s: field %s is not indexed", coll,
-                               f->field);
-            goto done;
-        }
         bool containers = f->eq ? f->eq[0] == '[' || f->eq[0] == '{'
                                 : range_may_hold_containers(f->lo, f->hi);
         char *v = gt_xasprintf("json_extract(body, '$.%s')", f->field);
