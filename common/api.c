@@ -1062,25 +1062,6 @@ done:
 }
 
 static gt_err execute_once(gt_api *api, const char *execution_id, int64_t attempt, bool *raced,
-                           gt_error *err);
-
-/* A conflict on the move to running means the record changed since it was read: a
- * cancel, a reaper, another runner (all of which the next read shows), or only the
- * dispatch sweeper announcing it again. Read it again and decide anew, rather than hand
- * the message back and hold the slot for nothing. */
-gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err)
-{
-    gt_err rc;
-    bool raced = false;
-    for (int tries = 0;; tries++) {
-        gt_error_clear(err);
-        rc = execute_once(api, execution_id, attempt, &raced, err);
-        if (!raced || tries == 4)
-            return rc;
-    }
-}
-
-static gt_err execute_once(gt_api *api, const char *execution_id, int64_t attempt, bool *raced,
                            gt_error *err)
 {
     req r = {.api = api};
@@ -1127,6 +1108,22 @@ done:
     cJSON_Delete(svc);
     cJSON_Delete(ex);
     return rc;
+}
+
+/* A conflict on the move to running means the record changed since it was read: a
+ * cancel, a reaper, another runner (all of which the next read shows), or only the
+ * dispatch sweeper announcing it again. Read it again and decide anew, rather than hand
+ * the message back and hold the slot for nothing. */
+gt_err gt_api_execute(gt_api *api, const char *execution_id, int64_t attempt, gt_error *err)
+{
+    gt_err rc;
+    bool raced = false;
+    for (int tries = 0;; tries++) {
+        gt_error_clear(err);
+        rc = execute_once(api, execution_id, attempt, &raced, err);
+        if (!raced || tries == 4)
+            return rc;
+    }
 }
 
 /* Inputs validated against the service's decorator (defaults applied). */

@@ -9,16 +9,22 @@
 #include "model/model.h"
 #include "util.h"
 
+/* The work queue of ex's pool. */
+static char *pool_queue(const char *cluster_id, const cJSON *ex)
+{
+    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
+    return gt_xasprintf("exec.%s.%s", cluster_id,
+                        cJSON_IsString(pool) ? pool->valuestring : "default");
+}
+
 gt_err gt_dispatch_publish(gt_bus *bus, const char *cluster_id, const cJSON *ex,
                            char **declared, gt_error *err)
 {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(ex, "id");
-    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
     const cJSON *at = cJSON_GetObjectItemCaseSensitive(ex, "attempt");
     if (!cJSON_IsString(id) || !cJSON_IsNumber(at))
         return gt_error_set(err, GT_EINVAL, "dispatch: the execution has no id or attempt");
-    char *queue = gt_xasprintf("exec.%s.%s", cluster_id,
-                               cJSON_IsString(pool) ? pool->valuestring : "default");
+    char *queue = pool_queue(cluster_id, ex);
     char *body = gt_execution_message(id->valuestring, gt_json_member_i64(ex, "attempt", 1));
     gt_err rc = GT_OK;
     if (declared == NULL || *declared == NULL || strcmp(*declared, queue) != 0) {
@@ -57,9 +63,7 @@ typedef struct sweep {
  * have taken all, so it is announced again then. */
 static bool queue_empty(sweep *w, const cJSON *ex)
 {
-    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(ex, "pool");
-    char *queue = gt_xasprintf("exec.%s.%s", w->cluster_id,
-                               cJSON_IsString(pool) ? pool->valuestring : "default");
+    char *queue = pool_queue(w->cluster_id, ex);
     if (w->queue && strcmp(w->queue, queue) == 0) {
         free(queue);
         return w->queue_empty;

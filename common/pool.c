@@ -21,7 +21,6 @@ typedef struct pjob {
 typedef struct worker {
     gt_pool *p;
     pthread_t thread;
-    bool started;
     gt_store *store;
     gt_api *api;
     atomic_int cancel;
@@ -204,10 +203,8 @@ static int start_worker(gt_pool *p)
 {
     worker *w = &p->w[p->started];
     int e = pthread_create(&w->thread, NULL, worker_main, w);
-    if (e == 0) {
-        w->started = true;
+    if (e == 0)
         p->started++;
-    }
     return e;
 }
 
@@ -339,9 +336,8 @@ void gt_pool_free(gt_pool **pp)
     pthread_cond_broadcast(&p->cv);
     pthread_cond_broadcast(&p->watch_cv);
     pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < p->c.workers; i++)
-        if (p->w[i].started)
-            pthread_join(p->w[i].thread, NULL);
+    for (int i = 0; i < p->started; i++)   /* none starts once stopping is set */
+        pthread_join(p->w[i].thread, NULL);
     if (p->watcher_started)
         pthread_join(p->watcher, NULL);
     gt_pool_take_back(p, NULL, NULL);

@@ -433,9 +433,12 @@ typedef struct start_turn {
 
 static void start_enter(start_turn *t)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int limit = cpus > 0 ? (int)(2 * cpus) : 2;
+    static int limit; /* under start_mu; sysconf reads /sys: once, not twice a run */
     pthread_mutex_lock(&start_mu);
+    if (limit == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        limit = cpus > 0 ? (int)(2 * cpus) : 2;
+    }
     while (starting >= limit && !(t->req->cancel && *t->req->cancel))
         gt_cond_wait_ms(&start_cv, &start_mu, 200);
     starting++;

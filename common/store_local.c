@@ -97,7 +97,7 @@ static const char SQL_COUNT_EQ[] =
     "SELECT n FROM counts WHERE coll = ?1 AND field = ?2 AND value = ?3";
 
 /* The triggers that keep counts for (coll, field), and its rows counted afresh. Names
- * as for the index (see local_index). sqlite3_free() it. */
+ * as for the index (see local_index). free() it. */
 static char *count_sql(const char *coll, const char *field)
 {
 #define CNT_V(row) "json_extract(" row ".body, '$.%2$s')"
@@ -191,7 +191,7 @@ typedef struct local_store {
     local_stmt *stmts;
     write_gate *gate;
     bool gated;             /* this handle holds its gate (inside a write transaction) */
-    bool urgent;            /* it took a lease: all its writes go ahead (see below) */
+    bool urgent;            /* it took a lease: all its writes go ahead (see tx_begin) */
     int64_t busy_since;     /* on_busy: when this wait for another process's lock began */
 } local_store;
 
@@ -375,10 +375,13 @@ static gt_err exec_simple(local_store *ls, const char *sql, const char *what, gt
     return rc;
 }
 
-/* A write transaction; prio for lease writes (see write_gate). */
-static gt_err tx_begin_prio(local_store *ls, int prio, gt_error *err)
+/* A write transaction. A handle that takes leases (a runner's heartbeat, a controller's
+ * or scheduler's role) keeps its holder alive: all its writes (the registry record beside
+ * each renewal too) go ahead of the queue (see write_gate), or one stuck behind hundreds
+ * of run writes delays the next renewal. */
+static gt_err tx_begin(local_store *ls, gt_error *err)
 {
-    if (!gate_enter(ls->gate, prio))
+    if (!gate_enter(ls->gate, ls->urgent))
         return gt_error_set(err, GT_EAGAIN, "%s: begin: busy for %d ms (queued behind this "
                             "process's other writers)", ls->path, GATE_TIMEOUT_MS);
     ls->gated = true;
@@ -388,14 +391,6 @@ static gt_err tx_begin_prio(local_store *ls, int prio, gt_error *err)
         gate_leave(ls->gate);
     }
     return rc;
-}
-
-/* A handle that takes leases (a runner's heartbeat, a controller's or scheduler's role)
- * keeps its holder alive: its other writes (the registry record beside each renewal)
- * go ahead too, or one stuck behind hundreds of run writes delays the next renewal. */
-static gt_err tx_begin(local_store *ls, gt_error *err)
-{
-    return tx_begin_prio(ls, ls->urgent, err);
 }
 
 static gt_err tx_done(local_store *ls, gt_err rc)
@@ -1138,7 +1133,7 @@ static gt_err local_lease_acquire(gt_store *s, const char *name, const char *hol
     gt_store_lease cur, next = {"", 0, 0};
     pthread_mutex_lock(&ls->mu);
     ls->urgent = true;
-    gt_err rc = tx_begin_prio(ls, 1, err);
+    gt_err rc = tx_begin(ls, err);
     if (rc != GT_OK)
         goto unlock;
     /* Read the clock only once the write lock is ours: waiting for it must not
@@ -1166,7 +1161,7 @@ static gt_err local_lease_release(gt_store *s, const char *name, const char *hol
     bool store_free = false;
     pthread_mutex_lock(&ls->mu);
     ls->urgent = true;
-    gt_err rc = tx_begin_prio(ls, 1, err);
+    gt_err rc = tx_begin(ls, err);
     if (rc != GT_OK)
         goto unlock;
     if ((rc = lease_read(ls, name, &cur, &cur_holder, err)) != GT_OK ||
